@@ -1,0 +1,1 @@
+"""The GridDispatch services. Each sub-package is one deployable; they share only `shared/`."""

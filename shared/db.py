@@ -1,0 +1,144 @@
+"""PostgreSQL: the asyncpg pool and the migration runner.
+
+Each service owns one schema. Its migrations are numbered SQL files in one or more
+*components* (the service's own folder, plus shared ones such as the outbox), applied with
+`search_path` set to the schema, each file once, in its own transaction, and recorded in
+`<schema>.schema_migrations`. A checksum guards against editing a file that was applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def check_schema_name(schema: str) -> str:
+    if not _SCHEMA.match(schema):
+        raise ValueError(f"not a schema name: {schema!r}")
+    return schema
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typ,
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
+            schema="pg_catalog",
+        )
+
+
+async def create_pool(
+    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, **kwargs: Any
+) -> asyncpg.Pool:
+    """A pool whose connections see `schema` first, with JSON columns as Python values."""
+    check_schema_name(schema)
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        server_settings={"search_path": f"{schema},public", "application_name": schema},
+        **kwargs,
+    )
+    return pool
+
+
+@dataclass(frozen=True)
+class Migration:
+    component: str
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class MigrationSource:
+    """A folder of numbered SQL files: `0001_create_cases.sql`, `0002_…`."""
+
+    component: str
+    directory: Path
+
+    def migrations(self) -> list[Migration]:
+        found: list[Migration] = []
+        for path in sorted(self.directory.glob("*.sql")):
+            match = _FILE.match(path.name)
+            if not match:
+                raise ValueError(f"{path}: migration files are named NNNN_name.sql")
+            found.append(
+                Migration(self.component, int(match[1]), match[2], path.read_text("utf-8"))
+            )
+        versions = [m.version for m in found]
+        if len(set(versions)) != len(versions):
+            raise ValueError(f"{self.directory}: two migrations share a number")
+        return found
+
+
+SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
+OUTBOX_MIGRATIONS = MigrationSource("outbox", SHARED_MIGRATIONS / "outbox")
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+async def migrate(conn: asyncpg.Connection, schema: str, sources: Sequence[MigrationSource]) -> list[str]:
+    """Apply what is missing of `sources` to `schema`; returns the names applied.
+
+    Safe to run from several replicas at once: an advisory lock serialises them.
+    """
+    check_schema_name(schema)
+    applied_now: list[str] = []
+    lock_key = int.from_bytes(hashlib.sha256(f"migrate:{schema}".encode()).digest()[:8], "big", signed=True)
+    await conn.execute("SELECT pg_advisory_lock($1)", lock_key)
+    try:
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await conn.execute(
+            f"""CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+                    component text NOT NULL,
+                    version int NOT NULL,
+                    name text NOT NULL,
+                    checksum text NOT NULL,
+                    applied_at timestamptz NOT NULL DEFAULT now(),
+                    PRIMARY KEY (component, version))"""
+        )
+        rows = await conn.fetch(
+            f"SELECT component, version, checksum FROM {schema}.schema_migrations"
+        )
+        done = {(r["component"], r["version"]): r["checksum"] for r in rows}
+        for source in sources:
+            for m in source.migrations():
+                label = f"{schema}:{m.component}/{m.version:04d}_{m.name}"
+                if (m.component, m.version) in done:
+                    if done[(m.component, m.version)] != m.checksum:
+                        raise MigrationError(f"{label} was changed after it was applied")
+                    continue
+                async with conn.transaction():
+                    await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+                    await conn.execute(m.sql)
+                    await conn.execute(
+                        f"""INSERT INTO {schema}.schema_migrations
+                            (component, version, name, checksum) VALUES ($1, $2, $3, $4)""",
+                        m.component,
+                        m.version,
+                        m.name,
+                        m.checksum,
+                    )
+                applied_now.append(label)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", lock_key)
+    return applied_now

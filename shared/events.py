@@ -1,0 +1,310 @@
+"""The Kafka contract: one envelope, and a pydantic model for the payload of every event.
+
+Every message on a contract topic is an `Envelope` serialised as plain JSON. The payload's
+shape is given by `event_type` (and `schema_version`); `decode` validates both. JSON Schemas
+and the AsyncAPI document under `docs/` are generated from these classes (`make schemas`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
+
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from shared import topics
+from shared.ids import new_event_id
+
+
+class ContractModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- value objects ------------------------------------------------------------------------
+
+
+class Channel(StrEnum):
+    APP = "app"
+    WECHAT = "wechat"
+    HOTLINE = "hotline"
+    PATROL = "patrol"
+    PROXY = "proxy"
+    OPEN311 = "open311"
+    API = "api"
+
+
+class Priority(StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
+class Location(ContractModel):
+    """Where the issue is. At least one of a coordinate, a building code or an address."""
+
+    lat: float | None = Field(default=None, ge=-90, le=90, description="WGS84 latitude")
+    lon: float | None = Field(default=None, ge=-180, le=180, description="WGS84 longitude")
+    address: str | None = Field(default=None, max_length=500)
+    building_code: str | None = Field(default=None, max_length=64)
+
+
+class Contact(ContractModel):
+    """The reporter's contact details. Personal data: never in department feeds or logs."""
+
+    name: str | None = Field(default=None, max_length=100)
+    phone: str | None = Field(default=None, max_length=32)
+    email: str | None = Field(default=None, max_length=254)
+    consent_to_notify: bool = False
+
+
+class Sensitivity(ContractModel):
+    """Flags from the resident registry. Sensitive: they raise priority, and never leave
+    GridDispatch (no feed, webhook, log line or metric label carries them)."""
+
+    care_groups: tuple[str, ...] = ()
+    community_correction: bool = False
+
+
+class EscalationStep(ContractModel):
+    level: int = Field(ge=0)
+    role: Literal["worker", "grid_leader", "community", "street_office", "district", "city"]
+    name: str
+    contact: str | None = None
+
+
+class Deadlines(ContractModel):
+    acknowledge_by: AwareDatetime
+    resolve_by: AwareDatetime
+    warn_before_s: int = Field(ge=0, description="warning this many seconds before a deadline")
+    working_time: bool = False
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+class Event(ContractModel):
+    """Base of every payload. Subclasses name their type, version and topic."""
+
+    EVENT_TYPE: ClassVar[str]
+    SCHEMA_VERSION: ClassVar[int] = 1
+    TOPIC: ClassVar[str] = topics.CASES_LIFECYCLE
+
+
+class CaseReported(Event):
+    """A resident's report was accepted by intake."""
+
+    EVENT_TYPE: ClassVar[str] = "CaseReported"
+    TOPIC: ClassVar[str] = topics.CASES_INTAKE
+
+    category: str
+    description: str = Field(max_length=4000)
+    location: Location
+    channel: Channel
+    reported_at: AwareDatetime
+    reporter: Contact | None = None
+    on_behalf_of: str | None = Field(default=None, description="resident id or card code")
+    reported_by: str | None = Field(default=None, description="grid worker id for proxy reports")
+    media_urls: tuple[str, ...] = Field(default=(), max_length=5)
+    sensitivity: Sensitivity = Sensitivity()
+    possible_duplicate_of: str | None = None
+
+
+class RerouteRequested(Event):
+    """Route the case again: a transfer ("not ours") or an operator's manual decision."""
+
+    EVENT_TYPE: ClassVar[str] = "RerouteRequested"
+    TOPIC: ClassVar[str] = topics.CASES_INTAKE
+
+    reason: str = Field(max_length=1000)
+    requested_by: str
+    exclude_departments: tuple[str, ...] = ()
+    grid_id: str | None = Field(default=None, description="manual triage: route to this grid")
+    department: str | None = Field(default=None, description="manual triage: this department")
+
+
+class CaseRouted(Event):
+    EVENT_TYPE: ClassVar[str] = "CaseRouted"
+
+    category: str
+    grid_id: str
+    district: str
+    department: str
+    worker_id: str | None
+    priority: Priority
+    deadlines: Deadlines
+    escalation_chain: tuple[EscalationStep, ...]
+    reported_at: AwareDatetime
+    rule_id: str | None = None
+    mediate_in_grid_first: bool = False
+
+
+class CaseUnroutable(Event):
+    EVENT_TYPE: ClassVar[str] = "CaseUnroutable"
+
+    category: str
+    reason: str
+    reported_at: AwareDatetime
+
+
+class CaseAcknowledged(Event):
+    EVENT_TYPE: ClassVar[str] = "CaseAcknowledged"
+
+    by: str
+    note: str | None = Field(default=None, max_length=4000)
+
+
+class CaseProgressed(Event):
+    EVENT_TYPE: ClassVar[str] = "CaseProgressed"
+
+    by: str
+    note: str = Field(max_length=4000)
+
+
+class CaseResolved(Event):
+    EVENT_TYPE: ClassVar[str] = "CaseResolved"
+
+    by: str
+    note: str = Field(max_length=4000)
+    photo_urls: tuple[str, ...] = Field(default=(), max_length=5)
+
+
+class CaseTransferRequested(Event):
+    EVENT_TYPE: ClassVar[str] = "CaseTransferRequested"
+
+    by: str
+    department: str
+    reason: str = Field(max_length=1000)
+
+
+class CaseClosed(Event):
+    EVENT_TYPE: ClassVar[str] = "CaseClosed"
+
+    by: str
+    note: str | None = Field(default=None, max_length=4000)
+
+
+class CaseReopened(Event):
+    EVENT_TYPE: ClassVar[str] = "CaseReopened"
+
+    by: str
+    reason: str = Field(max_length=1000)
+
+
+class CaseRated(Event):
+    EVENT_TYPE: ClassVar[str] = "CaseRated"
+
+    rating: int = Field(ge=1, le=5)
+    comment: str | None = Field(default=None, max_length=1000)
+
+
+class CaseWarned(Event):
+    """A deadline is near."""
+
+    EVENT_TYPE: ClassVar[str] = "CaseWarned"
+
+    deadline: Literal["acknowledge", "resolve"]
+    due_at: AwareDatetime
+    level: int = Field(ge=0)
+
+
+class CaseEscalated(Event):
+    """A deadline passed: the case climbs one step of its escalation chain."""
+
+    EVENT_TYPE: ClassVar[str] = "CaseEscalated"
+
+    deadline: Literal["acknowledge", "resolve"]
+    due_at: AwareDatetime
+    level: int = Field(ge=0)
+    to: EscalationStep
+    repeat: int = Field(default=0, ge=0, description="reminders at the top of the ladder")
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.EVENT_TYPE: cls
+    for cls in (
+        CaseReported,
+        RerouteRequested,
+        CaseRouted,
+        CaseUnroutable,
+        CaseAcknowledged,
+        CaseProgressed,
+        CaseResolved,
+        CaseTransferRequested,
+        CaseClosed,
+        CaseReopened,
+        CaseRated,
+        CaseWarned,
+        CaseEscalated,
+    )
+}
+
+
+# --- envelope -----------------------------------------------------------------------------
+
+
+class Envelope(ContractModel):
+    """What every message on a contract topic carries; the Kafka key is `case_id`."""
+
+    event_id: uuid.UUID
+    event_type: str
+    schema_version: int = Field(ge=1)
+    case_id: str = Field(min_length=1, max_length=64)
+    occurred_at: AwareDatetime
+    producer: str
+    traceparent: str | None = Field(default=None, description="W3C trace context")
+    payload: dict[str, Any]
+
+    def event(self) -> Event:
+        """The payload, validated against the model of `event_type`."""
+        cls = EVENT_TYPES.get(self.event_type)
+        if cls is None:
+            raise UnknownEventType(self.event_type)
+        return cls.model_validate(self.payload)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+
+class UnknownEventType(ValueError):
+    def __init__(self, event_type: str) -> None:
+        super().__init__(f"unknown event_type {event_type!r}")
+        self.event_type = event_type
+
+
+class DecodeError(ValueError):
+    """A message that is not a valid envelope or payload: a poison message."""
+
+
+def wrap(
+    event: Event,
+    *,
+    case_id: str,
+    producer: str,
+    event_id: uuid.UUID | None = None,
+    occurred_at: datetime | None = None,
+    traceparent: str | None = None,
+) -> Envelope:
+    """Put `event` in an envelope. Pass `event_id` for derived events (see shared.ids)."""
+    return Envelope(
+        event_id=event_id or new_event_id(),
+        event_type=event.EVENT_TYPE,
+        schema_version=event.SCHEMA_VERSION,
+        case_id=case_id,
+        occurred_at=occurred_at or datetime.now(UTC),
+        producer=producer,
+        traceparent=traceparent,
+        payload=event.model_dump(mode="json"),
+    )
+
+
+def decode(raw: bytes | str) -> tuple[Envelope, Event]:
+    """Parse and validate one message; raises `DecodeError` for anything malformed."""
+    try:
+        env = Envelope.model_validate_json(raw)
+        return env, env.event()
+    except (ValidationError, UnknownEventType) as exc:
+        raise DecodeError(str(exc)) from exc

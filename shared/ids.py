@@ -1,0 +1,29 @@
+"""Identifiers: time-ordered ids for new events, deterministic ids for derived ones."""
+
+from __future__ import annotations
+
+import uuid
+
+import uuid6
+
+# Namespace for ids derived from other ids, so a redelivered input yields the same output id.
+_DERIVED = uuid.UUID("6f1c3f2e-6b1e-4a57-9a51-2f0d8c1f4d10")
+
+
+def new_event_id() -> uuid.UUID:
+    """A UUIDv7: unique and sortable by creation time."""
+    return uuid.UUID(int=uuid6.uuid7().int)
+
+
+def derived_event_id(source: uuid.UUID | str, purpose: str) -> uuid.UUID:
+    """A UUIDv5 fixed by the input event id and what is derived from it.
+
+    Redelivery of the same input therefore produces the same output `event_id`, which lets
+    every consumer drop the duplicate.
+    """
+    return uuid.uuid5(_DERIVED, f"{source}/{purpose}")
+
+
+def new_case_id() -> str:
+    """Case ids are UUIDv7 strings: unique across intake replicas and ordered by report time."""
+    return str(new_event_id())

@@ -1,0 +1,215 @@
+"""Kafka helpers: producers and brokers with safe defaults, subscribers that commit only after
+the effect is durable, and dead-lettering of poison messages.
+
+- Producers use `acks=all` with idempotence, so a retried send never duplicates or reorders.
+- FastStream's Kafka default acknowledges *first*; `durable_subscriber` always passes an explicit
+  `AckPolicy.NACK_ON_ERROR`: the offset is committed after the handler returns, and a handler
+  that raises (a transient failure) makes the consumer seek back and retry the message.
+- `DeadLetters.guard` turns every *non*-transient failure of one message into a copy on
+  `<topic>.dlq` (the error in headers) and lets the consumer go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from prometheus_client import CollectorRegistry, Counter
+
+from shared import topics
+from shared.metrics import REGISTRY
+from shared.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTERS = Counter(
+    "griddispatch_dead_letters_total",
+    "Messages moved to a dead-letter topic",
+    ["topic", "consumer", "error_type"],
+    registry=REGISTRY,
+)
+
+# Failures that say nothing about the message itself: retry it, never dead-letter it.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    ConnectionError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    KafkaError,
+)
+
+
+def producer_options(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
+    """Options of every producer in GridDispatch (aiokafka names)."""
+    return {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": f"{settings.client_id_prefix}-{client_id}",
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "max_batch_size": 256 * 1024,
+        "request_timeout_ms": 30_000,
+    }
+
+
+def make_producer(settings: KafkaSettings, client_id: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(**producer_options(settings, client_id))
+
+
+def make_broker(
+    settings: KafkaSettings, service: str, registry: CollectorRegistry = REGISTRY
+) -> KafkaBroker:
+    """A FastStream broker whose publisher is `acks=all` + idempotent, with Prometheus
+    metrics per handler. Subscribers must still be declared with `durable_subscriber`."""
+    opts = producer_options(settings, service)
+    return KafkaBroker(
+        opts["bootstrap_servers"],
+        client_id=opts["client_id"],
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=opts["linger_ms"],
+        max_batch_size=opts["max_batch_size"],
+        allow_auto_create_topics=False,
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        middlewares=[KafkaPrometheusMiddleware(registry=registry, app_name=service)],
+        logger=logging.getLogger(f"griddispatch.{service}.broker"),
+    )
+
+
+def durable_subscriber(
+    broker: KafkaBroker, *topic_names: str, group_id: str, **options: Any
+) -> Any:
+    """`broker.subscriber` with commit-after-effect semantics and a start from the earliest
+    offset for new groups (a new consumer must not skip reports that were already accepted)."""
+    options.setdefault("auto_offset_reset", "earliest")
+    return broker.subscriber(
+        *topic_names, group_id=group_id, ack_policy=AckPolicy.NACK_ON_ERROR, **options
+    )
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT_ERRORS)
+
+
+def _text(value: str) -> str:
+    return value[:2000]
+
+
+class DeadLetters:
+    """Moves poison messages of one consumer to `<topic>.dlq`."""
+
+    def __init__(self, broker: KafkaBroker, consumer: str, *, retry_delay_s: float = 1.0) -> None:
+        self._broker = broker
+        self.consumer = consumer
+        self.retry_delay_s = retry_delay_s
+
+    async def publish(self, record: ConsumerRecord[Any, Any], error: BaseException) -> None:
+        """Copy `record` (key, value, headers untouched) to its DLQ, adding the error."""
+        headers = {
+            k: v.decode("utf-8", "replace")
+            for k, v in (record.headers or ())
+            if not k.startswith("x-dlq-")
+        }
+        headers.update(
+            {
+                "x-dlq-error-type": _text(type(error).__name__),
+                "x-dlq-error": _text(str(error)),
+                "x-dlq-traceback": _text("".join(traceback.format_exception(error)[-3:])),
+                "x-dlq-topic": record.topic,
+                "x-dlq-partition": str(record.partition),
+                "x-dlq-offset": str(record.offset),
+                "x-dlq-consumer": self.consumer,
+                "x-dlq-at": datetime.now(UTC).isoformat(),
+            }
+        )
+        # The broker's producer is acks=all + idempotent; publish waits for the broker's ack,
+        # so the offset of the poison message is committed only once its copy is safe.
+        await self._broker.publish(
+            record.value or b"", topic=topics.dlq(record.topic), key=record.key, headers=headers
+        )
+        DEAD_LETTERS.labels(record.topic, self.consumer, type(error).__name__).inc()
+        log.warning(
+            "dead-lettered a message",
+            extra={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "consumer": self.consumer,
+                "error_type": type(error).__name__,
+            },
+        )
+
+    def guard(self, record: ConsumerRecord[Any, Any]) -> _Guard:
+        """`async with dead_letters.guard(record): ...` — a non-transient exception inside
+        sends `record` to the DLQ and is swallowed; a transient one propagates (after a short
+        pause) so the subscriber's NACK policy redelivers the message."""
+        return _Guard(self, record)
+
+
+class _Guard:
+    def __init__(self, owner: DeadLetters, record: ConsumerRecord[Any, Any]) -> None:
+        self._owner = owner
+        self._record = record
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None or not isinstance(exc, Exception):
+            return False  # success, or cancellation: let it through
+        if is_transient(exc):
+            log.warning("transient failure, will retry: %s", exc)
+            await asyncio.sleep(self._owner.retry_delay_s)
+            return False
+        await self._owner.publish(self._record, exc)
+        return True
+
+
+async def ensure_topics(
+    bootstrap_servers: str,
+    names: Iterable[str],
+    *,
+    partitions: int,
+    configs: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Create the topics that do not exist yet; returns the ones created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [
+                        NewTopic(n, partitions, 1, topic_configs=dict(configs or {}))
+                        for n in missing
+                    ]
+                )
+            except TopicAlreadyExistsError:
+                pass  # created concurrently by another process: fine
+        return missing
+    finally:
+        await admin.close()

@@ -1,0 +1,168 @@
+"""A single-node Apache Kafka (KRaft) run from Maven Central jars with the machine's Java.
+
+Jars are fetched once by `mvn dependency:copy-dependencies` (deploy/local/kafka/pom.xml) into
+`<cache>/kafka-<version>/libs`; storage is formatted on the first start; the broker runs in its
+own process group, logs to `<home>/kafka.log`, and is stopped with SIGTERM (SIGKILL after a
+grace period).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.localstack.process import (
+    ManagedProcess,
+    StackError,
+    Progress,
+    port_open,
+)
+from shared.settings import PROJECT_ROOT
+
+KAFKA_DIR = PROJECT_ROOT / "deploy" / "local" / "kafka"
+POM = KAFKA_DIR / "pom.xml"
+LOG4J = KAFKA_DIR / "log4j2.properties"
+TEMPLATE = KAFKA_DIR / "server.properties.template"
+
+
+def kafka_version() -> str:
+    match = re.search(r"<kafka.version>([^<]+)</kafka.version>", POM.read_text())
+    if not match:
+        raise StackError(f"{POM} names no kafka.version")
+    return match[1]
+
+
+def ensure_jars(cache: Path, progress: Progress) -> Path:
+    """The folder of broker jars, downloading them on the first call."""
+    libs = cache / f"kafka-{kafka_version()}" / "libs"
+    marker = libs / ".complete"
+    if marker.exists():
+        return libs
+    for tool in ("java", "mvn"):
+        if shutil.which(tool) is None:
+            raise StackError(f"{tool} is not installed: Kafka needs Java 17+ and Maven")
+    libs.mkdir(parents=True, exist_ok=True)
+    progress(f"downloading Kafka {kafka_version()} jars from Maven Central (once) …")
+    cmd = [
+        "mvn",
+        "-B",
+        "--no-transfer-progress",
+        "-f",
+        str(POM),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={libs}",
+        "-DincludeScope=runtime",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise StackError("mvn could not fetch the Kafka jars:\n" + proc.stdout[-3000:])
+    count = len(list(libs.glob("*.jar")))
+    marker.write_text(f"{count} jars\n")
+    progress(f"fetched {count} jars into {libs}")
+    return libs
+
+
+@dataclass
+class KafkaNode:
+    home: Path
+    cache: Path
+    port: int
+    controller_port: int
+    partitions: int = 12
+    heap: str = "512m"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "kafka.log"
+
+    @property
+    def process(self) -> ManagedProcess:
+        return ManagedProcess("kafka", self.home / "kafka.pid")
+
+    def _java(self, libs: Path, main: str, *args: str, heap: str = "256m") -> list[str]:
+        return [
+            "java",
+            f"-Xmx{heap}",
+            f"-Xms{heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG4J}",
+            "-cp",
+            f"{libs}/*",
+            main,
+            *args,
+        ]
+
+    def _write_config(self) -> Path:
+        config = self.home / "server.properties"
+        config.write_text(
+            TEMPLATE.read_text().format(
+                port=self.port,
+                controller_port=self.controller_port,
+                data_dir=self.data_dir,
+                partitions=self.partitions,
+            )
+        )
+        return config
+
+    def start(self, progress: Progress, timeout_s: float = 60) -> float:
+        """Start the broker (formatting storage if new) and wait until it serves requests.
+        Returns the seconds from launch to ready."""
+        if self.process.running():
+            progress(f"Kafka already running at {self.bootstrap}")
+            return 0.0
+        if port_open(self.port):
+            raise StackError(f"port {self.port} is taken: set GRIDDISPATCH_LOCAL__KAFKA_PORT")
+        libs = ensure_jars(self.cache, progress)
+        self.home.mkdir(parents=True, exist_ok=True)
+        config = self._write_config()
+        if not (self.data_dir / "meta.properties").exists():
+            cluster_id = subprocess.run(
+                self._java(libs, "kafka.tools.StorageTool", "random-uuid"),
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()[-1]
+            subprocess.run(
+                self._java(
+                    libs,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--standalone",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(config),
+                ),
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            progress(f"formatted Kafka storage in {self.data_dir}")
+        started = time.monotonic()
+        self.process.launch(
+            self._java(libs, "kafka.Kafka", str(config), heap=self.heap), self.log_file
+        )
+        progress(f"starting Kafka on {self.bootstrap} …")
+        self.process.wait_for_log(
+            self.log_file, "Kafka Server started", timeout_s, what="Kafka"
+        )
+        if not port_open(self.port):
+            raise StackError(f"Kafka said it started but {self.bootstrap} does not answer")
+        return time.monotonic() - started
+
+    def stop(self) -> bool:
+        return self.process.stop(grace_s=20)

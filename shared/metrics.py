@@ -1,0 +1,74 @@
+"""Prometheus metrics and the `/metrics`, `/health/live`, `/health/ready` endpoints.
+
+Label values never carry personal data: only codes (department, channel, category, outcome).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+OUTBOX_BACKLOG = Gauge(
+    "griddispatch_outbox_backlog",
+    "Rows waiting in an outbox to be published",
+    ["schema"],
+    registry=REGISTRY,
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "griddispatch_outbox_oldest_age_seconds",
+    "Age of the oldest unpublished outbox row",
+    ["schema"],
+    registry=REGISTRY,
+)
+OUTBOX_PUBLISHED = Counter(
+    "griddispatch_outbox_published_total",
+    "Outbox rows published to Kafka and acknowledged by the broker",
+    ["schema", "topic"],
+    registry=REGISTRY,
+)
+OUTBOX_BATCH_SECONDS = Histogram(
+    "griddispatch_outbox_batch_seconds",
+    "Time to publish and delete one outbox batch",
+    ["schema"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+def health_app(checks: dict[str, ReadinessCheck] | None = None) -> Starlette:
+    """`/health/live` answers while the process runs; `/health/ready` runs every check
+    (database reachable, consumer started, …) and answers 503 naming the ones that fail."""
+    checks = checks or {}
+
+    async def live(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(_: Request) -> JSONResponse:
+        failed = []
+        for name, check in checks.items():
+            try:
+                ok = await check()
+            except Exception:
+                ok = False
+            if not ok:
+                failed.append(name)
+        if failed:
+            return JSONResponse({"status": "unavailable", "failed": failed}, status_code=503)
+        return JSONResponse({"status": "ok", "checks": sorted(checks)})
+
+    return Starlette(
+        routes=[
+            Route("/health/live", live),
+            Route("/health/ready", ready),
+            Mount("/metrics", make_asgi_app(registry=REGISTRY)),
+        ]
+    )

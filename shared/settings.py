@@ -1,0 +1,62 @@
+"""Settings of every service, read from the environment with the `GRIDDISPATCH_` prefix.
+
+Every setting has a default that works on a developer's machine with `make up`.
+Nested values use a double underscore: `GRIDDISPATCH_KAFKA__BOOTSTRAP_SERVERS=...`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:19092"
+    partitions: int = Field(default=12, ge=1, description="partitions of each contract topic")
+    client_id_prefix: str = "griddispatch"
+
+
+class LocalStackSettings(BaseModel):
+    """Where the local stack (`griddispatch stack …`) keeps its jars, data and logs."""
+
+    home: Path = PROJECT_ROOT / ".local"
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    kafka_heap: str = "512m"
+    postgres_port: int = 15432
+
+
+class OutboxSettings(BaseModel):
+    batch_size: int = Field(default=2000, ge=1)
+    poll_interval_s: float = Field(default=1.0, gt=0, description="fallback when no NOTIFY arrives")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GRIDDISPATCH_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    database_url: str = "postgresql://griddispatch@127.0.0.1:15432/griddispatch"
+    kafka: KafkaSettings = KafkaSettings()
+    local: LocalStackSettings = LocalStackSettings()
+    outbox: OutboxSettings = OutboxSettings()
+    log_level: str = "INFO"
+    log_json: bool | None = Field(
+        default=None, description="JSON logs; by default on when stderr is not a terminal"
+    )
+    http_host: str = "127.0.0.1"
+    metrics_port: int = Field(
+        default=0, description="port of /metrics and /health for non-HTTP services; 0 = off"
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,29 @@
+"""Topic names of the Kafka contract (see docs/architecture.md)."""
+
+from __future__ import annotations
+
+import re
+
+CASES_INTAKE = "cases.intake"
+CASES_LIFECYCLE = "cases.lifecycle"
+CONTRACT_TOPICS: tuple[str, ...] = (CASES_INTAKE, CASES_LIFECYCLE)
+DLQ_SUFFIX = ".dlq"
+
+_DEPT_CODE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def dlq(topic: str) -> str:
+    """The dead-letter topic of `topic`."""
+    return topic + DLQ_SUFFIX
+
+
+def department_feed(code: str) -> str:
+    """The feed topic of one department, `dept.<code>`; codes are lower-case slugs."""
+    if not _DEPT_CODE.match(code):
+        raise ValueError(f"not a department code: {code!r}")
+    return f"dept.{code}"
+
+
+def all_contract_topics() -> list[str]:
+    """Every topic the local stack and the Kubernetes manifests must create up front."""
+    return [*CONTRACT_TOPICS, *(dlq(t) for t in CONTRACT_TOPICS)]
