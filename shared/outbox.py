@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaProducer
 
 from shared.db import check_schema_name
@@ -46,7 +47,7 @@ class Outbox:
         self.channel = f"{schema}_outbox"
         self._insert = (
             f"INSERT INTO {schema}.outbox (event_id, topic, key, value, headers) "
-            "VALUES ($1, $2, $3, $4, $5)"
+            "VALUES ($1, $2, $3, $4, $5::text::jsonb)"
         )
 
     async def add(
@@ -78,7 +79,7 @@ class Outbox:
                     topic,
                     env.case_id,
                     env.to_json(),
-                    {**base, "event_type": env.event_type},
+                    orjson.dumps({**base, "event_type": env.event_type}).decode(),
                 )
                 for env, topic in items
             ],
@@ -113,7 +114,8 @@ class OutboxRelay:
         self.published = 0
         self._wake = asyncio.Event()
         self._select = (
-            f"SELECT id, topic, key, value, headers FROM {schema}.outbox ORDER BY id LIMIT $1"
+            f"SELECT id, topic, key, value, headers::text AS headers FROM {schema}.outbox"
+            " ORDER BY id LIMIT $1"
         )
         self._delete = f"DELETE FROM {schema}.outbox WHERE id = ANY($1::bigint[])"
 
@@ -179,7 +181,9 @@ class OutboxRelay:
                     row["topic"],
                     value=row["value"],
                     key=row["key"].encode(),
-                    headers=[(k, str(v).encode()) for k, v in row["headers"].items()],
+                    headers=[
+                        (k, str(v).encode()) for k, v in orjson.loads(row["headers"]).items()
+                    ],
                 )
                 for row in rows
             ]

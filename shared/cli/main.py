@@ -1,0 +1,186 @@
+"""The `griddispatch` command line. Its root lives here; services add their own command
+groups through the `griddispatch.commands` entry-point group."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from importlib.metadata import entry_points
+
+import asyncpg
+import typer
+from rich.console import Console
+
+from shared.db import migrate as run_migrations
+from shared.localstack import LocalStack, StackError
+from shared.service import discover_services, run_service
+from shared.settings import get_settings
+
+console = Console(stderr=True)
+app = typer.Typer(help="GridDispatch: case dispatch for grid-governed cities.", no_args_is_help=True)
+stack_app = typer.Typer(help="The local Kafka + PostgreSQL stack (development).", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+contract_app = typer.Typer(help="The Kafka contract's published schemas.", no_args_is_help=True)
+app.add_typer(contract_app, name="contract")
+
+
+def _progress(message: str) -> None:
+    console.print(f"[cyan]›[/cyan] {message}")
+
+
+def _stack() -> LocalStack:
+    return LocalStack.from_settings(get_settings())
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start Kafka and PostgreSQL in the background (downloads jars on first use)."""
+    stack = _stack()
+    try:
+        with console.status("starting the local stack …"):
+            timings = stack.up(_progress)
+    except StackError as exc:
+        console.print(f"[red]✗[/red] {exc}")
+        raise typer.Exit(1) from exc
+    for name, seconds in timings.items():
+        if seconds:
+            _progress(f"{name} ready in {seconds:.1f}s")
+    _print_where(stack)
+
+
+def _print_where(stack: LocalStack) -> None:
+    console.print(f"[green]✓[/green] Kafka       {stack.kafka.bootstrap}   (log {stack.kafka.log_file})")
+    console.print(f"[green]✓[/green] PostgreSQL  {stack.postgres.url}   (log {stack.postgres.log_file})")
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop Kafka and PostgreSQL."""
+    stopped = _stack().down()
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Say what of the local stack runs, and where."""
+    for name, state in _stack().status().items():
+        console.print(f"{name:9} {state}")
+
+
+@app.command()
+def migrate() -> None:
+    """Apply every service's database migrations (idempotent)."""
+    applied = asyncio.run(_migrate_all())
+    for label in applied:
+        _progress(f"applied {label}")
+    console.print(f"[green]✓[/green] migrations up to date ({len(applied)} applied now)")
+
+
+async def _migrate_all() -> list[str]:
+    settings = get_settings()
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        applied: list[str] = []
+        for spec in discover_services().values():
+            if spec.schema:
+                applied += await run_migrations(conn, spec.schema, spec.migrations)
+        return applied
+    finally:
+        await conn.close()
+
+
+@app.command()
+def serve(service: str = typer.Argument(..., help="intake, router, escalation or notifier")) -> None:
+    """Run one service in the foreground."""
+    services = discover_services()
+    if service not in services:
+        console.print(f"[red]unknown service {service!r}[/red]; known: {', '.join(services) or 'none'}")
+        raise typer.Exit(2)
+    run_service(services[service])
+
+
+@app.command()
+def up(
+    migrate_first: bool = typer.Option(True, "--migrate/--no-migrate"),
+    keep_stack: bool = typer.Option(False, help="leave Kafka and PostgreSQL running on exit"),
+) -> None:
+    """Start the stack and every service in the foreground; Ctrl-C stops everything."""
+    stack = _stack()
+    try:
+        stack.up(_progress)
+    except StackError as exc:
+        console.print(f"[red]✗[/red] {exc}")
+        raise typer.Exit(1) from exc
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    try:
+        if migrate_first:
+            migrate()
+        _print_where(stack)
+        for name in discover_services():
+            proc = subprocess.Popen([sys.executable, "-m", "shared.cli.main", "serve", name])
+            procs.append((name, proc))
+            _progress(f"started {name} (pid {proc.pid})")
+        if not procs:
+            console.print("no services are installed yet: the stack is up on its own")
+        console.print("[bold]running — press Ctrl-C to stop[/bold]")
+        _wait_for_interrupt(procs)
+    finally:
+        for name, proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            _progress(f"stopped {name}")
+        if not keep_stack:
+            stopped = stack.down()
+            _progress(f"stopped {', '.join(stopped)}")
+
+
+def _wait_for_interrupt(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+    stop = False
+
+    def _on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    while not stop:
+        for name, proc in procs:
+            if proc.poll() is not None:
+                console.print(f"[red]{name} exited with {proc.returncode}[/red]; stopping")
+                return
+        time.sleep(0.3)
+
+
+@contract_app.command("generate")
+def contract_generate() -> None:
+    """Write docs/schemas/*.json and docs/asyncapi.json from the event models."""
+    from shared import contract
+
+    for path in contract.write():
+        _progress(f"wrote {path.relative_to(contract.DOCS.parent)}")
+
+
+def _add_service_commands() -> None:
+    for ep in entry_points(group="griddispatch.commands"):
+        sub = ep.load()
+        app.add_typer(sub, name=ep.name)
+
+
+def run() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    _add_service_commands()
+    app()
+
+
+if __name__ == "__main__":
+    run()

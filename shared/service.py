@@ -1,0 +1,59 @@
+"""What a service tells the rest of the system about itself, and how it is run.
+
+Each service exposes a `ServiceSpec` through the `griddispatch.services` entry-point group
+(see pyproject.toml); the CLI finds services there, so `shared/` never imports a service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+from shared.db import MigrationSource
+from shared.logging import configure_logging
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+ServiceMain = Callable[[Settings, asyncio.Event], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    description: str
+    main: ServiceMain
+    schema: str | None = None
+    migrations: tuple[MigrationSource, ...] = field(default=())
+    order: int = 50  # start order for `griddispatch up`: lower first
+
+
+def discover_services() -> dict[str, ServiceSpec]:
+    found: dict[str, ServiceSpec] = {}
+    for ep in entry_points(group="griddispatch.services"):
+        spec = ep.load()
+        if not isinstance(spec, ServiceSpec):
+            raise TypeError(f"entry point {ep.name} is not a ServiceSpec")
+        found[spec.name] = spec
+    return dict(sorted(found.items(), key=lambda kv: (kv[1].order, kv[0])))
+
+
+def run_service(spec: ServiceSpec, settings: Settings | None = None) -> None:
+    """Run one service in the foreground until SIGTERM or SIGINT, then stop it cleanly."""
+    settings = settings or get_settings()
+    configure_logging(spec.name, level=settings.log_level, json=settings.log_json)
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("starting %s", spec.name)
+        await spec.main(settings, stop)
+        log.info("%s stopped", spec.name)
+
+    asyncio.run(_main())

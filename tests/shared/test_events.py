@@ -1,0 +1,71 @@
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from shared.events import (
+    CaseAcknowledged,
+    CaseReported,
+    Channel,
+    DecodeError,
+    Location,
+    decode,
+    wrap,
+)
+from shared.ids import derived_event_id, new_event_id
+
+
+def _report() -> CaseReported:
+    return CaseReported(
+        category="heating.outage",
+        description="No heating in building 3 since last night",
+        location=Location(lat=47.35, lon=123.92),
+        channel=Channel.APP,
+        reported_at=datetime(2026, 1, 10, 8, 0, tzinfo=UTC),
+    )
+
+
+def test_wrap_and_decode_round_trip() -> None:
+    env = wrap(_report(), case_id="c-1", producer="intake")
+    env2, event = decode(env.to_json())
+    assert env2 == env
+    assert isinstance(event, CaseReported)
+    assert event.location.lat == 47.35
+    assert env.event_type == "CaseReported"
+    assert env.schema_version == 1
+
+
+def test_envelope_json_is_plain_and_keyed_by_case() -> None:
+    import json
+
+    env = wrap(CaseAcknowledged(by="w-1"), case_id="c-9", producer="intake")
+    data = json.loads(env.to_json())
+    assert data["case_id"] == "c-9"
+    assert data["payload"] == {"by": "w-1", "note": None}
+    assert data["occurred_at"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b'{"event_id": "x"}',
+        wrap(CaseAcknowledged(by="w"), case_id="c", producer="p")
+        .to_json()
+        .replace(b"CaseAcknowledged", b"CaseVanished"),
+        wrap(CaseAcknowledged(by="w"), case_id="c", producer="p")
+        .to_json()
+        .replace(b'"by":"w"', b'"by":7'),
+    ],
+)
+def test_decode_rejects_malformed_messages(raw: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode(raw)
+
+
+def test_event_ids() -> None:
+    a, b = new_event_id(), new_event_id()
+    assert a.version == 7 and a != b and a < b  # time-ordered
+    src = uuid.uuid4()
+    assert derived_event_id(src, "routed") == derived_event_id(src, "routed")
+    assert derived_event_id(src, "routed") != derived_event_id(src, "warned")
