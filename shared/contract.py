@@ -38,10 +38,10 @@ def envelope_model(event: type[Event]) -> type[BaseModel]:
     fields: dict[str, Any] = {
         name: (info.annotation, info) for name, info in Envelope.model_fields.items()
     }
-    fields["event_type"] = (Literal[event.EVENT_TYPE], ...)  # type: ignore[valid-type]
-    fields["schema_version"] = (Literal[event.SCHEMA_VERSION], ...)  # type: ignore[valid-type]
+    fields["event_type"] = (Literal[event.EVENT_TYPE], ...)
+    fields["schema_version"] = (Literal[event.SCHEMA_VERSION], ...)
     fields["payload"] = (event, ...)
-    model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    model: type[BaseModel] = create_model(
         f"{event.EVENT_TYPE}Envelope",
         __doc__=(event.__doc__ or event.EVENT_TYPE).strip(),
         **fields,
@@ -74,7 +74,7 @@ def asyncapi() -> dict[str, Any]:
             "payload": {"$ref": f"schemas/{name}.v{cls.SCHEMA_VERSION}.json"},
         }
     for topic, role in TOPIC_ROLES.items():
-        names = sorted(n for n, c in EVENT_TYPES.items() if c.TOPIC == topic)
+        names = sorted(n for n, c in EVENT_TYPES.items() if topic == c.TOPIC)
         channel_id = topic.replace(".", "_")
         channels[channel_id] = {
             "address": topic,
@@ -146,10 +146,14 @@ def write(docs: Path = DOCS) -> list[Path]:
 def stale_files(docs: Path = DOCS) -> list[str]:
     """What differs between docs/ and the models (empty when up to date)."""
     files = render()
-    stale = [rel for rel, text in files.items() if not (docs / rel).exists()
-             or (docs / rel).read_text(encoding="utf-8") != text]
+    stale = [
+        rel
+        for rel, text in files.items()
+        if not (docs / rel).exists() or (docs / rel).read_text(encoding="utf-8") != text
+    ]
     extra = [
-        f"schemas/{p.name}" for p in (docs / "schemas").glob("*.json")
+        f"schemas/{p.name}"
+        for p in (docs / "schemas").glob("*.json")
         if f"schemas/{p.name}" not in files
     ]
     return stale + extra

@@ -96,14 +96,18 @@ class MigrationError(RuntimeError):
     pass
 
 
-async def migrate(conn: asyncpg.Connection, schema: str, sources: Sequence[MigrationSource]) -> list[str]:
+async def migrate(
+    conn: asyncpg.Connection, schema: str, sources: Sequence[MigrationSource]
+) -> list[str]:
     """Apply what is missing of `sources` to `schema`; returns the names applied.
 
     Safe to run from several replicas at once: an advisory lock serialises them.
     """
     check_schema_name(schema)
     applied_now: list[str] = []
-    lock_key = int.from_bytes(hashlib.sha256(f"migrate:{schema}".encode()).digest()[:8], "big", signed=True)
+    lock_key = int.from_bytes(
+        hashlib.sha256(f"migrate:{schema}".encode()).digest()[:8], "big", signed=True
+    )
     await conn.execute("SELECT pg_advisory_lock($1)", lock_key)
     try:
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")

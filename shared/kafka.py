@@ -12,6 +12,7 @@ the effect is durable, and dead-lettering of poison messages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import traceback
 from collections.abc import Iterable, Mapping
@@ -201,15 +202,11 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing:
-            try:
+            # created concurrently by another process: fine
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
-                    [
-                        NewTopic(n, partitions, 1, topic_configs=dict(configs or {}))
-                        for n in missing
-                    ]
+                    [NewTopic(n, partitions, 1, topic_configs=dict(configs or {})) for n in missing]
                 )
-            except TopicAlreadyExistsError:
-                pass  # created concurrently by another process: fine
         return missing
     finally:
         await admin.close()

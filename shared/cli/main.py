@@ -21,8 +21,12 @@ from shared.service import discover_services, run_service
 from shared.settings import get_settings
 
 console = Console(stderr=True)
-app = typer.Typer(help="GridDispatch: case dispatch for grid-governed cities.", no_args_is_help=True)
-stack_app = typer.Typer(help="The local Kafka + PostgreSQL stack (development).", no_args_is_help=True)
+app = typer.Typer(
+    help="GridDispatch: case dispatch for grid-governed cities.", no_args_is_help=True
+)
+stack_app = typer.Typer(
+    help="The local Kafka + PostgreSQL stack (development).", no_args_is_help=True
+)
 app.add_typer(stack_app, name="stack")
 contract_app = typer.Typer(help="The Kafka contract's published schemas.", no_args_is_help=True)
 app.add_typer(contract_app, name="contract")
@@ -53,8 +57,12 @@ def stack_up() -> None:
 
 
 def _print_where(stack: LocalStack) -> None:
-    console.print(f"[green]✓[/green] Kafka       {stack.kafka.bootstrap}   (log {stack.kafka.log_file})")
-    console.print(f"[green]✓[/green] PostgreSQL  {stack.postgres.url}   (log {stack.postgres.log_file})")
+    console.print(
+        f"[green]✓[/green] Kafka       {stack.kafka.bootstrap}   (log {stack.kafka.log_file})"
+    )
+    console.print(
+        f"[green]✓[/green] PostgreSQL  {stack.postgres.url}   (log {stack.postgres.log_file})"
+    )
 
 
 @stack_app.command("down")
@@ -94,11 +102,15 @@ async def _migrate_all() -> list[str]:
 
 
 @app.command()
-def serve(service: str = typer.Argument(..., help="intake, router, escalation or notifier")) -> None:
+def serve(
+    service: str = typer.Argument(..., help="intake, router, escalation or notifier"),
+) -> None:
     """Run one service in the foreground."""
     services = discover_services()
     if service not in services:
-        console.print(f"[red]unknown service {service!r}[/red]; known: {', '.join(services) or 'none'}")
+        console.print(
+            f"[red]unknown service {service!r}[/red]; known: {', '.join(services) or 'none'}"
+        )
         raise typer.Exit(2)
     run_service(services[service])
 
@@ -129,7 +141,7 @@ def up(
         console.print("[bold]running — press Ctrl-C to stop[/bold]")
         _wait_for_interrupt(procs)
     finally:
-        for name, proc in procs:
+        for _, proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for name, proc in procs:

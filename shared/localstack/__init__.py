@@ -73,7 +73,9 @@ class LocalStack:
         try:
             timings["kafka"] = self.kafka.start(progress)
             created = asyncio.run(
-                ensure_topics(self.kafka.bootstrap, all_contract_topics(), partitions=self.partitions)
+                ensure_topics(
+                    self.kafka.bootstrap, all_contract_topics(), partitions=self.partitions
+                )
             )
         except BaseException:
             self.down()

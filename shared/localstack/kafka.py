@@ -17,8 +17,8 @@ from pathlib import Path
 
 from shared.localstack.process import (
     ManagedProcess,
-    StackError,
     Progress,
+    StackError,
     port_open,
 )
 from shared.settings import PROJECT_ROOT
@@ -157,9 +157,7 @@ class KafkaNode:
             self._java(libs, "kafka.Kafka", str(config), heap=self.heap), self.log_file
         )
         progress(f"starting Kafka on {self.bootstrap} …")
-        self.process.wait_for_log(
-            self.log_file, "Kafka Server started", timeout_s, what="Kafka"
-        )
+        self.process.wait_for_log(self.log_file, "Kafka Server started", timeout_s, what="Kafka")
         if not port_open(self.port):
             raise StackError(f"Kafka said it started but {self.bootstrap} does not answer")
         return time.monotonic() - started

@@ -39,7 +39,14 @@ def _ensure_server_user(bin_dir: Path) -> str | None:
         pwd.getpwnam(SERVER_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_USER],
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SERVER_USER,
+            ],
             check=True,
             capture_output=True,
         )
@@ -134,7 +141,9 @@ class PostgresNode:
         self.process.launch(cmd, self.log_file, user=user)
         progress(f"starting PostgreSQL on 127.0.0.1:{self.port} …")
         self.process.wait_for_log(
-            self.log_file, "database system is ready to accept connections", timeout_s,
+            self.log_file,
+            "database system is ready to accept connections",
+            timeout_s,
             what="PostgreSQL",
         )
         self._ensure_database()
@@ -144,8 +153,18 @@ class PostgresNode:
         out = subprocess.run(
             [
                 self._bin("psql"),
-                "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database,
-                "-v", "ON_ERROR_STOP=1", "-tAc", sql,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-tAc",
+                sql,
             ],
             capture_output=True,
             text=True,

@@ -32,7 +32,7 @@ async def _committed(bootstrap: str, group: str, topic: str) -> int:
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         if not parts:
-            await consumer._client.force_metadata_update()  # noqa: SLF001
+            await consumer._client.force_metadata_update()
             parts = consumer.partitions_for_topic(topic) or set()
         total = 0
         for p in parts:

@@ -99,10 +99,19 @@ async def test_relay_killed_between_publish_and_delete_republishes_with_same_eve
     ids = await fill_outbox(db, outbox_schema, topic, cases=20, per_case=25)  # 500 rows
     crashed = subprocess.run(
         [
-            sys.executable, "-m", "tests.helpers.crashing_relay",
-            stack.postgres.url, outbox_schema, stack.kafka.bootstrap, "100",
+            sys.executable,
+            "-m",
+            "tests.helpers.crashing_relay",
+            stack.postgres.url,
+            outbox_schema,
+            stack.kafka.bootstrap,
+            "100",
         ],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=False,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert crashed.returncode == -9, crashed.stderr
     # The first batch was deleted; the second was published but is still in the outbox.
@@ -125,12 +134,14 @@ async def test_relay_killed_between_publish_and_delete_republishes_with_same_eve
 async def test_only_one_relay_per_schema_is_active(
     stack: LocalStack, db: asyncpg.Connection, outbox_schema: str, topic: str
 ) -> None:
-    async with running_relay(stack, outbox_schema) as first:
-        async with running_relay(stack, outbox_schema) as second:
-            await asyncio.sleep(1.0)
-            assert [first.is_leader, second.is_leader].count(True) == 1
-            ids = await fill_outbox(db, outbox_schema, topic, cases=5, per_case=10)
-            await _drained(db, outbox_schema)
+    async with (
+        running_relay(stack, outbox_schema) as first,
+        running_relay(stack, outbox_schema) as second,
+    ):
+        await asyncio.sleep(1.0)
+        assert [first.is_leader, second.is_leader].count(True) == 1
+        ids = await fill_outbox(db, outbox_schema, topic, cases=5, per_case=10)
+        await _drained(db, outbox_schema)
     records = await read_topic(stack.kafka.bootstrap, topic, expected=len(ids))
     assert sorted(json.loads(r.value)["event_id"] for r in records) == sorted(ids)
 
@@ -155,14 +166,30 @@ async def test_kafka_console_consumer_reads_a_relayed_envelope(
     libs = next(stack.kafka.cache.glob("kafka-*/libs"))
     out = subprocess.run(
         [
-            "java", "-Xmx128m", "-cp", f"{libs}/*",
+            "java",
+            "-Xmx128m",
+            "-cp",
+            f"{libs}/*",
             f"-Dlog4j2.configurationFile={PROJECT_ROOT}/deploy/local/kafka/log4j2.properties",
             "org.apache.kafka.tools.consumer.ConsoleConsumer",
-            "--bootstrap-server", stack.kafka.bootstrap, "--topic", topic,
-            "--from-beginning", "--max-messages", "1", "--timeout-ms", "20000",
-            "--property", "print.key=true", "--property", "key.separator=|",
+            "--bootstrap-server",
+            stack.kafka.bootstrap,
+            "--topic",
+            topic,
+            "--from-beginning",
+            "--max-messages",
+            "1",
+            "--timeout-ms",
+            "20000",
+            "--property",
+            "print.key=true",
+            "--property",
+            "key.separator=|",
         ],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     line = next(line for line in out.stdout.splitlines() if "|" in line)
