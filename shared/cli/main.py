@@ -20,7 +20,7 @@ from shared.localstack import LocalStack, StackError
 from shared.service import discover_services, run_service
 from shared.settings import get_settings
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 app = typer.Typer(
     help="GridDispatch: case dispatch for grid-governed cities.", no_args_is_help=True
 )
@@ -127,6 +127,9 @@ def up(
     except StackError as exc:
         console.print(f"[red]✗[/red] {exc}")
         raise typer.Exit(1) from exc
+    # Everything started from here talks to this stack.
+    os.environ.update(stack.env())
+    get_settings.cache_clear()
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     try:
         if migrate_first:
