@@ -59,8 +59,12 @@ def test_up_reports_where_things_are_and_ctrl_c_leaves_nothing_running(
 ) -> None:
     env, home = cli_env
     proc = subprocess.Popen(
-        [*CLI, "up"], env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
+        [*CLI, "up"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdout is not None
     output = []
@@ -79,7 +83,11 @@ def test_up_reports_where_things_are_and_ctrl_c_leaves_nothing_running(
     assert len(_processes_under(home)) >= 2  # the broker and the database server
 
     status = subprocess.run(
-        [*CLI, "stack", "status"], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
+        [*CLI, "stack", "status"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
         check=True,
     )
     assert status.stderr.count("running at") == 2, status.stderr
@@ -94,15 +102,25 @@ def test_up_reports_where_things_are_and_ctrl_c_leaves_nothing_running(
 def test_stack_up_and_down_in_the_background(cli_env: tuple[dict[str, str], Path]) -> None:
     env, home = cli_env
     up = subprocess.run(
-        [*CLI, "stack", "up"], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
-        timeout=120, check=False,
+        [*CLI, "stack", "up"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert up.returncode == 0, up.stderr
     assert "created topics: cases.intake, cases.lifecycle" in up.stderr
     assert len(_processes_under(home)) >= 2
     down = subprocess.run(
-        [*CLI, "stack", "down"], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
-        timeout=120, check=True,
+        [*CLI, "stack", "down"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     assert "stopped: kafka, postgres" in down.stderr
     assert _processes_under(home) == []
