@@ -111,6 +111,7 @@ class CaseReported(Event):
     media_urls: tuple[str, ...] = Field(default=(), max_length=5)
     sensitivity: Sensitivity = Sensitivity()
     possible_duplicate_of: str | None = None
+    attributes: dict[str, str] = Field(default_factory=dict, description="category questions")
 
 
 class RerouteRequested(Event):

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -96,13 +96,14 @@ def make_broker(
 
 def durable_subscriber(
     broker: KafkaBroker, *topic_names: str, group_id: str, **options: Any
-) -> Any:
+) -> Callable[[Callable[..., Awaitable[None]]], object]:
     """`broker.subscriber` with commit-after-effect semantics and a start from the earliest
     offset for new groups (a new consumer must not skip reports that were already accepted)."""
     options.setdefault("auto_offset_reset", "earliest")
-    return broker.subscriber(
+    decorator: Callable[[Callable[..., Awaitable[None]]], object] = broker.subscriber(
         *topic_names, group_id=group_id, ack_policy=AckPolicy.NACK_ON_ERROR, **options
     )
+    return decorator
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -44,9 +44,10 @@ OUTBOX_BATCH_SECONDS = Histogram(
 ReadinessCheck = Callable[[], Awaitable[bool]]
 
 
-def health_app(checks: dict[str, ReadinessCheck] | None = None) -> Starlette:
+def health_routes(checks: dict[str, ReadinessCheck] | None = None) -> list[BaseRoute]:
     """`/health/live` answers while the process runs; `/health/ready` runs every check
-    (database reachable, consumer started, …) and answers 503 naming the ones that fail."""
+    (database reachable, consumer started, …) and answers 503 naming the ones that fail;
+    `/metrics` is the Prometheus text format."""
     checks = checks or {}
 
     async def live(_: Request) -> JSONResponse:
@@ -65,10 +66,13 @@ def health_app(checks: dict[str, ReadinessCheck] | None = None) -> Starlette:
             return JSONResponse({"status": "unavailable", "failed": failed}, status_code=503)
         return JSONResponse({"status": "ok", "checks": sorted(checks)})
 
-    return Starlette(
-        routes=[
-            Route("/health/live", live),
-            Route("/health/ready", ready),
-            Mount("/metrics", make_asgi_app(registry=REGISTRY)),
-        ]
-    )
+    return [
+        Route("/health/live", live),
+        Route("/health/ready", ready),
+        Mount("/metrics", make_asgi_app(registry=REGISTRY)),
+    ]
+
+
+def health_app(checks: dict[str, ReadinessCheck] | None = None) -> Starlette:
+    """The health and metrics endpoints as an app of their own (for non-HTTP services)."""
+    return Starlette(routes=health_routes(checks))

@@ -1,0 +1,345 @@
+"""Intake: wiring only. The HTTP API, the outbox relay and the read-model consumer share one
+process (and scale out together); the decisions live in lifecycle.py, catalogue.py, views.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import Counter, Histogram
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.intake import store
+from services.intake.auth import RateLimiter
+from services.intake.catalogue import load_file
+from services.intake.http import cases, open311
+from services.intake.http.deps import ApiError, CatalogueCache, IntakeState
+from services.intake.readmodel import attach_read_model
+from services.intake.settings import IntakeSettings
+from shared.db import OUTBOX_MIGRATIONS, MigrationSource, create_pool, migrate
+from shared.kafka import make_broker, make_producer
+from shared.metrics import REGISTRY, health_routes
+from shared.outbox import OutboxRelay
+from shared.service import ServiceSpec
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = (OUTBOX_MIGRATIONS, MigrationSource("intake", Path(__file__).parent / "migrations"))
+
+HTTP_REQUESTS = Counter(
+    "griddispatch_http_requests_total",
+    "HTTP requests by route and status",
+    ["service", "method", "route", "status"],
+    registry=REGISTRY,
+)
+HTTP_SECONDS = Histogram(
+    "griddispatch_http_request_seconds",
+    "HTTP request duration",
+    ["service", "method", "route"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+
+
+class BodyLimit:
+    """Refuses request bodies over `limit` bytes with 413, counting what actually arrives
+    (a missing or false Content-Length does not get around it)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._too_large(send)
+            return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._too_large(send)
+
+    async def _too_large(self, send: Send) -> None:
+        body = (
+            b'{"error":"body_too_large","message":"the request body is over '
+            + str(self.limit).encode()
+            + b' bytes","errors":[]}'
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _error(
+    status: int,
+    error: str,
+    message: str,
+    errors: list[dict[str, str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": error, "message": message, "errors": errors or []},
+        status_code=status,
+        headers=dict(headers) if headers else None,
+    )
+
+
+def _is_open311(request: Request) -> bool:
+    return request.url.path.startswith("/open311/")
+
+
+def _open311_format(request: Request) -> str:
+    return "xml" if request.url.path.endswith(".xml") else "json"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = [
+            {
+                "field": ".".join(
+                    str(p) for p in e["loc"] if p not in ("body", "query", "path", "header")
+                )
+                or "body",
+                "reason": e["msg"],
+            }
+            for e in exc.errors()
+        ]
+        if _is_open311(request):
+            first = errors[0]
+            return open311.error_response(
+                open311.Open311Error(
+                    400, f"{first['field']}: {first['reason']}", _open311_format(request)
+                )
+            )
+        return _error(422, "invalid_request", "the request is not valid", errors)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        if _is_open311(request):
+            return open311.error_response(
+                open311.Open311Error(exc.status_code, str(exc.detail), _open311_format(request))
+            )
+        errors = [{"field": exc.field, "reason": str(exc.detail)}] if exc.field else []
+        return _error(exc.status_code, exc.error, str(exc.detail), errors, exc.headers)
+
+    @app.exception_handler(open311.Open311Error)
+    async def open311_error(request: Request, exc: open311.Open311Error) -> Response:
+        return open311.error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if _is_open311(request):
+            return open311.error_response(
+                open311.Open311Error(exc.status_code, str(exc.detail), _open311_format(request))
+            )
+        return _error(exc.status_code, "http_error", str(exc.detail), headers=exc.headers)
+
+
+def create_app(
+    settings: Settings | None = None,
+    intake_settings: IntakeSettings | None = None,
+    *,
+    background: bool = True,
+) -> FastAPI:
+    """The intake ASGI app. With `background`, it also runs the outbox relay and the
+    read-model consumer (a replica does all three)."""
+    settings = settings or get_settings()
+    isettings = intake_settings or IntakeSettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await create_pool(settings.database_url, "intake", max_size=isettings.pool_size)
+        async with pool.acquire() as conn:
+            await migrate(conn, "intake", MIGRATIONS)
+            await store.import_catalogue(conn, load_file(), replace=False)
+        app.state.intake = IntakeState(
+            settings=isettings,
+            pool=pool,
+            catalogue=CatalogueCache(pool, isettings.catalogue_refresh_s),
+            limiter=RateLimiter(isettings.rate_limit_per_key, isettings.rate_limit_per_address),
+        )
+        stop = asyncio.Event()
+        tasks: list[asyncio.Task[None]] = []
+        producer = None
+        broker = None
+        if background:
+            producer = make_producer(settings.kafka, "intake-outbox")
+            relay = OutboxRelay(
+                settings.database_url,
+                "intake",
+                producer,
+                batch_size=settings.outbox.batch_size,
+                poll_interval_s=settings.outbox.poll_interval_s,
+            )
+            tasks.append(asyncio.create_task(_start_relay(producer, relay, stop)))
+            broker = make_broker(settings.kafka, "intake")
+            attach_read_model(broker, pool)
+            tasks.append(asyncio.create_task(_start_broker(broker, stop)))
+        try:
+            yield
+        finally:
+            stop.set()
+            for task in tasks:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(task, 15)
+            if broker is not None:
+                with contextlib.suppress(Exception):
+                    await broker.stop()
+            if producer is not None:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+            await pool.close()
+
+    app = FastAPI(
+        title="GridDispatch intake",
+        version="1",
+        description="Resident reports in (JSON and Open311 GeoReport v2), case status out.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(cases.router)
+    app.include_router(open311.router)
+
+    async def db_ready() -> bool:
+        st: IntakeState = app.state.intake
+        async with st.pool.acquire() as conn:
+            return bool(await conn.fetchval("SELECT 1"))
+
+    app.router.routes.extend(health_routes({"database": db_ready}))
+
+    @app.middleware("http")
+    async def measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        HTTP_REQUESTS.labels("intake", request.method, path, str(response.status_code)).inc()
+        HTTP_SECONDS.labels("intake", request.method, path).observe(time.perf_counter() - started)
+        return response
+
+    app.add_middleware(BodyLimit, limit=isettings.max_body_bytes)
+    return app
+
+
+async def _start_relay(producer: Any, relay: OutboxRelay, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await producer.start()
+            break
+        except Exception as exc:  # Kafka down: keep accepting reports, retry
+            log.warning("Kafka unavailable for the outbox relay, retrying: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2)
+    if not stop.is_set():
+        await relay.run(stop)
+
+
+async def _start_broker(broker: Any, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await broker.start()
+            return
+        except Exception as exc:
+            log.warning("Kafka unavailable for the read model, retrying: %s", exc)
+            with contextlib.suppress(Exception):
+                await broker.stop()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2)
+
+
+def asgi() -> FastAPI:
+    """Factory for `uvicorn --factory services.intake.app:asgi`."""
+    return create_app()
+
+
+async def main(settings: Settings, stop: asyncio.Event) -> None:
+    isettings = IntakeSettings()
+    if isettings.workers == 1:
+        config = uvicorn.Config(
+            create_app(settings, isettings),
+            host=isettings.host,
+            port=isettings.port,
+            log_config=None,
+            access_log=False,
+        )
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        await stop.wait()
+        server.should_exit = True
+        await serving
+        return
+    # Several server processes: uvicorn's own supervisor forks and watches them.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "services.intake.app:asgi",
+        "--host",
+        isettings.host,
+        "--port",
+        str(isettings.port),
+        "--workers",
+        str(isettings.workers),
+        "--no-access-log",
+    )
+    await stop.wait()
+    proc.terminate()
+    await proc.wait()
+
+
+SERVICE = ServiceSpec(
+    name="intake",
+    description="HTTP API and Open311 for residents' reports; the case read model",
+    main=main,
+    schema="intake",
+    migrations=MIGRATIONS,
+    order=10,
+)

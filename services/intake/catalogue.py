@@ -1,0 +1,98 @@
+"""The service catalogue: categories residents can report, their department and deadlines.
+
+Plain data and validation; loading from the database lives in `repository.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.events import Priority
+
+SEED_FILE = Path(__file__).parent / "data" / "catalogue.yaml"
+
+
+class AttributeValue(BaseModel):
+    key: str
+    name: str
+
+
+class Attribute(BaseModel):
+    """An Open311 service attribute (an extra question asked with a report)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(pattern=r"^[a-z0-9_]{1,64}$")
+    datatype: Literal[
+        "string", "number", "datetime", "text", "singlevaluelist", "multivaluelist"
+    ] = "string"
+    description: str
+    required: bool = False
+    values: list[AttributeValue] = []
+
+
+class CategoryDeadlines(BaseModel):
+    acknowledge_hours: float = Field(gt=0)
+    resolve_hours: float = Field(gt=0)
+    working_time: bool = False
+
+
+class Category(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{0,63}$")
+    name: dict[str, str]
+    group: str
+    department: str
+    deadlines: CategoryDeadlines
+    priority: Priority = Priority.NORMAL
+    attributes: list[Attribute] = []
+    department_needs_phone: bool = False
+    keywords: list[str] = []
+
+    def display_name(self, lang: str = "zh-CN") -> str:
+        return self.name.get(lang) or self.name.get("zh-CN") or next(iter(self.name.values()))
+
+
+class Catalogue(BaseModel):
+    categories: list[Category]
+
+    def by_code(self) -> dict[str, Category]:
+        return {c.code: c for c in self.categories}
+
+
+def load_file(path: Path = SEED_FILE) -> Catalogue:
+    return Catalogue.model_validate(yaml.safe_load(path.read_text("utf-8")))
+
+
+def check_attributes(category: Category, answers: dict[str, str]) -> list[tuple[str, str]]:
+    """Problems with a report's answers to its category's questions, as (field, reason)."""
+    problems: list[tuple[str, str]] = []
+    known = {a.code: a for a in category.attributes}
+    for code in answers:
+        if code not in known:
+            problems.append((f"attributes.{code}", f"{category.code} asks no question {code!r}"))
+    for attr in category.attributes:
+        value = answers.get(attr.code)
+        if value is None or value == "":
+            if attr.required:
+                problems.append((f"attributes.{attr.code}", "this answer is required"))
+            continue
+        if attr.datatype == "number":
+            try:
+                float(value)
+            except ValueError:
+                problems.append((f"attributes.{attr.code}", "must be a number"))
+        elif attr.datatype in ("singlevaluelist", "multivaluelist"):
+            allowed = {v.key for v in attr.values}
+            given = value.split(",") if attr.datatype == "multivaluelist" else [value]
+            bad = [g for g in given if g not in allowed]
+            if bad:
+                problems.append(
+                    (f"attributes.{attr.code}", f"must be one of {', '.join(sorted(allowed))}")
+                )
+    return problems

@@ -1,0 +1,91 @@
+"""`griddispatch keys …` and `griddispatch catalogue …`: intake's command groups."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import asyncpg
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.intake import store
+from services.intake.app import MIGRATIONS
+from services.intake.auth import SCOPED_ROLES, Role
+from services.intake.catalogue import SEED_FILE, load_file
+from shared.db import migrate
+from shared.settings import get_settings
+
+console = Console(stderr=True, soft_wrap=True)
+keys_app = typer.Typer(help="API keys of intake (stored hashed).", no_args_is_help=True)
+catalogue_app = typer.Typer(help="The service catalogue.", no_args_is_help=True)
+T = TypeVar("T")
+
+
+def _with_db(fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def run() -> T:
+        conn = await asyncpg.connect(get_settings().database_url)
+        try:
+            await migrate(conn, "intake", MIGRATIONS)
+            return await fn(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Option(..., help="who gets the key, e.g. 'heating company app'"),
+    role: Role = typer.Option(..., help="resident_app, department, worker, operator or admin"),
+    scope: str | None = typer.Option(None, help="department code or worker id"),
+) -> None:
+    """Create a key and print it once (only its hash is stored)."""
+    if role in SCOPED_ROLES and not scope:
+        console.print(f"[red]a {role.value} key needs --scope[/red]")
+        raise typer.Exit(2)
+    key = _with_db(lambda c: store.create_key(c, name, role, scope))
+    console.print(f"created key {key.prefix} ({role.value}{', ' + scope if scope else ''})")
+    print(key.token)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    rows = _with_db(store.list_keys)
+    table = Table("prefix", "name", "role", "scope", "created", "revoked")
+    for r in rows:
+        table.add_row(
+            r["prefix"],
+            r["name"],
+            r["role"],
+            r["scope"] or "",
+            f"{r['created_at']:%Y-%m-%d %H:%M}",
+            f"{r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else "",
+        )
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(prefix: str) -> None:
+    """Revoke the key with this prefix (takes effect at once)."""
+    if not _with_db(lambda c: store.revoke_key(c, prefix)):
+        console.print(f"[red]no active key {prefix}[/red]")
+        raise typer.Exit(1)
+    console.print(f"revoked {prefix}")
+
+
+@catalogue_app.command("import")
+def catalogue_import(
+    path: Path = typer.Argument(SEED_FILE, exists=True, dir_okay=False),
+) -> None:
+    """Load categories from a YAML file, replacing those with the same code."""
+    try:
+        catalogue = load_file(path)
+    except Exception as exc:
+        console.print(f"[red]{path}: {exc}[/red]")
+        raise typer.Exit(2) from exc
+    n = _with_db(lambda c: store.import_catalogue(c, catalogue, replace=True))
+    console.print(f"imported {n} categories from {path}")

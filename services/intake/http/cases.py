@@ -1,0 +1,267 @@
+"""The native JSON API: `/v1/categories` and `/v1/cases`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Request
+from prometheus_client import Counter
+
+from services.intake import store
+from services.intake.auth import Principal, Role
+from services.intake.catalogue import check_attributes
+from services.intake.http.deps import ApiError, OptionalPrincipal, RequiredPrincipal, State
+from services.intake.lifecycle import IllegalTransition, NotPermitted, Status
+from services.intake.models import (
+    CasePage,
+    CaseView,
+    CategoryView,
+    ErrorBody,
+    ReportAccepted,
+    ReportIn,
+    StepAccepted,
+    StepIn,
+)
+from services.intake.views import case_view
+from shared.metrics import REGISTRY
+
+router = APIRouter(prefix="/v1", tags=["cases"])
+
+CASES_REPORTED = Counter(
+    "griddispatch_cases_reported_total",
+    "Reports accepted by intake",
+    ["channel", "category"],
+    registry=REGISTRY,
+)
+
+CaseId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+TrackingToken = Annotated[
+    str | None,
+    Header(alias="X-Tracking-Token", max_length=64, description="the resident's tracking token"),
+]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody},
+    403: {"model": ErrorBody},
+    404: {"model": ErrorBody},
+    409: {"model": ErrorBody},
+    422: {"model": ErrorBody},
+    429: {"model": ErrorBody},
+}
+
+
+@router.get("/categories", response_model=list[CategoryView])
+async def list_categories(st: State) -> list[CategoryView]:
+    """The service catalogue: what can be reported, and how fast it is handled."""
+    return [
+        CategoryView(
+            code=c.code,
+            name=c.name,
+            group=c.group,
+            department=c.department,
+            priority=c.priority,
+            acknowledge_hours=c.deadlines.acknowledge_hours,
+            resolve_hours=c.deadlines.resolve_hours,
+            working_time=c.deadlines.working_time,
+        )
+        for c in (await st.catalogue.get()).values()
+    ]
+
+
+async def accept_report(
+    st: State,
+    request: Request,
+    body: ReportIn,
+    principal: Principal | None,
+    idempotency_key: str | None,
+    raw: bytes,
+) -> store.Accepted:
+    """Shared by the JSON API and Open311: validate against the catalogue, then store."""
+    categories = await st.catalogue.get()
+    category = categories.get(body.category)
+    if category is None:
+        raise ApiError(
+            422, "unknown_category", f"unknown category {body.category!r}", field="category"
+        )
+    problems = check_attributes(category, body.attributes)
+    if problems:
+        field, reason = problems[0]
+        raise ApiError(422, "invalid_attribute", reason, field=field)
+    if body.sensitivity is not None and (
+        principal is None or principal.role not in (Role.WORKER, Role.OPERATOR, Role.ADMIN)
+    ):
+        raise ApiError(
+            403,
+            "forbidden_field",
+            "only grid workers and operators may set care flags",
+            field="sensitivity",
+        )
+    idem = None
+    if idempotency_key is not None:
+        owner = store.new_idempotency_owner(
+            principal, request.client.host if request.client else ""
+        )
+        idem = (owner, idempotency_key, store.request_fingerprint(raw))
+    accepted = await store.report(st.pool, body, principal, idempotency=idem)
+    if accepted.conflict:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+            field="Idempotency-Key",
+        )
+    if not accepted.replayed:
+        CASES_REPORTED.labels(body.channel.value, body.category).inc()
+    return accepted
+
+
+@router.post("/cases", status_code=202, response_model=ReportAccepted, responses=ERRORS)
+async def report_case(
+    body: ReportIn,
+    request: Request,
+    st: State,
+    principal: RequiredPrincipal,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+    ] = None,
+) -> ReportAccepted:
+    """Report an issue. Answers 202 once the case is durably stored; a retry with the same
+    `Idempotency-Key` returns the first answer and creates nothing."""
+    accepted = await accept_report(
+        st, request, body, principal, idempotency_key, await request.body()
+    )
+    return ReportAccepted(
+        case_id=accepted.case_id,
+        tracking_token=accepted.tracking_token,
+        status=Status.REPORTED,
+        status_url=f"{st.settings.public_base_url}/v1/cases/{accepted.case_id}",
+        possible_duplicate_of=accepted.possible_duplicate_of,
+    )
+
+
+@router.get("/cases/{case_id}", response_model=CaseView, responses=ERRORS)
+async def get_case(
+    case_id: CaseId,
+    st: State,
+    principal: OptionalPrincipal,
+    tracking_token: TrackingToken = None,
+) -> CaseView:
+    """One case with its timeline: for its department or worker, operators, or the resident
+    holding its tracking token."""
+    async with st.pool.acquire() as conn:
+        row = await store.get_case(conn, case_id)
+        if row is None:
+            raise ApiError(404, "not_found", f"no case {case_id}")
+        resident = tracking_token is not None and store.may_see(None, row, tracking_token)
+        if not (resident or store.may_see(principal, row, None)):
+            if principal is None and tracking_token is None:
+                raise ApiError(401, "missing_api_key", "an API key or a tracking token is needed")
+            raise ApiError(403, "forbidden", "this case is not assigned to you")
+        events = await store.timeline(conn, case_id)
+    categories = await st.catalogue.get()
+    return case_view(
+        row,
+        viewer=None if resident else principal,
+        resident=resident,
+        category=categories.get(row["category"]),
+        timeline=events,
+    )
+
+
+@router.get("/cases", response_model=CasePage, responses=ERRORS)
+async def list_cases(
+    st: State,
+    principal: RequiredPrincipal,
+    status: Annotated[list[Status] | None, Query()] = None,
+    category: Annotated[list[str] | None, Query(max_length=50)] = None,
+    department: Annotated[str | None, Query(max_length=64)] = None,
+    grid: Annotated[str | None, Query(max_length=64)] = None,
+    district: Annotated[str | None, Query(max_length=64)] = None,
+    reported_after: datetime | None = None,
+    reported_before: datetime | None = None,
+    updated_after: datetime | None = None,
+    updated_before: datetime | None = None,
+    escalation_level: Annotated[int | None, Query(ge=0, le=10, description="at least")] = None,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> CasePage:
+    """Cases visible to the caller, newest first. Departments see only their own, workers
+    only those assigned to them, operators all."""
+    worker_id = None
+    if principal.role is Role.DEPARTMENT:
+        if department is not None and department != principal.scope:
+            raise ApiError(
+                403, "forbidden", "a department sees only its own cases", field="department"
+            )
+        department = principal.scope
+    elif principal.role is Role.WORKER:
+        worker_id = principal.scope
+    elif not principal.sees_everything:
+        raise ApiError(403, "forbidden", "this key may not list cases")
+    try:
+        after = store.decode_cursor(cursor) if cursor else None
+    except ValueError as exc:
+        raise ApiError(422, "invalid_cursor", str(exc), field="cursor") from exc
+    filters = store.CaseFilter(
+        status=[s.value for s in status] if status else None,
+        category=category,
+        department=department,
+        grid_id=grid,
+        district=district,
+        worker_id=worker_id,
+        reported_after=reported_after,
+        reported_before=reported_before,
+        updated_after=updated_after,
+        updated_before=updated_before,
+        min_escalation_level=escalation_level,
+    )
+    async with st.pool.acquire() as conn:
+        rows = await store.list_cases(conn, filters, limit=limit + 1, cursor=after)
+    categories = await st.catalogue.get()
+    page = rows[:limit]
+    return CasePage(
+        items=[
+            case_view(r, viewer=principal, resident=False, category=categories.get(r["category"]))
+            for r in page
+        ],
+        next_cursor=store.encode_cursor(page[-1]["reported_at"], page[-1]["case_id"])
+        if len(rows) > limit
+        else None,
+    )
+
+
+@router.post(
+    "/cases/{case_id}/events", status_code=202, response_model=StepAccepted, responses=ERRORS
+)
+async def take_step(
+    case_id: CaseId,
+    body: StepIn,
+    st: State,
+    principal: OptionalPrincipal,
+    tracking_token: TrackingToken = None,
+) -> StepAccepted:
+    """Acknowledge, add a progress note, resolve, request a transfer, verify and close
+    (departments, workers, operators); reopen or rate (the resident, with the tracking token)."""
+    if principal is None and tracking_token is None:
+        raise ApiError(401, "missing_api_key", "an API key or a tracking token is needed")
+    try:
+        status, env = await store.apply_step(
+            st.pool,
+            case_id,
+            body.action,
+            principal=principal,
+            tracking_token=tracking_token,
+            note=body.note,
+            reason=body.reason,
+            photo_urls=tuple(str(u) for u in body.photo_urls),
+            rating=body.rating,
+        )
+    except store.CaseNotFound as exc:
+        raise ApiError(404, "not_found", f"no case {case_id}") from exc
+    except store.Forbidden as exc:
+        raise ApiError(403, "forbidden", "this case is not assigned to you") from exc
+    except NotPermitted as exc:
+        raise ApiError(403, "forbidden", str(exc), field="action") from exc
+    except IllegalTransition as exc:
+        raise ApiError(409, "illegal_transition", str(exc), field="action") from exc
+    return StepAccepted(case_id=case_id, status=status, event_id=str(env.event_id))

@@ -1,0 +1,182 @@
+"""The JSON API's request and response bodies (they make the OpenAPI document)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from services.intake.lifecycle import Action, Status
+from shared.events import Channel, Priority
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+MediaUrl = Annotated[AnyHttpUrl, Field(description="http(s) URL of a photo or video")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LocationIn(Strict):
+    lat: float | None = Field(default=None, ge=-90, le=90, description="WGS84 latitude")
+    lon: float | None = Field(default=None, ge=-180, le=180, description="WGS84 longitude")
+    address: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = None
+    building_code: (
+        Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+        | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> LocationIn:
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("lat and lon must be given together")
+        if self.lat is None and not self.address and not self.building_code:
+            raise ValueError("give a coordinate (lat, lon), a building_code or an address")
+        return self
+
+
+class ContactIn(Strict):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)] | None = None
+    phone: Annotated[str, StringConstraints(pattern=r"^\+?[0-9 ()-]{5,20}$")] | None = None
+    email: (
+        Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+        | None
+    ) = None
+    consent_to_notify: bool = Field(
+        default=False, description="the resident agrees to SMS or e-mail updates"
+    )
+
+
+class SensitivityIn(Strict):
+    """Set by grid workers and operators only: flags they know from their households."""
+
+    care_groups: list[
+        Literal[
+            "elderly_alone",
+            "very_old",
+            "disabled",
+            "lost_only_child",
+            "low_income",
+            "subsistence_allowance",
+            "women_children_hardship",
+        ]
+    ] = Field(default=[], max_length=7)
+    community_correction: bool = False
+
+
+class ReportIn(Strict):
+    category: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{0,63}$")] = Field(
+        description="a service code from GET /v1/categories"
+    )
+    description: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)
+    ]
+    location: LocationIn
+    channel: Channel = Channel.API
+    reporter: ContactIn | None = None
+    media_urls: list[MediaUrl] = Field(default=[], max_length=5)
+    on_behalf_of: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)] | None
+    ) = Field(
+        default=None,
+        description="proxy reports: the resident's id or the code printed on their card",
+    )
+    attributes: dict[
+        Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,64}$")],
+        Annotated[str, StringConstraints(max_length=500)],
+    ] = Field(default={}, max_length=30, description="answers to the category's questions")
+    sensitivity: SensitivityIn | None = None
+
+
+class ReportAccepted(BaseModel):
+    case_id: str
+    tracking_token: str = Field(description="lets the resident follow, reopen and rate the case")
+    status: Status
+    status_url: str
+    possible_duplicate_of: str | None = None
+
+
+class StepIn(Strict):
+    action: Action
+    note: Annotated[str, StringConstraints(strip_whitespace=True, max_length=4000)] | None = None
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000)] | None = None
+    photo_urls: list[MediaUrl] = Field(default=[], max_length=5)
+    rating: int | None = Field(default=None, ge=1, le=5)
+
+    @model_validator(mode="after")
+    def _fields_for_action(self) -> StepIn:
+        if self.action is Action.RATE and self.rating is None:
+            raise ValueError("rating (1–5) is required to rate a case")
+        if self.action in (Action.REQUEST_TRANSFER, Action.REOPEN) and not self.reason:
+            raise ValueError(f"a reason is required to {self.action.value}")
+        if self.action in (Action.PROGRESS, Action.RESOLVE) and not self.note:
+            raise ValueError(f"a note is required to {self.action.value}")
+        return self
+
+
+class StepAccepted(BaseModel):
+    case_id: str
+    status: Status
+    event_id: str
+
+
+class TimelineEntry(BaseModel):
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+    producer: str
+    details: dict[str, object]
+
+
+class CaseView(BaseModel):
+    case_id: str
+    status: Status
+    category: str
+    description: str
+    channel: Channel
+    location: LocationIn | None
+    department: str | None
+    grid_id: str | None
+    district: str | None
+    worker_id: str | None
+    priority: Priority | None
+    acknowledge_by: datetime | None
+    resolve_by: datetime | None
+    escalation_level: int
+    rating: int | None
+    possible_duplicate_of: str | None
+    reported_at: datetime
+    updated_at: datetime
+    media_urls: list[str]
+    reporter: dict[str, object] | None = Field(
+        default=None, description="contact details; shown to operators and the resident only"
+    )
+    timeline: list[TimelineEntry] = []
+
+
+class CasePage(BaseModel):
+    items: list[CaseView]
+    next_cursor: str | None
+
+
+class CategoryView(BaseModel):
+    code: str
+    name: dict[str, str]
+    group: str
+    department: str
+    priority: Priority
+    acknowledge_hours: float
+    resolve_hours: float
+    working_time: bool
+
+
+class ErrorItem(BaseModel):
+    field: str
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+    errors: list[ErrorItem] = []

@@ -1,0 +1,54 @@
+"""Keeps intake's view of every case current by consuming `cases.lifecycle`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC
+
+import asyncpg
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from prometheus_client import Counter, Gauge
+
+from services.intake import store
+from shared import topics
+from shared.events import decode
+from shared.kafka import DeadLetters, durable_subscriber
+from shared.metrics import REGISTRY
+
+log = logging.getLogger(__name__)
+
+GROUP_ID = "intake-read-model"
+
+READ_MODEL_LAG = Gauge(
+    "griddispatch_intake_read_model_lag_seconds",
+    "Age of the last lifecycle event folded into intake's read model when it was applied",
+    registry=REGISTRY,
+)
+READ_MODEL_EVENTS = Counter(
+    "griddispatch_intake_read_model_events_total",
+    "Lifecycle events seen by the read model",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
+
+def attach_read_model(broker: KafkaBroker, pool: asyncpg.Pool) -> None:
+    """Register the `cases.lifecycle` consumer on `broker`."""
+    dead_letters = DeadLetters(broker, GROUP_ID)
+
+    @durable_subscriber(
+        broker, topics.CASES_LIFECYCLE, group_id=GROUP_ID, batch=True, max_records=500
+    )
+    async def fold_lifecycle(msg: KafkaMessage) -> None:
+        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        async with pool.acquire() as conn:
+            for record in records:
+                async with dead_letters.guard(record):
+                    env, event = decode(record.value)
+                    applied = await store.apply_lifecycle_event(conn, env, event)
+                    READ_MODEL_EVENTS.labels("applied" if applied else "duplicate").inc()
+                    READ_MODEL_LAG.set(
+                        max(0.0, time.time() - env.occurred_at.astimezone(UTC).timestamp())
+                    )

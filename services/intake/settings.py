@@ -1,0 +1,25 @@
+"""Intake's own settings (environment prefix `GRIDDISPATCH_INTAKE__`)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class IntakeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRIDDISPATCH_INTAKE__", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = Field(default=1, ge=1, description="server processes")
+    public_base_url: str = Field(
+        default="", description="prefix of status URLs, e.g. https://311.example.gov"
+    )
+    rate_limit_per_key: str = "200/second"
+    rate_limit_per_address: str = "100/second"
+    max_body_bytes: int = 64 * 1024
+    open311_public_read: bool = Field(
+        default=True, description="Open311 GET requests without an api_key (no personal data)"
+    )
+    catalogue_refresh_s: float = 10.0
+    pool_size: int = 10

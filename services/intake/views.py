@@ -1,0 +1,102 @@
+"""How a stored case is shown to whom. Pure functions: rows in, response models out.
+
+Departments and workers never see sensitivity flags; they see the reporter's phone number
+masked unless the category says the department needs it. Operators and the resident see the
+contact details in full.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from services.intake.auth import Principal, Role
+from services.intake.catalogue import Category
+from services.intake.lifecycle import Status
+from services.intake.models import CaseView, LocationIn, TimelineEntry
+from shared.events import Channel, Priority
+
+
+def mask_phone(phone: str) -> str:
+    digits = [c for c in phone if c.isdigit()]
+    if len(digits) < 7:
+        return "***"
+    return "".join(digits[:3]) + "****" + "".join(digits[-4:])
+
+
+def reporter_for(
+    reporter: Mapping[str, Any] | None,
+    viewer: Principal | None,
+    resident: bool,
+    category: Category | None,
+) -> dict[str, object] | None:
+    if not reporter:
+        return None
+    if resident or (viewer is not None and viewer.sees_everything):
+        return dict(reporter)
+    if viewer is not None and viewer.role in (Role.DEPARTMENT, Role.WORKER):
+        shown: dict[str, object] = {"name": reporter.get("name")}
+        phone = reporter.get("phone")
+        if phone:
+            needs = category is not None and category.department_needs_phone
+            shown["phone"] = phone if needs else mask_phone(str(phone))
+        return shown
+    return None
+
+
+def case_view(
+    row: Mapping[str, Any],
+    *,
+    viewer: Principal | None,
+    resident: bool,
+    category: Category | None,
+    timeline: list[Mapping[str, Any]] | None = None,
+) -> CaseView:
+    reporter = row["reporter"]
+    if isinstance(reporter, str):
+        reporter = orjson.loads(reporter)
+    media = row["media_urls"]
+    if isinstance(media, str):
+        media = orjson.loads(media)
+    location = None
+    if row["lat"] is not None or row["address"] or row["building_code"]:
+        location = LocationIn.model_construct(
+            lat=row["lat"],
+            lon=row["lon"],
+            address=row["address"],
+            building_code=row["building_code"],
+        )
+    return CaseView(
+        case_id=row["case_id"],
+        status=Status(row["status"]),
+        category=row["category"],
+        description=row["description"],
+        channel=Channel(row["channel"]),
+        location=location,
+        department=row["department"],
+        grid_id=row["grid_id"],
+        district=row["district"],
+        worker_id=row["worker_id"],
+        priority=Priority(row["priority"]) if row["priority"] else None,
+        acknowledge_by=row["acknowledge_by"],
+        resolve_by=row["resolve_by"],
+        escalation_level=row["escalation_level"],
+        rating=row["rating"],
+        possible_duplicate_of=row["possible_duplicate_of"],
+        reported_at=row["reported_at"],
+        updated_at=row["updated_at"],
+        media_urls=list(media or []),
+        reporter=reporter_for(reporter, viewer, resident, category),
+        timeline=[
+            TimelineEntry(
+                event_id=str(t["event_id"]),
+                event_type=t["event_type"],
+                occurred_at=t["occurred_at"],
+                producer=t["producer"],
+                details=orjson.loads(t["payload"]),
+            )
+            for t in (timeline or [])
+        ],
+    )

@@ -1,0 +1,376 @@
+"""The JSON API of a running intake process, on the real broker and database."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from shared import topics
+from shared.localstack import LocalStack
+from tests.helpers.kafka import read_topic
+from tests.intake.conftest import (
+    Keys,
+    auth,
+    publish_lifecycle,
+    report_body,
+    reported_and_routed,
+    routed_event,
+    wait_for,
+)
+
+
+def _for_case(records, case_id: str) -> list[dict]:
+    return [json.loads(r.value) for r in records if r.key == case_id.encode()]
+
+
+async def test_report_is_accepted_durably_and_published_to_cases_intake(
+    client: httpx.AsyncClient, stack: LocalStack, keys: Keys
+) -> None:
+    r = await client.post("/v1/cases", json=report_body(), headers=auth(keys.resident_app))
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["status"] == "reported"
+    assert body["status_url"].endswith(f"/v1/cases/{body['case_id']}")
+    assert len(body["tracking_token"]) >= 20
+
+    records = await read_topic(stack.kafka.bootstrap, topics.CASES_INTAKE, expected=1, settle_s=2)
+    [env] = _for_case(records, body["case_id"])
+    assert env["event_type"] == "CaseReported"
+    assert env["producer"] == "intake"
+    assert env["payload"]["category"] == "heating.outage"
+    assert env["payload"]["attributes"] == {"whole_building": "yes"}
+
+    # the resident follows the case with the tracking token, and sees their own contact
+    mine = await client.get(
+        f"/v1/cases/{body['case_id']}", headers={"X-Tracking-Token": body["tracking_token"]}
+    )
+    assert mine.status_code == 200
+    assert mine.json()["reporter"]["phone"] == "13912345678"
+    assert [e["event_type"] for e in mine.json()["timeline"]] == ["CaseReported"]
+
+
+async def test_idempotent_retry_returns_the_first_answer_and_creates_nothing(
+    client: httpx.AsyncClient, stack: LocalStack, keys: Keys
+) -> None:
+    headers = {**auth(keys.resident_app), "Idempotency-Key": "retry-7f3a"}
+    first = await client.post("/v1/cases", json=report_body(), headers=headers)
+    second = await client.post("/v1/cases", json=report_body(), headers=headers)
+    assert first.status_code == second.status_code == 202
+    assert first.json() == second.json()
+    records = await read_topic(stack.kafka.bootstrap, topics.CASES_INTAKE, expected=1, settle_s=2)
+    assert len(_for_case(records, first.json()["case_id"])) == 1
+
+    changed = await client.post(
+        "/v1/cases", json=report_body(description="another issue"), headers=headers
+    )
+    assert changed.status_code == 422
+    assert changed.json()["errors"][0]["field"] == "Idempotency-Key"
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "reason"),
+    [
+        (report_body(description="x" * 4001), "description", "at most 4000"),
+        (report_body(description="   "), "description", "at least 1"),
+        (
+            report_body(media_urls=[f"https://img.example/{i}.jpg" for i in range(6)]),
+            "media_urls",
+            "at most 5",
+        ),
+        (report_body(media_urls=["not a url"]), "media_urls.0", "URL"),
+        (report_body(location={"lat": 91, "lon": 123.9}), "location.lat", "less than or equal"),
+        (report_body(location={"lat": 47.3}), "location", "lat and lon must be given together"),
+        (report_body(location={}), "location", "give a coordinate"),
+        (report_body(category="no.such-thing"), "category", "unknown category"),
+        (
+            report_body(attributes={"whole_building": "maybe"}),
+            "attributes.whole_building",
+            "must be one of",
+        ),
+        (report_body(attributes={}), "attributes.whole_building", "required"),
+        (report_body(channel="pigeon"), "channel", "Input should be"),
+        (report_body(reporter={"phone": "call me"}), "reporter.phone", "pattern"),
+        (report_body(unexpected=1), "unexpected", "Extra inputs"),
+    ],
+)
+async def test_bad_input_gets_422_naming_the_field(
+    client: httpx.AsyncClient, keys: Keys, body: dict, field: str, reason: str
+) -> None:
+    r = await client.post("/v1/cases", json=body, headers=auth(keys.resident_app))
+    assert r.status_code == 422, r.text
+    errors = r.json()["errors"]
+    assert any(e["field"] == field and reason in e["reason"] for e in errors), errors
+
+
+async def test_malformed_and_oversized_bodies(client: httpx.AsyncClient, keys: Keys) -> None:
+    r = await client.post(
+        "/v1/cases",
+        content=b"{not json",
+        headers={**auth(keys.resident_app), "content-type": "application/json"},
+    )
+    assert r.status_code == 422
+    big = report_body(description="x" * 4000, attributes={"whole_building": "yes"})
+    big["padding"] = "y" * 70_000
+    r = await client.post("/v1/cases", json=big, headers=auth(keys.resident_app))
+    assert r.status_code == 413
+    assert r.json()["error"] == "body_too_large"
+
+
+async def test_credentials_are_required_and_checked(client: httpx.AsyncClient, keys: Keys) -> None:
+    assert (await client.post("/v1/cases", json=report_body())).status_code == 401
+    bad = await client.post("/v1/cases", json=report_body(), headers=auth("gd_deadbeef_nope"))
+    assert bad.status_code == 401
+    assert bad.json()["error"] == "invalid_api_key"
+    assert (await client.get("/v1/cases")).status_code == 401
+    # a resident app may report but not list
+    assert (await client.get("/v1/cases", headers=auth(keys.resident_app))).status_code == 403
+    # care flags come from grid workers and operators only
+    r = await client.post(
+        "/v1/cases",
+        json=report_body(sensitivity={"care_groups": ["elderly_alone"]}),
+        headers=auth(keys.resident_app),
+    )
+    assert r.status_code == 403
+    assert r.json()["errors"][0]["field"] == "sensitivity"
+    r = await client.post(
+        "/v1/cases",
+        json=report_body(
+            channel="proxy",
+            on_behalf_of="card-0042",
+            sensitivity={"care_groups": ["elderly_alone"]},
+        ),
+        headers=auth(keys.worker),
+    )
+    assert r.status_code == 202
+
+
+async def test_the_lifecycle_is_enforced_with_409s(
+    client: httpx.AsyncClient, stack: LocalStack, keys: Keys
+) -> None:
+    case = await reported_and_routed(client, stack, keys, department="heating")
+    cid, token = case["case_id"], case["tracking_token"]
+    step = f"/v1/cases/{cid}/events"
+
+    # resolving before acknowledging is out of order
+    r = await client.post(
+        step, json={"action": "resolve", "note": "fixed"}, headers=auth(keys.heating)
+    )
+    assert r.status_code == 409
+    assert "routed" in r.json()["message"]
+
+    assert (
+        await client.post(step, json={"action": "acknowledge"}, headers=auth(keys.heating))
+    ).status_code == 202
+    again = await client.post(step, json={"action": "acknowledge"}, headers=auth(keys.heating))
+    assert again.status_code == 409
+    assert "acknowledged" in again.json()["message"]
+
+    for body in (
+        {"action": "progress", "note": "engineer on the way"},
+        {"action": "resolve", "note": "valve replaced"},
+        {"action": "close", "note": "verified with the resident"},
+    ):
+        r = await client.post(step, json=body, headers=auth(keys.heating))
+        assert r.status_code == 202, r.text
+    # the resident rates once, with the tracking token
+    resident = {"X-Tracking-Token": token}
+    assert (
+        await client.post(step, json={"action": "rate", "rating": 5}, headers=resident)
+    ).status_code == 202
+    assert (
+        await client.post(step, json={"action": "rate", "rating": 1}, headers=resident)
+    ).status_code == 409
+    # a department cannot rate, a resident cannot acknowledge
+    assert (
+        await client.post(step, json={"action": "rate", "rating": 3}, headers=auth(keys.heating))
+    ).status_code == 403
+    # reopening sends it back to routed
+    r = await client.post(step, json={"action": "reopen", "reason": "cold again"}, headers=resident)
+    assert r.status_code == 202
+    assert r.json()["status"] == "routed"
+
+    view = (await client.get(f"/v1/cases/{cid}", headers=auth(keys.operator))).json()
+    assert view["rating"] == 5
+    assert [e["event_type"] for e in view["timeline"]] == [
+        "CaseReported",
+        "CaseRouted",
+        "CaseAcknowledged",
+        "CaseProgressed",
+        "CaseResolved",
+        "CaseClosed",
+        "CaseRated",
+        "CaseReopened",
+    ]
+    # the steps were published on cases.lifecycle, in order
+    records = await read_topic(
+        stack.kafka.bootstrap, topics.CASES_LIFECYCLE, expected=1, settle_s=2
+    )
+    types = [e["event_type"] for e in _for_case(records, cid) if e["producer"] == "intake"]
+    assert types == [
+        "CaseAcknowledged",
+        "CaseProgressed",
+        "CaseResolved",
+        "CaseClosed",
+        "CaseRated",
+        "CaseReopened",
+    ]
+
+
+async def test_a_department_cannot_read_or_update_another_departments_case(
+    client: httpx.AsyncClient, stack: LocalStack, keys: Keys
+) -> None:
+    case = await reported_and_routed(client, stack, keys, department="heating")
+    cid = case["case_id"]
+    assert (await client.get(f"/v1/cases/{cid}", headers=auth(keys.water))).status_code == 403
+    r = await client.post(
+        f"/v1/cases/{cid}/events", json={"action": "acknowledge"}, headers=auth(keys.water)
+    )
+    assert r.status_code == 403
+    # the right department sees it, with the phone number masked
+    mine = await client.get(f"/v1/cases/{cid}", headers=auth(keys.heating))
+    assert mine.status_code == 200
+    assert mine.json()["reporter"]["phone"] == "13912345678"  # heating needs the phone
+    # listing as a department is limited to its own cases
+    listed = await client.get("/v1/cases", headers=auth(keys.water), params={"limit": 200})
+    assert cid not in {c["case_id"] for c in listed.json()["items"]}
+    assert all(c["department"] == "water" for c in listed.json()["items"])
+    forbidden = await client.get(
+        "/v1/cases", headers=auth(keys.water), params={"department": "heating"}
+    )
+    assert forbidden.status_code == 403
+    # the worker it was assigned to sees it, no other
+    assert (await client.get(f"/v1/cases/{cid}", headers=auth(keys.worker))).status_code == 200
+
+
+async def test_sensitive_data_never_reaches_a_department(
+    client: httpx.AsyncClient, stack: LocalStack, keys: Keys
+) -> None:
+    r = await client.post(
+        "/v1/cases",
+        json=report_body(
+            category="noise.neighbourhood",
+            attributes={},
+            channel="proxy",
+            on_behalf_of="card-0042",
+            sensitivity={"care_groups": ["very_old"], "community_correction": True},
+        ),
+        headers=auth(keys.worker),
+    )
+    cid = r.json()["case_id"]
+    await publish_lifecycle(stack, routed_event(cid, "water"))
+    view = await wait_for(client, cid, keys.water, lambda c: c["status"] == "routed")
+    text = json.dumps(view)
+    assert "community_correction" not in text
+    assert "very_old" not in text
+    assert view["reporter"]["phone"] == "139****5678"  # noise: the department gets it masked
+
+
+async def test_unknown_case_is_404(client: httpx.AsyncClient, keys: Keys) -> None:
+    r = await client.get(
+        "/v1/cases/0190aaaa-0000-7000-8000-000000000000", headers=auth(keys.operator)
+    )
+    assert r.status_code == 404
+    r = await client.post(
+        "/v1/cases/0190aaaa-0000-7000-8000-000000000000/events",
+        json={"action": "acknowledge"},
+        headers=auth(keys.operator),
+    )
+    assert r.status_code == 404
+
+
+async def test_transfer_request_goes_back_to_the_router(
+    client: httpx.AsyncClient, stack: LocalStack, keys: Keys
+) -> None:
+    case = await reported_and_routed(client, stack, keys, department="heating")
+    cid = case["case_id"]
+    r = await client.post(
+        f"/v1/cases/{cid}/events",
+        json={"action": "request_transfer", "reason": "this is a gas leak"},
+        headers=auth(keys.heating),
+    )
+    assert r.status_code == 202
+    assert r.json()["status"] == "transfer_requested"
+    records = await read_topic(stack.kafka.bootstrap, topics.CASES_INTAKE, expected=1, settle_s=2)
+    reroute = [e for e in _for_case(records, cid) if e["event_type"] == "RerouteRequested"]
+    assert len(reroute) == 1
+    assert reroute[0]["payload"]["exclude_departments"] == ["heating"]
+    # the router's new decision lands in the read model
+    await publish_lifecycle(stack, routed_event(cid, "gas"))
+    view = await wait_for(client, cid, keys.operator, lambda c: c["department"] == "gas")
+    assert view["status"] == "routed"
+
+
+async def test_listing_filters_and_cursor_pagination(client: httpx.AsyncClient, keys: Keys) -> None:
+    ids = set()
+    for i in range(5):
+        r = await client.post(
+            "/v1/cases",
+            json=report_body(
+                category="streetlight.out",
+                attributes={},
+                location={"lat": 47.30 + i * 0.01, "lon": 123.95},
+            ),
+            headers=auth(keys.resident_app),
+        )
+        ids.add(r.json()["case_id"])
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"category": "streetlight.out", "limit": 2, "status": "reported"}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await client.get("/v1/cases", params=params, headers=auth(keys.operator))).json()
+        seen += [c["case_id"] for c in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert ids <= set(seen)
+    assert len(seen) == len(set(seen))  # no page repeats a case
+    bad = await client.get("/v1/cases", params={"cursor": "garbage!"}, headers=auth(keys.operator))
+    assert bad.status_code == 422
+
+
+async def test_possible_duplicates_are_named_but_accepted(
+    client: httpx.AsyncClient, keys: Keys
+) -> None:
+    base = {"lat": 47.4001, "lon": 123.7001}
+    body = report_body(category="roads.pothole", attributes={}, location=base)
+    first = (await client.post("/v1/cases", json=body, headers=auth(keys.resident_app))).json()
+    near = report_body(
+        category="roads.pothole", attributes={}, location={"lat": 47.4003, "lon": 123.7002}
+    )  # about 24 m away
+    second = await client.post("/v1/cases", json=near, headers=auth(keys.resident_app))
+    assert second.status_code == 202
+    assert second.json()["possible_duplicate_of"] == first["case_id"]
+    far = report_body(
+        category="roads.pothole", attributes={}, location={"lat": 47.4030, "lon": 123.7001}
+    )  # about 320 m away
+    assert (await client.post("/v1/cases", json=far, headers=auth(keys.resident_app))).json()[
+        "possible_duplicate_of"
+    ] is None
+    other = report_body(category="streetlight.out", attributes={}, location=base)
+    assert (await client.post("/v1/cases", json=other, headers=auth(keys.resident_app))).json()[
+        "possible_duplicate_of"
+    ] is None
+
+
+async def test_categories_and_health(client: httpx.AsyncClient) -> None:
+    cats = (await client.get("/v1/categories")).json()
+    codes = {c["code"] for c in cats}
+    assert {
+        "heating.outage",
+        "water.outage",
+        "power.outage",
+        "gas.leak",
+        "dispute.neighbour",
+        "streetlight.out",
+        "sanitation.garbage",
+        "safety.public-order",
+    } <= codes
+    assert len(codes) >= 50
+    assert (await client.get("/health/ready")).status_code == 200
+    metrics = (await client.get("/metrics/")).text
+    assert "griddispatch_cases_reported_total" in metrics
+    assert "griddispatch_outbox_backlog" in metrics
