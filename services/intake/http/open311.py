@@ -244,11 +244,27 @@ def _report_from_form(form: dict[str, str], attributes: dict[str, str], fmt: str
         return ReportIn.model_validate(payload)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "request"
-        field = {"category": "service_code", "location.lon": "long", "location": "lat"}.get(
-            field, field.replace("location.", "")
-        )
+        field = open311_field(".".join(str(p) for p in first["loc"]) or "request")
         raise Open311Error(400, f"{field}: {first['msg']}", fmt) from exc
+
+
+def open311_field(field: str) -> str:
+    """Our field names in the words of the Open311 form."""
+    if field.startswith("attributes."):
+        return f"attribute[{field.removeprefix('attributes.')}]"
+    return {
+        "category": "service_code",
+        "location": "lat",
+        "location.lat": "lat",
+        "location.lon": "long",
+        "location.address": "address_string",
+        "location.building_code": "address_id",
+        "media_urls": "media_url",
+        "media_urls.0": "media_url",
+        "reporter.phone": "phone",
+        "reporter.email": "email",
+        "reporter.name": "first_name",
+    }.get(field, field)
 
 
 @router.post("/requests.{fmt}")
@@ -290,10 +306,10 @@ async def post_request(fmt: Format, request: Request, st: State) -> Response:
     try:
         accepted = await accept_report(st, request, body, principal, None, raw)
     except ApiError as exc:
+        field = open311_field(exc.field or "request")
+        message = str(exc.detail).replace("unknown category", "unknown service_code")
         raise Open311Error(
-            400 if exc.status_code == 422 else exc.status_code,
-            f"{exc.field or 'request'}: {exc.detail}",
-            fmt,
+            400 if exc.status_code == 422 else exc.status_code, f"{field}: {message}", fmt
         ) from exc
     notice = (
         f"possible duplicate of {accepted.possible_duplicate_of}"
