@@ -152,12 +152,15 @@ class KafkaNode:
                 check=True,
             )
             progress(f"formatted Kafka storage in {self.data_dir}")
+        log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         started = time.monotonic()
         self.process.launch(
             self._java(libs, "kafka.Kafka", str(config), heap=self.heap), self.log_file
         )
         progress(f"starting Kafka on {self.bootstrap} …")
-        self.process.wait_for_log(self.log_file, "Kafka Server started", timeout_s, what="Kafka")
+        self.process.wait_for_log(
+            self.log_file, "Kafka Server started", timeout_s, what="Kafka", offset=log_offset
+        )
         if not port_open(self.port):
             raise StackError(f"Kafka said it started but {self.bootstrap} does not answer")
         return time.monotonic() - started

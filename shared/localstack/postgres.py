@@ -137,6 +137,7 @@ class PostgresNode:
         cmd = [self._bin("postgres"), "-D", str(self.data_dir)]
         for key, value in options.items():
             cmd += ["-c", f"{key}={value}"]
+        log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         started = time.monotonic()
         self.process.launch(cmd, self.log_file, user=user)
         progress(f"starting PostgreSQL on 127.0.0.1:{self.port} …")
@@ -145,6 +146,7 @@ class PostgresNode:
             "database system is ready to accept connections",
             timeout_s,
             what="PostgreSQL",
+            offset=log_offset,
         )
         self._ensure_database()
         return time.monotonic() - started

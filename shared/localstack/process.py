@@ -86,9 +86,12 @@ class ManagedProcess:
         self.pid_file.write_text(json.dumps({"pid": popen.pid, "created": created}))
         return popen.pid
 
-    def wait_for_log(self, log_file: Path, needle: str, timeout_s: float, *, what: str) -> None:
+    def wait_for_log(
+        self, log_file: Path, needle: str, timeout_s: float, *, what: str, offset: int = 0
+    ) -> None:
+        """Wait until `needle` appears in `log_file` after byte `offset` (logs are appended
+        across restarts: pass the size the log had before this start)."""
         deadline = time.monotonic() + timeout_s
-        offset = 0
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError):
                 with log_file.open("rb") as fh:
