@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
-import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from shared import topics
@@ -267,7 +266,7 @@ class Envelope(ContractModel):
         return cls.model_validate(self.payload)
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json"))
+        return self.__pydantic_serializer__.to_json(self)
 
 
 class UnknownEventType(ValueError):
@@ -289,8 +288,10 @@ def wrap(
     occurred_at: datetime | None = None,
     traceparent: str | None = None,
 ) -> Envelope:
-    """Put `event` in an envelope. Pass `event_id` for derived events (see shared.ids)."""
-    return Envelope(
+    """Put `event` in an envelope. Pass `event_id` for derived events (see shared.ids).
+
+    Built without re-validation: `event` is a validated model and the rest is typed here."""
+    return Envelope.model_construct(
         event_id=event_id or new_event_id(),
         event_type=event.EVENT_TYPE,
         schema_version=event.SCHEMA_VERSION,

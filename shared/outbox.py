@@ -50,6 +50,19 @@ class Outbox:
             "VALUES ($1, $2, $3, $4, $5::text::jsonb)"
         )
 
+    def row(
+        self, envelope: Envelope, topic: str, headers: dict[str, str] | None = None
+    ) -> tuple[object, ...]:
+        """The values of one outbox row (event_id, topic, key, value, headers as JSON text), for
+        callers that write it inside a larger single statement (and select pg_notify there)."""
+        return (
+            envelope.event_id,
+            topic,
+            envelope.case_id,
+            envelope.to_json(),
+            orjson.dumps({**(headers or {}), "event_type": envelope.event_type}).decode(),
+        )
+
     async def add(
         self,
         conn: asyncpg.Connection,
@@ -70,19 +83,8 @@ class Outbox:
         """Add several envelopes (in this order). Must run inside a transaction."""
         if not conn.is_in_transaction():
             raise RuntimeError("Outbox.add must run inside the caller's transaction")
-        base = {"event_type": "", **(headers or {})}
         await conn.executemany(
-            self._insert,
-            [
-                (
-                    env.event_id,
-                    topic,
-                    env.case_id,
-                    env.to_json(),
-                    orjson.dumps({**base, "event_type": env.event_type}).decode(),
-                )
-                for env, topic in items
-            ],
+            self._insert, [self.row(env, topic, headers) for env, topic in items]
         )
         # Delivered at commit, collapsed to one per transaction.
         await conn.execute("SELECT pg_notify($1, '')", self.channel)

@@ -9,10 +9,11 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -25,8 +26,9 @@ from services.intake import store
 from services.intake.auth import RateLimiter
 from services.intake.catalogue import load_file
 from services.intake.http import cases, open311
-from services.intake.http.deps import ApiError, CatalogueCache, IntakeState
+from services.intake.http.deps import ApiError, CatalogueCache, IntakeState, KeyCache
 from services.intake.readmodel import attach_read_model
+from services.intake.reports import ReportWriter
 from services.intake.settings import IntakeSettings
 from shared.db import OUTBOX_MIGRATIONS, MigrationSource, create_pool, migrate
 from shared.kafka import make_broker, make_producer
@@ -114,6 +116,36 @@ class _TooLarge(Exception):
     pass
 
 
+class RequestMetrics:
+    """Counts requests by route template and status, and times them (pure ASGI: no per-request
+    task or body buffering as with `@app.middleware`)."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            HTTP_REQUESTS.labels(self.service, method, route, str(status)).inc()
+            HTTP_SECONDS.labels(self.service, method, route).observe(time.perf_counter() - started)
+
+
 def _error(
     status: int,
     error: str,
@@ -171,13 +203,35 @@ def install_error_handlers(app: FastAPI) -> None:
     async def open311_error(request: Request, exc: open311.Open311Error) -> Response:
         return open311.error_response(exc)
 
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(asyncpg.CannotConnectNowError)
+    @app.exception_handler(asyncpg.TooManyConnectionsError)
+    @app.exception_handler(ConnectionError)
+    @app.exception_handler(OSError)
+    @app.exception_handler(TimeoutError)
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        # Nothing was stored: the client may safely retry (with its Idempotency-Key).
+        log.warning("database unavailable: %s", exc)
+        if _is_open311(request):
+            return open311.error_response(
+                open311.Open311Error(503, "temporarily unavailable", _open311_format(request))
+            )
+        return _error(
+            503,
+            "unavailable",
+            "the case store is unavailable; retry shortly",
+            headers={"Retry-After": "2"},
+        )
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if _is_open311(request):
             return open311.error_response(
                 open311.Open311Error(exc.status_code, str(exc.detail), _open311_format(request))
             )
-        return _error(exc.status_code, "http_error", str(exc.detail), headers=exc.headers)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
 def create_app(
@@ -202,7 +256,10 @@ def create_app(
             pool=pool,
             catalogue=CatalogueCache(pool, isettings.catalogue_refresh_s),
             limiter=RateLimiter(isettings.rate_limit_per_key, isettings.rate_limit_per_address),
+            keys=KeyCache(pool, isettings.key_cache_s),
+            writer=ReportWriter(pool),
         )
+        app.state.intake.writer.start()
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
         producer = None
@@ -233,6 +290,7 @@ def create_app(
             if producer is not None:
                 with contextlib.suppress(Exception):
                     await producer.stop()
+            await app.state.intake.writer.stop()
             await pool.close()
 
     app = FastAPI(
@@ -252,18 +310,7 @@ def create_app(
 
     app.router.routes.extend(health_routes({"database": db_ready}))
 
-    @app.middleware("http")
-    async def measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        HTTP_REQUESTS.labels("intake", request.method, path, str(response.status_code)).inc()
-        HTTP_SECONDS.labels("intake", request.method, path).observe(time.perf_counter() - started)
-        return response
-
+    app.add_middleware(RequestMetrics, service="intake")
     app.add_middleware(BodyLimit, limit=isettings.max_body_bytes)
     return app
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
 from limits import RateLimitItem, parse
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 
 class Role(StrEnum):
@@ -75,25 +76,24 @@ def secret_matches(secret: str, stored_hash: bytes) -> bool:
 
 
 class RateLimiter:
-    """Moving-window limits per API key and per client address, in process memory.
+    """Sliding-window limits per API key and per client address, in process memory (the
+    asyncio flavour of `limits`: no timer threads on the request path).
 
     Each intake replica enforces its own share; with N replicas behind a balancer the
     effective limit is about N times the setting.
     """
 
     def __init__(self, per_key: str, per_address: str) -> None:
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
         self._per_key: RateLimitItem = parse(per_key)
         self._per_address: RateLimitItem = parse(per_address)
 
-    def check(self, *, key_id: str | None, address: str) -> float | None:
+    async def check(self, *, key_id: str | None, address: str) -> float | None:
         """None if allowed, else the seconds to wait before retrying."""
         for item, ident in ((self._per_address, f"a:{address}"), (self._per_key, f"k:{key_id}")):
             if ident == "k:None":
                 continue
-            if not self._limiter.hit(item, ident):
-                stats = self._limiter.get_window_stats(item, ident)
-                import time
-
+            if not await self._limiter.hit(item, ident):
+                stats = await self._limiter.get_window_stats(item, ident)
                 return max(1.0, stats.reset_time - time.time())
         return None

@@ -22,4 +22,5 @@ class IntakeSettings(BaseSettings):
         default=True, description="Open311 GET requests without an api_key (no personal data)"
     )
     catalogue_refresh_s: float = 10.0
+    key_cache_s: float = Field(default=5.0, description="a revoked key works at most this long")
     pool_size: int = 10

@@ -9,10 +9,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import math
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -22,16 +21,12 @@ from services.intake import lifecycle
 from services.intake.auth import NewKey, Principal, Role, generate_key, secret_matches, split_token
 from services.intake.catalogue import Catalogue, Category
 from services.intake.lifecycle import Action, Actor, Status, Step
-from services.intake.models import ReportIn
 from shared import events, topics
 from shared.events import Envelope, wrap
-from shared.ids import new_case_id
 from shared.outbox import Outbox
 
 PRODUCER = "intake"
 SCHEMA = "intake"
-DUPLICATE_RADIUS_M = 50.0
-DUPLICATE_WINDOW = timedelta(hours=24)
 
 outbox = Outbox(SCHEMA)
 
@@ -118,146 +113,8 @@ async def authenticate(conn: asyncpg.Connection, token: str) -> Principal | None
 # --- reports ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Accepted:
-    case_id: str
-    tracking_token: str
-    possible_duplicate_of: str | None
-    replayed: bool = False
-    conflict: bool = False  # the idempotency key was used with another body
-
-
 def request_fingerprint(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
-
-
-async def report(
-    pool: asyncpg.Pool,
-    body: ReportIn,
-    principal: Principal | None,
-    *,
-    idempotency: tuple[str, str, str] | None = None,  # (owner, key, request hash)
-    now: datetime | None = None,
-) -> Accepted:
-    """Store a new case and its CaseReported event (to `cases.intake`) in one transaction."""
-    now = now or datetime.now(UTC)
-    case_id = new_case_id()
-    token = secrets.token_urlsafe(18)
-    async with pool.acquire() as conn, conn.transaction():
-        if idempotency is not None:
-            owner, key, fingerprint = idempotency
-            # A concurrent request with the same key waits here for ours to commit.
-            claimed = await conn.fetchval(
-                "INSERT INTO intake.idempotency_keys "
-                "(key_owner, idem_key, request_hash, status_code, response) "
-                "VALUES ($1, $2, $3, 202, $4::text::jsonb) "
-                "ON CONFLICT DO NOTHING RETURNING 1",
-                owner,
-                key,
-                fingerprint,
-                orjson.dumps({"case_id": case_id, "tracking_token": token}).decode(),
-            )
-            if not claimed:
-                row = await conn.fetchrow(
-                    "SELECT request_hash, response::text AS r FROM intake.idempotency_keys "
-                    "WHERE key_owner = $1 AND idem_key = $2",
-                    owner,
-                    key,
-                )
-                stored = orjson.loads(row["r"])
-                dup = await conn.fetchval(
-                    "SELECT possible_duplicate_of FROM intake.cases WHERE case_id = $1",
-                    stored["case_id"],
-                )
-                return Accepted(
-                    stored["case_id"],
-                    stored["tracking_token"],
-                    dup,
-                    replayed=True,
-                    conflict=row["request_hash"] != fingerprint,
-                )
-        loc = body.location
-        duplicate = None
-        if loc.lat is not None and loc.lon is not None:
-            duplicate = await _nearby_open_case(conn, body.category, loc.lat, loc.lon, now)
-        sensitivity = events.Sensitivity(
-            care_groups=tuple(body.sensitivity.care_groups) if body.sensitivity else (),
-            community_correction=bool(body.sensitivity and body.sensitivity.community_correction),
-        )
-        reporter = (
-            events.Contact(**body.reporter.model_dump()) if body.reporter is not None else None
-        )
-        event = events.CaseReported(
-            category=body.category,
-            description=body.description,
-            location=events.Location(**loc.model_dump()),
-            channel=body.channel,
-            reported_at=now,
-            reporter=reporter,
-            on_behalf_of=body.on_behalf_of,
-            reported_by=principal.scope if principal and principal.role is Role.WORKER else None,
-            media_urls=tuple(str(u) for u in body.media_urls),
-            sensitivity=sensitivity,
-            possible_duplicate_of=duplicate,
-            attributes=dict(body.attributes),
-        )
-        env = wrap(event, case_id=case_id, producer=PRODUCER, occurred_at=now)
-        await conn.execute(
-            """INSERT INTO intake.cases (case_id, tracking_token, status, category, description,
-                   channel, lat, lon, address, building_code, reporter, on_behalf_of, reported_by,
-                   media_urls, sensitivity, possible_duplicate_of, reported_at, updated_at,
-                   reported_with_key)
-               VALUES ($1, $2, 'reported', $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb, $11, $12,
-                   $13::text::jsonb, $14::text::jsonb, $15, $16, $16, $17)""",
-            case_id,
-            token,
-            body.category,
-            body.description,
-            body.channel.value,
-            loc.lat,
-            loc.lon,
-            loc.address,
-            loc.building_code,
-            reporter.model_dump_json() if reporter else None,
-            body.on_behalf_of,
-            event.reported_by,
-            orjson.dumps(list(event.media_urls)).decode(),
-            sensitivity.model_dump_json(),
-            duplicate,
-            now,
-            principal.key_id if principal else None,
-        )
-        await _record_event(conn, env, {"category": body.category, "channel": body.channel.value})
-        await outbox.add(conn, env, topic=topics.CASES_INTAKE)
-    return Accepted(case_id, token, duplicate)
-
-
-async def _nearby_open_case(
-    conn: asyncpg.Connection, category: str, lat: float, lon: float, now: datetime
-) -> str | None:
-    """An open case of the same category within 50 m in the last 24 h (the closest)."""
-    dlat = DUPLICATE_RADIUS_M / 111_320.0
-    dlon = dlat / max(0.01, abs(math.cos(math.radians(lat))))
-    value: str | None = await conn.fetchval(
-        """SELECT case_id FROM intake.cases
-           WHERE category = $1 AND reported_at > $2 AND status <> 'closed'
-             AND lat BETWEEN $3 AND $4 AND lon BETWEEN $5 AND $6
-             AND 2 * 6371000 * asin(sqrt(
-                   power(sin(radians(lat - $7) / 2), 2)
-                   + cos(radians($7)) * cos(radians(lat)) * power(sin(radians(lon - $8) / 2), 2)
-                 )) <= $9
-           ORDER BY reported_at LIMIT 1""",
-        category,
-        now - DUPLICATE_WINDOW,
-        lat - dlat,
-        lat + dlat,
-        lon - dlon,
-        lon + dlon,
-        lat,
-        lon,
-        DUPLICATE_RADIUS_M,
-    )
-    return value
 
 
 def _timeline_details(event: events.Event) -> dict[str, Any]:

@@ -290,11 +290,10 @@ async def post_request(fmt: Format, request: Request, st: State) -> Response:
     api_key = form.get("api_key")
     if not api_key:
         raise Open311Error(403, "api_key is required to post a request", fmt)
-    async with st.pool.acquire() as conn:
-        principal = await store.authenticate(conn, api_key)
+    principal = await st.keys.authenticate(api_key)
     if principal is None:
         raise Open311Error(403, "api_key is unknown or revoked", fmt)
-    wait = st.limiter.check(key_id=str(principal.key_id), address=client_address(request))
+    wait = await st.limiter.check(key_id=str(principal.key_id), address=client_address(request))
     if wait is not None:
         raise ApiError(
             429,
@@ -304,7 +303,7 @@ async def post_request(fmt: Format, request: Request, st: State) -> Response:
         )
     body = _report_from_form(form, attributes, fmt)
     try:
-        accepted = await accept_report(st, request, body, principal, None, raw)
+        accepted = await accept_report(request, body, principal, None, raw)
     except ApiError as exc:
         field = open311_field(exc.field or "request")
         message = str(exc.detail).replace("unknown category", "unknown service_code")

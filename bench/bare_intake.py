@@ -1,0 +1,23 @@
+"""The baseline for bench/intake.py: the same request model and server settings as intake's
+`POST /v1/cases`, validating the body and answering 202, with no authentication lookup,
+database or outbox behind it."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from services.intake.lifecycle import Status
+from services.intake.models import ReportAccepted, ReportIn
+
+app = FastAPI()
+
+
+@app.post("/v1/cases", status_code=202, response_model=ReportAccepted)
+async def report_case(body: ReportIn) -> ReportAccepted:
+    return ReportAccepted(
+        case_id="0",
+        tracking_token="0",
+        status=Status.REPORTED,
+        status_url="/v1/cases/0",
+        possible_duplicate_of=None,
+    )

@@ -1,0 +1,172 @@
+"""Intake's durable path (HTTP → PostgreSQL case + outbox, 202) against a bare endpoint.
+
+    .venv/bin/python bench/intake.py [--workers 3] [--seconds 15]
+
+Both servers run uvicorn with the same number of worker processes on this machine; the load
+comes from `hey` (Go), a separate process. Figures: accepted reports/s at saturation for each,
+their ratio, and p50/p95/p99 latency of the durable path at a fixed 1,000 reports/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from bench._tools import LoadResult, bench_stack, run_hey
+from services.intake import store
+from services.intake.auth import Role
+from shared.localstack import free_port
+from shared.settings import PROJECT_ROOT
+
+BODY = {
+    "category": "heating.outage",
+    "description": "暖气不热，室温只有12度，家里有老人",
+    "location": {"lat": 47.3543, "lon": 123.9182, "address": "龙沙区 中华路 12号"},
+    "channel": "app",
+    "reporter": {"name": "王阿姨", "phone": "13912345678", "consent_to_notify": True},
+    "attributes": {"whole_building": "yes"},
+}
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code in (200, 405):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} never came up")
+
+
+def show(name: str, r: LoadResult) -> None:
+    print(
+        f"{name:34} {r.rps:>8,.0f} req/s   p50 {r.p50_ms:6.1f} ms   p95 {r.p95_ms:6.1f} ms"
+        f"   p99 {r.p99_ms:6.1f} ms   statuses {r.statuses}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    body_file = Path(tempfile.mkstemp(suffix=".json")[1])
+    body_file.write_text(json.dumps(BODY, ensure_ascii=False))
+    with bench_stack() as stack:
+        port, bare_port = free_port(), free_port()
+        env = {
+            **os.environ,
+            **stack.env(),
+            "GRIDDISPATCH_INTAKE__PORT": str(port),
+            "GRIDDISPATCH_INTAKE__WORKERS": str(args.workers),
+            "GRIDDISPATCH_INTAKE__RATE_LIMIT_PER_KEY": "1000000/second",
+            "GRIDDISPATCH_INTAKE__RATE_LIMIT_PER_ADDRESS": "1000000/second",
+            "GRIDDISPATCH_LOG_LEVEL": "WARNING",
+        }
+        intake = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli.main", "serve", "intake"], env=env, cwd=PROJECT_ROOT
+        )
+        bare = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.bare_intake:app",
+                "--port",
+                str(bare_port),
+                "--workers",
+                str(args.workers),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            cwd=PROJECT_ROOT,
+        )
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/health/ready", intake)
+            wait_ready(f"http://127.0.0.1:{bare_port}/v1/cases", bare)
+
+            async def make_key() -> str:
+                conn = await asyncpg.connect(stack.postgres.url)
+                try:
+                    return (await store.create_key(conn, "bench", Role.RESIDENT_APP, None)).token
+                finally:
+                    await conn.close()
+
+            token = asyncio.run(make_key())
+            headers = {"Authorization": f"Bearer {token}"}
+            durable_url = f"http://127.0.0.1:{port}/v1/cases"
+            bare_url = f"http://127.0.0.1:{bare_port}/v1/cases"
+            # warm-up: connections, pools, caches
+            run_hey(durable_url, body_file, seconds=3, concurrency=16, headers=headers)
+            run_hey(bare_url, body_file, seconds=3, concurrency=16, headers=headers)
+
+            print(
+                f"uvicorn workers per server: {args.workers}; load: hey, "
+                f"{args.concurrency} connections, {args.seconds}s per run; 2 cores shared"
+            )
+            b = run_hey(
+                bare_url,
+                body_file,
+                seconds=args.seconds,
+                concurrency=args.concurrency,
+                headers=headers,
+            )
+            show("bare endpoint (validate, 202)", b)
+            d = run_hey(
+                durable_url,
+                body_file,
+                seconds=args.seconds,
+                concurrency=args.concurrency,
+                headers=headers,
+            )
+            show("durable path (PostgreSQL + outbox)", d)
+            print(f"{'ratio durable / bare':34} {d.rps / b.rps:>8.2f}")
+            fixed = run_hey(
+                durable_url,
+                body_file,
+                seconds=args.seconds,
+                concurrency=50,
+                headers=headers,
+                qps_per_worker=20,
+            )
+            show("durable path at 1,000 reports/s", fixed)
+
+            async def count() -> tuple[int, int]:
+                conn = await asyncpg.connect(stack.postgres.url)
+                try:
+                    for _ in range(600):  # let the relay drain what was accepted
+                        if await conn.fetchval("SELECT count(*) FROM intake.outbox") == 0:
+                            break
+                        await asyncio.sleep(0.1)
+                    cases = await conn.fetchval("SELECT count(*) FROM intake.cases")
+                    left = await conn.fetchval("SELECT count(*) FROM intake.outbox")
+                    return int(cases), int(left)
+                finally:
+                    await conn.close()
+
+            cases, left = asyncio.run(count())
+            print(f"cases stored {cases:,}; outbox rows still waiting for Kafka: {left}")
+        finally:
+            for proc in (intake, bare):
+                proc.terminate()
+                proc.wait(30)
+            body_file.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()
