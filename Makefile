@@ -45,6 +45,7 @@ lock:  ## re-pin dependencies (needs the venv's uv)
 
 bench: $(STAMP)  ## every benchmark; figures go to stdout (see docs/benchmarks.md)
 	$(BIN)/python bench/outbox.py
+	$(BIN)/python bench/intake.py
 
 clean:
 	-$(BIN)/griddispatch stack down

@@ -1,6 +1,6 @@
 """Intake's durable path (HTTP → PostgreSQL case + outbox, 202) against a bare endpoint.
 
-    .venv/bin/python bench/intake.py [--workers 3] [--seconds 15]
+    .venv/bin/python bench/intake.py [--workers 2] [--seconds 15]
 
 Both servers run uvicorn with the same number of worker processes on this machine; the load
 comes from `hey` (Go), a separate process. Figures: accepted reports/s at saturation for each,
@@ -60,7 +60,7 @@ def show(name: str, r: LoadResult) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
