@@ -24,12 +24,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.intake import store
 from services.intake.auth import RateLimiter
-from services.intake.catalogue import load_file
 from services.intake.http import cases, open311
 from services.intake.http.deps import ApiError, CatalogueCache, IntakeState, KeyCache
 from services.intake.readmodel import attach_read_model
 from services.intake.reports import ReportWriter
 from services.intake.settings import IntakeSettings
+from shared.catalogue import load_file
 from shared.db import OUTBOX_MIGRATIONS, MigrationSource, create_pool, migrate
 from shared.kafka import make_broker, make_producer
 from shared.metrics import REGISTRY, health_routes

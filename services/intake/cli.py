@@ -15,7 +15,7 @@ from rich.table import Table
 from services.intake import store
 from services.intake.app import MIGRATIONS
 from services.intake.auth import SCOPED_ROLES, Role
-from services.intake.catalogue import SEED_FILE, load_file
+from shared.catalogue import SEED_FILE, load_file
 from shared.db import migrate
 from shared.settings import get_settings
 

@@ -19,9 +19,9 @@ import orjson
 
 from services.intake import lifecycle
 from services.intake.auth import NewKey, Principal, Role, generate_key, secret_matches, split_token
-from services.intake.catalogue import Catalogue, Category
 from services.intake.lifecycle import Action, Actor, Status, Step
 from shared import events, topics
+from shared.catalogue import Catalogue, Category
 from shared.events import Envelope, wrap
 from shared.outbox import Outbox
 

@@ -13,9 +13,9 @@ from typing import Any
 import orjson
 
 from services.intake.auth import Principal, Role
-from services.intake.catalogue import Category
 from services.intake.lifecycle import Status
 from services.intake.models import CaseView, LocationIn, TimelineEntry
+from shared.catalogue import Category
 from shared.events import Channel, Priority
 
 

@@ -11,7 +11,6 @@ from prometheus_client import Counter
 
 from services.intake import reports, store
 from services.intake.auth import Principal, Role
-from services.intake.catalogue import check_attributes
 from services.intake.http.deps import ApiError, Authorization, XApiKey, caller, state
 from services.intake.lifecycle import IllegalTransition, NotPermitted, Status
 from services.intake.models import (
@@ -25,6 +24,7 @@ from services.intake.models import (
     StepIn,
 )
 from services.intake.views import case_view
+from shared.catalogue import check_attributes
 from shared.metrics import REGISTRY
 
 router = APIRouter(prefix="/v1", tags=["cases"])

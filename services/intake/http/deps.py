@@ -14,9 +14,9 @@ from fastapi import Depends, Header, HTTPException, Request
 
 from services.intake import store
 from services.intake.auth import Principal, RateLimiter
-from services.intake.catalogue import Category
 from services.intake.reports import ReportWriter
 from services.intake.settings import IntakeSettings
+from shared.catalogue import Category
 
 log = logging.getLogger(__name__)
 

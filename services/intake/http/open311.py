@@ -18,11 +18,11 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import ValidationError
 
 from services.intake import store
-from services.intake.catalogue import Category
 from services.intake.http.cases import accept_report
 from services.intake.http.deps import ApiError, State, client_address
 from services.intake.lifecycle import Status
 from services.intake.models import ReportIn
+from shared.catalogue import Category
 from shared.events import Channel
 
 router = APIRouter(prefix="/open311/v2", tags=["open311"])

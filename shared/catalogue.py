@@ -1,6 +1,7 @@
 """The service catalogue: categories residents can report, their department and deadlines.
+Shared by intake (what may be reported) and the router (who handles it, how fast).
 
-Plain data and validation; loading from the database lives in `repository.py`.
+Plain data and validation, no I/O beyond reading the seed file.
 """
 
 from __future__ import annotations

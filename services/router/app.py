@@ -1,0 +1,255 @@
+"""Router: wiring only. Consumers of `cases.intake` (decisions) and `cases.lifecycle` (open-case
+counts), the reference-data reloader, and a small HTTP API (explain, triage, health, metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import asyncpg
+import uvicorn
+from fastapi import FastAPI, Header, HTTPException, Query
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.router import store
+from services.router.decide import CaseFacts, decide
+from services.router.dispatch import Dispatcher, RouterState, fold_lifecycle
+from shared import events, topics
+from shared.catalogue import load_file
+from shared.db import MigrationSource, create_pool, migrate
+from shared.events import wrap
+from shared.kafka import DeadLetters, durable_subscriber, make_broker, make_producer
+from shared.metrics import health_routes
+from shared.service import ServiceSpec
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+MIGRATIONS = (MigrationSource("router", Path(__file__).parent / "migrations"),)
+
+
+class RouterSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRIDDISPATCH_ROUTER__", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8081
+    admin_token: str = Field(
+        default="", description="bearer token for explain and triage over HTTP; empty = off"
+    )
+    snap_m: float = 100.0
+    batch_size: int = 500
+    reload_poll_s: float = 2.0
+
+
+async def reload_loop(
+    settings: Settings, rs: RouterSettings, state: RouterState, stop: asyncio.Event
+) -> None:
+    """Reload the snapshot when `refdata_version` moves (NOTIFY wakes us; polling backs it)."""
+    wake = asyncio.Event()
+    conn: asyncpg.Connection | None = None
+    while not stop.is_set():
+        try:
+            if conn is None or conn.is_closed():
+                conn = await asyncpg.connect(settings.database_url)
+                await conn.add_listener(store.CHANNEL, lambda *_: wake.set())
+            version = await store.current_version(conn)
+            if version != state.ref.version:
+                ref = await store.load_reference(conn, snap_m=rs.snap_m)
+                state.swap(ref)
+                log.info("reference data version %s loaded: %s", ref.version, ref.stats())
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("reference data reload failed, will retry: %s", exc)
+            conn = None
+        wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_either(wake, stop), rs.reload_poll_s)
+    if conn is not None:
+        await conn.close()
+
+
+async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
+    tasks = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+class ExplainOut(BaseModel):
+    outcome: str
+    decision: dict[str, Any]
+    trail: list[str]
+    refdata_version: int
+
+
+class TriageIn(BaseModel):
+    grid_id: str | None = Field(default=None, max_length=64)
+    department: str | None = Field(default=None, max_length=64)
+    reason: str = Field(default="manual triage", max_length=1000)
+
+
+def http_app(state: RouterState, rs: RouterSettings, pool: asyncpg.Pool, producer: Any) -> FastAPI:
+    app = FastAPI(title="GridDispatch router", version="1")
+    app.router.routes.extend(health_routes({"reference data": _has_grids(state)}))
+
+    def check(authorization: str | None) -> None:
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        if not rs.admin_token or not hmac.compare_digest(token, rs.admin_token):
+            raise HTTPException(
+                403, "an operator token is required (GRIDDISPATCH_ROUTER__ADMIN_TOKEN)"
+            )
+
+    @app.get("/v1/explain", response_model=ExplainOut)
+    async def explain(
+        category: Annotated[str, Query(max_length=64)],
+        lat: Annotated[float | None, Query(ge=-90, le=90)] = None,
+        lon: Annotated[float | None, Query(ge=-180, le=180)] = None,
+        building_code: Annotated[str | None, Query(max_length=64)] = None,
+        description: Annotated[str, Query(max_length=4000)] = "",
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> ExplainOut:
+        """Route a hypothetical case and say why, step by step."""
+        check(authorization)
+        return explain_case(state, category, lat, lon, building_code, description)
+
+    @app.get("/v1/triage")
+    async def triage(authorization: Annotated[str | None, Header()] = None) -> list[dict[str, Any]]:
+        check(authorization)
+        async with pool.acquire() as conn:
+            return [dict(r) for r in await store.triage_list(conn)]
+
+    @app.post("/v1/triage/{case_id}", status_code=202)
+    async def route_by_hand(
+        case_id: str, body: TriageIn, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, str]:
+        """An operator's decision for an unroutable case: goes through `cases.intake` like any
+        reroute, so it is recorded and published the same way."""
+        check(authorization)
+        if body.grid_id is None and body.department is None:
+            raise HTTPException(422, "give a grid_id, a department or both")
+        env = wrap(
+            events.RerouteRequested(
+                reason=body.reason,
+                requested_by="operator",
+                grid_id=body.grid_id,
+                department=body.department,
+            ),
+            case_id=case_id,
+            producer="router",
+        )
+        await producer.send_and_wait(topics.CASES_INTAKE, env.to_json(), key=case_id.encode())
+        return {"case_id": case_id, "event_id": str(env.event_id)}
+
+    return app
+
+
+def _has_grids(state: RouterState) -> Any:
+    async def check() -> bool:
+        return len(state.ref.grids) > 0
+
+    return check
+
+
+def explain_case(
+    state: RouterState,
+    category: str,
+    lat: float | None,
+    lon: float | None,
+    building_code: str | None,
+    description: str,
+) -> ExplainOut:
+    from datetime import UTC, datetime
+
+    facts = CaseFacts(
+        case_id="explain",
+        category=category,
+        description=description,
+        location=events.Location(lat=lat, lon=lon, building_code=building_code),
+        reported_at=datetime.now(UTC),
+    )
+    d = decide(facts, state.ref, open_cases=state.open_cases, explain=True)
+    return ExplainOut(
+        outcome="routed" if d.routed else "unroutable",
+        decision=d.event.model_dump(mode="json"),
+        trail=list(d.trail),
+        refdata_version=state.ref.version,
+    )
+
+
+async def main(settings: Settings, stop: asyncio.Event) -> None:
+    rs = RouterSettings()
+    pool = await create_pool(settings.database_url, "router")
+    async with pool.acquire() as conn:
+        await migrate(conn, "router", MIGRATIONS)
+        if not await conn.fetchval("SELECT count(*) FROM router.categories"):
+            await store.import_categories(conn, load_file().categories)
+        ref = await store.load_reference(conn, snap_m=rs.snap_m)
+        state = RouterState(ref, await store.open_counts(conn))
+    state.swap(ref)
+    if not ref.grids:
+        log.warning("no grids loaded: run `griddispatch demo city` or `griddispatch grids import`")
+    producer = make_producer(settings.kafka, "router")
+    while not stop.is_set():
+        try:
+            await producer.start()
+            break
+        except Exception as exc:
+            log.warning("Kafka unavailable, retrying: %s", exc)
+            await asyncio.sleep(2)
+    broker = make_broker(settings.kafka, "router")
+    dispatcher = Dispatcher(pool, producer, state, DeadLetters(broker, "router"))
+
+    @durable_subscriber(
+        broker, topics.CASES_INTAKE, group_id="router", batch=True, max_records=rs.batch_size
+    )
+    async def route_cases(msg: KafkaMessage) -> None:
+        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        await dispatcher.handle(records)
+
+    @durable_subscriber(
+        broker, topics.CASES_LIFECYCLE, group_id="router-load", batch=True, max_records=1000
+    )
+    async def count_open_cases(msg: KafkaMessage) -> None:
+        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        async with pool.acquire() as conn:
+            await fold_lifecycle(conn, state, records)
+
+    reloader = asyncio.create_task(reload_loop(settings, rs, state, stop))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            http_app(state, rs, pool, producer),
+            host=rs.host,
+            port=rs.port,
+            log_config=None,
+            access_log=False,
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    await broker.start()
+    log.info("router running: %s", ref.stats())
+    try:
+        await stop.wait()
+    finally:
+        server.should_exit = True
+        await broker.stop()
+        await producer.stop()
+        await reloader
+        await serving
+        await pool.close()
+
+
+SERVICE = ServiceSpec(
+    name="router",
+    description="grid, department, worker, priority and deadlines for every case",
+    main=main,
+    schema="router",
+    migrations=MIGRATIONS,
+    order=20,
+)

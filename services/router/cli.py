@@ -1,0 +1,289 @@
+"""The router's command groups: `demo`, `grids`, `rules`, `route`, `triage`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import shapely
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import track
+
+from services.router import democity, store, topology
+from services.router.app import MIGRATIONS, explain_case
+from services.router.dispatch import RouterState
+from services.router.rules import Rule
+from shared.db import migrate
+from shared.settings import get_settings
+
+console = Console(stderr=True, soft_wrap=True)
+T = TypeVar("T")
+
+demo_app = typer.Typer(help="Generated demo data.", no_args_is_help=True)
+grids_app = typer.Typer(
+    help="The grid map (GeoJSON in and out, topology check).", no_args_is_help=True
+)
+rules_app = typer.Typer(help="The routing rule table (YAML in and out).", no_args_is_help=True)
+route_app = typer.Typer(help="Ask the router.", no_args_is_help=True)
+triage_app = typer.Typer(help="Cases the router could not place.", no_args_is_help=True)
+
+GRID_FIELDS = (
+    "grid_id",
+    "kind",
+    "dedicated_type",
+    "community",
+    "leader_name",
+    "leader_contact",
+    "parent_grid",
+)
+
+
+def _db(fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def run() -> T:
+        conn = await asyncpg.connect(get_settings().database_url)
+        try:
+            await migrate(conn, "router", MIGRATIONS)
+            return await fn(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+@demo_app.command("city")
+def demo_city(
+    seed: int = typer.Option(7, help="same seed, same city"),
+    scale: str = typer.Option("small", help="small (175 grids) or city (20,430 grids)"),
+) -> None:
+    """Replace the reference data with a generated city modelled on Qiqihar."""
+    if scale not in ("small", "city"):
+        raise typer.BadParameter("scale is small or city")
+    with console.status(f"generating a {scale} city …"):
+        city = democity.generate(seed=seed, scale=scale)  # type: ignore[arg-type]
+    version = _db(lambda c: store.load_city(c, city))
+    dedicated = sum(g["kind"] == "dedicated" for g in city.grids)
+    console.print(
+        f"[green]✓[/green] loaded {len(city.grids):,} grids ({dedicated:,} dedicated), "
+        f"{len(city.workers):,} workers, {len(city.buildings):,} buildings, "
+        f"{len(city.departments)} departments, {len(city.rules)} rules — version {version}"
+    )
+
+
+def _feature_problem(i: int, feature: Any) -> tuple[dict[str, Any], bytes] | str:
+    if not isinstance(feature, dict) or feature.get("type") != "Feature":
+        return f"feature {i}: not a GeoJSON Feature"
+    props = feature.get("properties") or {}
+    gid = props.get("grid_id")
+    label = f"feature {i} ({gid})" if gid else f"feature {i}"
+    for key in ("grid_id", "kind", "community", "leader_name"):
+        if not props.get(key):
+            return f"{label}: property {key!r} is missing"
+    if props["kind"] not in ("comprehensive", "dedicated"):
+        return f"{label}: kind must be comprehensive or dedicated, not {props['kind']!r}"
+    if props["kind"] == "dedicated" and not props.get("dedicated_type"):
+        return f"{label}: a dedicated grid needs dedicated_type"
+    try:
+        geom = shapely.from_geojson(json.dumps(feature.get("geometry")))
+    except Exception as exc:
+        return f"{label}: geometry unreadable: {exc}"
+    if geom.geom_type not in ("Polygon", "MultiPolygon"):
+        return f"{label}: geometry must be a Polygon or MultiPolygon, not {geom.geom_type}"
+    if not shapely.is_valid(geom):
+        return f"{label}: invalid geometry: {shapely.is_valid_reason(geom)}"
+    x0, y0, x1, y1 = geom.bounds
+    if not (-180 <= x0 <= x1 <= 180 and -90 <= y0 <= y1 <= 90):
+        return f"{label}: coordinates are not WGS84 longitude/latitude"
+    return {k: props.get(k) for k in GRID_FIELDS}, shapely.to_wkb(geom)
+
+
+@grids_app.command("import")
+def grids_import(path: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:
+    """Replace the grid layer with a GeoJSON FeatureCollection (properties: grid_id, kind,
+    dedicated_type, community, leader_name, leader_contact, parent_grid)."""
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]{path}: not JSON: {exc}[/red]")
+        raise typer.Exit(2) from exc
+    features = doc.get("features") if isinstance(doc, dict) else None
+    if not isinstance(features, list):
+        console.print(f"[red]{path}: not a GeoJSON FeatureCollection[/red]")
+        raise typer.Exit(2)
+    rows, problems, seen = [], [], set()
+    for i, f in track(list(enumerate(features)), description="checking grids", console=console):
+        result = _feature_problem(i, f)
+        if isinstance(result, str):
+            problems.append(result)
+        elif result[0]["grid_id"] in seen:
+            problems.append(f"feature {i} ({result[0]['grid_id']}): grid_id used twice")
+        else:
+            seen.add(result[0]["grid_id"])
+            rows.append(result)
+    if problems:
+        for p in problems[:50]:
+            console.print(f"[red]✗[/red] {p}")
+        console.print(f"[red]{len(problems)} problems: nothing imported[/red]")
+        raise typer.Exit(2)
+    version = _db(lambda c: store.replace_grids(c, rows))
+    console.print(f"[green]✓[/green] imported {len(rows):,} grids — version {version}")
+
+
+@grids_app.command("export")
+def grids_export(path: Path) -> None:
+    """Write the grid layer as a GeoJSON FeatureCollection."""
+
+    async def fetch(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        return list(await conn.fetch("SELECT * FROM router.grids ORDER BY grid_id"))
+
+    rows = _db(fetch)
+    features = []
+    for r in track(rows, description="exporting grids", console=console):
+        geom = shapely.from_wkb(r["geometry"])
+        features.append(
+            {
+                "type": "Feature",
+                "properties": {k: r[k] for k in GRID_FIELDS},
+                "geometry": json.loads(shapely.to_geojson(geom)),
+            }
+        )
+    path.write_text(
+        json.dumps({"type": "FeatureCollection", "features": features}, ensure_ascii=False), "utf-8"
+    )
+    console.print(f"[green]✓[/green] wrote {len(features):,} grids to {path}")
+
+
+@grids_app.command("check")
+def grids_check() -> None:
+    """Topology report: overlaps and gaps among comprehensive grids, and dedicated grids that
+    fall outside every comprehensive grid. Exits 1 when anything is wrong."""
+
+    async def fetch(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        return list(await conn.fetch("SELECT grid_id, kind, geometry FROM router.grids"))
+
+    rows = _db(fetch)
+    with console.status(f"checking {len(rows):,} grids …"):
+        report = topology.check(
+            [(r["grid_id"], r["kind"], shapely.from_wkb(r["geometry"])) for r in rows]
+        )
+    for line in report.lines():
+        console.print(line)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@rules_app.command("export")
+def rules_export(path: Path | None = typer.Argument(None)) -> None:
+    """Print (or write) the rule table as YAML."""
+    rules = _db(store.load_rules)
+    text = yaml.safe_dump(
+        {"rules": [r.model_dump(mode="json", by_alias=True, exclude_defaults=True) for r in rules]},
+        allow_unicode=True,
+        sort_keys=False,
+    )
+    if path is None:
+        print(text, end="")
+    else:
+        path.write_text(text, "utf-8")
+        console.print(f"[green]✓[/green] wrote {len(rules)} rules to {path}")
+
+
+@rules_app.command("import")
+def rules_import(path: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:
+    """Replace the rule table; routers pick it up within seconds, without a restart."""
+    try:
+        doc = yaml.safe_load(path.read_text("utf-8"))
+        raw = doc["rules"] if isinstance(doc, dict) else None
+        if not isinstance(raw, list):
+            raise ValueError("the file needs a top-level `rules:` list")
+        rules = []
+        for i, r in enumerate(raw):
+            try:
+                rules.append(Rule.model_validate(r))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                rid = r.get("id") if isinstance(r, dict) else None
+                raise ValueError(f"rule {i} ({rid}): {where}: {first['msg']}") from exc
+        ids = [r.id for r in rules]
+        if len(set(ids)) != len(ids):
+            raise ValueError("two rules share an id")
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        console.print(f"[red]{path}: {exc}[/red]")
+        raise typer.Exit(2) from exc
+    version = _db(lambda c: store.replace_rules(c, rules))
+    console.print(f"[green]✓[/green] imported {len(rules)} rules — version {version}")
+
+
+@route_app.callback(invoke_without_command=True)
+def route(
+    category: str = typer.Option(..., help="service code, e.g. heating.outage"),
+    lat: float | None = typer.Option(None),
+    lon: float | None = typer.Option(None),
+    building: str | None = typer.Option(None, help="building code"),
+    description: str = typer.Option(""),
+    explain: bool = typer.Option(True, "--explain/--no-explain"),
+) -> None:
+    """Route a hypothetical case against the current reference data and say why."""
+
+    async def run(conn: asyncpg.Connection) -> Any:
+        ref = await store.load_reference(conn)
+        state = RouterState(ref, await store.open_counts(conn))
+        return explain_case(state, category, lat, lon, building, description)
+
+    out = _db(run)
+    print(
+        json.dumps(
+            out.decision if not explain else out.model_dump(mode="json"),
+            ensure_ascii=False,
+            indent=2,
+        )
+    )
+
+
+@triage_app.command("list")
+def triage_list() -> None:
+    for r in _db(store.triage_list):
+        print(f"{r['case_id']}  {r['category']:28} {r['updated_at']:%Y-%m-%d %H:%M}  {r['reason']}")
+
+
+@triage_app.command("route")
+def triage_route(
+    case_id: str,
+    grid: str | None = typer.Option(None, help="grid id"),
+    department: str | None = typer.Option(None, help="department code"),
+    reason: str = typer.Option("manual triage"),
+) -> None:
+    """Route an unroutable case by hand (published as a RerouteRequested)."""
+    from aiokafka import AIOKafkaProducer
+
+    from shared import events, topics
+    from shared.events import wrap
+    from shared.kafka import producer_options
+
+    if grid is None and department is None:
+        raise typer.BadParameter("give --grid, --department or both")
+
+    async def send() -> str:
+        env = wrap(
+            events.RerouteRequested(
+                reason=reason, requested_by="operator", grid_id=grid, department=department
+            ),
+            case_id=case_id,
+            producer="router-cli",
+        )
+        producer = AIOKafkaProducer(**producer_options(get_settings().kafka, "router-cli"))
+        await producer.start()
+        try:
+            await producer.send_and_wait(topics.CASES_INTAKE, env.to_json(), key=case_id.encode())
+        finally:
+            await producer.stop()
+        return str(env.event_id)
+
+    console.print(f"[green]✓[/green] reroute requested ({asyncio.run(send())})")

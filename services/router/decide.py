@@ -1,0 +1,220 @@
+"""The routing decision, as a pure function of a case and a reference-data snapshot.
+
+    grid        building code → grid; else the point (dedicated grids first; snapping);
+                address only → unroutable (no geocoder yet)
+    department  the rule table, first match wins; else the category's default department
+    worker      the on-duty worker of the grid with the fewest open cases; else the grid leader
+    priority    catalogue, then rule, raised one step for key-care residents and in emergencies
+    deadlines   from the catalogue or the rule, shortened by an emergency factor
+    chain       worker → grid leader → community → street office → district → city
+
+Every decision carries a trail that says why, for `griddispatch route --explain`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from services.router.refdata import ReferenceData
+from services.router.rules import Facts
+from shared import events
+from shared.events import Deadlines, EscalationStep, Priority
+
+PRIORITY_ORDER = [Priority.LOW, Priority.NORMAL, Priority.HIGH, Priority.URGENT]
+KEY_CARE_GROUPS = frozenset(
+    {
+        "elderly_alone",
+        "very_old",
+        "disabled",
+        "lost_only_child",
+        "low_income",
+        "subsistence_allowance",
+        "women_children_hardship",
+    }
+)
+
+
+@dataclass(frozen=True)
+class CaseFacts:
+    """What the router knows of a case: its report, and who declined it so far."""
+
+    case_id: str
+    category: str
+    description: str
+    location: events.Location
+    reported_at: datetime
+    care_groups: tuple[str, ...] = ()
+    exclude_departments: frozenset[str] = frozenset()
+    # manual triage: an operator's choice overrides the lookup
+    grid_id: str | None = None
+    department: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    event: events.CaseRouted | events.CaseUnroutable
+    trail: tuple[str, ...] = field(default=())
+
+    @property
+    def routed(self) -> bool:
+        return isinstance(self.event, events.CaseRouted)
+
+
+def raise_priority(p: Priority, steps: int = 1) -> Priority:
+    i = min(PRIORITY_ORDER.index(p) + steps, len(PRIORITY_ORDER) - 1)
+    return PRIORITY_ORDER[i]
+
+
+def _unroutable(case: CaseFacts, reason: str, trail: list[str]) -> Decision:
+    trail.append(f"unroutable: {reason}")
+    return Decision(
+        events.CaseUnroutable(category=case.category, reason=reason, reported_at=case.reported_at),
+        tuple(trail),
+    )
+
+
+def decide(
+    case: CaseFacts,
+    ref: ReferenceData,
+    *,
+    open_cases: Mapping[str, int],
+    explain: bool = True,
+) -> Decision:
+    trail: list[str] = []
+    category = ref.categories.get(case.category)
+    if category is None:
+        return _unroutable(case, f"unknown category {case.category}", trail)
+
+    # 1. the grid
+    grid_id = case.grid_id
+    loc = case.location
+    if grid_id is not None:
+        if grid_id not in ref.grids:
+            return _unroutable(case, f"no grid {grid_id}", trail)
+        trail.append(f"grid {grid_id}: chosen by an operator")
+    elif loc.building_code and loc.building_code in ref.buildings:
+        grid_id = ref.buildings[loc.building_code]
+        trail.append(f"grid {grid_id}: building {loc.building_code}")
+    elif loc.lat is not None and loc.lon is not None:
+        if loc.building_code:
+            trail.append(f"building {loc.building_code} unknown; using the coordinate")
+        located = ref.index.locate(loc.lat, loc.lon, explain=explain)
+        trail.extend(located.trail)
+        if located.grid_id is None:
+            return _unroutable(case, "the location is outside every grid", trail)
+        grid_id = located.grid_id
+        trail.append(f"grid {grid_id}: {located.how}")
+    elif loc.building_code:
+        return _unroutable(case, f"unknown building {loc.building_code}", trail)
+    else:
+        return _unroutable(case, "address only: no geocoder, needs manual triage", trail)
+
+    info = ref.grids[grid_id]
+    community, street, district = ref.area_of(grid_id)
+
+    # 2. the department
+    facts = Facts(
+        category=case.category,
+        grid_kind=info.kind,
+        dedicated_type=info.dedicated_type,
+        district=district.code,
+        street_office=street.code,
+        day=case.reported_at.date(),
+        description=case.description,
+        care_groups=case.care_groups,
+    )
+    rule = None
+    if case.department is not None:
+        department = case.department
+        trail.append(f"department {department}: chosen by an operator")
+    else:
+        rule, rule_trail = ref.rules.first_match(
+            facts,
+            exclude_departments=case.exclude_departments,
+            default_department=category.department,
+        )
+        trail.extend(rule_trail)
+        department = (rule.route.department if rule else None) or category.department
+        if department in case.exclude_departments:
+            return _unroutable(case, "every candidate department declined the case", trail)
+        trail.append(f"department {department}" + (f" (rule {rule.id})" if rule else ""))
+    if department not in ref.departments:
+        return _unroutable(case, f"department {department} is not known", trail)
+
+    # 3. the worker
+    on_duty = [w for w in ref.workers_by_grid.get(grid_id, ()) if w.on_duty]
+    if not on_duty and info.parent_grid:  # a dedicated grid without staff on duty
+        on_duty = [w for w in ref.workers_by_grid.get(info.parent_grid, ()) if w.on_duty]
+    worker = min(on_duty, key=lambda w: (open_cases.get(w.worker_id, 0), w.worker_id), default=None)
+    if worker is not None:
+        trail.append(
+            f"worker {worker.worker_id}: on duty, {open_cases.get(worker.worker_id, 0)} open cases"
+        )
+    else:
+        trail.append(f"no worker on duty in {grid_id}: the grid leader takes it")
+
+    # 4. priority and deadlines
+    priority = category.priority
+    ack_h = category.deadlines.acknowledge_hours
+    res_h = category.deadlines.resolve_hours
+    if rule is not None:
+        priority = rule.route.priority or priority
+        ack_h = rule.route.acknowledge_hours or ack_h
+        res_h = rule.route.resolve_hours or res_h
+    if set(case.care_groups) & KEY_CARE_GROUPS:
+        priority = raise_priority(priority)
+        trail.append(f"priority raised to {priority.value}: a key-care resident")
+    factor = min(
+        (ref.emergency[a] for a in (grid_id, street.code, district.code) if a in ref.emergency),
+        default=None,
+    )
+    if factor is not None:
+        priority = raise_priority(priority)
+        ack_h, res_h = ack_h * factor, res_h * factor
+        trail.append(f"emergency mode: deadlines × {factor}, priority {priority.value}")
+    ack_by = case.reported_at + timedelta(hours=ack_h)
+    res_by = case.reported_at + timedelta(hours=res_h)
+    warn_before = max(60, int(ack_h * 3600 * 0.25))
+
+    # 5. the escalation chain, names and contacts resolved now
+    chain: list[EscalationStep] = []
+    if worker is not None:
+        chain.append(
+            EscalationStep(level=0, role="worker", name=worker.name, contact=worker.contact)
+        )
+    chain.append(
+        EscalationStep(
+            level=len(chain), role="grid_leader", name=info.leader_name, contact=info.leader_contact
+        )
+    )
+    for role, unit in (
+        ("community", community),
+        ("street_office", street),
+        ("district", district),
+        ("city", ref.city),
+    ):
+        chain.append(
+            EscalationStep(level=len(chain), role=role, name=unit.name, contact=unit.contact)
+        )
+
+    routed = events.CaseRouted(
+        category=case.category,
+        grid_id=grid_id,
+        district=district.code,
+        department=department,
+        worker_id=worker.worker_id if worker else None,
+        priority=priority,
+        deadlines=Deadlines(
+            acknowledge_by=ack_by,
+            resolve_by=res_by,
+            warn_before_s=warn_before,
+            working_time=category.deadlines.working_time,
+        ),
+        escalation_chain=tuple(chain),
+        reported_at=case.reported_at,
+        rule_id=rule.id if rule else None,
+        mediate_in_grid_first=bool(rule and rule.route.mediate_in_grid_first),
+    )
+    return Decision(routed, tuple(trail))

@@ -1,0 +1,332 @@
+"""Turning `cases.intake` into decisions on `cases.lifecycle`, exactly once in effect.
+
+For each batch of input messages:
+1. decode (poison → dead letter) and gather the case facts (a reroute reads them back);
+2. decide against the current reference snapshot;
+3. record the decisions in one transaction, keyed by the input's event id — a redelivered
+   input finds its decision there and republishes *the same bytes*, even if worker loads or
+   rules changed since;
+4. publish with the idempotent `acks=all` producer and wait for the broker;
+5. only then does the subscriber commit the offsets.
+A crash anywhere repeats at most steps 2–4 with identical output event ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.router import store
+from services.router.decide import CaseFacts, Decision, decide
+from services.router.refdata import ReferenceData
+from shared import events, topics
+from shared.events import DecodeError, Envelope, decode, wrap
+from shared.ids import derived_event_id
+from shared.kafka import DeadLetters
+from shared.metrics import REGISTRY
+
+log = logging.getLogger(__name__)
+PRODUCER = "router"
+
+ROUTED = Counter(
+    "griddispatch_cases_routed_total",
+    "Routing decisions by department and outcome",
+    ["department", "outcome"],
+    registry=REGISTRY,
+)
+UNROUTABLE = Counter(
+    "griddispatch_cases_unroutable_total",
+    "Unroutable cases by reason",
+    ["reason"],
+    registry=REGISTRY,
+)
+ROUTING_SECONDS = Histogram(
+    "griddispatch_routing_batch_seconds",
+    "Time to decide, record and publish one batch",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+GRIDS_LOADED = Gauge(
+    "griddispatch_router_grids_loaded", "Grids in the loaded reference data", registry=REGISTRY
+)
+REFDATA_VERSION = Gauge(
+    "griddispatch_router_refdata_version",
+    "Version of the loaded reference data",
+    registry=REGISTRY,
+)
+
+
+def _reason_label(reason: str) -> str:
+    """A bounded label value for the unroutable reason (no ids, no free text)."""
+    for key in (
+        "outside every grid",
+        "address only",
+        "unknown building",
+        "unknown category",
+        "declined",
+        "not known",
+        "no grid",
+    ):
+        if key in reason:
+            return key.replace(" ", "_")
+    return "other"
+
+
+@dataclass
+class RouterState:
+    """What the running router holds: the reference snapshot and open-case counts."""
+
+    ref: ReferenceData
+    open_cases: dict[str, int] = field(default_factory=dict)
+
+    def swap(self, ref: ReferenceData) -> None:
+        self.ref = ref  # one assignment: a batch sees either the old or the new snapshot
+        GRIDS_LOADED.set(len(ref.grids))
+        REFDATA_VERSION.set(ref.version)
+
+
+def facts_from_report(env: Envelope, event: events.CaseReported) -> dict[str, Any]:
+    return {
+        "category": event.category,
+        "description": event.description,
+        "location": event.location.model_dump(mode="json"),
+        "reported_at": event.reported_at.isoformat(),
+        "care_groups": list(event.sensitivity.care_groups),
+        "excluded": [],
+    }
+
+
+def case_facts(
+    case_id: str, facts: dict[str, Any], reroute: events.RerouteRequested | None
+) -> CaseFacts:
+    return CaseFacts(
+        case_id=case_id,
+        category=facts["category"],
+        description=facts["description"],
+        location=events.Location.model_validate(facts["location"]),
+        reported_at=datetime.fromisoformat(facts["reported_at"]),
+        care_groups=tuple(facts.get("care_groups", ())),
+        exclude_departments=frozenset(facts.get("excluded", ())),
+        grid_id=reroute.grid_id if reroute else None,
+        department=reroute.department if reroute else None,
+    )
+
+
+@dataclass
+class _Item:
+    record: ConsumerRecord[Any, Any]
+    env: Envelope
+    facts: dict[str, Any] | None
+    decision: Decision | None = None
+    out: Envelope | None = None
+    value: bytes | None = None
+
+
+_RECORD_SQL = """
+WITH new AS (
+    INSERT INTO router.decisions (source_event_id, case_id, envelope)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[])
+    ON CONFLICT DO NOTHING
+    RETURNING source_event_id
+)
+SELECT d.source_event_id, d.envelope, (n.source_event_id IS NOT NULL) AS is_new
+FROM router.decisions d LEFT JOIN new n USING (source_event_id)
+WHERE d.source_event_id = ANY($1::uuid[])
+"""
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        state: RouterState,
+        dead_letters: DeadLetters | None,
+    ) -> None:
+        self.pool = pool
+        self.producer = producer
+        self.state = state
+        self.dead_letters = dead_letters
+
+    async def handle(self, records: Sequence[ConsumerRecord[Any, Any]]) -> int:
+        """Decide, record and publish one batch. Returns the decisions published."""
+        started = time.perf_counter()
+        ref = self.state.ref  # this batch's snapshot
+        items: list[_Item] = []
+        for record in records:
+            try:
+                env, event = decode(record.value)
+                if not isinstance(event, events.CaseReported | events.RerouteRequested):
+                    raise DecodeError(f"{env.event_type} does not belong on {record.topic}")
+            except DecodeError as exc:
+                await self._dead_letter(record, exc)
+                continue
+            facts = (
+                facts_from_report(env, event) if isinstance(event, events.CaseReported) else None
+            )
+            items.append(_Item(record, env, facts))
+        if not items:
+            return 0
+        async with self.pool.acquire() as conn:
+            missing = [i.env.case_id for i in items if i.facts is None]
+            known = await store.case_facts(conn, missing) if missing else {}
+            # facts of cases reported earlier in this same batch
+            in_batch = {i.env.case_id: i.facts for i in items if i.facts is not None}
+            for item in items:
+                event = item.env.event()
+                reroute = event if isinstance(event, events.RerouteRequested) else None
+                facts = item.facts or in_batch.get(item.env.case_id) or known.get(item.env.case_id)
+                if facts is None:
+                    await self._dead_letter(
+                        item.record,
+                        ValueError(f"reroute for a case the router never saw: {item.env.case_id}"),
+                    )
+                    continue
+                if reroute is not None:
+                    facts = {
+                        **facts,
+                        "excluded": sorted(
+                            set(facts.get("excluded", ())) | set(reroute.exclude_departments)
+                        ),
+                    }
+                    in_batch[item.env.case_id] = facts
+                item.facts = facts
+                try:
+                    item.decision = decide(
+                        case_facts(item.env.case_id, facts, reroute),
+                        ref,
+                        open_cases=self.state.open_cases,
+                        explain=False,
+                    )
+                except Exception as exc:  # a bug or bad reference data: never stall the stream
+                    await self._dead_letter(item.record, exc)
+                    continue
+                item.out = wrap(
+                    item.decision.event,
+                    case_id=item.env.case_id,
+                    producer=PRODUCER,
+                    event_id=derived_event_id(item.env.event_id, "routed"),
+                    traceparent=item.env.traceparent,
+                )
+                if item.decision.routed:
+                    routed = item.decision.event
+                    assert isinstance(routed, events.CaseRouted)
+                    if routed.worker_id:  # count it now: the next case in the batch sees it
+                        self.state.open_cases[routed.worker_id] = (
+                            self.state.open_cases.get(routed.worker_id, 0) + 1
+                        )
+            decided = [i for i in items if i.out is not None]
+            if not decided:
+                return 0
+            async with conn.transaction():
+                rows = await conn.fetch(
+                    _RECORD_SQL,
+                    [i.env.event_id for i in decided],
+                    [i.env.case_id for i in decided],
+                    [i.out.to_json() for i in decided if i.out is not None],
+                )
+                recorded = {r["source_event_id"]: (bytes(r["envelope"]), r["is_new"]) for r in rows}
+                case_rows = []
+                for item in decided:
+                    value, is_new = recorded[item.env.event_id]
+                    item.value = value
+                    if not is_new:
+                        continue  # a redelivery: the first decision stands
+                    ev = item.decision.event if item.decision else None
+                    facts = dict(item.facts or {})
+                    if isinstance(ev, events.CaseUnroutable):
+                        facts["unroutable_reason"] = ev.reason
+                    case_rows.append(
+                        (
+                            item.env.case_id,
+                            orjson.dumps(facts).decode(),
+                            "routed" if isinstance(ev, events.CaseRouted) else "unroutable",
+                            ev.department if isinstance(ev, events.CaseRouted) else None,
+                            ev.worker_id if isinstance(ev, events.CaseRouted) else None,
+                        )
+                    )
+                if case_rows:
+                    await conn.executemany(
+                        """INSERT INTO router.cases (case_id, facts, status, department, worker_id)
+                           VALUES ($1, $2::text::jsonb, $3, $4, $5)
+                           ON CONFLICT (case_id) DO UPDATE SET facts = EXCLUDED.facts,
+                               status = EXCLUDED.status, department = EXCLUDED.department,
+                               worker_id = EXCLUDED.worker_id, open = true, updated_at = now()""",
+                        case_rows,
+                    )
+        futures = [
+            await self.producer.send(
+                topics.CASES_LIFECYCLE, value=i.value, key=i.env.case_id.encode()
+            )
+            for i in decided
+        ]
+        await asyncio.gather(*futures)
+        for item in decided:
+            ev = item.decision.event if item.decision else None
+            if isinstance(ev, events.CaseRouted):
+                ROUTED.labels(ev.department, "routed").inc()
+            elif isinstance(ev, events.CaseUnroutable):
+                ROUTED.labels("", "unroutable").inc()
+                UNROUTABLE.labels(_reason_label(ev.reason)).inc()
+        ROUTING_SECONDS.observe(time.perf_counter() - started)
+        return len(decided)
+
+    async def _dead_letter(self, record: ConsumerRecord[Any, Any], exc: BaseException) -> None:
+        if self.dead_letters is None:
+            raise exc
+        await self.dead_letters.publish(record, exc)
+
+
+async def fold_lifecycle(
+    conn: asyncpg.Connection, state: RouterState, records: Sequence[ConsumerRecord[Any, Any]]
+) -> None:
+    """Keep open-case counts per worker from lifecycle events (resolved and closed cases stop
+    counting; reopened ones count again). Idempotent by event id."""
+    changes: list[tuple[Any, str, bool]] = []
+    for record in records:
+        try:
+            env, event = decode(record.value)
+        except DecodeError:
+            continue  # not ours to judge: the other consumers dead-letter it
+        if isinstance(event, events.CaseResolved | events.CaseClosed):
+            changes.append((env.event_id, env.case_id, False))
+        elif isinstance(event, events.CaseReopened):
+            changes.append((env.event_id, env.case_id, True))
+    if not changes:
+        return
+    async with conn.transaction():
+        fresh = {
+            r["event_id"]
+            for r in await conn.fetch(
+                "INSERT INTO router.seen_events (event_id) SELECT unnest($1::uuid[]) "
+                "ON CONFLICT DO NOTHING RETURNING event_id",
+                [c[0] for c in changes],
+            )
+        }
+        for event_id, case_id, is_open in changes:
+            if event_id not in fresh:
+                continue
+            worker = await conn.fetchval(
+                "UPDATE router.cases SET open = $2, updated_at = now() "
+                "WHERE case_id = $1 AND open <> $2 RETURNING worker_id",
+                case_id,
+                is_open,
+            )
+            if worker:
+                state.open_cases[worker] = max(
+                    0, state.open_cases.get(worker, 0) + (1 if is_open else -1)
+                )
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

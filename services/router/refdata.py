@@ -1,0 +1,85 @@
+"""Reference data: one immutable snapshot of grids, places, people and rules.
+
+The router decides against one snapshot at a time; a reload builds a new snapshot and swaps it
+in with a single assignment, so no case is ever routed against half-loaded data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.router.geo import GridIndex
+from services.router.rules import RuleTable
+from shared.catalogue import Category
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A district, street office or community: a rung of the escalation ladder."""
+
+    code: str
+    name: str
+    contact: str | None = None
+    parent: str | None = None
+
+
+@dataclass(frozen=True)
+class GridInfo:
+    grid_id: str
+    kind: str
+    dedicated_type: str | None
+    community: str
+    leader_name: str
+    leader_contact: str | None = None
+    parent_grid: str | None = None  # dedicated grids: the comprehensive grid around them
+
+
+@dataclass(frozen=True)
+class Worker:
+    worker_id: str
+    grid_id: str
+    name: str
+    on_duty: bool = True
+    capacity: int = 20
+    contact: str | None = None
+
+
+@dataclass(frozen=True)
+class Department:
+    code: str
+    name: str
+    contact: str | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceData:
+    version: int
+    index: GridIndex
+    grids: dict[str, GridInfo]
+    communities: dict[str, Unit]
+    street_offices: dict[str, Unit]
+    districts: dict[str, Unit]
+    city: Unit
+    buildings: dict[str, str]  # building code → grid id
+    departments: dict[str, Department]
+    workers_by_grid: dict[str, tuple[Worker, ...]]
+    categories: dict[str, Category]
+    rules: RuleTable
+    # area code (district, street office or grid) → deadline factor, e.g. 0.25 in wartime
+    emergency: dict[str, float] = field(default_factory=dict)
+
+    def area_of(self, grid_id: str) -> tuple[Unit, Unit, Unit]:
+        """(community, street office, district) of a grid."""
+        community = self.communities[self.grids[grid_id].community]
+        street = self.street_offices[community.parent or ""]
+        district = self.districts[street.parent or ""]
+        return community, street, district
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "grids": len(self.grids),
+            "buildings": len(self.buildings),
+            "workers": sum(len(w) for w in self.workers_by_grid.values()),
+            "departments": len(self.departments),
+            "rules": len(self.rules.rules),
+        }

@@ -1,0 +1,225 @@
+"""The router's PostgreSQL side: reference data in and out, cases and decisions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+import shapely
+
+from services.router.democity import City
+from services.router.refdata import ReferenceData
+from services.router.rules import Rule
+from services.router.snapshot import build_reference
+from shared.catalogue import Category, load_file
+
+CHANNEL = "router_refdata"
+REF_TABLES = (
+    "districts",
+    "street_offices",
+    "communities",
+    "grids",
+    "buildings",
+    "departments",
+    "workers",
+)
+
+
+async def bump_version(conn: asyncpg.Connection) -> int:
+    version: int = await conn.fetchval(
+        "UPDATE router.refdata_version SET version = version + 1 RETURNING version"
+    )
+    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(version))
+    return version
+
+
+async def current_version(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT version FROM router.refdata_version"))
+
+
+def _records(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> list[tuple[Any, ...]]:
+    return [tuple(r.get(c) for c in columns) for r in rows]
+
+
+async def load_city(
+    conn: asyncpg.Connection, city: City, *, categories: Sequence[Category] | None = None
+) -> int:
+    """Replace all reference data with a generated city, atomically. Returns the new version."""
+    async with conn.transaction():
+        await conn.execute(
+            "TRUNCATE " + ", ".join(f"router.{t}" for t in REF_TABLES) + ", router.rules"
+        )
+        tables: list[tuple[str, list[dict[str, Any]], tuple[str, ...]]] = [
+            ("districts", city.districts, ("code", "name", "contact")),
+            ("street_offices", city.street_offices, ("code", "district", "name", "contact")),
+            ("communities", city.communities, ("code", "street_office", "name", "contact")),
+            ("buildings", city.buildings, ("code", "grid_id")),
+            ("departments", city.departments, ("code", "name", "contact")),
+            (
+                "workers",
+                city.workers,
+                ("worker_id", "grid_id", "name", "on_duty", "capacity", "contact"),
+            ),
+        ]
+        for table, rows, columns in tables:
+            await conn.copy_records_to_table(
+                table, schema_name="router", records=_records(rows, columns), columns=columns
+            )
+        grid_cols = (
+            "grid_id",
+            "kind",
+            "dedicated_type",
+            "community",
+            "leader_name",
+            "leader_contact",
+            "parent_grid",
+            "geometry",
+        )
+        await conn.copy_records_to_table(
+            "grids",
+            schema_name="router",
+            columns=grid_cols,
+            records=[
+                (*[g.get(c) for c in grid_cols[:-1]], shapely.to_wkb(shapely.box(*g["bbox"])))
+                for g in city.grids
+            ],
+        )
+        await replace_rules(conn, city.rules, bump=False)
+        await import_categories(conn, categories or load_file().categories, bump=False)
+        return await bump_version(conn)
+
+
+async def replace_rules(
+    conn: asyncpg.Connection, rules: Sequence[Rule], *, bump: bool = True
+) -> int | None:
+    async with conn.transaction():
+        await conn.execute("DELETE FROM router.rules")
+        await conn.executemany(
+            "INSERT INTO router.rules (position, rule) VALUES ($1, $2::text::jsonb)",
+            [
+                (i, r.model_dump_json(by_alias=True, exclude_defaults=True))
+                for i, r in enumerate(rules)
+            ],
+        )
+        return await bump_version(conn) if bump else None
+
+
+async def import_categories(
+    conn: asyncpg.Connection, categories: Sequence[Category], *, bump: bool = True
+) -> int | None:
+    async with conn.transaction():
+        await conn.executemany(
+            "INSERT INTO router.categories (code, definition) VALUES ($1, $2::text::jsonb) "
+            "ON CONFLICT (code) DO UPDATE SET definition = EXCLUDED.definition",
+            [(c.code, c.model_dump_json()) for c in categories],
+        )
+        return await bump_version(conn) if bump else None
+
+
+async def replace_grids(
+    conn: asyncpg.Connection, grids: Sequence[tuple[dict[str, Any], bytes]]
+) -> int:
+    """Replace the grid layer (from a GeoJSON import); other reference data stays."""
+    cols = (
+        "grid_id",
+        "kind",
+        "dedicated_type",
+        "community",
+        "leader_name",
+        "leader_contact",
+        "parent_grid",
+        "geometry",
+    )
+    async with conn.transaction():
+        await conn.execute("DELETE FROM router.grids")
+        await conn.copy_records_to_table(
+            "grids",
+            schema_name="router",
+            columns=cols,
+            records=[(*(g.get(c) for c in cols[:-1]), wkb) for g, wkb in grids],
+        )
+        return await bump_version(conn)
+
+
+async def load_rules(conn: asyncpg.Connection) -> list[Rule]:
+    rows = await conn.fetch("SELECT rule::text AS r FROM router.rules ORDER BY position")
+    return [Rule.model_validate_json(r["r"]) for r in rows]
+
+
+async def load_reference(conn: asyncpg.Connection, *, snap_m: float = 100.0) -> ReferenceData:
+    """One consistent snapshot (a repeatable-read transaction), built off the event loop."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        version = await current_version(conn)
+        fetched = {
+            t: [dict(r) for r in await conn.fetch(f"SELECT * FROM router.{t}")]
+            for t in (
+                "districts",
+                "street_offices",
+                "communities",
+                "buildings",
+                "departments",
+                "workers",
+            )
+        }
+        grid_rows = [
+            dict(r) for r in await conn.fetch("SELECT * FROM router.grids ORDER BY grid_id")
+        ]
+        categories = [
+            Category.model_validate_json(r["d"])
+            for r in await conn.fetch("SELECT definition::text AS d FROM router.categories")
+        ]
+        rules = await load_rules(conn)
+        emergency = {
+            r["area"]: float(r["factor"])
+            for r in await conn.fetch("SELECT area, factor FROM router.emergency_areas")
+        }
+
+    def build() -> ReferenceData:
+        geoms = shapely.from_wkb([g.pop("geometry") for g in grid_rows])
+        return build_reference(
+            version=version,
+            districts=fetched["districts"],
+            street_offices=fetched["street_offices"],
+            communities=fetched["communities"],
+            grids=list(zip(grid_rows, geoms, strict=True)),
+            buildings=fetched["buildings"],
+            departments=fetched["departments"],
+            workers=fetched["workers"],
+            categories=categories,
+            rules=rules,
+            emergency=emergency,
+            snap_m=snap_m,
+        )
+
+    return await asyncio.to_thread(build)
+
+
+async def open_counts(conn: asyncpg.Connection) -> dict[str, int]:
+    rows = await conn.fetch(
+        "SELECT worker_id, count(*) AS n FROM router.cases WHERE open AND worker_id IS NOT NULL "
+        "GROUP BY worker_id"
+    )
+    return {r["worker_id"]: int(r["n"]) for r in rows}
+
+
+async def case_facts(
+    conn: asyncpg.Connection, case_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT case_id, facts::text AS f FROM router.cases WHERE case_id = ANY($1)", list(case_ids)
+    )
+    return {r["case_id"]: orjson.loads(r["f"]) for r in rows}
+
+
+async def triage_list(conn: asyncpg.Connection, limit: int = 100) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT case_id, facts->>'category' AS category, "
+            "facts->>'unroutable_reason' AS reason, updated_at FROM router.cases "
+            "WHERE status = 'unroutable' ORDER BY updated_at LIMIT $1",
+            limit,
+        )
+    )
