@@ -91,6 +91,7 @@ def make_broker(
         ack_policy=AckPolicy.NACK_ON_ERROR,
         middlewares=[KafkaPrometheusMiddleware(registry=registry, app_name=service)],
         logger=logging.getLogger(f"griddispatch.{service}.broker"),
+        log_level=logging.DEBUG,  # "Received"/"Processed" per message: not at INFO
     )
 
 

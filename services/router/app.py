@@ -25,7 +25,13 @@ from shared import events, topics
 from shared.catalogue import load_file
 from shared.db import MigrationSource, create_pool, migrate
 from shared.events import wrap
-from shared.kafka import DeadLetters, durable_subscriber, make_broker, make_producer
+from shared.kafka import (
+    DeadLetters,
+    durable_subscriber,
+    is_transient,
+    make_broker,
+    make_producer,
+)
 from shared.metrics import health_routes
 from shared.service import ServiceSpec
 from shared.settings import Settings
@@ -204,14 +210,25 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             log.warning("Kafka unavailable, retrying: %s", exc)
             await asyncio.sleep(2)
     broker = make_broker(settings.kafka, "router")
-    dispatcher = Dispatcher(pool, producer, state, DeadLetters(broker, "router"))
+    dead_letters = DeadLetters(broker, "router")
+    dispatcher = Dispatcher(pool, producer, state, dead_letters)
 
     @durable_subscriber(
         broker, topics.CASES_INTAKE, group_id="router", batch=True, max_records=rs.batch_size
     )
     async def route_cases(msg: KafkaMessage) -> None:
         records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
-        await dispatcher.handle(records)
+        try:
+            await dispatcher.handle(records)
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # the batch is redelivered once the dependency is back
+            # Something in this batch breaks the dispatcher: isolate it, one record at a time,
+            # so only the culprit is dead-lettered and the stream goes on.
+            log.exception("batch failed; retrying its records one by one")
+            for record in records:
+                async with dead_letters.guard(record):
+                    await dispatcher.handle([record])
 
     @durable_subscriber(
         broker, topics.CASES_LIFECYCLE, group_id="router-load", batch=True, max_records=1000

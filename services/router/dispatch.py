@@ -132,15 +132,19 @@ class _Item:
     value: bytes | None = None
 
 
+# New decisions are inserted; for inputs decided before (a redelivery) the stored decision is
+# returned instead. (The main query sees the table as it was before the statement, so the two
+# halves never overlap.)
 _RECORD_SQL = """
 WITH new AS (
     INSERT INTO router.decisions (source_event_id, case_id, envelope)
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[])
     ON CONFLICT DO NOTHING
-    RETURNING source_event_id
+    RETURNING source_event_id, envelope
 )
-SELECT d.source_event_id, d.envelope, (n.source_event_id IS NOT NULL) AS is_new
-FROM router.decisions d LEFT JOIN new n USING (source_event_id)
+SELECT source_event_id, envelope, true AS is_new FROM new
+UNION ALL
+SELECT d.source_event_id, d.envelope, false FROM router.decisions d
 WHERE d.source_event_id = ANY($1::uuid[])
 """
 

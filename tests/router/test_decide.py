@@ -1,0 +1,199 @@
+"""The routing decision on a generated city, without any server."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from services.router import democity, snapshot
+from services.router.decide import CaseFacts, decide
+from services.router.refdata import ReferenceData
+from shared import events
+from shared.events import Priority
+
+CITY = democity.generate(seed=11, scale="small")
+WINTER = datetime(2026, 1, 10, 8, 0, tzinfo=UTC)
+SUMMER = datetime(2026, 7, 10, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def ref() -> ReferenceData:
+    return snapshot.from_city(CITY)
+
+
+def _grid(kind: str, dedicated_type: str | None = None) -> dict:
+    return next(
+        g
+        for g in CITY.grids
+        if g["kind"] == kind and (dedicated_type is None or g["dedicated_type"] == dedicated_type)
+    )
+
+
+def case(
+    category: str,
+    *,
+    at: tuple[float, float] | None = None,
+    when: datetime = WINTER,
+    description: str = "问题",
+    **kw,
+) -> CaseFacts:
+    lat, lon = at if at else (None, None)
+    loc = kw.pop("location", None) or events.Location(lat=lat, lon=lon)
+    return CaseFacts("c-1", category, description, loc, when, **kw)
+
+
+def test_a_heating_outage_in_winter(ref: ReferenceData) -> None:
+    grid = _grid("comprehensive")
+    d = decide(case("heating.outage", at=democity.point_in(grid, 0.9, 0.9)), ref, open_cases={})
+    ev = d.event
+    assert isinstance(ev, events.CaseRouted)
+    assert ev.grid_id == grid["grid_id"]
+    assert ev.department == "heating"
+    assert ev.priority is Priority.HIGH
+    assert ev.rule_id == "heating-in-season"
+    assert [s.role for s in ev.escalation_chain] == [
+        "worker",
+        "grid_leader",
+        "community",
+        "street_office",
+        "district",
+        "city",
+    ]
+    assert ev.deadlines.acknowledge_by == WINTER.replace(hour=9)  # 1 h from the catalogue
+    # in summer the off-season rule applies
+    summer = decide(
+        case("heating.outage", at=democity.point_in(grid, 0.9, 0.9), when=SUMMER),
+        ref,
+        open_cases={},
+    ).event
+    assert isinstance(summer, events.CaseRouted)
+    assert (summer.rule_id, summer.priority) == ("heating-off-season", Priority.LOW)
+
+
+def test_dedicated_grid_and_its_rule(ref: ReferenceData) -> None:
+    hospital = _grid("dedicated", "hospital")
+    d = decide(case("sanitation.garbage", at=democity.point_in(hospital)), ref, open_cases={})
+    assert isinstance(d.event, events.CaseRouted)
+    assert d.event.grid_id == hospital["grid_id"]
+    assert d.event.department == "health"
+
+
+def test_building_code_wins_over_coordinates(ref: ReferenceData) -> None:
+    b = CITY.buildings[10]
+    d = decide(
+        case("water.outage", location=events.Location(building_code=b["code"])), ref, open_cases={}
+    )
+    assert isinstance(d.event, events.CaseRouted)
+    assert d.event.grid_id == b["grid_id"]
+
+
+def test_least_loaded_on_duty_worker(ref: ReferenceData) -> None:
+    grid_id, workers = next(
+        (g, ws) for g, ws in ref.workers_by_grid.items() if len([w for w in ws if w.on_duty]) >= 2
+    )
+    on_duty = sorted(w.worker_id for w in workers if w.on_duty)
+    grid = next(g for g in CITY.grids if g["grid_id"] == grid_id)
+    busy = {on_duty[0]: 5}
+    d = decide(case("roads.pothole", at=democity.point_in(grid, 0.9, 0.9)), ref, open_cases=busy)
+    assert isinstance(d.event, events.CaseRouted)
+    assert d.event.worker_id == on_duty[1]
+
+
+def test_care_flags_and_emergency_raise_priority(ref: ReferenceData) -> None:
+    grid = _grid("comprehensive")
+    at = democity.point_in(grid, 0.9, 0.9)
+    plain = decide(case("roads.pothole", at=at), ref, open_cases={}).event
+    cared = decide(
+        case("roads.pothole", at=at, care_groups=("very_old",)), ref, open_cases={}
+    ).event
+    assert isinstance(plain, events.CaseRouted)
+    assert isinstance(cared, events.CaseRouted)
+    assert (plain.priority, cared.priority) == (Priority.NORMAL, Priority.HIGH)
+    district = ref.area_of(grid["grid_id"])[2].code
+    wartime = ReferenceData(**{**ref.__dict__, "emergency": {district: 0.25}})
+    ev = decide(case("roads.pothole", at=at), wartime, open_cases={}).event
+    assert isinstance(ev, events.CaseRouted)
+    assert ev.priority is Priority.HIGH
+    assert ev.deadlines.resolve_by - WINTER == (plain.deadlines.resolve_by - WINTER) * 0.25
+
+
+def test_unroutable_cases_say_why(ref: ReferenceData) -> None:
+    outside = decide(case("roads.pothole", at=(48.5, 125.0)), ref, open_cases={})
+    assert isinstance(outside.event, events.CaseUnroutable)
+    assert "outside every grid" in outside.event.reason
+    address = decide(
+        case("roads.pothole", location=events.Location(address="中华路12号")), ref, open_cases={}
+    )
+    assert isinstance(address.event, events.CaseUnroutable)
+    assert "address only" in address.event.reason
+    declined = decide(
+        case(
+            "roads.pothole",
+            at=democity.point_in(_grid("comprehensive"), 0.9, 0.9),
+            exclude_departments=frozenset({"roads"}),
+        ),
+        ref,
+        open_cases={},
+    )
+    assert isinstance(declined.event, events.CaseUnroutable)
+
+
+def test_manual_triage_overrides(ref: ReferenceData) -> None:
+    grid = CITY.grids[20]
+    d = decide(
+        case(
+            "roads.pothole",
+            location=events.Location(address="某小区"),
+            grid_id=grid["grid_id"],
+            department="housing",
+        ),
+        ref,
+        open_cases={},
+    )
+    assert isinstance(d.event, events.CaseRouted)
+    assert (d.event.grid_id, d.event.department) == (grid["grid_id"], "housing")
+
+
+def test_city_scale_matches_the_reference_figures() -> None:
+    city = democity.generate(seed=1, scale="city")
+    kinds = [g["kind"] for g in city.grids]
+    assert kinds.count("comprehensive") == 17_242
+    assert kinds.count("dedicated") == 3_188
+    assert len(city.workers) == 21_237
+    assert {d["code"] for d in city.districts} == {
+        "longsha",
+        "jianhua",
+        "tiefeng",
+        "angangxi",
+        "fularji",
+        "nianzishan",
+        "meilisi",
+    }
+
+
+def test_small_city_topology_is_clean() -> None:
+    import shapely
+
+    from services.router import topology
+
+    report = topology.check(
+        [(g["grid_id"], g["kind"], shapely.box(*g["bbox"])) for g in CITY.grids]
+    )
+    assert report.ok, report.lines()
+    broken = [(g["grid_id"], g["kind"], shapely.box(*g["bbox"])) for g in CITY.grids]
+    mid_lat, mid_lon = (democity.SOUTH + democity.NORTH) / 2, (democity.WEST + democity.EAST) / 2
+    i = min(
+        range(len(broken)),
+        key=lambda k: (
+            broken[k][2].centroid.distance(shapely.Point(mid_lon, mid_lat))
+            if broken[k][1] == "comprehensive"
+            else 99
+        ),
+    )
+    gid, kind, geom = broken[i]
+    broken[i] = (gid, kind, shapely.affinity.scale(geom, 0.5, 0.5))  # opens a hole
+    broken.append(("stray", "dedicated", shapely.box(130, 50, 130.1, 50.1)))
+    bad = topology.check(broken)
+    assert bad.gaps
+    assert bad.outside == ["stray"]
