@@ -60,11 +60,21 @@ def _db(fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
 @demo_app.command("city")
 def demo_city(
     seed: int = typer.Option(7, help="same seed, same city"),
-    scale: str = typer.Option("small", help="small (175 grids) or city (20,430 grids)"),
+    scale: str = typer.Option("small", help="small (207 grids) or city (20,430 grids)"),
+    if_empty: bool = typer.Option(False, "--if-empty", help="only when no grids are loaded"),
 ) -> None:
     """Replace the reference data with a generated city modelled on Qiqihar."""
     if scale not in ("small", "city"):
         raise typer.BadParameter("scale is small or city")
+    if if_empty:
+
+        async def count(conn: asyncpg.Connection) -> int:
+            return int(await conn.fetchval("SELECT count(*) FROM router.grids"))
+
+        existing = _db(count)
+        if existing:
+            console.print(f"reference data present ({existing:,} grids): keeping it")
+            return
     with console.status(f"generating a {scale} city …"):
         city = democity.generate(seed=seed, scale=scale)  # type: ignore[arg-type]
     version = _db(lambda c: store.load_city(c, city))

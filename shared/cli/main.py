@@ -118,6 +118,7 @@ def serve(
 @app.command()
 def up(
     migrate_first: bool = typer.Option(True, "--migrate/--no-migrate"),
+    demo: bool = typer.Option(True, "--demo/--no-demo", help="load a small demo city if empty"),
     keep_stack: bool = typer.Option(False, help="leave Kafka and PostgreSQL running on exit"),
 ) -> None:
     """Start the stack and every service in the foreground; Ctrl-C stops everything."""
@@ -134,6 +135,12 @@ def up(
     try:
         if migrate_first:
             migrate()
+        if demo and "demo" in {ep.name for ep in entry_points(group="griddispatch.commands")}:
+            # A service's command, run as a command: the CLI root imports no service.
+            subprocess.run(
+                [sys.executable, "-m", "shared.cli.main", "demo", "city", "--if-empty"],
+                check=True,
+            )
         _print_where(stack)
         for name in discover_services():
             proc = subprocess.Popen([sys.executable, "-m", "shared.cli.main", "serve", name])
