@@ -1,0 +1,176 @@
+"""The router at city scale (20,430 grids, 21,237 workers).
+
+    .venv/bin/python bench/router.py [--cases 50000]
+
+Prints: single grid lookup p50/p99, batch lookups/s, one full decision, the process RSS with the
+city loaded, and routed cases/s through the real broker and database (consume `cases.intake`,
+decide, record, publish to `cases.lifecycle`, commit) against a bare aiokafka consume→produce
+passthrough of the same messages, in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+import psutil
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from bench._tools import bench_stack
+from services.router import democity, snapshot, store
+from services.router.app import MIGRATIONS
+from services.router.decide import CaseFacts, decide
+from services.router.dispatch import Dispatcher, RouterState
+from shared import events, topics
+from shared.db import create_pool, migrate
+from shared.events import wrap
+from shared.kafka import ensure_topics, make_producer
+from shared.localstack import LocalStack
+from shared.settings import KafkaSettings
+
+CATEGORIES = ["roads.pothole", "streetlight.out", "heating.outage", "sanitation.garbage",
+              "water.outage", "noise.neighbourhood", "dispute.neighbour"]
+
+
+def lookups(city: democity.City) -> None:
+    rss_before = psutil.Process().memory_info().rss
+    t0 = time.perf_counter()
+    ref = snapshot.from_city(city)
+    build_s = time.perf_counter() - t0
+    rss = psutil.Process().memory_info().rss
+    rng = random.Random(42)
+    points = [(rng.uniform(democity.SOUTH, democity.NORTH), rng.uniform(democity.WEST, democity.EAST))
+              for _ in range(100_000)]
+    locate = ref.index.locate
+    for lat, lon in points[:5000]:  # warm-up
+        locate(lat, lon)
+    samples = []
+    clock = time.perf_counter_ns
+    for lat, lon in points:
+        t = clock()
+        locate(lat, lon)
+        samples.append(clock() - t)
+    samples.sort()
+    t0 = time.perf_counter()
+    for lat, lon in points:
+        locate(lat, lon)
+    batch_rate = len(points) / (time.perf_counter() - t0)
+    cases = [CaseFacts("c", rng.choice(CATEGORIES), "问题", events.Location(lat=lat, lon=lon),
+                       datetime(2026, 1, 10, tzinfo=UTC)) for lat, lon in points[:20_000]]
+    t0 = time.perf_counter()
+    for c in cases:
+        decide(c, ref, open_cases={}, explain=False)
+    decide_us = (time.perf_counter() - t0) / len(cases) * 1e6
+    print(f"city: {len(ref.grids):,} grids, {ref.stats()['workers']:,} workers; index built in {build_s:.2f}s")
+    print(f"single lookup            p50 {samples[len(samples) // 2] / 1000:6.1f} µs   "
+          f"p99 {samples[int(len(samples) * 0.99)] / 1000:6.1f} µs   "
+          f"(mean {statistics.fmean(samples) / 1000:.1f} µs)")
+    print(f"batch lookups            {batch_rate:>10,.0f} /s")
+    print(f"full decision            {decide_us:8.1f} µs   (grid, rules, worker, chain, event)")
+    print(f"process RSS, city loaded {rss / 2**20:8.0f} MB   ({(rss - rss_before) / 2**20:.0f} MB for the snapshot)")
+
+
+def _reports(city: democity.City, n: int) -> list[bytes]:
+    rng = random.Random(9)
+    out = []
+    for _ in range(n):
+        lat, lon = rng.uniform(democity.SOUTH, democity.NORTH), rng.uniform(democity.WEST, democity.EAST)
+        env = wrap(
+            events.CaseReported(
+                category=rng.choice(CATEGORIES), description="问题描述",
+                location=events.Location(lat=lat, lon=lon), channel=events.Channel.APP,
+                reported_at=datetime.now(UTC),
+            ),
+            case_id=str(uuid.uuid4()), producer="bench",
+        )
+        out.append(env.to_json())
+    return out
+
+
+async def _fill(stack: LocalStack, values: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka.bootstrap, linger_ms=5,
+                                max_batch_size=256 * 1024)
+    await producer.start()
+    futures = [await producer.send(topics.CASES_INTAKE, v, key=v[-40:]) for v in values]
+    await asyncio.gather(*futures)
+    await producer.stop()
+
+
+async def _consume_loop(stack: LocalStack, group: str, n: int, handle) -> float:
+    consumer = AIOKafkaConsumer(topics.CASES_INTAKE, bootstrap_servers=stack.kafka.bootstrap,
+                                group_id=group, auto_offset_reset="earliest",
+                                enable_auto_commit=False, max_poll_records=500)
+    await consumer.start()
+    done = 0
+    batches = 0
+    started = None
+    try:
+        while done < n:
+            batch = await consumer.getmany(timeout_ms=500, max_records=500)
+            records = [r for recs in batch.values() for r in recs]
+            if not records:
+                continue
+            if started is None:
+                started = time.perf_counter()
+            await handle(records)
+            await consumer.commit()
+            done += len(records)
+            batches += 1
+    finally:
+        await consumer.stop()
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    print(f"  {group}: {done:,} messages in {batches:,} batches ({done / max(batches, 1):.0f} per batch)")
+    return elapsed
+
+
+async def through_broker(stack: LocalStack, city: democity.City, n: int) -> None:
+    conn = await asyncpg.connect(stack.postgres.url)
+    await migrate(conn, "router", MIGRATIONS)
+    await store.load_city(conn, city)
+    ref = await store.load_reference(conn)
+    await conn.close()
+    await ensure_topics(stack.kafka.bootstrap, ["bench.passthrough"], partitions=12)
+    await _fill(stack, _reports(city, n))
+    settings = KafkaSettings(bootstrap_servers=stack.kafka.bootstrap)
+
+    producer = make_producer(settings, "bench-bare")
+    await producer.start()
+
+    async def passthrough(records) -> None:
+        futures = [await producer.send("bench.passthrough", r.value, key=r.key) for r in records]
+        await asyncio.gather(*futures)
+
+    bare_s = await _consume_loop(stack, "bench-bare", n, passthrough)
+    await producer.stop()
+
+    pool = await create_pool(stack.postgres.url, "router", max_size=4)
+    producer = make_producer(settings, "bench-router")
+    await producer.start()
+    dispatcher = Dispatcher(pool, producer, RouterState(ref), None)
+    router_s = await _consume_loop(stack, "bench-router", n, dispatcher.handle)
+    await producer.stop()
+    await pool.close()
+    print(f"cases through the broker {n:,} (12 partitions, batches of ≤500)")
+    print(f"router (decide+record+publish) {n / router_s:>8,.0f} cases/s")
+    print(f"bare consume→produce           {n / bare_s:>8,.0f} msgs/s")
+    print(f"ratio router / bare            {bare_s / router_s:>8.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cases", type=int, default=50_000)
+    args = parser.parse_args()
+    city = democity.generate(seed=1, scale="city")
+    lookups(city)
+    with bench_stack() as stack:
+        asyncio.run(through_broker(stack, city, args.cases))
+
+
+if __name__ == "__main__":
+    main()
