@@ -34,8 +34,15 @@ from shared.kafka import ensure_topics, make_producer
 from shared.localstack import LocalStack
 from shared.settings import KafkaSettings
 
-CATEGORIES = ["roads.pothole", "streetlight.out", "heating.outage", "sanitation.garbage",
-              "water.outage", "noise.neighbourhood", "dispute.neighbour"]
+CATEGORIES = [
+    "roads.pothole",
+    "streetlight.out",
+    "heating.outage",
+    "sanitation.garbage",
+    "water.outage",
+    "noise.neighbourhood",
+    "dispute.neighbour",
+]
 
 
 def lookups(city: democity.City) -> None:
@@ -45,8 +52,10 @@ def lookups(city: democity.City) -> None:
     build_s = time.perf_counter() - t0
     rss = psutil.Process().memory_info().rss
     rng = random.Random(42)
-    points = [(rng.uniform(democity.SOUTH, democity.NORTH), rng.uniform(democity.WEST, democity.EAST))
-              for _ in range(100_000)]
+    points = [
+        (rng.uniform(democity.SOUTH, democity.NORTH), rng.uniform(democity.WEST, democity.EAST))
+        for _ in range(100_000)
+    ]
     locate = ref.index.locate
     for lat, lon in points[:5000]:  # warm-up
         locate(lat, lon)
@@ -61,41 +70,58 @@ def lookups(city: democity.City) -> None:
     for lat, lon in points:
         locate(lat, lon)
     batch_rate = len(points) / (time.perf_counter() - t0)
-    cases = [CaseFacts("c", rng.choice(CATEGORIES), "问题", events.Location(lat=lat, lon=lon),
-                       datetime(2026, 1, 10, tzinfo=UTC)) for lat, lon in points[:20_000]]
+    cases = [
+        CaseFacts(
+            "c",
+            rng.choice(CATEGORIES),
+            "问题",
+            events.Location(lat=lat, lon=lon),
+            datetime(2026, 1, 10, tzinfo=UTC),
+        )
+        for lat, lon in points[:20_000]
+    ]
     t0 = time.perf_counter()
     for c in cases:
         decide(c, ref, open_cases={}, explain=False)
     decide_us = (time.perf_counter() - t0) / len(cases) * 1e6
-    print(f"city: {len(ref.grids):,} grids, {ref.stats()['workers']:,} workers; index built in {build_s:.2f}s")
-    print(f"single lookup            p50 {samples[len(samples) // 2] / 1000:6.1f} µs   "
-          f"p99 {samples[int(len(samples) * 0.99)] / 1000:6.1f} µs   "
-          f"(mean {statistics.fmean(samples) / 1000:.1f} µs)")
+    workers = ref.stats()["workers"]
+    print(f"city: {len(ref.grids):,} grids, {workers:,} workers; index built in {build_s:.2f}s")
+    print(
+        f"single lookup            p50 {samples[len(samples) // 2] / 1000:6.1f} µs   "
+        f"p99 {samples[int(len(samples) * 0.99)] / 1000:6.1f} µs   "
+        f"(mean {statistics.fmean(samples) / 1000:.1f} µs)"
+    )
     print(f"batch lookups            {batch_rate:>10,.0f} /s")
     print(f"full decision            {decide_us:8.1f} µs   (grid, rules, worker, chain, event)")
-    print(f"process RSS, city loaded {rss / 2**20:8.0f} MB   ({(rss - rss_before) / 2**20:.0f} MB for the snapshot)")
+    snap_mb = (rss - rss_before) / 2**20
+    print(f"process RSS, city loaded {rss / 2**20:8.0f} MB   ({snap_mb:.0f} MB for the snapshot)")
 
 
 def _reports(city: democity.City, n: int) -> list[bytes]:
     rng = random.Random(9)
     out = []
     for _ in range(n):
-        lat, lon = rng.uniform(democity.SOUTH, democity.NORTH), rng.uniform(democity.WEST, democity.EAST)
+        lat = rng.uniform(democity.SOUTH, democity.NORTH)
+        lon = rng.uniform(democity.WEST, democity.EAST)
         env = wrap(
             events.CaseReported(
-                category=rng.choice(CATEGORIES), description="问题描述",
-                location=events.Location(lat=lat, lon=lon), channel=events.Channel.APP,
+                category=rng.choice(CATEGORIES),
+                description="问题描述",
+                location=events.Location(lat=lat, lon=lon),
+                channel=events.Channel.APP,
                 reported_at=datetime.now(UTC),
             ),
-            case_id=str(uuid.uuid4()), producer="bench",
+            case_id=str(uuid.uuid4()),
+            producer="bench",
         )
         out.append(env.to_json())
     return out
 
 
 async def _fill(stack: LocalStack, values: list[bytes]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka.bootstrap, linger_ms=5,
-                                max_batch_size=256 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=stack.kafka.bootstrap, linger_ms=5, max_batch_size=256 * 1024
+    )
     await producer.start()
     futures = [await producer.send(topics.CASES_INTAKE, v, key=v[-40:]) for v in values]
     await asyncio.gather(*futures)
@@ -103,9 +129,14 @@ async def _fill(stack: LocalStack, values: list[bytes]) -> None:
 
 
 async def _consume_loop(stack: LocalStack, group: str, n: int, handle) -> float:
-    consumer = AIOKafkaConsumer(topics.CASES_INTAKE, bootstrap_servers=stack.kafka.bootstrap,
-                                group_id=group, auto_offset_reset="earliest",
-                                enable_auto_commit=False, max_poll_records=500)
+    consumer = AIOKafkaConsumer(
+        topics.CASES_INTAKE,
+        bootstrap_servers=stack.kafka.bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=500,
+    )
     await consumer.start()
     done = 0
     batches = 0
@@ -125,7 +156,8 @@ async def _consume_loop(stack: LocalStack, group: str, n: int, handle) -> float:
     finally:
         await consumer.stop()
     elapsed = time.perf_counter() - (started or time.perf_counter())
-    print(f"  {group}: {done:,} messages in {batches:,} batches ({done / max(batches, 1):.0f} per batch)")
+    per = done / max(batches, 1)
+    print(f"  {group}: {done:,} messages in {batches:,} batches ({per:.0f} per batch)")
     return elapsed
 
 
