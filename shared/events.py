@@ -132,6 +132,7 @@ class CaseRouted(Event):
     category: str
     grid_id: str
     district: str
+    street_office: str | None = None
     department: str
     worker_id: str | None
     priority: Priority
@@ -223,6 +224,20 @@ class CaseEscalated(Event):
     repeat: int = Field(default=0, ge=0, description="reminders at the top of the ladder")
 
 
+class EmergencyModeChanged(Event):
+    """An operator switched an area into or out of emergency ("wartime") mode. Keyed by the
+    area instead of a case."""
+
+    EVENT_TYPE: ClassVar[str] = "EmergencyModeChanged"
+
+    area: str
+    on: bool
+    factor: float | None = Field(default=None, gt=0, le=1)
+    reason: str = Field(max_length=1000)
+    by: str
+    timers_moved: int = 0
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.EVENT_TYPE: cls
     for cls in (
@@ -239,6 +254,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         CaseRated,
         CaseWarned,
         CaseEscalated,
+        EmergencyModeChanged,
     )
 }
 

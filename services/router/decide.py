@@ -203,6 +203,7 @@ def decide(
         category=case.category,
         grid_id=grid_id,
         district=district.code,
+        street_office=street.code,
         department=department,
         worker_id=worker.worker_id if worker else None,
         priority=priority,

@@ -1,0 +1,261 @@
+"""Escalation: wiring only. The lifecycle consumer arms timers, the scheduler fires them, the
+outbox relay publishes what fired, and a small HTTP API switches emergency mode."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import asyncpg
+import uvicorn
+from fastapi import FastAPI, Header, HTTPException
+from faststream.kafka.annotations import KafkaMessage
+from prometheus_client import Gauge
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.escalation import timers
+from services.escalation.deadlines import LadderPolicy
+from shared import topics
+from shared.db import OUTBOX_MIGRATIONS, MigrationSource, create_pool, migrate
+from shared.events import decode
+from shared.kafka import DeadLetters, durable_subscriber, make_broker, make_producer
+from shared.metrics import REGISTRY, health_routes
+from shared.outbox import OutboxRelay
+from shared.service import ServiceSpec
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+MIGRATIONS = (
+    OUTBOX_MIGRATIONS,
+    MigrationSource("escalation", Path(__file__).parent / "migrations"),
+)
+
+PENDING = Gauge("griddispatch_timers_pending", "Pending timers", registry=REGISTRY)
+OVERDUE = Gauge(
+    "griddispatch_timers_overdue_unfired",
+    "Timers due more than 5 s ago and still pending (an auditor: should stay 0)",
+    registry=REGISTRY,
+)
+
+
+class EscalationSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRIDDISPATCH_ESCALATION__", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8082
+    admin_token: str = Field(default="", description="bearer token for emergency mode over HTTP")
+    step_s: float | None = Field(default=None, description="between rungs; default: the window")
+    repeat_every_s: float = 3600.0
+    max_repeats: int = 3
+    batch_size: int = 500
+    max_sleep_s: float = 1.0
+
+    def policy(self) -> timers.Settings:
+        return timers.Settings(
+            ladder=LadderPolicy(self.step_s, self.repeat_every_s, self.max_repeats)
+        )
+
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Scheduler:
+    """Fires due timers. Several replicas may run over one database: SKIP LOCKED shares the
+    work and each timer fires in exactly one transaction. Sleeps until the next due time, or
+    until NOTIFY says an earlier timer was armed."""
+
+    def __init__(
+        self,
+        dsn: str,
+        cfg: timers.Settings,
+        *,
+        batch: int = 500,
+        max_sleep_s: float = 1.0,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.dsn = dsn
+        self.cfg = cfg
+        self.batch = batch
+        self.max_sleep_s = max_sleep_s
+        self.clock = clock
+        self.fired = 0
+        self._wake = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                conn: asyncpg.Connection = await asyncpg.connect(self.dsn)
+                try:
+                    await conn.add_listener(timers.NOTIFY_CHANNEL, lambda *_: self._wake.set())
+                    await self._loop(conn, stop)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 5)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("scheduler lost the database, retrying: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1)
+
+    async def _loop(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._wake.clear()
+            fired = await timers.fire_due(conn, self.clock(), self.cfg, batch=self.batch)
+            self.fired += len(fired)
+            if len(fired) >= self.batch:
+                continue
+            nxt = await timers.next_due(conn)
+            sleep = self.max_sleep_s
+            if nxt is not None:
+                sleep = min(sleep, max(0.0, (nxt - self.clock()).total_seconds()))
+            if sleep > 0:
+                waiters = [
+                    asyncio.ensure_future(self._wake.wait()),
+                    asyncio.ensure_future(stop.wait()),
+                ]
+                await asyncio.wait(waiters, timeout=sleep, return_when=asyncio.FIRST_COMPLETED)
+                for w in waiters:
+                    w.cancel()
+
+
+class EmergencyIn(BaseModel):
+    area: str = Field(min_length=1, max_length=64, description="district, street office or grid")
+    on: bool
+    factor: float | None = Field(default=None, gt=0, le=1)
+    reason: str = Field(min_length=1, max_length=1000)
+    by: str = Field(default="operator", max_length=64)
+
+
+def http_app(pool: asyncpg.Pool, es: EscalationSettings, cfg: timers.Settings) -> FastAPI:
+    app = FastAPI(title="GridDispatch escalation", version="1")
+
+    async def db_ok() -> bool:
+        async with pool.acquire() as conn:
+            PENDING.set(
+                await conn.fetchval(
+                    "SELECT count(*) FROM escalation.timers WHERE state = 'pending'"
+                )
+            )
+            OVERDUE.set(
+                await conn.fetchval(
+                    "SELECT count(*) FROM escalation.timers WHERE state = 'pending' "
+                    "AND due_at < now() - interval '5 seconds'"
+                )
+            )
+            return True
+
+    app.router.routes.extend(health_routes({"database": db_ok}))
+
+    def check(authorization: str | None) -> None:
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        if not es.admin_token or not hmac.compare_digest(token, es.admin_token):
+            raise HTTPException(403, "an operator token is required")
+
+    @app.post("/v1/emergency", status_code=202)
+    async def switch(
+        body: EmergencyIn, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """Switch an area into (with a factor, e.g. 0.25) or out of emergency mode."""
+        check(authorization)
+        if body.on and body.factor is None:
+            raise HTTPException(422, "a factor is required to switch emergency mode on")
+        async with pool.acquire() as conn:
+            env = await timers.set_emergency(
+                conn,
+                body.area,
+                on=body.on,
+                factor=body.factor,
+                reason=body.reason,
+                by=body.by,
+                now=utc_now(),
+                cfg=cfg,
+            )
+        return {"event_id": str(env.event_id), **env.payload}
+
+    @app.get("/v1/emergency")
+    async def status(authorization: Annotated[str | None, Header()] = None) -> list[dict[str, Any]]:
+        check(authorization)
+        async with pool.acquire() as conn:
+            return await timers.emergency_status(conn)
+
+    return app
+
+
+async def main(settings: Settings, stop: asyncio.Event) -> None:
+    es = EscalationSettings()
+    cfg = es.policy()
+    pool = await create_pool(settings.database_url, "escalation")
+    async with pool.acquire() as conn:
+        await migrate(conn, "escalation", MIGRATIONS)
+    producer = make_producer(settings.kafka, "escalation-outbox")
+    relay = OutboxRelay(
+        settings.database_url,
+        "escalation",
+        producer,
+        batch_size=settings.outbox.batch_size,
+        poll_interval_s=settings.outbox.poll_interval_s,
+    )
+    broker = make_broker(settings.kafka, "escalation")
+    dead_letters = DeadLetters(broker, "escalation")
+
+    @durable_subscriber(
+        broker, topics.CASES_LIFECYCLE, group_id="escalation", batch=True, max_records=500
+    )
+    async def arm_timers(msg: KafkaMessage) -> None:
+        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        async with pool.acquire() as conn:
+            for record in records:
+                async with dead_letters.guard(record):
+                    env, event = decode(record.value)
+                    await timers.fold(conn, env, event, utc_now(), cfg)
+
+    scheduler = Scheduler(
+        settings.database_url, cfg, batch=es.batch_size, max_sleep_s=es.max_sleep_s
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            http_app(pool, es, cfg), host=es.host, port=es.port, log_config=None, access_log=False
+        )
+    )
+    tasks = [asyncio.create_task(scheduler.run(stop)), asyncio.create_task(server.serve())]
+    while not stop.is_set():
+        try:
+            await producer.start()
+            await broker.start()
+            break
+        except Exception as exc:
+            log.warning("Kafka unavailable, retrying: %s", exc)
+            with contextlib.suppress(Exception):
+                await broker.stop()
+            await asyncio.sleep(2)
+    tasks.append(asyncio.create_task(relay.run(stop)))
+    try:
+        await stop.wait()
+    finally:
+        server.should_exit = True
+        await broker.stop()
+        for t in tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(t, 15)
+        await producer.stop()
+        await pool.close()
+
+
+SERVICE = ServiceSpec(
+    name="escalation",
+    description="durable deadlines, warnings, the escalation ladder, emergency mode",
+    main=main,
+    schema="escalation",
+    migrations=MIGRATIONS,
+    order=30,
+)

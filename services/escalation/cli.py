@@ -1,0 +1,77 @@
+"""`griddispatch emergency on|off|status`: wartime mode per area, audited."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import asyncpg
+import typer
+from rich.console import Console
+
+from services.escalation import timers
+from services.escalation.app import MIGRATIONS, EscalationSettings
+from shared.db import migrate
+from shared.settings import get_settings
+
+console = Console(stderr=True, soft_wrap=True)
+emergency_app = typer.Typer(help="Emergency (wartime) mode per area.", no_args_is_help=True)
+
+
+async def _switch(area: str, on: bool, factor: float | None, reason: str, by: str) -> str:
+    conn = await asyncpg.connect(get_settings().database_url)
+    try:
+        await migrate(conn, "escalation", MIGRATIONS)
+        env = await timers.set_emergency(
+            conn,
+            area,
+            on=on,
+            factor=factor,
+            reason=reason,
+            by=by,
+            now=datetime.now(UTC),
+            cfg=EscalationSettings().policy(),
+        )
+        return (
+            f"{area}: emergency {'on' if on else 'off'}, {env.payload['timers_moved']} timers moved"
+        )
+    finally:
+        await conn.close()
+
+
+@emergency_app.command("on")
+def on(
+    area: str = typer.Option(..., help="district, street office or grid code"),
+    factor: float = typer.Option(0.25, min=0.001, max=1.0, help="deadlines × factor"),
+    reason: str = typer.Option(..., help="why (audited)"),
+    by: str = typer.Option("operator"),
+) -> None:
+    """Shorten every open deadline in the area at once, and every new one."""
+    console.print(asyncio.run(_switch(area, True, factor, reason, by)))
+
+
+@emergency_app.command("off")
+def off(
+    area: str = typer.Option(...),
+    reason: str = typer.Option(...),
+    by: str = typer.Option("operator"),
+) -> None:
+    console.print(asyncio.run(_switch(area, False, None, reason, by)))
+
+
+@emergency_app.command("status")
+def status() -> None:
+    async def fetch() -> list[dict[str, object]]:
+        conn = await asyncpg.connect(get_settings().database_url)
+        try:
+            await migrate(conn, "escalation", MIGRATIONS)
+            return await timers.emergency_status(conn)
+        finally:
+            await conn.close()
+
+    rows = asyncio.run(fetch())
+    if not rows:
+        console.print("no area is in emergency mode")
+    for r in rows:
+        since = f"{r['since']:%Y-%m-%d %H:%M}"
+        console.print(f"{r['area']}: × {r['factor']} since {since} — {r['reason']} ({r['by']})")
