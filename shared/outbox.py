@@ -89,6 +89,28 @@ class Outbox:
         # Delivered at commit, collapsed to one per transaction.
         await conn.execute("SELECT pg_notify($1, '')", self.channel)
 
+    async def add_batch(
+        self,
+        conn: asyncpg.Connection,
+        items: list[tuple[Envelope, str]],
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """`add_many` as one statement (arrays instead of a row per round trip), for callers
+        that write hundreds of events per transaction."""
+        if not conn.is_in_transaction():
+            raise RuntimeError("Outbox.add must run inside the caller's transaction")
+        if not items:
+            return
+        cols = list(zip(*(self.row(env, topic, headers) for env, topic in items), strict=True))
+        await conn.execute(
+            f"INSERT INTO {self.schema}.outbox (event_id, topic, key, value, headers) "
+            "SELECT e, t, k, v, h::jsonb FROM unnest($1::uuid[], $2::text[], $3::text[], "
+            "$4::bytea[], $5::text[]) WITH ORDINALITY AS x(e, t, k, v, h, n) ORDER BY n",
+            *[list(c) for c in cols],
+        )
+        await conn.execute("SELECT pg_notify($1, '')", self.channel)
+
 
 def _lock_key(schema: str) -> int:
     return int.from_bytes(

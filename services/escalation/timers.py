@@ -260,8 +260,12 @@ async def fire_due(
         if not rows:
             return written
         next_rows = []
+        chains: dict[str, list[EscalationStep]] = {}  # many cases share a chain: parse once
         for row in rows:
-            chain = [EscalationStep.model_validate(s) for s in json.loads(row["chain"])]
+            chain = chains.get(row["chain"])
+            if chain is None:
+                chain = [EscalationStep.model_validate(s) for s in json.loads(row["chain"])]
+                chains[row["chain"]] = chain
             event = _event(row, chain)
             written.append(
                 wrap(
@@ -293,7 +297,7 @@ async def fire_due(
                     next_rows.append(
                         (row["case_id"], row["deadline"], level, repeat, row["deadline_at"], at)
                     )
-        await outbox.add_many(conn, [(e, topics.CASES_LIFECYCLE) for e in written])
+        await outbox.add_batch(conn, [(e, topics.CASES_LIFECYCLE) for e in written])
         # Fenced by version: a timer moved since we read it is not marked (and cannot be,
         # as we hold its row lock; the check documents the invariant and guards refactors).
         await conn.execute(
@@ -305,10 +309,13 @@ async def fire_due(
             now,
         )
         if next_rows:
-            await conn.executemany(
+            cols = list(zip(*next_rows, strict=True))
+            await conn.execute(
                 "INSERT INTO escalation.timers (case_id, kind, deadline, level, repeat, "
-                "deadline_at, due_at) VALUES ($1, 'escalate', $2, $3, $4, $5, $6)",
-                next_rows,
+                "deadline_at, due_at) SELECT c, 'escalate', d, l, r, da, du FROM unnest("
+                "$1::text[], $2::text[], $3::int[], $4::int[], $5::timestamptz[], "
+                "$6::timestamptz[]) AS t(c, d, l, r, da, du)",
+                *[list(c) for c in cols],
             )
     return written
 
