@@ -46,6 +46,8 @@ lock:  ## re-pin dependencies (needs the venv's uv)
 bench: $(STAMP)  ## every benchmark; figures go to stdout (see docs/benchmarks.md)
 	$(BIN)/python bench/outbox.py
 	$(BIN)/python bench/intake.py
+	$(BIN)/python bench/router.py
+	$(BIN)/python bench/escalation.py
 
 clean:
 	-$(BIN)/griddispatch stack down

@@ -236,12 +236,13 @@ FOR UPDATE OF t SKIP LOCKED
 def _event(
     row: asyncpg.Record, chain: list[EscalationStep]
 ) -> events.CaseWarned | events.CaseEscalated:
+    # Built without re-validation: every field comes from validated rows of our own tables.
     if row["kind"] == "warn":
-        return events.CaseWarned(
+        return events.CaseWarned.model_construct(
             deadline=row["deadline"], due_at=row["deadline_at"], level=row["level"]
         )
     target = chain[min(row["level"], len(chain) - 1)]
-    return events.CaseEscalated(
+    return events.CaseEscalated.model_construct(
         deadline=row["deadline"],
         due_at=row["deadline_at"],
         level=target.level,
