@@ -68,7 +68,7 @@ async def claim_cost(conn: asyncpg.Connection, prefix: str, rounds: int = 20) ->
     return statistics.median(costs)
 
 
-async def run(stack: LocalStack, pending: int) -> None:
+async def run(stack: LocalStack, pending: int, schedulers: int) -> None:
     conn = await asyncpg.connect(stack.postgres.url)
     await migrate(conn, "escalation", MIGRATIONS)
 
@@ -87,13 +87,20 @@ async def run(stack: LocalStack, pending: int) -> None:
     producer = make_producer(KafkaSettings(bootstrap_servers=stack.kafka.bootstrap), "bench")
     await producer.start()
     relay = OutboxRelay(stack.postgres.url, "escalation", producer, poll_interval_s=0.05)
-    scheduler = Scheduler(stack.postgres.url, CFG, batch=1000, max_sleep_s=0.05)
+    replicas = [
+        Scheduler(stack.postgres.url, CFG, batch=1000, max_sleep_s=0.05) for _ in range(schedulers)
+    ]
     stop = asyncio.Event()
     t = time.perf_counter()
-    tasks = [asyncio.create_task(scheduler.run(stop)), asyncio.create_task(relay.run(stop))]
+    tasks = [asyncio.create_task(s.run(stop)) for s in replicas]
+    tasks.append(asyncio.create_task(relay.run(stop)))
     fired_s = None
+
+    def fired() -> int:
+        return sum(s.fired for s in replicas)
+
     while relay.published < n:
-        if fired_s is None and scheduler.fired >= n:
+        if fired_s is None and fired() >= n:
             fired_s = time.perf_counter() - t
         await asyncio.sleep(0.01)
     published_s = time.perf_counter() - t
@@ -104,7 +111,7 @@ async def run(stack: LocalStack, pending: int) -> None:
     await seed(
         conn, "steady-", 10_000, "now() + interval '2 seconds' + (i / 1000.0) * interval '1 second'"
     )
-    while scheduler.fired < n + 10_000:
+    while fired() < n + 10_000:
         await asyncio.sleep(0.1)
     stop.set()
     await asyncio.gather(*tasks)
@@ -115,6 +122,7 @@ async def run(stack: LocalStack, pending: int) -> None:
     )
     lat = [float(r["s"]) for r in late]
     await conn.close()
+    print(f"schedulers: {schedulers} (replicas sharing the work with SKIP LOCKED)")
     print(f"fired (claim, outbox, next rung)    {n / fired_s:>9,.0f} /s  ({n:,} due at once)")
     print(f"fired and published to Kafka        {n / published_s:>9,.0f} /s")
     print(
@@ -129,9 +137,10 @@ async def run(stack: LocalStack, pending: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pending", type=int, default=1_000_000)
+    parser.add_argument("--schedulers", type=int, default=1)
     args = parser.parse_args()
     with bench_stack() as stack:
-        asyncio.run(run(stack, args.pending))
+        asyncio.run(run(stack, args.pending, args.schedulers))
 
 
 if __name__ == "__main__":
