@@ -108,6 +108,12 @@ def durable_subscriber(
 
 
 def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, asyncpg.InterfaceError) and not isinstance(
+        exc, asyncpg.PostgresConnectionError
+    ):
+        # asyncpg raises InterfaceError for a closed connection, but also for misuse (wrong
+        # argument count): only the former is worth retrying.
+        return "connection" in str(exc).lower()
     return isinstance(exc, TRANSIENT_ERRORS)
 
 

@@ -1,0 +1,198 @@
+"""Notifier: wiring only. The lifecycle consumer writes department feeds and the delivery log;
+the webhook sender works the log; a small HTTP API manages subscriptions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import asyncpg
+import uvicorn
+from fastapi import FastAPI, Header, HTTPException
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.notifier import webhooks
+from services.notifier.delivery import FeedWriter, WebhookSender
+from shared import topics
+from shared.db import MigrationSource, create_pool, migrate
+from shared.kafka import DeadLetters, durable_subscriber, is_transient, make_broker, make_producer
+from shared.metrics import health_routes
+from shared.service import ServiceSpec
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+MIGRATIONS = (MigrationSource("notifier", Path(__file__).parent / "migrations"),)
+
+
+class NotifierSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRIDDISPATCH_NOTIFIER__", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8083
+    admin_token: str = Field(default="", description="bearer token for the subscriptions API")
+    webhook_allow: str = Field(
+        default="", description="hosts or addresses exempt from the forgery guard, comma-separated"
+    )
+    retry_schedule_s: str = Field(
+        default=",".join(str(int(s)) for s in webhooks.RETRY_SCHEDULE_S),
+        description="seconds before each retry, comma-separated",
+    )
+    webhook_timeout_s: float = 15.0
+    per_endpoint_concurrency: int = 4
+
+    def allow(self) -> frozenset[str]:
+        return frozenset(h.strip() for h in self.webhook_allow.split(",") if h.strip())
+
+    def schedule(self) -> tuple[float, ...]:
+        return tuple(float(s) for s in self.retry_schedule_s.split(",") if s.strip())
+
+
+class SubscriptionIn(BaseModel):
+    owner_kind: str = Field(pattern="^(department|worker)$")
+    owner: str = Field(min_length=1, max_length=64)
+    url: str = Field(min_length=8, max_length=2000)
+    secrets: list[str] = Field(
+        min_length=1, max_length=3, description="whsec_…; more than one during a rotation"
+    )
+
+
+async def add_subscription(
+    conn: asyncpg.Connection, body: SubscriptionIn, allow: frozenset[str]
+) -> int:
+    webhooks.check_destination(body.url, allow)
+    webhooks.sign(body.secrets, "check", datetime.now(UTC), "")  # a malformed secret fails here
+    sub_id: int = await conn.fetchval(
+        "INSERT INTO notifier.subscriptions (owner_kind, owner, channel, url, secrets) "
+        "VALUES ($1, $2, 'webhook', $3, $4) RETURNING id",
+        body.owner_kind,
+        body.owner,
+        body.url,
+        body.secrets,
+    )
+    return sub_id
+
+
+def http_app(pool: asyncpg.Pool, ns: NotifierSettings) -> FastAPI:
+    app = FastAPI(title="GridDispatch notifier", version="1")
+
+    async def db_ok() -> bool:
+        async with pool.acquire() as conn:
+            return bool(await conn.fetchval("SELECT 1"))
+
+    app.router.routes.extend(health_routes({"database": db_ok}))
+
+    def check(authorization: str | None) -> None:
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        if not ns.admin_token or not hmac.compare_digest(token, ns.admin_token):
+            raise HTTPException(403, "an operator token is required")
+
+    @app.post("/v1/subscriptions", status_code=201)
+    async def create(
+        body: SubscriptionIn, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        check(authorization)
+        try:
+            async with pool.acquire() as conn:
+                sub_id = await add_subscription(conn, body, ns.allow())
+        except webhooks.ForbiddenDestination as exc:
+            raise HTTPException(422, str(exc)) from exc
+        except Exception as exc:  # a malformed secret
+            if is_transient(exc):
+                raise
+            raise HTTPException(422, f"secrets: {exc}") from exc
+        return {"id": sub_id}
+
+    @app.get("/v1/deliveries")
+    async def deliveries(
+        state: str = "dead", authorization: Annotated[str | None, Header()] = None
+    ) -> list[dict[str, Any]]:
+        check(authorization)
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT id, event_id, subscription_id, state, attempts, last_status, last_error,"
+                " created_at FROM notifier.deliveries WHERE state = $1 ORDER BY created_at "
+                "LIMIT 200",
+                state,
+            )
+        return [dict(r) for r in rows]
+
+    return app
+
+
+async def main(settings: Settings, stop: asyncio.Event) -> None:
+    ns = NotifierSettings()
+    pool = await create_pool(settings.database_url, "notifier")
+    async with pool.acquire() as conn:
+        await migrate(conn, "notifier", MIGRATIONS)
+    producer = make_producer(settings.kafka, "notifier")
+    broker = make_broker(settings.kafka, "notifier")
+    dead_letters = DeadLetters(broker, "notifier")
+    feeds = FeedWriter(
+        pool, producer, settings.kafka.bootstrap_servers, settings.kafka.partitions, dead_letters
+    )
+
+    @durable_subscriber(
+        broker, topics.CASES_LIFECYCLE, group_id="notifier", batch=True, max_records=500
+    )
+    async def notify(msg: KafkaMessage) -> None:
+        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        try:
+            await feeds.handle(records)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.exception("batch failed; retrying its records one by one")
+            for record in records:
+                async with dead_letters.guard(record):
+                    await feeds.handle([record])
+
+    sender = WebhookSender(
+        settings.database_url,
+        allow=ns.allow(),
+        schedule=ns.schedule(),
+        timeout_s=ns.webhook_timeout_s,
+        per_endpoint=ns.per_endpoint_concurrency,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            http_app(pool, ns), host=ns.host, port=ns.port, log_config=None, access_log=False
+        )
+    )
+    tasks = [asyncio.create_task(sender.run(stop)), asyncio.create_task(server.serve())]
+    while not stop.is_set():
+        try:
+            await producer.start()
+            await broker.start()
+            break
+        except Exception as exc:
+            log.warning("Kafka unavailable, retrying: %s", exc)
+            with contextlib.suppress(Exception):
+                await broker.stop()
+            await asyncio.sleep(2)
+    try:
+        await stop.wait()
+    finally:
+        server.should_exit = True
+        await broker.stop()
+        for t in tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(t, 20)
+        await producer.stop()
+        await pool.close()
+
+
+SERVICE = ServiceSpec(
+    name="notifier",
+    description="department feeds and signed webhooks, with a delivery log",
+    main=main,
+    schema="notifier",
+    migrations=MIGRATIONS,
+    order=40,
+)

@@ -1,0 +1,340 @@
+"""Department feeds and webhook deliveries.
+
+`FeedWriter.handle` turns a batch of lifecycle events into (1) messages on the departments'
+`dept.<code>` topics, published and acknowledged before the offsets are committed, with a
+deterministic id per source event, and (2) rows in the delivery log, one per webhook endpoint
+(unique per event and endpoint). `WebhookSender` works the log: it leases due rows
+(`SKIP LOCKED`), posts them signed, and records the outcome, retrying on the schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.notifier import webhooks
+from services.notifier.views import DEPARTMENT_EVENTS, department_view
+from shared import events, topics
+from shared.db import create_pool
+from shared.events import DecodeError, decode
+from shared.ids import derived_event_id
+from shared.kafka import DeadLetters, ensure_topics
+from shared.metrics import REGISTRY
+
+log = logging.getLogger(__name__)
+
+DISPATCH_LATENCY = Histogram(
+    "griddispatch_dispatch_latency_seconds",
+    "Reported → delivered to the department, by department and channel",
+    ["department", "channel"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+DELIVERIES = Counter(
+    "griddispatch_deliveries_total",
+    "Delivery attempts by channel and result",
+    ["channel", "result"],
+    registry=REGISTRY,
+)
+DISABLED = Gauge(
+    "griddispatch_webhook_endpoints_disabled",
+    "Webhook endpoints disabled (410 or by hand)",
+    registry=REGISTRY,
+)
+DEAD = Counter(
+    "griddispatch_deliveries_dead_total",
+    "Deliveries that exhausted their retries",
+    registry=REGISTRY,
+)
+
+
+class FeedWriter:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        bootstrap: str,
+        partitions: int,
+        dead_letters: DeadLetters | None,
+    ) -> None:
+        self.pool = pool
+        self.producer = producer
+        self.bootstrap = bootstrap
+        self.partitions = partitions
+        self.dead_letters = dead_letters
+        self._topics: set[str] = set()
+
+    async def _topic(self, department: str) -> str:
+        name = topics.department_feed(department)
+        if name not in self._topics:
+            await ensure_topics(self.bootstrap, [name], partitions=self.partitions)
+            self._topics.add(name)
+        return name
+
+    async def handle(self, records: Sequence[ConsumerRecord[Any, Any]]) -> int:
+        sends: list[tuple[str, bytes, bytes, str | None, datetime | None]] = []
+        async with self.pool.acquire() as conn:
+            for record in records:
+                try:
+                    env, event = decode(record.value)
+                except DecodeError as exc:
+                    if self.dead_letters is None:
+                        raise
+                    await self.dead_letters.publish(record, exc)
+                    continue
+                if not isinstance(event, DEPARTMENT_EVENTS):
+                    continue
+                if isinstance(event, events.CaseRouted):
+                    await conn.execute(
+                        """INSERT INTO notifier.cases (case_id, department, worker_id, grid_id,
+                               district, category, priority, reported_at)
+                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                           ON CONFLICT (case_id) DO UPDATE SET department = $2, worker_id = $3,
+                               grid_id = $4, district = $5, category = $6, priority = $7,
+                               reported_at = $8, updated_at = now()""",
+                        env.case_id,
+                        event.department,
+                        event.worker_id,
+                        event.grid_id,
+                        event.district,
+                        event.category,
+                        event.priority.value,
+                        event.reported_at,
+                    )
+                row = await conn.fetchrow(
+                    "SELECT * FROM notifier.cases WHERE case_id = $1", env.case_id
+                )
+                if row is None or not row["department"]:
+                    continue  # not routed yet: nobody to tell
+                case = dict(row)
+                view = department_view(env, event, case)
+                view["feed_id"] = str(derived_event_id(env.event_id, "dept-feed"))
+                body = orjson.dumps(view)
+                sends.append(
+                    (
+                        await self._topic(case["department"]),
+                        body,
+                        env.case_id.encode(),
+                        case["department"],
+                        case["reported_at"],
+                    )
+                )
+                # the delivery log: one row per active endpoint of the department
+                await conn.execute(
+                    """INSERT INTO notifier.deliveries (id, event_id, subscription_id, payload,
+                           department, reported_at)
+                       SELECT md5($5 || '/' || s.id)::uuid, $1, s.id, $2, $3, $4
+                       FROM notifier.subscriptions s
+                       WHERE s.active AND s.owner_kind = 'department' AND s.owner = $3
+                       ON CONFLICT (event_id, subscription_id) DO NOTHING""",
+                    env.event_id,
+                    body,
+                    case["department"],
+                    case["reported_at"],
+                    str(env.event_id),
+                )
+        futures = [await self.producer.send(t, v, key=k) for t, v, k, _, _ in sends]
+        await asyncio.gather(*futures)
+        now = datetime.now(UTC)
+        for _, _, _, dept, reported_at in sends:
+            DELIVERIES.labels("feed", "delivered").inc()
+            if reported_at is not None:
+                DISPATCH_LATENCY.labels(dept or "", "feed").observe(
+                    max(0.0, (now - reported_at).total_seconds())
+                )
+        return len(sends)
+
+
+@dataclass
+class Breaker:
+    """Per-endpoint circuit breaker: after `threshold` failures in a row, stop calling the
+    endpoint for `cooldown_s` (its deliveries wait), then try again."""
+
+    threshold: int = 5
+    cooldown_s: float = 30.0
+    failures: dict[str, int] = field(default_factory=dict)
+    open_until: dict[str, float] = field(default_factory=dict)
+
+    def allows(self, endpoint: str) -> bool:
+        return time.monotonic() >= self.open_until.get(endpoint, 0.0)
+
+    def record(self, endpoint: str, ok: bool) -> None:
+        if ok:
+            self.failures.pop(endpoint, None)
+            return
+        n = self.failures.get(endpoint, 0) + 1
+        self.failures[endpoint] = n
+        if n >= self.threshold:
+            self.open_until[endpoint] = time.monotonic() + self.cooldown_s
+
+
+_LEASE = """
+UPDATE notifier.deliveries d SET lease_until = $2 + interval '60 seconds'
+FROM (
+    SELECT d2.id FROM notifier.deliveries d2
+    WHERE d2.state = 'pending' AND d2.next_attempt_at <= $2
+      AND (d2.lease_until IS NULL OR d2.lease_until < $2)
+    ORDER BY d2.next_attempt_at LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) due, notifier.subscriptions s
+WHERE d.id = due.id AND s.id = d.subscription_id
+RETURNING d.id, d.payload, d.attempts, d.department, d.reported_at, s.id AS sub_id, s.url,
+          s.secrets, s.active
+"""
+
+
+class WebhookSender:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        allow: frozenset[str],
+        schedule: tuple[float, ...],
+        timeout_s: float = 15.0,
+        per_endpoint: int = 4,
+        batch: int = 100,
+        breaker: Breaker | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.allow = allow
+        self.schedule = schedule
+        self.timeout_s = timeout_s
+        self.per_endpoint = per_endpoint
+        self.batch = batch
+        self.breaker = breaker or Breaker()
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self.attempts = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False) as client:
+            while not stop.is_set():
+                try:
+                    pool = await create_pool(self.dsn, "notifier", min_size=1, max_size=8)
+                    try:
+                        while not stop.is_set():
+                            n = await self.work_once(pool, client)
+                            if n == 0:
+                                with contextlib.suppress(TimeoutError):
+                                    await asyncio.wait_for(stop.wait(), 0.2)
+                    finally:
+                        await pool.close()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("webhook sender lost the database: %s", exc)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1)
+
+    async def work_once(self, pool: asyncpg.Pool, client: httpx.AsyncClient) -> int:
+        rows = await pool.fetch(_LEASE, self.batch, datetime.now(UTC))
+        if rows:  # concurrently: each delivery takes its own pooled connection for its writes
+            await asyncio.gather(*(self._deliver(pool, client, r) for r in rows))
+        return len(rows)
+
+    async def _deliver(
+        self, conn: asyncpg.Pool, client: httpx.AsyncClient, row: asyncpg.Record
+    ) -> None:
+        url = row["url"]
+        now = datetime.now(UTC)
+        if not row["active"]:
+            await self._finish(conn, row, "disabled", None, "endpoint disabled")
+            return
+        if not self.breaker.allows(url):
+            await conn.execute(
+                "UPDATE notifier.deliveries SET lease_until = NULL, "
+                "next_attempt_at = $2 WHERE id = $1",
+                row["id"],
+                now + timedelta(seconds=self.breaker.cooldown_s),
+            )
+            return
+        try:
+            webhooks.check_destination(url, self.allow)
+        except webhooks.ForbiddenDestination as exc:
+            await self._finish(conn, row, "dead", None, str(exc))
+            DELIVERIES.labels("webhook", "forbidden").inc()
+            return
+        body = bytes(row["payload"]).decode()
+        headers = webhooks.sign(list(row["secrets"]), str(row["id"]), now, body)
+        limit = self._limits.setdefault(url, asyncio.Semaphore(self.per_endpoint))
+        status, error, retry_after = None, None, None
+        async with limit:
+            self.attempts += 1
+            try:
+                resp = await client.post(url, content=body, headers=headers)
+                status = resp.status_code
+                retry_after = webhooks.retry_after_s(resp.headers.get("retry-after"), now)
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"[:500]
+        ok = status is not None and 200 <= status < 300
+        self.breaker.record(url, ok)
+        if ok:
+            await self._finish(conn, row, "delivered", status, None)
+            DELIVERIES.labels("webhook", "delivered").inc()
+            if row["reported_at"] is not None:
+                DISPATCH_LATENCY.labels(row["department"] or "", "webhook").observe(
+                    max(0.0, (datetime.now(UTC) - row["reported_at"]).total_seconds())
+                )
+            return
+        if status == 410:
+            await conn.execute(
+                "UPDATE notifier.subscriptions SET active = false, "
+                "disabled_reason = '410 Gone from the endpoint' WHERE id = $1",
+                row["sub_id"],
+            )
+            await self._finish(conn, row, "disabled", status, "410 Gone")
+            DELIVERIES.labels("webhook", "gone").inc()
+            DISABLED.inc()
+            return
+        delay = webhooks.next_delay(row["attempts"] + 1, retry_after, self.schedule)
+        DELIVERIES.labels("webhook", "retry" if delay is not None else "dead").inc()
+        if delay is None:
+            DEAD.inc()
+            await self._finish(conn, row, "dead", status, error or f"HTTP {status}")
+            return
+        await conn.execute(
+            "UPDATE notifier.deliveries SET attempts = attempts + 1, lease_until = NULL, "
+            "next_attempt_at = $2, last_status = $3, last_error = $4 WHERE id = $1",
+            row["id"],
+            datetime.now(UTC) + timedelta(seconds=delay),
+            status,
+            error or f"HTTP {status}",
+        )
+
+    async def _finish(
+        self,
+        conn: asyncpg.Pool,
+        row: asyncpg.Record,
+        state: str,
+        status: int | None,
+        error: str | None,
+    ) -> None:
+        await conn.execute(
+            "UPDATE notifier.deliveries SET state = $2, attempts = attempts + 1, "
+            "lease_until = NULL, last_status = $3, last_error = $4, "
+            "delivered_at = CASE WHEN $2 = 'delivered' THEN now() END WHERE id = $1",
+            row["id"],
+            state,
+            status,
+            error,
+        )
+
+
+async def replay(conn: asyncpg.Connection, delivery_id: uuid.UUID) -> bool:
+    """Send a dead delivery again (same webhook-id), from the first step of the schedule."""
+    done = await conn.execute(
+        "UPDATE notifier.deliveries SET state = 'pending', attempts = 0, next_attempt_at = now(),"
+        " lease_until = NULL WHERE id = $1 AND state = 'dead'",
+        delivery_id,
+    )
+    return bool(done.endswith(" 1"))

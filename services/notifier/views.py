@@ -1,0 +1,65 @@
+"""What a department may see of its cases: the event, minimised. Pure functions.
+
+Never in a feed or webhook: care groups, community-correction status, reporter contacts,
+the escalation chain's phone numbers. Lifecycle events carry no reporter data in the first
+place; the escalation target keeps its role and name only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared import events
+from shared.events import Envelope
+
+DEPARTMENT_EVENTS = (
+    events.CaseRouted,
+    events.CaseAcknowledged,
+    events.CaseProgressed,
+    events.CaseResolved,
+    events.CaseClosed,
+    events.CaseReopened,
+    events.CaseRated,
+    events.CaseWarned,
+    events.CaseEscalated,
+)
+
+
+def department_view(env: Envelope, event: events.Event, case: dict[str, Any]) -> dict[str, Any]:
+    """The message a department's feed and webhooks carry for one lifecycle event."""
+    details: dict[str, Any] = {}
+    match event:
+        case events.CaseRouted():
+            details = {
+                "grid_id": event.grid_id,
+                "district": event.district,
+                "worker_id": event.worker_id,
+                "priority": event.priority.value,
+                "acknowledge_by": event.deadlines.acknowledge_by.isoformat(),
+                "resolve_by": event.deadlines.resolve_by.isoformat(),
+                "mediate_in_grid_first": event.mediate_in_grid_first,
+            }
+        case events.CaseEscalated():
+            details = {
+                "deadline": event.deadline,
+                "level": event.level,
+                "to": {"role": event.to.role, "name": event.to.name},
+                "repeat": event.repeat,
+            }
+        case events.CaseWarned():
+            details = {"deadline": event.deadline, "due_at": event.due_at.isoformat()}
+        case events.CaseRated():
+            details = {"rating": event.rating}
+        case events.CaseProgressed() | events.CaseResolved():
+            details = {"note": event.note}
+        case events.CaseReopened():
+            details = {"reason": event.reason}
+    return {
+        "event_id": str(env.event_id),
+        "event_type": env.event_type,
+        "case_id": env.case_id,
+        "occurred_at": env.occurred_at.isoformat(),
+        "department": case.get("department"),
+        "category": case.get("category"),
+        "details": details,
+    }
