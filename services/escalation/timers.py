@@ -229,8 +229,11 @@ FROM escalation.timers t JOIN escalation.cases c USING (case_id)
 WHERE t.state = 'pending' AND t.due_at <= $1
 ORDER BY t.due_at
 LIMIT $2
-FOR UPDATE OF t SKIP LOCKED
+FOR UPDATE OF t, c SKIP LOCKED
 """
+# Locking the case as well as the timer serialises firing with `fold`: a lifecycle event being
+# applied holds the case row, so its timers are skipped until it commits; and a fold that
+# waits for a firing transaction sees (and cancels) the next rung that firing armed.
 
 
 def _event(

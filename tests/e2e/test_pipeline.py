@@ -1,0 +1,210 @@
+"""The whole pipeline: intake, router, escalation and notifier as separate processes on the
+real broker and database, with a generated city. Reports go in over HTTP; the department's
+feed and signed webhooks come out; a stalled case escalates; acknowledging stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from aiokafka import AIOKafkaConsumer
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from services.intake import store as intake_store
+from services.intake.app import MIGRATIONS as INTAKE_MIGRATIONS
+from services.intake.auth import Role
+from services.notifier.app import MIGRATIONS as NOTIFIER_MIGRATIONS
+from services.notifier.app import SubscriptionIn, add_subscription
+from services.router import democity, store
+from services.router.app import MIGRATIONS as ROUTER_MIGRATIONS
+from services.router.rules import Rule
+from shared import topics
+from shared.db import migrate
+from shared.localstack import LocalStack, free_port
+from tests.helpers.services import running_service
+from tests.notifier.test_webhooks import SECRET_A, verify
+
+CITY = democity.generate(seed=21, scale="small")
+FAST_RULE = Rule.model_validate(
+    {
+        "id": "e2e-fast-potholes",
+        "match": {"category": "roads.pothole"},
+        "route": {"department": "roads", "acknowledge_hours": 0.0008},
+    }
+)  # about 3 seconds
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[tuple[str, list[tuple[dict[str, str], str]]]]:
+    calls: list[tuple[dict[str, str], str]] = []
+
+    async def receive(request: Request) -> Response:
+        calls.append((dict(request.headers), (await request.body()).decode()))
+        return Response(status_code=204)
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            Starlette(routes=[Route("/", receive, methods=["POST"])]),
+            port=port,
+            log_level="warning",
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/", calls
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def _feed(
+    stack: LocalStack, department: str, case_ids: set[str], until: int, timeout_s: float = 40
+) -> list[dict]:
+    consumer = AIOKafkaConsumer(
+        topics.department_feed(department),
+        bootstrap_servers=stack.kafka.bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        metadata_max_age_ms=1000,
+    )
+    await consumer.start()
+    seen: list[dict] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for recs in (await consumer.getmany(timeout_ms=300)).values():
+                seen += [json.loads(r.value) for r in recs if r.key.decode() in case_ids]
+            if sum(1 for m in seen if m["case_id"] in case_ids) >= until:
+                break
+    finally:
+        await consumer.stop()
+    return seen
+
+
+async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalation(
+    stack: LocalStack, hook, tmp_path
+) -> None:
+    url, calls = hook
+    conn = await asyncpg.connect(stack.postgres.url)
+    try:
+        for schema, migrations in (
+            ("intake", INTAKE_MIGRATIONS),
+            ("router", ROUTER_MIGRATIONS),
+            ("notifier", NOTIFIER_MIGRATIONS),
+        ):
+            await migrate(conn, schema, migrations)
+        await store.load_city(conn, CITY)
+        await store.replace_rules(conn, [FAST_RULE, *democity.default_rules()])
+        key = (await intake_store.create_key(conn, "e2e", Role.RESIDENT_APP, None)).token
+        roads_key = (await intake_store.create_key(conn, "roads", Role.DEPARTMENT, "roads")).token
+        await add_subscription(
+            conn,
+            SubscriptionIn(owner_kind="department", owner="roads", url=url, secrets=[SECRET_A]),
+            frozenset({"127.0.0.1"}),
+        )
+    finally:
+        await conn.close()
+    intake_port = free_port()
+    env = {
+        **stack.env(),
+        "GRIDDISPATCH_INTAKE__PORT": str(intake_port),
+        "GRIDDISPATCH_ROUTER__PORT": str(free_port()),
+        "GRIDDISPATCH_ESCALATION__PORT": str(free_port()),
+        "GRIDDISPATCH_NOTIFIER__PORT": str(free_port()),
+        "GRIDDISPATCH_NOTIFIER__WEBHOOK_ALLOW": "127.0.0.1",
+        "GRIDDISPATCH_ESCALATION__STEP_S": "1",
+        "GRIDDISPATCH_ESCALATION__MAX_REPEATS": "0",
+        "GRIDDISPATCH_OUTBOX__POLL_INTERVAL_S": "0.2",
+    }
+    base = f"http://127.0.0.1:{intake_port}"
+    with contextlib.ExitStack() as services:
+        services.enter_context(
+            running_service(
+                "intake", env, ready_url=f"{base}/health/ready", log=tmp_path / "intake.log"
+            )
+        )
+        for name in ("router", "escalation", "notifier"):
+            services.enter_context(running_service(name, env, log=tmp_path / f"{name}.log"))
+        grids = [g for g in CITY.grids if g["kind"] == "comprehensive"]
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            ids = []
+            for i in range(3):
+                lat, lon = democity.point_in(grids[10 + i], 0.9, 0.9)
+                r = await client.post(
+                    "/v1/cases",
+                    headers={"Authorization": f"Bearer {key}"},
+                    json={
+                        "category": "roads.pothole",
+                        "description": f"路面坑洼 {uuid.uuid4()}",
+                        "location": {"lat": lat, "lon": lon},
+                    },
+                )
+                assert r.status_code == 202, r.text
+                ids.append(r.json()["case_id"])
+            stalled, handled, other = ids
+
+            # every case routed, in intake's read model; the department acknowledges one at once
+            for cid in ids:
+                for _ in range(300):
+                    view = await client.get(
+                        f"/v1/cases/{cid}", headers={"Authorization": f"Bearer {roads_key}"}
+                    )
+                    if view.status_code == 200 and view.json()["status"] == "routed":
+                        break
+                    await asyncio.sleep(0.1)
+                assert view.status_code == 200, view.text
+                assert view.json()["department"] == "roads"
+                if cid == handled:
+                    r = await client.post(
+                        f"/v1/cases/{handled}/events",
+                        json={"action": "acknowledge"},
+                        headers={"Authorization": f"Bearer {roads_key}"},
+                    )
+                    assert r.status_code == 202
+
+            feed = await _feed(stack, "roads", set(ids), until=3 + 1 + 2)
+            by_case: dict[str, list[dict]] = {}
+            for m in feed:
+                by_case.setdefault(m["case_id"], []).append(m)
+            # each case's feed starts with its routing; the stalled one climbs the ladder
+            assert all(msgs[0]["event_type"] == "CaseRouted" for msgs in by_case.values())
+            assert "CaseEscalated" in [m["event_type"] for m in by_case[stalled]]
+            # nothing escalates the handled case once it was acknowledged
+            [ack] = [m for m in by_case[handled] if m["event_type"] == "CaseAcknowledged"]
+            assert not [
+                m
+                for m in by_case[handled]
+                if m["event_type"] == "CaseEscalated" and m["occurred_at"] > ack["occurred_at"]
+            ]
+            # the escalation reaches intake's read model too
+            for _ in range(100):
+                level = (
+                    await client.get(
+                        f"/v1/cases/{stalled}", headers={"Authorization": f"Bearer {roads_key}"}
+                    )
+                ).json()["escalation_level"]
+                if level >= 1:
+                    break
+                await asyncio.sleep(0.1)
+            assert level >= 1
+        # signed webhooks for every case
+        for _ in range(100):
+            if {json.loads(b)["case_id"] for _, b in calls} >= set(ids):
+                break
+            await asyncio.sleep(0.1)
+    assert {json.loads(b)["case_id"] for _, b in calls} >= {stalled, handled, other}
+    assert all(verify(SECRET_A, h, b) for h, b in calls)
