@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import asyncpg
-import httpx
 import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from prometheus_client import Counter, Gauge, Histogram
@@ -219,7 +219,11 @@ class WebhookSender:
         self.attempts = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False) as client:
+        # aiohttp, not httpx: on this machine httpx's pool managed ~260 requests/s with 32 in
+        # flight against ~8,700/s for aiohttp (bench/notifier.py).
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self.per_endpoint)
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
             while not stop.is_set():
                 try:
                     pool = await create_pool(self.dsn, "notifier", min_size=1, max_size=8)
@@ -236,20 +240,36 @@ class WebhookSender:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 1)
 
-    async def work_once(self, pool: asyncpg.Pool, client: httpx.AsyncClient) -> int:
+    async def work_once(self, pool: asyncpg.Pool, client: aiohttp.ClientSession) -> int:
         rows = await pool.fetch(_LEASE, self.batch, datetime.now(UTC))
-        if rows:  # concurrently: each delivery takes its own pooled connection for its writes
-            await asyncio.gather(*(self._deliver(pool, client, r) for r in rows))
+        if rows:  # concurrently; the common outcome (delivered) is recorded for all at once
+            outcomes = await asyncio.gather(*(self._deliver(pool, client, r) for r in rows))
+            delivered = [
+                (r["id"], status)
+                for r, status in zip(rows, outcomes, strict=True)
+                if status is not None
+            ]
+            if delivered:
+                await pool.execute(
+                    "UPDATE notifier.deliveries d SET state = 'delivered', "
+                    "attempts = d.attempts + 1, lease_until = NULL, last_status = x.status, "
+                    "last_error = NULL, delivered_at = now() "
+                    "FROM unnest($1::uuid[], $2::int[]) AS x(id, status) WHERE d.id = x.id",
+                    [d[0] for d in delivered],
+                    [d[1] for d in delivered],
+                )
         return len(rows)
 
     async def _deliver(
-        self, conn: asyncpg.Pool, client: httpx.AsyncClient, row: asyncpg.Record
-    ) -> None:
+        self, conn: asyncpg.Pool, client: aiohttp.ClientSession, row: asyncpg.Record
+    ) -> int | None:
+        """One attempt. Returns the HTTP status when delivered (recorded by the caller);
+        every other outcome is recorded here."""
         url = row["url"]
         now = datetime.now(UTC)
         if not row["active"]:
             await self._finish(conn, row, "disabled", None, "endpoint disabled")
-            return
+            return None
         if not self.breaker.allows(url):
             await conn.execute(
                 "UPDATE notifier.deliveries SET lease_until = NULL, "
@@ -257,13 +277,13 @@ class WebhookSender:
                 row["id"],
                 now + timedelta(seconds=self.breaker.cooldown_s),
             )
-            return
+            return None
         try:
             webhooks.check_destination(url, self.allow)
         except webhooks.ForbiddenDestination as exc:
             await self._finish(conn, row, "dead", None, str(exc))
             DELIVERIES.labels("webhook", "forbidden").inc()
-            return
+            return None
         body = bytes(row["payload"]).decode()
         headers = webhooks.sign(list(row["secrets"]), str(row["id"]), now, body)
         limit = self._limits.setdefault(url, asyncio.Semaphore(self.per_endpoint))
@@ -271,21 +291,23 @@ class WebhookSender:
         async with limit:
             self.attempts += 1
             try:
-                resp = await client.post(url, content=body, headers=headers)
-                status = resp.status_code
-                retry_after = webhooks.retry_after_s(resp.headers.get("retry-after"), now)
-            except httpx.HTTPError as exc:
+                async with client.post(
+                    url, data=body.encode(), headers=headers, allow_redirects=False
+                ) as resp:
+                    await resp.read()
+                    status = resp.status
+                    retry_after = webhooks.retry_after_s(resp.headers.get("retry-after"), now)
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 error = f"{type(exc).__name__}: {exc}"[:500]
         ok = status is not None and 200 <= status < 300
         self.breaker.record(url, ok)
         if ok:
-            await self._finish(conn, row, "delivered", status, None)
             DELIVERIES.labels("webhook", "delivered").inc()
             if row["reported_at"] is not None:
                 DISPATCH_LATENCY.labels(row["department"] or "", "webhook").observe(
                     max(0.0, (datetime.now(UTC) - row["reported_at"]).total_seconds())
                 )
-            return
+            return status
         if status == 410:
             await conn.execute(
                 "UPDATE notifier.subscriptions SET active = false, "
@@ -295,13 +317,13 @@ class WebhookSender:
             await self._finish(conn, row, "disabled", status, "410 Gone")
             DELIVERIES.labels("webhook", "gone").inc()
             DISABLED.inc()
-            return
+            return None
         delay = webhooks.next_delay(row["attempts"] + 1, retry_after, self.schedule)
         DELIVERIES.labels("webhook", "retry" if delay is not None else "dead").inc()
         if delay is None:
             DEAD.inc()
             await self._finish(conn, row, "dead", status, error or f"HTTP {status}")
-            return
+            return None
         await conn.execute(
             "UPDATE notifier.deliveries SET attempts = attempts + 1, lease_until = NULL, "
             "next_attempt_at = $2, last_status = $3, last_error = $4 WHERE id = $1",
@@ -310,6 +332,7 @@ class WebhookSender:
             status,
             error or f"HTTP {status}",
         )
+        return None
 
     async def _finish(
         self,

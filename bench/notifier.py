@@ -1,0 +1,160 @@
+"""Webhook deliveries per second against a bare async HTTP client, in the same run.
+
+    .venv/bin/python bench/notifier.py [--deliveries 20000] [--concurrency 32]
+
+A local keep-alive receiver (uvicorn, separate process) answers 204. The notifier's
+`WebhookSender` works a delivery log of `--deliveries` rows in PostgreSQL (lease, sign, post,
+record); the baseline posts the same payloads with one `aiohttp.ClientSession` and the same
+concurrency, with no signing and no database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import aiohttp
+import asyncpg
+import httpx
+
+from bench._tools import bench_stack
+from services.notifier.app import MIGRATIONS, SubscriptionIn, add_subscription
+from services.notifier.delivery import WebhookSender
+from shared.db import migrate
+from shared.localstack import free_port
+from shared.settings import PROJECT_ROOT
+
+SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+RECEIVER = """
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+async def hook(request):
+    await request.body()
+    return Response(status_code=204)
+app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+"""
+PAYLOAD = (
+    b'{"event_id":"%s","event_type":"CaseRouted","case_id":"%s","department":"heating",'
+    b'"category":"heating.outage","details":{"grid_id":"longsha-g00042","priority":"high"}}'
+)
+
+
+async def run(dsn: str, url: str, n: int, concurrency: int) -> None:
+    conn = await asyncpg.connect(dsn)
+    await migrate(conn, "notifier", MIGRATIONS)
+    sub = await add_subscription(
+        conn,
+        SubscriptionIn(owner_kind="department", owner="heating", url=url, secrets=[SECRET]),
+        frozenset({"127.0.0.1"}),
+    )
+    payloads = [
+        PAYLOAD % (str(uuid.uuid4()).encode(), str(uuid.uuid4()).encode()) for _ in range(n)
+    ]
+    await conn.copy_records_to_table(
+        "deliveries",
+        schema_name="notifier",
+        columns=("id", "event_id", "subscription_id", "payload", "department"),
+        records=[(uuid.uuid4(), uuid.uuid4(), sub, p, "heating") for p in payloads],
+    )
+    sender = WebhookSender(
+        dsn, allow=frozenset({"127.0.0.1"}), schedule=(0, 1, 1), per_endpoint=concurrency, batch=200
+    )
+    stop = asyncio.Event()
+    t = time.perf_counter()
+    task = asyncio.create_task(sender.run(stop))
+    while True:
+        left = await conn.fetchval(
+            "SELECT count(*) FROM notifier.deliveries WHERE state = 'pending'"
+        )
+        if left == 0:
+            break
+        await asyncio.sleep(0.05)
+    sender_s = time.perf_counter() - t
+    stop.set()
+    await task
+    # baseline: the same client library, payloads and concurrency; no signing, no database
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
+
+        async def post_all(bodies: list[bytes]) -> None:
+            todo = list(bodies)
+
+            async def worker() -> None:
+                while todo:
+                    body = todo.pop()
+                    async with s.post(
+                        url, data=body, headers={"content-type": "application/json"}
+                    ) as r:
+                        await r.read()
+                        assert r.status == 204
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+        await post_all(payloads[:500])  # warm-up
+        t = time.perf_counter()
+        await post_all(payloads)
+        bare_s = time.perf_counter() - t
+    delivered = await conn.fetchval(
+        "SELECT count(*) FROM notifier.deliveries WHERE state = 'delivered'"
+    )
+    await conn.close()
+    print(f"deliveries {n:,}, concurrency {concurrency}, keep-alive receiver on loopback")
+    print(
+        f"notifier (lease, sign, post, record)  {n / sender_s:>8,.0f} /s  ({delivered:,} delivered)"
+    )
+    print(f"bare aiohttp client                   {n / bare_s:>8,.0f} /s")
+    print(f"ratio notifier / bare                 {bare_s / sender_s:>8.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--deliveries", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    port = free_port()
+    receiver_file = PROJECT_ROOT / ".local" / "bench_receiver.py"
+    receiver_file.parent.mkdir(parents=True, exist_ok=True)
+    receiver_file.write_text(RECEIVER)
+    receiver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench_receiver:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=receiver_file.parent,
+        env={**os.environ},
+    )
+    try:
+        for _ in range(100):
+            try:
+                httpx.post(f"http://127.0.0.1:{port}/hook", content=b"{}")
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        with bench_stack() as stack:
+            asyncio.run(
+                run(
+                    stack.postgres.url,
+                    f"http://127.0.0.1:{port}/hook",
+                    args.deliveries,
+                    args.concurrency,
+                )
+            )
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
+
+
+if __name__ == "__main__":
+    main()
