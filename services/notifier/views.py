@@ -61,5 +61,6 @@ def department_view(env: Envelope, event: events.Event, case: dict[str, Any]) ->
         "occurred_at": env.occurred_at.isoformat(),
         "department": case.get("department"),
         "category": case.get("category"),
+        "reported_at": case["reported_at"].isoformat() if case.get("reported_at") else None,
         "details": details,
     }

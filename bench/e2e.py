@@ -1,0 +1,176 @@
+"""The whole pipeline on the 2 cores: reports over HTTP → intake → router → notifier feed.
+
+    .venv/bin/python bench/e2e.py [--seconds 20]
+
+Starts Kafka, PostgreSQL and the four services (intake with 2 workers) with the small demo
+city, then (1) offers reports as fast as `hey` can send them and counts routed cases arriving
+on the department's feed per second; (2) offers 500 reports/s and reports the dispatch latency
+(feed message received minus `reported_at`) p50/p95/p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaConsumer
+
+from bench._tools import LoadResult, bench_stack, run_hey
+from services.intake import store as intake_store
+from services.intake.app import MIGRATIONS as INTAKE_MIGRATIONS
+from services.intake.auth import Role
+from services.router import democity, store
+from services.router.app import MIGRATIONS as ROUTER_MIGRATIONS
+from shared import topics
+from shared.db import migrate
+from shared.kafka import ensure_topics
+from shared.localstack import LocalStack, free_port
+from shared.settings import PROJECT_ROOT
+
+
+async def prepare(stack: LocalStack) -> str:
+    conn = await asyncpg.connect(stack.postgres.url)
+    try:
+        await migrate(conn, "intake", INTAKE_MIGRATIONS)
+        await migrate(conn, "router", ROUTER_MIGRATIONS)
+        await store.load_city(conn, democity.generate(seed=3, scale="small"))
+        return (await intake_store.create_key(conn, "bench", Role.RESIDENT_APP, None)).token
+    finally:
+        await conn.close()
+
+
+async def collect(stack: LocalStack, seconds: float, out: list[tuple[float, float]]) -> None:
+    """(received, latency) for every routed case on the roads feed during `seconds`."""
+    consumer = AIOKafkaConsumer(
+        topics.department_feed("roads"),
+        bootstrap_servers=stack.kafka.bootstrap,
+        auto_offset_reset="latest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for recs in (await consumer.getmany(timeout_ms=200)).values():
+                now = datetime.now(UTC)
+                for r in recs:
+                    m = json.loads(r.value)
+                    if m["event_type"] == "CaseRouted" and m.get("reported_at"):
+                        lat = (now - datetime.fromisoformat(m["reported_at"])).total_seconds()
+                        out.append((time.monotonic(), lat))
+    finally:
+        await consumer.stop()
+
+
+def pct(values: list[float], p: float) -> float:
+    return sorted(values)[min(len(values) - 1, int(len(values) * p))] * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=20)
+    args = parser.parse_args()
+    with bench_stack() as stack:
+        token = asyncio.run(prepare(stack))
+        asyncio.run(
+            ensure_topics(stack.kafka.bootstrap, [topics.department_feed("roads")], partitions=12)
+        )
+        port = free_port()
+        env = {
+            **os.environ,
+            **stack.env(),
+            "GRIDDISPATCH_LOG_LEVEL": "WARNING",
+            "GRIDDISPATCH_INTAKE__PORT": str(port),
+            "GRIDDISPATCH_INTAKE__WORKERS": "2",
+            "GRIDDISPATCH_INTAKE__RATE_LIMIT_PER_KEY": "1000000/second",
+            "GRIDDISPATCH_INTAKE__RATE_LIMIT_PER_ADDRESS": "1000000/second",
+            "GRIDDISPATCH_ROUTER__PORT": str(free_port()),
+            "GRIDDISPATCH_ESCALATION__PORT": str(free_port()),
+            "GRIDDISPATCH_NOTIFIER__PORT": str(free_port()),
+        }
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "shared.cli.main", "serve", name], env=env, cwd=PROJECT_ROOT
+            )
+            for name in ("intake", "router", "escalation", "notifier")
+        ]
+        try:
+            for _ in range(300):
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+            time.sleep(5)  # consumer groups settle
+            grid = next(
+                g
+                for g in democity.generate(seed=3, scale="small").grids
+                if g["kind"] == "comprehensive"
+            )
+            lat, lon = democity.point_in(grid, 0.9, 0.9)
+            body = Path(tempfile.mkstemp(suffix=".json")[1])
+            body.write_text(
+                json.dumps(
+                    {
+                        "category": "roads.pothole",
+                        "description": "路面坑洼",
+                        "location": {"lat": lat, "lon": lon},
+                    }
+                )
+            )
+            url = f"http://127.0.0.1:{port}/v1/cases"
+            headers = {"Authorization": f"Bearer {token}"}
+            run_hey(url, body, seconds=3, concurrency=8, headers=headers)  # warm-up
+
+            for label, kwargs in (
+                ("saturated", {"concurrency": 64}),
+                ("500 reports/s", {"concurrency": 50, "qps_per_worker": 10}),
+            ):
+                got: list[tuple[float, float]] = []
+
+                async def measure(
+                    kw: dict[str, Any] = kwargs, out: list[tuple[float, float]] = got
+                ) -> LoadResult:
+                    listener = asyncio.create_task(collect(stack, args.seconds + 10, out))
+                    await asyncio.sleep(1)
+                    result = await asyncio.to_thread(
+                        run_hey, url, body, seconds=args.seconds, headers=headers, **kw
+                    )
+                    await listener
+                    return result
+
+                load = asyncio.run(measure())
+                times = [t for t, _ in got]
+                rate = len(got) / (max(times) - min(times)) if len(times) > 1 else 0.0
+                lats = [x for _, x in got]
+                print(
+                    f"{label:14} offered {load.rps:7,.0f}/s accepted {load.statuses}  "
+                    f"routed to the feed {rate:7,.0f}/s"
+                )
+                if lats:
+                    print(
+                        f"{'':14} dispatch latency p50 {pct(lats, 0.5):6.0f} ms  "
+                        f"p95 {pct(lats, 0.95):6.0f} ms  p99 {pct(lats, 0.99):6.0f} ms "
+                        f"({len(lats):,} cases)"
+                    )
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(30)
+
+
+if __name__ == "__main__":
+    main()
