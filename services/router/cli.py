@@ -297,3 +297,57 @@ def triage_route(
         return str(env.event_id)
 
     console.print(f"[green]✓[/green] reroute requested ({asyncio.run(send())})")
+
+
+@demo_app.command("reports")
+def demo_reports(
+    api_key: str = typer.Option(..., envvar="GRIDDISPATCH_DEMO_API_KEY", help="a resident_app key"),
+    intake_url: str = typer.Option("http://127.0.0.1:8080"),
+    every: float = typer.Option(5.0, help="seconds between reports"),
+    seed: int = typer.Option(7),
+    count: int = typer.Option(0, help="stop after this many (0: until interrupted)"),
+) -> None:
+    """A trickle of realistic reports from residents of the demo city, over intake's HTTP API."""
+    import random
+    import time
+
+    import httpx
+
+    rng = random.Random(seed)
+    city = democity.generate(seed=seed, scale="small")
+    samples = [
+        ("heating.outage", "暖气不热，屋里只有十几度", {"whole_building": "yes"}),
+        ("streetlight.out", "小区门口路灯不亮", {}),
+        ("roads.pothole", "路面有大坑，电动车容易摔倒", {}),
+        ("sanitation.garbage", "垃圾两天没人清运", {}),
+        ("noise.neighbourhood", "楼上深夜装修噪音", {}),
+        ("dispute.neighbour", "邻居占用楼道堆放杂物", {}),
+        ("water.outage", "整栋楼停水", {}),
+        ("civil-affairs.elderly-care", "独居老人需要上门帮助", {}),
+    ]
+    sent = 0
+    with httpx.Client(
+        base_url=intake_url, timeout=10, headers={"Authorization": f"Bearer {api_key}"}
+    ) as client:
+        while count == 0 or sent < count:
+            category, text, answers = rng.choice(samples)
+            grid = rng.choice(city.grids)
+            lat, lon = democity.point_in(grid, rng.uniform(0.05, 0.95), rng.uniform(0.05, 0.95))
+            try:
+                r = client.post(
+                    "/v1/cases",
+                    json={
+                        "category": category,
+                        "description": text,
+                        "attributes": answers,
+                        "location": {"lat": lat, "lon": lon},
+                        "channel": rng.choice(["app", "wechat", "hotline"]),
+                    },
+                )
+                console.print(
+                    f"reported {category:28} → {r.status_code} {r.json().get('case_id', '')}"
+                )
+            except httpx.HTTPError as exc:
+                console.print(f"[yellow]intake not reachable yet: {exc}[/yellow]")
+            sent += 1
+            time.sleep(every)

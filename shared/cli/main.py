@@ -146,6 +146,30 @@ def up(
             proc = subprocess.Popen([sys.executable, "-m", "shared.cli.main", "serve", name])
             procs.append((name, proc))
             _progress(f"started {name} (pid {proc.pid})")
+        commands = {ep.name for ep in entry_points(group="griddispatch.commands")}
+        if demo and {"demo", "keys"} <= commands:
+            key = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "shared.cli.main",
+                    "keys",
+                    "create",
+                    "--name",
+                    "demo reports",
+                    "--role",
+                    "resident_app",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            trickle = subprocess.Popen(
+                [sys.executable, "-m", "shared.cli.main", "demo", "reports"],
+                env={**os.environ, "GRIDDISPATCH_DEMO_API_KEY": key},
+            )
+            procs.append(("demo reports", trickle))
+            _progress("a trickle of demo reports every 5 s (griddispatch demo reports)")
         if not procs:
             console.print("no services are installed yet: the stack is up on its own")
         console.print("[bold]running — press Ctrl-C to stop[/bold]")
