@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,7 +19,9 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.notifier import webhooks
+from services.notifier.channels import Channel, EmailChannel, SmsGatewayChannel
 from services.notifier.delivery import FeedWriter, WebhookSender
+from services.notifier.resident_delivery import ResidentSender, remember_contacts
 from shared import topics
 from shared.db import MigrationSource, create_pool, migrate
 from shared.kafka import DeadLetters, durable_subscriber, is_transient, make_broker, make_producer
@@ -46,6 +48,24 @@ class NotifierSettings(BaseSettings):
     )
     webhook_timeout_s: float = 15.0
     per_endpoint_concurrency: int = 4
+    quiet_hours: str = Field(default="22:00-07:00", description="residents' quiet hours, local")
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 2525
+    smtp_from: str = "GridDispatch <noreply@griddispatch.local>"
+    sms_gateway_url: str = Field(default="", description="HTTP SMS gateway; empty = no SMS")
+    sms_gateway_token: str = ""
+
+    def quiet(self) -> tuple[time, time]:
+        start, end = self.quiet_hours.split("-")
+        return time.fromisoformat(start.strip()), time.fromisoformat(end.strip())
+
+    def channels(self) -> dict[str, Channel]:
+        found: dict[str, Channel] = {
+            "email": EmailChannel(self.smtp_host, self.smtp_port, self.smtp_from)
+        }
+        if self.sms_gateway_url:
+            found["sms"] = SmsGatewayChannel(self.sms_gateway_url, self.sms_gateway_token)
+        return found
 
     def allow(self) -> frozenset[str]:
         return frozenset(h.strip() for h in self.webhook_allow.split(",") if h.strip())
@@ -135,8 +155,21 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     broker = make_broker(settings.kafka, "notifier")
     dead_letters = DeadLetters(broker, "notifier")
     feeds = FeedWriter(
-        pool, producer, settings.kafka.bootstrap_servers, settings.kafka.partitions, dead_letters
+        pool,
+        producer,
+        settings.kafka.bootstrap_servers,
+        settings.kafka.partitions,
+        dead_letters,
+        quiet=ns.quiet(),
     )
+
+    @durable_subscriber(
+        broker, topics.CASES_INTAKE, group_id="notifier-residents", batch=True, max_records=500
+    )
+    async def contacts(msg: KafkaMessage) -> None:
+        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        async with pool.acquire() as conn:
+            await remember_contacts(conn, records)
 
     @durable_subscriber(
         broker, topics.CASES_LIFECYCLE, group_id="notifier", batch=True, max_records=500
@@ -165,7 +198,12 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             http_app(pool, ns), host=ns.host, port=ns.port, log_config=None, access_log=False
         )
     )
-    tasks = [asyncio.create_task(sender.run(stop)), asyncio.create_task(server.serve())]
+    residents = ResidentSender(settings.database_url, ns.channels())
+    tasks = [
+        asyncio.create_task(sender.run(stop)),
+        asyncio.create_task(residents.run(stop)),
+        asyncio.create_task(server.serve()),
+    ]
     while not stop.is_set():
         try:
             await producer.start()

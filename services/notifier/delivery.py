@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
 from typing import Any
 
 import aiohttp
@@ -26,6 +27,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.notifier import webhooks
+from services.notifier.resident_delivery import queue_for_resident
 from services.notifier.views import DEPARTMENT_EVENTS, department_view
 from shared import events, topics
 from shared.db import create_pool
@@ -69,7 +71,9 @@ class FeedWriter:
         bootstrap: str,
         partitions: int,
         dead_letters: DeadLetters | None,
+        quiet: tuple[dtime, dtime] = (dtime(22), dtime(7)),
     ) -> None:
+        self.quiet = quiet
         self.pool = pool
         self.producer = producer
         self.bootstrap = bootstrap
@@ -100,11 +104,11 @@ class FeedWriter:
                 if isinstance(event, events.CaseRouted):
                     await conn.execute(
                         """INSERT INTO notifier.cases (case_id, department, worker_id, grid_id,
-                               district, category, priority, reported_at)
-                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                               district, category, priority, reported_at, resolve_by)
+                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                            ON CONFLICT (case_id) DO UPDATE SET department = $2, worker_id = $3,
                                grid_id = $4, district = $5, category = $6, priority = $7,
-                               reported_at = $8, updated_at = now()""",
+                               reported_at = $8, resolve_by = $9, updated_at = now()""",
                         env.case_id,
                         event.department,
                         event.worker_id,
@@ -113,6 +117,7 @@ class FeedWriter:
                         event.category,
                         event.priority.value,
                         event.reported_at,
+                        event.deadlines.resolve_by,
                     )
                 row = await conn.fetchrow(
                     "SELECT * FROM notifier.cases WHERE case_id = $1", env.case_id
@@ -120,6 +125,9 @@ class FeedWriter:
                 if row is None or not row["department"]:
                     continue  # not routed yet: nobody to tell
                 case = dict(row)
+                await queue_for_resident(
+                    conn, env, event, case, quiet=self.quiet, now=datetime.now(UTC)
+                )
                 view = department_view(env, event, case)
                 view["feed_id"] = str(derived_event_id(env.event_id, "dept-feed"))
                 body = orjson.dumps(view)

@@ -1,0 +1,164 @@
+"""Telling residents: contacts from `cases.intake` (with consent), messages queued from
+lifecycle events, and a sender that respects quiet hours and retries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+import asyncpg
+from aiokafka import ConsumerRecord
+from prometheus_client import Counter
+
+from services.notifier.channels import Channel
+from services.notifier.residents import quiet_until, render
+from shared import events
+from shared.catalogue import load_file
+from shared.db import create_pool
+from shared.events import DecodeError, Envelope, decode
+from shared.metrics import REGISTRY
+
+log = logging.getLogger(__name__)
+RETRIES_S = (60.0, 300.0, 1800.0)
+SENT = Counter(
+    "griddispatch_resident_messages_total",
+    "Messages to residents",
+    ["channel", "result"],
+    registry=REGISTRY,
+)
+_NAMES = {c.code: c.name for c in load_file().categories}
+
+
+async def remember_contacts(
+    conn: asyncpg.Connection, records: Sequence[ConsumerRecord[Any, Any]]
+) -> None:
+    """Keep the contact of residents who consented, from their CaseReported."""
+    rows = []
+    for record in records:
+        try:
+            env, event = decode(record.value)
+        except DecodeError:
+            continue  # the router dead-letters what is malformed on cases.intake
+        if isinstance(event, events.CaseReported) and event.reporter is not None:
+            c = event.reporter
+            if c.consent_to_notify and (c.email or c.phone):
+                rows.append((env.case_id, c.email, c.phone))
+    if rows:
+        await conn.executemany(
+            "INSERT INTO notifier.residents (case_id, email, phone) VALUES ($1, $2, $3) "
+            "ON CONFLICT (case_id) DO NOTHING",
+            rows,
+        )
+
+
+async def queue_for_resident(
+    conn: asyncpg.Connection,
+    env: Envelope,
+    event: events.Event,
+    case: dict[str, Any],
+    *,
+    quiet: tuple[time, time],
+    now: datetime,
+) -> int:
+    """Queue the resident's messages for `event` (accepted, resolved); returns how many."""
+    if env.event_type not in ("CaseRouted", "CaseResolved"):
+        return 0
+    person = await conn.fetchrow("SELECT * FROM notifier.residents WHERE case_id = $1", env.case_id)
+    if person is None:
+        return 0
+    locale = person["locale"]
+    names = _NAMES.get(case.get("category") or "", {})
+    resolve_by = case.get("resolve_by")
+    text = render(
+        env.event_type,
+        locale,
+        {
+            "category_name": names.get(locale) or names.get("zh-CN") or case.get("category"),
+            "department_name": case.get("department"),
+            "resolve_by": resolve_by.astimezone().strftime("%Y-%m-%d %H:%M") if resolve_by else "",
+            "note": getattr(event, "note", "") or "",
+            "short_id": env.case_id[:8],
+        },
+    )
+    held = quiet_until(now, urgent=case.get("priority") == "urgent", start=quiet[0], end=quiet[1])
+    send_after = held or now
+    rows = [
+        (ch, addr) for ch, addr in (("email", person["email"]), ("sms", person["phone"])) if addr
+    ]
+    await conn.executemany(
+        "INSERT INTO notifier.resident_messages (id, case_id, channel, address, body, send_after)"
+        " VALUES (md5($1 || '/' || $3)::uuid, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        [(str(env.event_id), env.case_id, ch, addr, text, send_after) for ch, addr in rows],
+    )
+    return len(rows)
+
+
+class ResidentSender:
+    def __init__(self, dsn: str, channels: dict[str, Channel], *, batch: int = 50) -> None:
+        self.dsn = dsn
+        self.channels = channels
+        self.batch = batch
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                pool = await create_pool(self.dsn, "notifier", min_size=1, max_size=4)
+                try:
+                    while not stop.is_set():
+                        if await self.work_once(pool) == 0:
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(stop.wait(), 0.5)
+                finally:
+                    await pool.close()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("resident sender lost the database: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1)
+
+    async def work_once(self, pool: asyncpg.Pool) -> int:
+        now = datetime.now(UTC)
+        rows = await pool.fetch(
+            """UPDATE notifier.resident_messages m SET lease_until = $2 + interval '60 seconds'
+               FROM (SELECT id FROM notifier.resident_messages
+                     WHERE state = 'pending' AND send_after <= $2
+                       AND (lease_until IS NULL OR lease_until < $2)
+                     ORDER BY send_after LIMIT $1 FOR UPDATE SKIP LOCKED) due
+               WHERE m.id = due.id RETURNING m.id, m.channel, m.address, m.body, m.attempts""",
+            self.batch,
+            now,
+        )
+        await asyncio.gather(*(self._send(pool, r) for r in rows))
+        return len(rows)
+
+    async def _send(self, pool: asyncpg.Pool, row: asyncpg.Record) -> None:
+        channel = self.channels.get(row["channel"])
+        try:
+            if channel is None:
+                raise RuntimeError(f"no {row['channel']} channel is configured")
+            await channel.send(row["address"], row["body"])
+        except Exception as exc:
+            attempts = row["attempts"] + 1
+            dead = attempts > len(RETRIES_S)
+            SENT.labels(row["channel"], "dead" if dead else "retry").inc()
+            # the error names the channel and exception type only: no address in logs
+            log.warning("resident %s message failed (%s)", row["channel"], type(exc).__name__)
+            await pool.execute(
+                "UPDATE notifier.resident_messages SET attempts = $2, lease_until = NULL, "
+                "state = $3, send_after = $4, last_error = $5 WHERE id = $1",
+                row["id"],
+                attempts,
+                "dead" if dead else "pending",
+                datetime.now(UTC) + timedelta(seconds=RETRIES_S[min(attempts, len(RETRIES_S)) - 1]),
+                type(exc).__name__,
+            )
+            return
+        SENT.labels(row["channel"], "sent").inc()
+        await pool.execute(
+            "UPDATE notifier.resident_messages SET state = 'sent', attempts = attempts + 1, "
+            "lease_until = NULL, sent_at = now() WHERE id = $1",
+            row["id"],
+        )

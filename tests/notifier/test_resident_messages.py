@@ -1,0 +1,152 @@
+"""Residents who consented hear that their report was accepted and resolved, by e-mail (a real
+local SMTP server) and SMS (an HTTP gateway); those who did not, hear nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from aiosmtpd.controller import Controller
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from shared import events, topics
+from shared.events import wrap
+from shared.localstack import LocalStack, free_port
+from shared.settings import PROJECT_ROOT
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], str]] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        msg = message_from_bytes(envelope.content)
+        self.messages.append((envelope.rcpt_tos, msg.get_payload(decode=True).decode()))
+        return "250 OK"
+
+
+def report(email: str | None, phone: str | None, consent: bool) -> events.Envelope:
+    return wrap(
+        events.CaseReported(
+            category="heating.outage",
+            description="暖气不热",
+            location=events.Location(lat=47.3, lon=123.9),
+            channel=events.Channel.APP,
+            reported_at=datetime.now(UTC),
+            reporter=events.Contact(
+                name="王阿姨", email=email, phone=phone, consent_to_notify=consent
+            ),
+        ),
+        case_id=str(uuid.uuid4()),
+        producer="intake",
+    )
+
+
+def routed(case_id: str) -> events.Envelope:
+    now = datetime.now(UTC)
+    return wrap(
+        events.CaseRouted(
+            category="heating.outage",
+            grid_id="g-1",
+            district="longsha",
+            department="heating",
+            worker_id="w-1",
+            priority=events.Priority.HIGH,
+            deadlines=events.Deadlines(
+                acknowledge_by=now + timedelta(hours=1),
+                resolve_by=now + timedelta(hours=12),
+                warn_before_s=0,
+            ),
+            escalation_chain=(),
+            reported_at=now,
+        ),
+        case_id=case_id,
+        producer="router",
+    )
+
+
+async def test_consenting_residents_are_told_by_email_and_sms(stack: LocalStack, tmp_path) -> None:
+    inbox = Inbox()
+    smtp_port = free_port()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=smtp_port)
+    smtp.start()
+    texts: list[dict] = []
+
+    async def gateway(request: Request) -> Response:
+        texts.append(await request.json())
+        return Response(status_code=202)
+
+    sms_port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            Starlette(routes=[Route("/sms", gateway, methods=["POST"])]),
+            port=sms_port,
+            log_level="warning",
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    env = {
+        **os.environ,
+        **stack.env(),
+        "GRIDDISPATCH_NOTIFIER__PORT": str(free_port()),
+        "GRIDDISPATCH_NOTIFIER__SMTP_PORT": str(smtp_port),
+        "GRIDDISPATCH_NOTIFIER__SMS_GATEWAY_URL": f"http://127.0.0.1:{sms_port}/sms",
+        "GRIDDISPATCH_NOTIFIER__QUIET_HOURS": "07:00-07:00",
+    }  # none: the test runs any time
+    log = open(tmp_path / "notifier.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli.main", "serve", "notifier"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yes = report("wang@example.org", "13912345678", consent=True)
+        no = report("li@example.org", "13800000000", consent=False)
+        producer = AIOKafkaProducer(bootstrap_servers=stack.kafka.bootstrap)
+        await producer.start()
+        for e in (yes, no):
+            await producer.send_and_wait(topics.CASES_INTAKE, e.to_json(), key=e.case_id.encode())
+        await asyncio.sleep(3)  # the contact is remembered before the lifecycle arrives
+        for cid in (yes.case_id, no.case_id):
+            for e in (
+                routed(cid),
+                wrap(
+                    events.CaseResolved(by="w-1", note="阀门已更换"), case_id=cid, producer="intake"
+                ),
+            ):
+                await producer.send_and_wait(topics.CASES_LIFECYCLE, e.to_json(), key=cid.encode())
+        await producer.stop()
+        for _ in range(300):
+            if len(inbox.messages) >= 2 and len(texts) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 30)
+        log.close()
+        smtp.stop()
+        server.should_exit = True
+        await serving
+    assert [rcpt for rcpt, _ in inbox.messages] == [["wang@example.org"], ["wang@example.org"]]
+    bodies = [body for _, body in inbox.messages]
+    assert any("已受理" in b for b in bodies)
+    assert any("阀门已更换" in b for b in bodies)
+    assert {t["to"] for t in texts} == {"13912345678"}
+    assert len(texts) == 2
+    logged = (tmp_path / "notifier.log").read_text()
+    assert "13912345678" not in logged  # personal data stays out of the logs
+    assert "wang@example.org" not in logged
