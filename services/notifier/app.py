@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import logging
 from datetime import UTC, datetime, time
@@ -13,7 +14,8 @@ from typing import Annotated, Any
 
 import asyncpg
 import uvicorn
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI, Header, HTTPException, Query
+from fastapi.responses import StreamingResponse
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +24,7 @@ from services.notifier import webhooks
 from services.notifier.channels import Channel, EmailChannel, SmsGatewayChannel
 from services.notifier.delivery import FeedWriter, WebhookSender
 from services.notifier.resident_delivery import ResidentSender, remember_contacts
+from services.notifier.stream import department_events
 from shared import topics
 from shared.db import MigrationSource, create_pool, migrate
 from shared.kafka import DeadLetters, durable_subscriber, is_transient, make_broker, make_producer
@@ -99,7 +102,7 @@ async def add_subscription(
     return sub_id
 
 
-def http_app(pool: asyncpg.Pool, ns: NotifierSettings) -> FastAPI:
+def http_app(pool: asyncpg.Pool, ns: NotifierSettings, bootstrap: str = "") -> FastAPI:
     app = FastAPI(title="GridDispatch notifier", version="1")
 
     async def db_ok() -> bool:
@@ -128,6 +131,38 @@ def http_app(pool: asyncpg.Pool, ns: NotifierSettings) -> FastAPI:
                 raise
             raise HTTPException(422, f"secrets: {exc}") from exc
         return {"id": sub_id}
+
+    @app.get("/v1/stream")
+    async def stream(
+        department: Annotated[str, Query(min_length=1, max_length=64)],
+        grid: Annotated[str | None, Query(max_length=64)] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> StreamingResponse:
+        """Server-sent events of one department's feed (optionally one grid). Operators use the
+        admin token; a department uses its own stream token."""
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        allowed = bool(ns.admin_token) and hmac.compare_digest(token, ns.admin_token)
+        if not allowed and token:
+            async with pool.acquire() as conn:
+                allowed = bool(
+                    await conn.fetchval(
+                        "SELECT true FROM notifier.stream_tokens WHERE token_hash = $1 "
+                        "AND department = $2 AND revoked_at IS NULL",
+                        hashlib.sha256(token.encode()).hexdigest(),
+                        department,
+                    )
+                )
+        if not allowed:
+            raise HTTPException(403, "a stream token for this department is required")
+        try:
+            topics.department_feed(department)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        return StreamingResponse(
+            department_events(bootstrap, department, grid, pool),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     @app.get("/v1/deliveries")
     async def deliveries(
@@ -195,7 +230,11 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     )
     server = uvicorn.Server(
         uvicorn.Config(
-            http_app(pool, ns), host=ns.host, port=ns.port, log_config=None, access_log=False
+            http_app(pool, ns, settings.kafka.bootstrap_servers),
+            host=ns.host,
+            port=ns.port,
+            log_config=None,
+            access_log=False,
         )
     )
     residents = ResidentSender(settings.database_url, ns.channels())

@@ -111,3 +111,24 @@ def replay_delivery(delivery_id: uuid.UUID) -> None:
         console.print(f"[red]no dead delivery {delivery_id}[/red]")
         raise typer.Exit(1)
     console.print(f"[green]✓[/green] {delivery_id} is pending again")
+
+
+@subscriptions_app.command("stream-token")
+def stream_token(department: str = typer.Option(...), name: str = typer.Option(...)) -> None:
+    """A token for one department's live stream (GET /v1/stream); printed once."""
+    import hashlib
+    import secrets
+
+    token = "gds_" + secrets.token_urlsafe(32)
+
+    async def save(conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            "INSERT INTO notifier.stream_tokens (token_hash, department, name) VALUES ($1, $2, $3)",
+            hashlib.sha256(token.encode()).hexdigest(),
+            department,
+            name,
+        )
+
+    _db(save)
+    console.print(f"stream token for {department} ({name}):")
+    print(token)
