@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import traceback
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -218,3 +218,45 @@ async def ensure_topics(
         return missing
     finally:
         await admin.close()
+
+
+def records_of(msg: Any) -> tuple[ConsumerRecord[Any, Any], ...]:
+    """The raw records of a FastStream Kafka message, batch or single."""
+    raw = msg.raw_message
+    return raw if isinstance(raw, tuple) else (raw,)
+
+
+async def handle_isolating(
+    records: Sequence[ConsumerRecord[Any, Any]],
+    handle: Callable[[Sequence[ConsumerRecord[Any, Any]]], Awaitable[object]],
+    dead_letters: DeadLetters,
+) -> None:
+    """Handle a batch at once; if it fails for a reason that is not transient, handle its
+    records one by one so that only the culprit goes to the dead-letter topic and the stream
+    goes on. Transient failures propagate: the batch is redelivered."""
+    try:
+        await handle(records)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        log.exception("batch failed; retrying its records one by one")
+        for record in records:
+            async with dead_letters.guard(record):
+                await handle([record])
+
+
+async def start_when_reachable(*clients: Any, stop: asyncio.Event, what: str) -> None:
+    """Start Kafka clients (producers, brokers), retrying while the broker is unreachable,
+    so a service can come up before Kafka does."""
+    while not stop.is_set():
+        try:
+            for client in clients:
+                await client.start()
+            return
+        except Exception as exc:
+            log.warning("%s: Kafka unavailable, retrying: %s", what, exc)
+            for client in clients:
+                with contextlib.suppress(Exception):
+                    await client.stop()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2)

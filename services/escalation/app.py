@@ -25,7 +25,14 @@ from services.escalation.deadlines import LadderPolicy
 from shared import topics
 from shared.db import OUTBOX_MIGRATIONS, MigrationSource, create_pool, migrate
 from shared.events import decode
-from shared.kafka import DeadLetters, durable_subscriber, make_broker, make_producer
+from shared.kafka import (
+    DeadLetters,
+    durable_subscriber,
+    make_broker,
+    make_producer,
+    records_of,
+    start_when_reachable,
+)
 from shared.metrics import REGISTRY, health_routes
 from shared.outbox import OutboxRelay
 from shared.service import ServiceSpec
@@ -212,9 +219,8 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         broker, topics.CASES_LIFECYCLE, group_id="escalation", batch=True, max_records=500
     )
     async def arm_timers(msg: KafkaMessage) -> None:
-        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
         async with pool.acquire() as conn:
-            for record in records:
+            for record in records_of(msg):
                 async with dead_letters.guard(record):
                     env, event = decode(record.value)
                     await timers.fold(conn, env, event, utc_now(), cfg)
@@ -228,16 +234,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         )
     )
     tasks = [asyncio.create_task(scheduler.run(stop)), asyncio.create_task(server.serve())]
-    while not stop.is_set():
-        try:
-            await producer.start()
-            await broker.start()
-            break
-        except Exception as exc:
-            log.warning("Kafka unavailable, retrying: %s", exc)
-            with contextlib.suppress(Exception):
-                await broker.stop()
-            await asyncio.sleep(2)
+    await start_when_reachable(producer, broker, stop=stop, what="escalation")
     tasks.append(asyncio.create_task(relay.run(stop)))
     try:
         await stop.wait()

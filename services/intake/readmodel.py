@@ -14,7 +14,7 @@ from prometheus_client import Counter, Gauge
 from services.intake import store
 from shared import topics
 from shared.events import decode
-from shared.kafka import DeadLetters, durable_subscriber
+from shared.kafka import DeadLetters, durable_subscriber, records_of
 from shared.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,8 @@ def attach_read_model(broker: KafkaBroker, pool: asyncpg.Pool) -> None:
         broker, topics.CASES_LIFECYCLE, group_id=GROUP_ID, batch=True, max_records=500
     )
     async def fold_lifecycle(msg: KafkaMessage) -> None:
-        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
         async with pool.acquire() as conn:
-            for record in records:
+            for record in records_of(msg):
                 async with dead_letters.guard(record):
                     env, event = decode(record.value)
                     applied = await store.apply_lifecycle_event(conn, env, event)

@@ -27,7 +27,16 @@ from services.notifier.resident_delivery import ResidentSender, remember_contact
 from services.notifier.stream import department_events
 from shared import topics
 from shared.db import MigrationSource, create_pool, migrate
-from shared.kafka import DeadLetters, durable_subscriber, is_transient, make_broker, make_producer
+from shared.kafka import (
+    DeadLetters,
+    durable_subscriber,
+    handle_isolating,
+    is_transient,
+    make_broker,
+    make_producer,
+    records_of,
+    start_when_reachable,
+)
 from shared.metrics import health_routes
 from shared.service import ServiceSpec
 from shared.settings import Settings
@@ -202,24 +211,14 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         broker, topics.CASES_INTAKE, group_id="notifier-residents", batch=True, max_records=500
     )
     async def contacts(msg: KafkaMessage) -> None:
-        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
         async with pool.acquire() as conn:
-            await remember_contacts(conn, records)
+            await remember_contacts(conn, records_of(msg), quiet=ns.quiet())
 
     @durable_subscriber(
         broker, topics.CASES_LIFECYCLE, group_id="notifier", batch=True, max_records=500
     )
     async def notify(msg: KafkaMessage) -> None:
-        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
-        try:
-            await feeds.handle(records)
-        except Exception as exc:
-            if is_transient(exc):
-                raise
-            log.exception("batch failed; retrying its records one by one")
-            for record in records:
-                async with dead_letters.guard(record):
-                    await feeds.handle([record])
+        await handle_isolating(records_of(msg), feeds.handle, dead_letters)
 
     sender = WebhookSender(
         settings.database_url,
@@ -243,16 +242,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         asyncio.create_task(residents.run(stop)),
         asyncio.create_task(server.serve()),
     ]
-    while not stop.is_set():
-        try:
-            await producer.start()
-            await broker.start()
-            break
-        except Exception as exc:
-            log.warning("Kafka unavailable, retrying: %s", exc)
-            with contextlib.suppress(Exception):
-                await broker.stop()
-            await asyncio.sleep(2)
+    await start_when_reachable(producer, broker, stop=stop, what="notifier")
     try:
         await stop.wait()
     finally:

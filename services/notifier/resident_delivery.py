@@ -34,9 +34,13 @@ _NAMES = {c.code: c.name for c in load_file().categories}
 
 
 async def remember_contacts(
-    conn: asyncpg.Connection, records: Sequence[ConsumerRecord[Any, Any]]
+    conn: asyncpg.Connection,
+    records: Sequence[ConsumerRecord[Any, Any]],
+    *,
+    quiet: tuple[time, time] = (time(22), time(7)),
 ) -> None:
-    """Keep the contact of residents who consented, from their CaseReported."""
+    """Keep the contact of residents who consented, from their CaseReported, and queue the
+    messages whose lifecycle event arrived before it (two consumers, no order between them)."""
     rows = []
     for record in records:
         try:
@@ -47,11 +51,36 @@ async def remember_contacts(
             c = event.reporter
             if c.consent_to_notify and (c.email or c.phone):
                 rows.append((env.case_id, c.email, c.phone))
-    if rows:
+    if not rows:
+        return
+    async with conn.transaction():
         await conn.executemany(
             "INSERT INTO notifier.residents (case_id, email, phone) VALUES ($1, $2, $3) "
             "ON CONFLICT (case_id) DO NOTHING",
             rows,
+        )
+        waiting = await conn.fetch(
+            "DELETE FROM notifier.resident_backlog WHERE case_id = ANY($1) "
+            "RETURNING event_id, case_id, body, urgent",
+            [r[0] for r in rows],
+        )
+        now = datetime.now(UTC)
+        for w in waiting:
+            person = await conn.fetchrow(
+                "SELECT * FROM notifier.residents WHERE case_id = $1", w["case_id"]
+            )
+            await _enqueue(
+                conn,
+                str(w["event_id"]),
+                w["case_id"],
+                w["body"],
+                w["urgent"],
+                person,
+                quiet=quiet,
+                now=now,
+            )
+        await conn.execute(
+            "DELETE FROM notifier.resident_backlog WHERE created_at < now() - interval '1 day'"
         )
 
 
@@ -68,9 +97,7 @@ async def queue_for_resident(
     if env.event_type not in ("CaseRouted", "CaseResolved"):
         return 0
     person = await conn.fetchrow("SELECT * FROM notifier.residents WHERE case_id = $1", env.case_id)
-    if person is None:
-        return 0
-    locale = person["locale"]
+    locale = person["locale"] if person is not None else "zh-CN"
     names = _NAMES.get(case.get("category") or "", {})
     resolve_by = case.get("resolve_by")
     text = render(
@@ -84,15 +111,42 @@ async def queue_for_resident(
             "short_id": env.case_id[:8],
         },
     )
-    held = quiet_until(now, urgent=case.get("priority") == "urgent", start=quiet[0], end=quiet[1])
-    send_after = held or now
+    urgent = case.get("priority") == "urgent"
+    if person is None:
+        # The contact may still be on its way (another consumer): keep the text for it.
+        await conn.execute(
+            "INSERT INTO notifier.resident_backlog (event_id, case_id, body, urgent) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            env.event_id,
+            env.case_id,
+            text,
+            urgent,
+        )
+        return 0
+    return await _enqueue(
+        conn, str(env.event_id), env.case_id, text, urgent, person, quiet=quiet, now=now
+    )
+
+
+async def _enqueue(
+    conn: asyncpg.Connection,
+    event_id: str,
+    case_id: str,
+    text: str,
+    urgent: bool,
+    person: asyncpg.Record,
+    *,
+    quiet: tuple[time, time],
+    now: datetime,
+) -> int:
+    send_after = quiet_until(now, urgent=urgent, start=quiet[0], end=quiet[1]) or now
     rows = [
         (ch, addr) for ch, addr in (("email", person["email"]), ("sms", person["phone"])) if addr
     ]
     await conn.executemany(
         "INSERT INTO notifier.resident_messages (id, case_id, channel, address, body, send_after)"
         " VALUES (md5($1 || '/' || $3)::uuid, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        [(str(env.event_id), env.case_id, ch, addr, text, send_after) for ch, addr in rows],
+        [(event_id, case_id, ch, addr, text, send_after) for ch, addr in rows],
     )
     return len(rows)
 

@@ -28,9 +28,10 @@ from shared.events import wrap
 from shared.kafka import (
     DeadLetters,
     durable_subscriber,
-    is_transient,
+    handle_isolating,
     make_broker,
     make_producer,
+    records_of,
 )
 from shared.metrics import health_routes
 from shared.service import ServiceSpec
@@ -217,26 +218,14 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         broker, topics.CASES_INTAKE, group_id="router", batch=True, max_records=rs.batch_size
     )
     async def route_cases(msg: KafkaMessage) -> None:
-        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
-        try:
-            await dispatcher.handle(records)
-        except Exception as exc:
-            if is_transient(exc):
-                raise  # the batch is redelivered once the dependency is back
-            # Something in this batch breaks the dispatcher: isolate it, one record at a time,
-            # so only the culprit is dead-lettered and the stream goes on.
-            log.exception("batch failed; retrying its records one by one")
-            for record in records:
-                async with dead_letters.guard(record):
-                    await dispatcher.handle([record])
+        await handle_isolating(records_of(msg), dispatcher.handle, dead_letters)
 
     @durable_subscriber(
         broker, topics.CASES_LIFECYCLE, group_id="router-load", batch=True, max_records=1000
     )
     async def count_open_cases(msg: KafkaMessage) -> None:
-        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
         async with pool.acquire() as conn:
-            await fold_lifecycle(conn, state, records)
+            await fold_lifecycle(conn, state, records_of(msg))
 
     reloader = asyncio.create_task(reload_loop(settings, rs, state, stop))
     server = uvicorn.Server(
