@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime
 
 import asyncpg
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -30,14 +31,23 @@ FAST = {
 
 
 def start(stack: LocalStack, log) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **stack.env(), **FAST, "GRIDDISPATCH_ESCALATION__PORT": str(free_port())}
-    return subprocess.Popen(
+    port = free_port()
+    env = {**os.environ, **stack.env(), **FAST, "GRIDDISPATCH_ESCALATION__PORT": str(port)}
+    proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli.main", "serve", "escalation"],
         env=env,
         cwd=PROJECT_ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    for _ in range(600):  # ready: migrated and serving (its consumer joins right after)
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return proc
 
 
 async def publish(stack: LocalStack, *envs) -> None:
@@ -119,22 +129,33 @@ async def test_a_stalled_case_climbs_and_acknowledging_stops_the_next(
 async def test_kill_9_while_timers_fall_due_fires_each_exactly_once(
     stack: LocalStack, service_log
 ) -> None:
-    now = datetime.now(UTC)
-    cases = [routed(at=now, ack_s=4 + (i % 10) * 0.3, resolve_s=3600) for i in range(200)]
     proc = start(stack, service_log)
-    try:
-        await publish(stack, *cases)
-        await asyncio.sleep(5.5)  # some timers have fired, many are due right now
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+    now = datetime.now(UTC)
+    cases = [routed(at=now, ack_s=3 + (i % 10) * 0.3, resolve_s=3600) for i in range(200)]
+    ids = [c.case_id for c in cases]
     conn = await asyncpg.connect(stack.postgres.url)
     try:
+        await publish(stack, *cases)
+        # kill it in the middle of the work: every case armed, some timers fired, some not
+        for _ in range(1200):
+            row = await conn.fetchrow(
+                "SELECT count(DISTINCT case_id) AS armed, "
+                "count(*) FILTER (WHERE state = 'fired') AS fired "
+                "FROM escalation.timers WHERE case_id = ANY($1)",
+                ids,
+            )
+            if row["armed"] == 200 and row["fired"] > 0:
+                break
+            await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
         pending = await conn.fetchval(
             "SELECT count(*) FROM escalation.timers WHERE state = 'pending' AND case_id = ANY($1)",
-            [c.case_id for c in cases],
+            ids,
         )
     finally:
+        if proc.poll() is None:
+            proc.kill()
         await conn.close()
     proc = start(stack, service_log)
     try:
