@@ -45,9 +45,11 @@ class Outbox:
     def __init__(self, schema: str) -> None:
         self.schema = check_schema_name(schema)
         self.channel = f"{schema}_outbox"
+        # Rows keep the order given: ids are assigned in ordinality order.
         self._insert = (
             f"INSERT INTO {schema}.outbox (event_id, topic, key, value, headers) "
-            "VALUES ($1, $2, $3, $4, $5::text::jsonb)"
+            "SELECT e, t, k, v, h::jsonb FROM unnest($1::uuid[], $2::text[], $3::text[], "
+            "$4::bytea[], $5::text[]) WITH ORDINALITY AS x(e, t, k, v, h, n) ORDER BY n"
         )
 
     def row(
@@ -80,35 +82,15 @@ class Outbox:
         *,
         headers: dict[str, str] | None = None,
     ) -> None:
-        """Add several envelopes (in this order). Must run inside a transaction."""
-        if not conn.is_in_transaction():
-            raise RuntimeError("Outbox.add must run inside the caller's transaction")
-        await conn.executemany(
-            self._insert, [self.row(env, topic, headers) for env, topic in items]
-        )
-        # Delivered at commit, collapsed to one per transaction.
-        await conn.execute("SELECT pg_notify($1, '')", self.channel)
-
-    async def add_batch(
-        self,
-        conn: asyncpg.Connection,
-        items: list[tuple[Envelope, str]],
-        *,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        """`add_many` as one statement (arrays instead of a row per round trip), for callers
-        that write hundreds of events per transaction."""
+        """Add several envelopes, in this order, with one statement (arrays, not a round trip
+        per row). Must run inside the caller's transaction."""
         if not conn.is_in_transaction():
             raise RuntimeError("Outbox.add must run inside the caller's transaction")
         if not items:
             return
         cols = list(zip(*(self.row(env, topic, headers) for env, topic in items), strict=True))
-        await conn.execute(
-            f"INSERT INTO {self.schema}.outbox (event_id, topic, key, value, headers) "
-            "SELECT e, t, k, v, h::jsonb FROM unnest($1::uuid[], $2::text[], $3::text[], "
-            "$4::bytea[], $5::text[]) WITH ORDINALITY AS x(e, t, k, v, h, n) ORDER BY n",
-            *[list(c) for c in cols],
-        )
+        await conn.execute(self._insert, *[list(c) for c in cols])
+        # Delivered at commit, collapsed to one per transaction.
         await conn.execute("SELECT pg_notify($1, '')", self.channel)
 
 

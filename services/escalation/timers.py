@@ -301,7 +301,7 @@ async def fire_due(
                     next_rows.append(
                         (row["case_id"], row["deadline"], level, repeat, row["deadline_at"], at)
                     )
-        await outbox.add_batch(conn, [(e, topics.CASES_LIFECYCLE) for e in written])
+        await outbox.add_many(conn, [(e, topics.CASES_LIFECYCLE) for e in written])
         # Fenced by version: a timer moved since we read it is not marked (and cannot be,
         # as we hold its row lock; the check documents the invariant and guards refactors).
         await conn.execute(

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -330,7 +330,3 @@ async def fold_lifecycle(
                 state.open_cases[worker] = max(
                     0, state.open_cases.get(worker, 0) + (1 if is_open else -1)
                 )
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
