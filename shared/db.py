@@ -8,16 +8,18 @@ Each service owns one schema. Its migrations are numbered SQL files in one or mo
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
 
+T = TypeVar("T")
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -156,3 +158,23 @@ async def migrate(
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", lock_key)
     return applied_now
+
+
+def run_in_schema(
+    schema: str,
+    sources: Sequence[MigrationSource],
+    fn: Callable[[asyncpg.Connection], Awaitable[T]],
+    dsn: str | None = None,
+) -> T:
+    """For command-line tools: connect, bring `schema` up to date, run `fn`, disconnect."""
+    from shared.settings import get_settings
+
+    async def run() -> T:
+        conn = await asyncpg.connect(dsn or get_settings().database_url)
+        try:
+            await migrate(conn, schema, sources)
+            return await fn(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())

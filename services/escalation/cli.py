@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 import asyncpg
@@ -11,17 +10,14 @@ from rich.console import Console
 
 from services.escalation import timers
 from services.escalation.app import MIGRATIONS, EscalationSettings
-from shared.db import migrate
-from shared.settings import get_settings
+from shared.db import run_in_schema
 
 console = Console(stderr=True, soft_wrap=True)
 emergency_app = typer.Typer(help="Emergency (wartime) mode per area.", no_args_is_help=True)
 
 
-async def _switch(area: str, on: bool, factor: float | None, reason: str, by: str) -> str:
-    conn = await asyncpg.connect(get_settings().database_url)
-    try:
-        await migrate(conn, "escalation", MIGRATIONS)
+def _switch(area: str, on: bool, factor: float | None, reason: str, by: str) -> str:
+    async def switch(conn: asyncpg.Connection) -> str:
         env = await timers.set_emergency(
             conn,
             area,
@@ -32,11 +28,10 @@ async def _switch(area: str, on: bool, factor: float | None, reason: str, by: st
             now=datetime.now(UTC),
             cfg=EscalationSettings().policy(),
         )
-        return (
-            f"{area}: emergency {'on' if on else 'off'}, {env.payload['timers_moved']} timers moved"
-        )
-    finally:
-        await conn.close()
+        moved = env.payload["timers_moved"]
+        return f"{area}: emergency {'on' if on else 'off'}, {moved} timers moved"
+
+    return run_in_schema("escalation", MIGRATIONS, switch)
 
 
 @emergency_app.command("on")
@@ -47,7 +42,7 @@ def on(
     by: str = typer.Option("operator"),
 ) -> None:
     """Shorten every open deadline in the area at once, and every new one."""
-    console.print(asyncio.run(_switch(area, True, factor, reason, by)))
+    console.print(_switch(area, True, factor, reason, by))
 
 
 @emergency_app.command("off")
@@ -56,20 +51,12 @@ def off(
     reason: str = typer.Option(...),
     by: str = typer.Option("operator"),
 ) -> None:
-    console.print(asyncio.run(_switch(area, False, None, reason, by)))
+    console.print(_switch(area, False, None, reason, by))
 
 
 @emergency_app.command("status")
 def status() -> None:
-    async def fetch() -> list[dict[str, object]]:
-        conn = await asyncpg.connect(get_settings().database_url)
-        try:
-            await migrate(conn, "escalation", MIGRATIONS)
-            return await timers.emergency_status(conn)
-        finally:
-            await conn.close()
-
-    rows = asyncio.run(fetch())
+    rows = run_in_schema("escalation", MIGRATIONS, timers.emergency_status)
     if not rows:
         console.print("no area is in emergency mode")
     for r in rows:

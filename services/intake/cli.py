@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -16,8 +15,7 @@ from services.intake import store
 from services.intake.app import MIGRATIONS
 from services.intake.auth import SCOPED_ROLES, Role
 from shared.catalogue import SEED_FILE, load_file
-from shared.db import migrate
-from shared.settings import get_settings
+from shared.db import run_in_schema
 
 console = Console(stderr=True, soft_wrap=True)
 keys_app = typer.Typer(help="API keys of intake (stored hashed).", no_args_is_help=True)
@@ -26,15 +24,7 @@ T = TypeVar("T")
 
 
 def _with_db(fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-    async def run() -> T:
-        conn = await asyncpg.connect(get_settings().database_url)
-        try:
-            await migrate(conn, "intake", MIGRATIONS)
-            return await fn(conn)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
+    return run_in_schema("intake", MIGRATIONS, fn)
 
 
 @keys_app.command("create")

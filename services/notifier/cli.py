@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -14,8 +13,7 @@ from rich.console import Console
 from services.notifier import webhooks
 from services.notifier.app import MIGRATIONS, NotifierSettings, SubscriptionIn, add_subscription
 from services.notifier.delivery import replay
-from shared.db import migrate
-from shared.settings import get_settings
+from shared.db import run_in_schema
 
 console = Console(stderr=True, soft_wrap=True)
 subscriptions_app = typer.Typer(help="Who is told what (webhook endpoints).", no_args_is_help=True)
@@ -24,15 +22,7 @@ T = TypeVar("T")
 
 
 def _db(fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-    async def run() -> T:
-        conn = await asyncpg.connect(get_settings().database_url)
-        try:
-            await migrate(conn, "notifier", MIGRATIONS)
-            return await fn(conn)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
+    return run_in_schema("notifier", MIGRATIONS, fn)
 
 
 @subscriptions_app.command("add")

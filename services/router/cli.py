@@ -20,7 +20,7 @@ from services.router import democity, store, topology
 from services.router.app import MIGRATIONS, explain_case
 from services.router.dispatch import RouterState
 from services.router.rules import Rule
-from shared.db import migrate
+from shared.db import run_in_schema
 from shared.settings import get_settings
 
 console = Console(stderr=True, soft_wrap=True)
@@ -46,15 +46,7 @@ GRID_FIELDS = (
 
 
 def _db(fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-    async def run() -> T:
-        conn = await asyncpg.connect(get_settings().database_url)
-        try:
-            await migrate(conn, "router", MIGRATIONS)
-            return await fn(conn)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
+    return run_in_schema("router", MIGRATIONS, fn)
 
 
 @demo_app.command("city")
