@@ -26,6 +26,7 @@ from shared import topics
 from shared.db import OUTBOX_MIGRATIONS, MigrationSource, create_pool, migrate
 from shared.events import decode
 from shared.kafka import (
+    ConsumerLag,
     DeadLetters,
     durable_subscriber,
     make_broker,
@@ -233,7 +234,11 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             http_app(pool, es, cfg), host=es.host, port=es.port, log_config=None, access_log=False
         )
     )
-    tasks = [asyncio.create_task(scheduler.run(stop)), asyncio.create_task(server.serve())]
+    tasks = [
+        asyncio.create_task(scheduler.run(stop)),
+        asyncio.create_task(server.serve()),
+        asyncio.create_task(ConsumerLag(broker).run(stop)),
+    ]
     await start_when_reachable(producer, broker, stop=stop, what="escalation")
     tasks.append(asyncio.create_task(relay.run(stop)))
     try:

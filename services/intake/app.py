@@ -26,12 +26,12 @@ from services.intake import store
 from services.intake.auth import RateLimiter
 from services.intake.http import cases, open311
 from services.intake.http.deps import ApiError, CatalogueCache, IntakeState, KeyCache
-from services.intake.readmodel import attach_read_model
+from services.intake.readmodel import OpenCaseGauge, attach_read_model
 from services.intake.reports import ReportWriter
 from services.intake.settings import IntakeSettings
 from shared.catalogue import load_file
 from shared.db import OUTBOX_MIGRATIONS, MigrationSource, create_pool, migrate
-from shared.kafka import make_broker, make_producer
+from shared.kafka import ConsumerLag, make_broker, make_producer
 from shared.metrics import REGISTRY, health_routes
 from shared.outbox import OutboxRelay
 from shared.service import ServiceSpec
@@ -277,6 +277,8 @@ def create_app(
             broker = make_broker(settings.kafka, "intake")
             attach_read_model(broker, pool)
             tasks.append(asyncio.create_task(_start_broker(broker, stop)))
+            tasks.append(asyncio.create_task(ConsumerLag(broker).run(stop)))
+            tasks.append(asyncio.create_task(OpenCaseGauge(pool).run(stop)))
         try:
             yield
         finally:

@@ -10,6 +10,7 @@ No I/O here: `decide` answers with the next state and the event to emit, or rais
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from shared import events
@@ -176,3 +177,12 @@ def status_after_event(current: Status, event: events.Event) -> Status:
             return Status.TRANSFER_REQUESTED
         case _:
             return current  # warnings, escalations, ratings: attributes, not states
+
+
+def met_deadline(
+    action: Action, at: datetime, *, acknowledge_by: datetime | None, resolve_by: datetime | None
+) -> bool | None:
+    """Whether an acknowledgement or resolution at `at` kept its deadline (None: the step has
+    no deadline, or the case had none). Feeds the response and resolution rates."""
+    deadline = {Action.ACKNOWLEDGE: acknowledge_by, Action.RESOLVE: resolve_by}.get(action)
+    return None if deadline is None else at <= deadline

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from datetime import UTC
@@ -51,3 +53,39 @@ def attach_read_model(broker: KafkaBroker, pool: asyncpg.Pool) -> None:
                     READ_MODEL_LAG.set(
                         max(0.0, time.time() - env.occurred_at.astimezone(UTC).timestamp())
                     )
+
+
+OPEN_CASES = Gauge(
+    "griddispatch_cases_open",
+    "Cases not yet resolved, by department ('none': awaiting routing or in triage)",
+    ["department"],
+    registry=REGISTRY,
+)
+
+
+class OpenCaseGauge:
+    """Refreshes `griddispatch_cases_open` from the read model. Every intake replica reports
+    the same figure, so dashboards take `max by (department)`."""
+
+    def __init__(self, pool: asyncpg.Pool, *, interval_s: float = 15.0) -> None:
+        self._pool = pool
+        self._interval_s = interval_s
+        self._seen: set[str] = set()
+
+    async def refresh(self) -> None:
+        async with self._pool.acquire() as conn:
+            counts = dict(await store.open_cases_by_department(conn))
+        for gone in self._seen - counts.keys():
+            OPEN_CASES.labels(gone).set(0)
+        for department, count in counts.items():
+            OPEN_CASES.labels(department).set(count)
+        self._seen |= counts.keys()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.refresh()
+            except Exception as exc:  # a metric must never take the service down
+                log.debug("open-case count failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._interval_s)

@@ -181,6 +181,14 @@ def may_see(principal: Principal | None, case: asyncpg.Record, tracking_token: s
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class StepTaken:
+    status: Status
+    envelope: Envelope
+    department: str | None
+    met_deadline: bool | None  # for acknowledge and resolve; None otherwise
+
+
 async def apply_step(
     pool: asyncpg.Pool,
     case_id: str,
@@ -192,7 +200,7 @@ async def apply_step(
     reason: str | None = None,
     photo_urls: tuple[str, ...] = (),
     rating: int | None = None,
-) -> tuple[Status, Envelope]:
+) -> StepTaken:
     """Take one lifecycle step. Raises CaseNotFound, Forbidden, IllegalTransition, NotPermitted."""
     async with pool.acquire() as conn, conn.transaction():
         case = await conn.fetchrow(
@@ -243,7 +251,17 @@ async def apply_step(
                 )
             )
         await outbox.add_many(conn, items)
-    return decision.status, env
+    return StepTaken(
+        status=decision.status,
+        envelope=env,
+        department=case["department"],
+        met_deadline=lifecycle.met_deadline(
+            step_action,
+            env.occurred_at,
+            acknowledge_by=case["acknowledge_by"],
+            resolve_by=case["resolve_by"],
+        ),
+    )
 
 
 # --- read model ---------------------------------------------------------------------------
@@ -300,6 +318,14 @@ async def apply_lifecycle_event(
 
 
 # --- queries ------------------------------------------------------------------------------
+
+
+async def open_cases_by_department(conn: asyncpg.Connection) -> list[tuple[str, int]]:
+    rows = await conn.fetch(
+        "SELECT coalesce(department, 'none') AS department, count(*) AS n FROM intake.cases "
+        "WHERE status NOT IN ('resolved', 'closed') GROUP BY 1"
+    )
+    return [(r["department"], r["n"]) for r in rows]
 
 
 async def get_case(conn: asyncpg.Connection, case_id: str) -> asyncpg.Record | None:

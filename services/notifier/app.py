@@ -28,6 +28,7 @@ from services.notifier.stream import department_events
 from shared import topics
 from shared.db import MigrationSource, create_pool, migrate
 from shared.kafka import (
+    ConsumerLag,
     DeadLetters,
     durable_subscriber,
     handle_isolating,
@@ -241,6 +242,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         asyncio.create_task(sender.run(stop)),
         asyncio.create_task(residents.run(stop)),
         asyncio.create_task(server.serve()),
+        asyncio.create_task(ConsumerLag(broker).run(stop)),
     ]
     await start_when_reachable(producer, broker, stop=stop, what="notifier")
     try:

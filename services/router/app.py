@@ -26,6 +26,7 @@ from shared.catalogue import load_file
 from shared.db import MigrationSource, create_pool, migrate
 from shared.events import wrap
 from shared.kafka import (
+    ConsumerLag,
     DeadLetters,
     durable_subscriber,
     handle_isolating,
@@ -239,6 +240,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     )
     serving = asyncio.create_task(server.serve())
     await broker.start()
+    lag = asyncio.create_task(ConsumerLag(broker).run(stop))
     log.info("router running: %s", ref.stats())
     try:
         await stop.wait()
@@ -248,6 +250,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         await producer.stop()
         await reloader
         await serving
+        await lag
         await pool.close()
 
 

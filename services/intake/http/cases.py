@@ -12,7 +12,7 @@ from prometheus_client import Counter
 from services.intake import reports, store
 from services.intake.auth import Principal, Role
 from services.intake.http.deps import ApiError, Authorization, XApiKey, caller, state
-from services.intake.lifecycle import IllegalTransition, NotPermitted, Status
+from services.intake.lifecycle import Action, IllegalTransition, NotPermitted, Status
 from services.intake.models import (
     CasePage,
     CaseView,
@@ -33,6 +33,19 @@ CASES_REPORTED = Counter(
     "griddispatch_cases_reported_total",
     "Reports accepted by intake",
     ["channel", "category"],
+    registry=REGISTRY,
+)
+
+CASE_STEPS_ON_TIME = Counter(
+    "griddispatch_case_steps_total",
+    "Acknowledgements and resolutions taken, by whether they kept their deadline",
+    ["department", "step", "on_time"],
+    registry=REGISTRY,
+)
+CASE_RATINGS = Counter(
+    "griddispatch_case_ratings_total",
+    "Residents' ratings of closed cases (1-5 stars)",
+    ["department", "rating"],
     registry=REGISTRY,
 )
 
@@ -264,7 +277,7 @@ async def take_step(
     if principal is None and tracking_token is None:
         raise ApiError(401, "missing_api_key", "an API key or a tracking token is needed")
     try:
-        status, env = await store.apply_step(
+        taken = await store.apply_step(
             st.pool,
             case_id,
             body.action,
@@ -283,4 +296,14 @@ async def take_step(
         raise ApiError(403, "forbidden", str(exc), field="action") from exc
     except IllegalTransition as exc:
         raise ApiError(409, "illegal_transition", str(exc), field="action") from exc
-    return StepAccepted(case_id=case_id, status=status, event_id=str(env.event_id))
+    _count_step(body.action, body.rating, taken)
+    return StepAccepted(case_id=case_id, status=taken.status, event_id=str(taken.envelope.event_id))
+
+
+def _count_step(action: Action, rating: int | None, taken: store.StepTaken) -> None:
+    """The counters behind the dashboards' response, resolution and satisfaction rates."""
+    department = taken.department or "none"
+    if taken.met_deadline is not None:
+        CASE_STEPS_ON_TIME.labels(department, action.value, str(taken.met_deadline).lower()).inc()
+    if action is Action.RATE and rating is not None:
+        CASE_RATINGS.labels(department, str(rating)).inc()
