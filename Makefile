@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.installed
 
-.PHONY: install up down status test test-fast lint format schemas bench clean
+.PHONY: install up down status test test-fast lint format schemas manifests lock bench clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,8 +40,13 @@ format: $(STAMP)
 schemas: $(STAMP)  ## regenerate docs/schemas and docs/asyncapi.json from the event models
 	$(BIN)/griddispatch contract generate
 
-lock:  ## re-pin dependencies (needs the venv's uv)
+lock:  ## re-pin dependencies (needs the venv's uv): dev + runtime (the image's)
 	$(BIN)/uv pip compile pyproject.toml --extra dev -o requirements.lock --python-version 3.11 -q
+	$(BIN)/uv pip compile pyproject.toml -o requirements.runtime.lock --python-version 3.11 -q
+
+manifests: $(STAMP)  ## regenerate the Grafana dashboards and the departments' KafkaUsers
+	$(BIN)/python deploy/grafana/dashboards.py
+	$(BIN)/python deploy/k8s/departments.py
 
 bench: $(STAMP)  ## every benchmark; figures go to stdout (see docs/benchmarks.md)
 	$(BIN)/python bench/outbox.py

@@ -24,9 +24,11 @@ import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.security import BaseSecurity, SASLScram512
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from shared import topics
@@ -64,10 +66,34 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def connection_options(settings: KafkaSettings) -> dict[str, Any]:
+    """Where the brokers are and how to log in (aiokafka names), for every Kafka client."""
+    opts: dict[str, Any] = {"bootstrap_servers": settings.bootstrap_servers}
+    if settings.security_protocol != "PLAINTEXT":
+        opts |= {
+            "security_protocol": settings.security_protocol,
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_plain_username": settings.sasl_username,
+            "sasl_plain_password": settings.sasl_password.get_secret_value(),
+        }
+    if settings.security_protocol == "SASL_SSL":
+        opts["ssl_context"] = create_ssl_context(
+            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None
+        )
+    return opts
+
+
+def client_options(connection: str | Mapping[str, Any]) -> dict[str, Any]:
+    """A bare bootstrap address (tests, the local stack) or `connection_options(...)`."""
+    if isinstance(connection, str):
+        return {"bootstrap_servers": connection}
+    return dict(connection)
+
+
 def producer_options(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
     """Options of every producer in GridDispatch (aiokafka names)."""
     return {
-        "bootstrap_servers": settings.bootstrap_servers,
+        **connection_options(settings),
         "client_id": f"{settings.client_id_prefix}-{client_id}",
         "acks": "all",
         "enable_idempotence": True,
@@ -87,8 +113,17 @@ def make_broker(
     """A FastStream broker whose publisher is `acks=all` + idempotent, with Prometheus
     metrics per handler. Subscribers must still be declared with `durable_subscriber`."""
     opts = producer_options(settings, service)
+    security: BaseSecurity | None = None
+    if settings.security_protocol != "PLAINTEXT":
+        security = SASLScram512(
+            username=settings.sasl_username,
+            password=settings.sasl_password.get_secret_value(),
+            ssl_context=opts.get("ssl_context"),
+            use_ssl=settings.security_protocol == "SASL_SSL",
+        )
     return KafkaBroker(
         opts["bootstrap_servers"],
+        security=security,
         client_id=opts["client_id"],
         acks="all",
         enable_idempotence=True,
@@ -204,14 +239,14 @@ class _Guard:
 
 
 async def ensure_topics(
-    bootstrap_servers: str,
+    connection: str | Mapping[str, Any],
     names: Iterable[str],
     *,
     partitions: int,
     configs: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the ones created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(**client_options(connection))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

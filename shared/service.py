@@ -23,6 +23,16 @@ ServiceMain = Callable[[Settings, asyncio.Event], Awaitable[None]]
 
 
 @dataclass(frozen=True)
+class KafkaAccess:
+    """What a service does on Kafka. The Kubernetes KafkaUsers grant exactly this and nothing
+    more (checked by tests/ops/test_kubernetes.py)."""
+
+    reads: tuple[tuple[str, str], ...] = ()  # (topic, consumer group)
+    writes: tuple[str, ...] = ()
+    feeds: bool = False  # creates, writes and streams the department feeds `dept.*`
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     name: str
     description: str
@@ -30,6 +40,7 @@ class ServiceSpec:
     schema: str | None = None
     migrations: tuple[MigrationSource, ...] = field(default=())
     order: int = 50  # start order for `griddispatch up`: lower first
+    kafka: KafkaAccess = KafkaAccess()
 
 
 def discover_services() -> dict[str, ServiceSpec]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +20,11 @@ class KafkaSettings(BaseModel):
     bootstrap_servers: str = "127.0.0.1:19092"
     partitions: int = Field(default=12, ge=1, description="partitions of each contract topic")
     client_id_prefix: str = "griddispatch"
+    # Authentication: SCRAM-SHA-512 (what Strimzi's KafkaUser gives) over plain TCP or TLS.
+    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+    ssl_cafile: Path | None = Field(default=None, description="CA bundle for SASL_SSL")
 
 
 class LocalStackSettings(BaseModel):

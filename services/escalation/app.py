@@ -36,7 +36,7 @@ from shared.kafka import (
 )
 from shared.metrics import REGISTRY, health_routes
 from shared.outbox import OutboxRelay
-from shared.service import ServiceSpec
+from shared.service import KafkaAccess, ServiceSpec
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ MIGRATIONS = (
     OUTBOX_MIGRATIONS,
     MigrationSource("escalation", Path(__file__).parent / "migrations"),
 )
+GROUP_ID = "escalation"
 
 PENDING = Gauge("griddispatch_timers_pending", "Pending timers", registry=REGISTRY)
 OVERDUE = Gauge(
@@ -217,7 +218,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     dead_letters = DeadLetters(broker, "escalation")
 
     @durable_subscriber(
-        broker, topics.CASES_LIFECYCLE, group_id="escalation", batch=True, max_records=500
+        broker, topics.CASES_LIFECYCLE, group_id=GROUP_ID, batch=True, max_records=500
     )
     async def arm_timers(msg: KafkaMessage) -> None:
         async with pool.acquire() as conn:
@@ -254,6 +255,10 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
 
 
 SERVICE = ServiceSpec(
+    kafka=KafkaAccess(
+        reads=((topics.CASES_LIFECYCLE, GROUP_ID),),
+        writes=(topics.CASES_LIFECYCLE, topics.dlq(topics.CASES_LIFECYCLE)),
+    ),
     name="escalation",
     description="durable deadlines, warnings, the escalation ladder, emergency mode",
     main=main,

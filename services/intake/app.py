@@ -26,15 +26,17 @@ from services.intake import store
 from services.intake.auth import RateLimiter
 from services.intake.http import cases, open311
 from services.intake.http.deps import ApiError, CatalogueCache, IntakeState, KeyCache
+from services.intake.readmodel import GROUP_ID as READ_MODEL_GROUP
 from services.intake.readmodel import OpenCaseGauge, attach_read_model
 from services.intake.reports import ReportWriter
 from services.intake.settings import IntakeSettings
+from shared import topics
 from shared.catalogue import load_file
 from shared.db import OUTBOX_MIGRATIONS, MigrationSource, create_pool, migrate
 from shared.kafka import ConsumerLag, make_broker, make_producer
 from shared.metrics import REGISTRY, health_routes
 from shared.outbox import OutboxRelay
-from shared.service import ServiceSpec
+from shared.service import KafkaAccess, ServiceSpec
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -385,6 +387,10 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
 
 
 SERVICE = ServiceSpec(
+    kafka=KafkaAccess(
+        reads=((topics.CASES_LIFECYCLE, READ_MODEL_GROUP),),
+        writes=(topics.CASES_INTAKE, topics.CASES_LIFECYCLE, topics.dlq(topics.CASES_LIFECYCLE)),
+    ),
     name="intake",
     description="HTTP API and Open311 for residents' reports; the case read model",
     main=main,

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,6 +31,7 @@ from shared.db import MigrationSource, create_pool, migrate
 from shared.kafka import (
     ConsumerLag,
     DeadLetters,
+    connection_options,
     durable_subscriber,
     handle_isolating,
     is_transient,
@@ -39,11 +41,13 @@ from shared.kafka import (
     start_when_reachable,
 )
 from shared.metrics import health_routes
-from shared.service import ServiceSpec
+from shared.service import KafkaAccess, ServiceSpec
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 MIGRATIONS = (MigrationSource("notifier", Path(__file__).parent / "migrations"),)
+FEEDS_GROUP = "notifier"
+RESIDENTS_GROUP = "notifier-residents"
 
 
 class NotifierSettings(BaseSettings):
@@ -112,7 +116,9 @@ async def add_subscription(
     return sub_id
 
 
-def http_app(pool: asyncpg.Pool, ns: NotifierSettings, bootstrap: str = "") -> FastAPI:
+def http_app(
+    pool: asyncpg.Pool, ns: NotifierSettings, kafka: str | Mapping[str, Any] = ""
+) -> FastAPI:
     app = FastAPI(title="GridDispatch notifier", version="1")
 
     async def db_ok() -> bool:
@@ -169,7 +175,7 @@ def http_app(pool: asyncpg.Pool, ns: NotifierSettings, bootstrap: str = "") -> F
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from exc
         return StreamingResponse(
-            department_events(bootstrap, department, grid, pool),
+            department_events(kafka, department, grid, pool),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -202,21 +208,21 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     feeds = FeedWriter(
         pool,
         producer,
-        settings.kafka.bootstrap_servers,
+        connection_options(settings.kafka),
         settings.kafka.partitions,
         dead_letters,
         quiet=ns.quiet(),
     )
 
     @durable_subscriber(
-        broker, topics.CASES_INTAKE, group_id="notifier-residents", batch=True, max_records=500
+        broker, topics.CASES_INTAKE, group_id=RESIDENTS_GROUP, batch=True, max_records=500
     )
     async def contacts(msg: KafkaMessage) -> None:
         async with pool.acquire() as conn:
             await remember_contacts(conn, records_of(msg), quiet=ns.quiet())
 
     @durable_subscriber(
-        broker, topics.CASES_LIFECYCLE, group_id="notifier", batch=True, max_records=500
+        broker, topics.CASES_LIFECYCLE, group_id=FEEDS_GROUP, batch=True, max_records=500
     )
     async def notify(msg: KafkaMessage) -> None:
         await handle_isolating(records_of(msg), feeds.handle, dead_letters)
@@ -230,7 +236,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     )
     server = uvicorn.Server(
         uvicorn.Config(
-            http_app(pool, ns, settings.kafka.bootstrap_servers),
+            http_app(pool, ns, connection_options(settings.kafka)),
             host=ns.host,
             port=ns.port,
             log_config=None,
@@ -258,6 +264,11 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
 
 
 SERVICE = ServiceSpec(
+    kafka=KafkaAccess(
+        reads=((topics.CASES_INTAKE, RESIDENTS_GROUP), (topics.CASES_LIFECYCLE, FEEDS_GROUP)),
+        writes=(topics.dlq(topics.CASES_INTAKE), topics.dlq(topics.CASES_LIFECYCLE)),
+        feeds=True,
+    ),
     name="notifier",
     description="department feeds and signed webhooks, with a delivery log",
     main=main,

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
@@ -68,7 +68,7 @@ class FeedWriter:
         self,
         pool: asyncpg.Pool,
         producer: AIOKafkaProducer,
-        bootstrap: str,
+        kafka: str | Mapping[str, Any],
         partitions: int,
         dead_letters: DeadLetters | None,
         quiet: tuple[dtime, dtime] = (dtime(22), dtime(7)),
@@ -76,7 +76,7 @@ class FeedWriter:
         self.quiet = quiet
         self.pool = pool
         self.producer = producer
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.partitions = partitions
         self.dead_letters = dead_letters
         self._topics: set[str] = set()
@@ -84,7 +84,7 @@ class FeedWriter:
     async def _topic(self, department: str) -> str:
         name = topics.department_feed(department)
         if name not in self._topics:
-            await ensure_topics(self.bootstrap, [name], partitions=self.partitions)
+            await ensure_topics(self.kafka, [name], partitions=self.partitions)
             self._topics.add(name)
         return name
 

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
 
 from shared import topics
-from shared.kafka import ensure_topics
+from shared.kafka import client_options, ensure_topics
 
 HEARTBEAT_S = 15.0
 
 
 async def department_events(
-    bootstrap: str,
+    kafka: str | Mapping[str, Any],
     department: str,
     grid: str | None,
     pool: asyncpg.Pool,
@@ -30,10 +31,10 @@ async def department_events(
     topic = topics.department_feed(department)
     # The feed topic may not exist yet (no case so far): create it now, so that the partitions
     # are assigned at once and "latest" cannot skip the department's first messages.
-    await ensure_topics(bootstrap, [topic], partitions=partitions)
+    await ensure_topics(kafka, [topic], partitions=partitions)
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **client_options(kafka),
         auto_offset_reset="latest",
         enable_auto_commit=False,
         metadata_max_age_ms=5000,

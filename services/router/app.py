@@ -35,11 +35,13 @@ from shared.kafka import (
     records_of,
 )
 from shared.metrics import health_routes
-from shared.service import ServiceSpec
+from shared.service import KafkaAccess, ServiceSpec
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 MIGRATIONS = (MigrationSource("router", Path(__file__).parent / "migrations"),)
+ROUTING_GROUP = "router"
+LOAD_GROUP = "router-load"  # open cases per worker, counted in PostgreSQL
 
 
 class RouterSettings(BaseSettings):
@@ -216,13 +218,13 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     dispatcher = Dispatcher(pool, producer, state, dead_letters)
 
     @durable_subscriber(
-        broker, topics.CASES_INTAKE, group_id="router", batch=True, max_records=rs.batch_size
+        broker, topics.CASES_INTAKE, group_id=ROUTING_GROUP, batch=True, max_records=rs.batch_size
     )
     async def route_cases(msg: KafkaMessage) -> None:
         await handle_isolating(records_of(msg), dispatcher.handle, dead_letters)
 
     @durable_subscriber(
-        broker, topics.CASES_LIFECYCLE, group_id="router-load", batch=True, max_records=1000
+        broker, topics.CASES_LIFECYCLE, group_id=LOAD_GROUP, batch=True, max_records=1000
     )
     async def count_open_cases(msg: KafkaMessage) -> None:
         async with pool.acquire() as conn:
@@ -255,6 +257,16 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
 
 
 SERVICE = ServiceSpec(
+    kafka=KafkaAccess(
+        reads=((topics.CASES_INTAKE, ROUTING_GROUP), (topics.CASES_LIFECYCLE, LOAD_GROUP)),
+        # decisions; reroutes asked by operators; poison messages of both inputs
+        writes=(
+            topics.CASES_LIFECYCLE,
+            topics.CASES_INTAKE,
+            topics.dlq(topics.CASES_INTAKE),
+            topics.dlq(topics.CASES_LIFECYCLE),
+        ),
+    ),
     name="router",
     description="grid, department, worker, priority and deadlines for every case",
     main=main,
