@@ -27,6 +27,8 @@ KAFKA_DIR = PROJECT_ROOT / "deploy" / "local" / "kafka"
 POM = KAFKA_DIR / "pom.xml"
 LOG4J = KAFKA_DIR / "log4j2.properties"
 TEMPLATE = KAFKA_DIR / "server.properties.template"
+SASL_TEMPLATE = KAFKA_DIR / "server-sasl.properties.template"
+ADMIN_USER = "admin"
 
 
 def kafka_version() -> str:
@@ -74,6 +76,9 @@ class KafkaNode:
     controller_port: int
     partitions: int = 12
     heap: str = "512m"
+    # The secured profile: SASL/SCRAM-SHA-512 logins (user → password, `admin` among them, a
+    # super user) and ACLs enforced. None: the plain development broker.
+    scram_users: dict[str, str] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -108,15 +113,44 @@ class KafkaNode:
 
     def _write_config(self) -> Path:
         config = self.home / "server.properties"
+        template = TEMPLATE if self.scram_users is None else SASL_TEMPLATE
         config.write_text(
-            TEMPLATE.read_text().format(
+            template.read_text().format(
                 port=self.port,
                 controller_port=self.controller_port,
                 data_dir=self.data_dir,
                 partitions=self.partitions,
+                admin_user=ADMIN_USER,
+                admin_password=(self.scram_users or {}).get(ADMIN_USER, ""),
             )
         )
         return config
+
+    def _scram_arguments(self) -> list[str]:
+        if self.scram_users is None:
+            return []
+        if ADMIN_USER not in self.scram_users:
+            raise StackError(f"the secured profile needs a password for {ADMIN_USER!r}")
+        args = []
+        for user, password in self.scram_users.items():
+            args += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
+        return args
+
+    def admin_client_config(self) -> Path:
+        """A client properties file logging in as the admin, for Kafka's own command-line
+        tools (kafka-acls, the console consumer)."""
+        if self.scram_users is None:
+            raise StackError("the plain broker has no logins")
+        path = self.home / "admin.properties"
+        path.write_text(client_properties(ADMIN_USER, self.scram_users[ADMIN_USER]))
+        return path
+
+    def run_tool(self, main: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run one of Kafka's command-line tools (by main class) with the broker's jars."""
+        libs = ensure_jars(self.cache, lambda _: None)
+        return subprocess.run(
+            self._java(libs, main, *args), capture_output=True, text=True, check=False
+        )
 
     def start(self, progress: Progress, timeout_s: float = 60) -> float:
         """Start the broker (formatting storage if new) and wait until it serves requests.
@@ -146,6 +180,7 @@ class KafkaNode:
                     cluster_id,
                     "-c",
                     str(config),
+                    *self._scram_arguments(),
                 ),
                 capture_output=True,
                 text=True,
@@ -167,3 +202,12 @@ class KafkaNode:
 
     def stop(self) -> bool:
         return self.process.stop(grace_s=20)
+
+
+def client_properties(user: str, password: str) -> str:
+    return (
+        "security.protocol=SASL_PLAINTEXT\n"
+        "sasl.mechanism=SCRAM-SHA-512\n"
+        "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{user}" password="{password}";\n'
+    )
