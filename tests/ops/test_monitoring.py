@@ -86,9 +86,7 @@ def test_every_metric_in_rules_and_dashboards_is_exported() -> None:
     for group in monitoring.rule_groups()["groups"]:
         for rule in group["rules"]:
             named |= monitoring.metric_names(rule["expr"])
-    missing = {
-        n for n in named if n not in exported and n.removesuffix("_bucket") not in exported
-    }
+    missing = {n for n in named if n not in exported and n.removesuffix("_bucket") not in exported}
     assert not missing, f"queried but never exported: {sorted(missing)}"
 
 

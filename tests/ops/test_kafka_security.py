@@ -1,0 +1,192 @@
+"""Kafka security on a real broker: the secured local profile (SASL/SCRAM-SHA-512 logins,
+ACLs enforced) with the ACLs of the KafkaUsers in deploy/k8s applied by Kafka's own
+`kafka-acls` tool. The notifier can create and write every department's feed; a department
+reads its own feed and nothing else, with its own consumer groups only, and cannot write."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    TopicAuthorizationFailedError,
+)
+
+from shared.kafka import connection_options, ensure_topics, make_producer
+from shared.localstack import free_port
+from shared.localstack.kafka import ADMIN_USER, KafkaNode
+from shared.settings import PROJECT_ROOT, KafkaSettings
+
+USERS_FILES = [
+    PROJECT_ROOT / "deploy/k8s/base/kafka/users.yaml",
+    PROJECT_ROOT / "deploy/k8s/base/kafka/departments.yaml",
+]
+NOTIFIER, ROADS, WATER = "griddispatch-notifier", "dept-roads", "dept-water"
+
+
+def kafka_users() -> dict[str, dict[str, Any]]:
+    found = {}
+    for path in USERS_FILES:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc["kind"] == "KafkaUser":
+                found[doc["metadata"]["name"]] = doc
+    return found
+
+
+def acl_commands(user: str, spec: dict[str, Any], admin_config: Path, bootstrap: str) -> list:
+    """kafka-acls invocations granting what the KafkaUser grants, one per kind of grant."""
+    grants: dict[tuple[str, str, tuple[str, ...]], list[str]] = defaultdict(list)
+    for acl in spec["spec"]["authorization"]["acls"]:
+        res = acl["resource"]
+        grants[(res["type"], res["patternType"], tuple(acl["operations"]))].append(res["name"])
+    commands = []
+    for (kind, pattern, operations), names in grants.items():
+        args = ["--bootstrap-server", bootstrap, "--command-config", str(admin_config), "--add"]
+        args += ["--allow-principal", f"User:{user}"]
+        args += ["--resource-pattern-type", "prefixed" if pattern == "prefix" else "literal"]
+        for op in operations:
+            args += ["--operation", op]
+        for name in names:
+            args += [f"--{kind}", name]
+        commands.append(args)
+    return commands
+
+
+@pytest.fixture(scope="module")
+def secured() -> Iterator[tuple[KafkaNode, dict[str, str]]]:
+    passwords = {u: secrets.token_urlsafe(16) for u in (ADMIN_USER, NOTIFIER, ROADS, WATER)}
+    home = Path(tempfile.mkdtemp(prefix="griddispatch-sasl-"))
+    cache = Path(os.environ.get("GRIDDISPATCH_LOCAL__HOME", PROJECT_ROOT / ".local")) / "cache"
+    node = KafkaNode(
+        home=home,
+        cache=cache,
+        port=free_port(),
+        controller_port=free_port(),
+        partitions=1,
+        heap="384m",
+        scram_users=passwords,
+    )
+    try:
+        node.start(lambda msg: print(msg, flush=True))
+        admin = node.admin_client_config()
+        users = kafka_users()
+        commands = [
+            c
+            for u in (NOTIFIER, ROADS, WATER)
+            for c in acl_commands(u, users[u], admin, node.bootstrap)
+        ]
+        with ThreadPoolExecutor(2) as pool:
+            for result in pool.map(
+                lambda args: node.run_tool("org.apache.kafka.tools.AclCommand", *args), commands
+            ):
+                assert result.returncode == 0, result.stdout + result.stderr
+        yield node, passwords
+    finally:
+        node.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def login(node: KafkaNode, passwords: dict[str, str], user: str) -> KafkaSettings:
+    return KafkaSettings(
+        bootstrap_servers=node.bootstrap,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_username=user,
+        sasl_password=passwords[user],
+    )
+
+
+@pytest.fixture(scope="module")
+async def feeds(secured: tuple[KafkaNode, dict[str, str]]) -> None:
+    """The notifier, logged in as its own KafkaUser, creates and writes two feeds."""
+    node, passwords = secured
+    notifier = login(node, passwords, NOTIFIER)
+    await ensure_topics(connection_options(notifier), ["dept.roads", "dept.water"], partitions=1)
+    producer = make_producer(notifier, "notifier")
+    await producer.start()
+    try:
+        await producer.send_and_wait("dept.roads", b"roads case", key=b"c1")
+        await producer.send_and_wait("dept.water", b"water case", key=b"c2")
+    finally:
+        await producer.stop()
+
+
+async def read(settings: KafkaSettings, topic: str, group: str | None) -> list[bytes]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        **connection_options(settings),
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    try:
+        await consumer.start()
+        for _ in range(20):
+            batches = await consumer.getmany(timeout_ms=500)
+            values = [r.value for recs in batches.values() for r in recs]
+            if values:
+                if group is not None:
+                    await consumer.commit()
+                return values
+        return []
+    finally:
+        await consumer.stop()
+
+
+async def test_a_department_reads_its_own_feed(secured, feeds) -> None:
+    node, passwords = secured
+    roads = login(node, passwords, ROADS)
+    assert await read(roads, "dept.roads", "dept-roads.dispatch-desk") == [b"roads case"]
+
+
+async def test_a_department_cannot_read_another_departments_feed(secured, feeds) -> None:
+    node, passwords = secured
+    roads = login(node, passwords, ROADS)
+    with pytest.raises(TopicAuthorizationFailedError):
+        await read(roads, "dept.water", None)
+    with pytest.raises(TopicAuthorizationFailedError):
+        await read(roads, "dept.water", "dept-roads.dispatch-desk")
+    # while water itself can
+    water = login(node, passwords, WATER)
+    assert await read(water, "dept.water", "dept-water.console") == [b"water case"]
+
+
+async def test_a_department_uses_only_its_own_consumer_groups(secured, feeds) -> None:
+    node, passwords = secured
+    roads = login(node, passwords, ROADS)
+    with pytest.raises(GroupAuthorizationFailedError):
+        await read(roads, "dept.roads", "dept-water.spy")
+
+
+async def test_a_department_cannot_write_feeds_or_read_the_pipeline(secured, feeds) -> None:
+    node, passwords = secured
+    roads = login(node, passwords, ROADS)
+    producer = AIOKafkaProducer(**connection_options(roads))
+    await producer.start()
+    try:
+        with pytest.raises(TopicAuthorizationFailedError):
+            await producer.send_and_wait("dept.roads", b"forged")
+    finally:
+        await producer.stop()
+    with pytest.raises(TopicAuthorizationFailedError):
+        await read(roads, "cases.lifecycle", None)
+
+
+async def test_a_wrong_password_is_refused(secured) -> None:
+    node, _ = secured
+    impostor = login(node, {ROADS: "not-the-password"}, ROADS)
+    consumer = AIOKafkaConsumer("dept.roads", **connection_options(impostor))
+    with pytest.raises(KafkaConnectionError):
+        await consumer.start()
+    await consumer.stop()
