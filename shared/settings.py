@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         default=None, description="JSON logs; by default on when stderr is not a terminal"
     )
     http_host: str = "127.0.0.1"
+    metrics_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="how often sampled metrics (consumer lag, open cases) refresh",
+    )
     metrics_port: int = Field(
         default=0, description="port of /metrics and /health for non-HTTP services; 0 = off"
     )

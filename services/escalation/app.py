@@ -238,7 +238,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     tasks = [
         asyncio.create_task(scheduler.run(stop)),
         asyncio.create_task(server.serve()),
-        asyncio.create_task(ConsumerLag(broker).run(stop)),
+        asyncio.create_task(ConsumerLag(broker, interval_s=settings.metrics_interval_s).run(stop)),
     ]
     await start_when_reachable(producer, broker, stop=stop, what="escalation")
     tasks.append(asyncio.create_task(relay.run(stop)))

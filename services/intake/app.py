@@ -279,8 +279,16 @@ def create_app(
             broker = make_broker(settings.kafka, "intake")
             attach_read_model(broker, pool)
             tasks.append(asyncio.create_task(_start_broker(broker, stop)))
-            tasks.append(asyncio.create_task(ConsumerLag(broker).run(stop)))
-            tasks.append(asyncio.create_task(OpenCaseGauge(pool).run(stop)))
+            tasks.append(
+                asyncio.create_task(
+                    ConsumerLag(broker, interval_s=settings.metrics_interval_s).run(stop)
+                )
+            )
+            tasks.append(
+                asyncio.create_task(
+                    OpenCaseGauge(pool, interval_s=settings.metrics_interval_s).run(stop)
+                )
+            )
         try:
             yield
         finally:

@@ -248,7 +248,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         asyncio.create_task(sender.run(stop)),
         asyncio.create_task(residents.run(stop)),
         asyncio.create_task(server.serve()),
-        asyncio.create_task(ConsumerLag(broker).run(stop)),
+        asyncio.create_task(ConsumerLag(broker, interval_s=settings.metrics_interval_s).run(stop)),
     ]
     await start_when_reachable(producer, broker, stop=stop, what="notifier")
     try:

@@ -242,7 +242,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     )
     serving = asyncio.create_task(server.serve())
     await broker.start()
-    lag = asyncio.create_task(ConsumerLag(broker).run(stop))
+    lag = asyncio.create_task(ConsumerLag(broker, interval_s=settings.metrics_interval_s).run(stop))
     log.info("router running: %s", ref.stats())
     try:
         await stop.wait()

@@ -33,8 +33,10 @@ from services.router.rules import Rule
 from shared import topics
 from shared.db import migrate
 from shared.localstack import LocalStack, free_port
+from tests.helpers.prometheus import Prometheus, running_prometheus
 from tests.helpers.services import running_service
 from tests.notifier.test_webhooks import SECRET_A, verify
+from tests.ops import monitoring
 
 CITY = democity.generate(seed=21, scale="small")
 FAST_RULE = Rule.model_validate(
@@ -119,13 +121,12 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
         )
     finally:
         await conn.close()
-    intake_port = free_port()
+    ports = {name: free_port() for name in ("intake", "router", "escalation", "notifier")}
+    intake_port = ports["intake"]
     env = {
         **stack.env(),
-        "GRIDDISPATCH_INTAKE__PORT": str(intake_port),
-        "GRIDDISPATCH_ROUTER__PORT": str(free_port()),
-        "GRIDDISPATCH_ESCALATION__PORT": str(free_port()),
-        "GRIDDISPATCH_NOTIFIER__PORT": str(free_port()),
+        **{f"GRIDDISPATCH_{name.upper()}__PORT": str(port) for name, port in ports.items()},
+        "GRIDDISPATCH_METRICS_INTERVAL_S": "1",
         "GRIDDISPATCH_NOTIFIER__WEBHOOK_ALLOW": "127.0.0.1",
         "GRIDDISPATCH_ESCALATION__STEP_S": "1",
         "GRIDDISPATCH_ESCALATION__MAX_REPEATS": "1000",  # an unanswered case never goes quiet
@@ -134,6 +135,12 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
     }
     base = f"http://127.0.0.1:{intake_port}"
     with contextlib.ExitStack() as services:
+        prometheus = services.enter_context(
+            running_prometheus(
+                {f"griddispatch-{name}": port for name, port in ports.items()},
+                tmp_path / "prometheus",
+            )
+        )
         services.enter_context(
             running_service(
                 "intake", env, ready_url=f"{base}/health/ready", log=tmp_path / "intake.log"
@@ -237,5 +244,50 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
             if {json.loads(b)["case_id"] for _, b in calls} >= set(ids):
                 break
             await asyncio.sleep(0.1)
+        # Prometheus scraped all four services throughout: the dashboards' queries run and
+        # their key panels show this run; the alert rules are loaded and healthy
+        await asyncio.to_thread(assert_monitoring_sees_the_run, prometheus)
     assert {json.loads(b)["case_id"] for _, b in calls} >= {stalled, handled, other}
     assert all(verify(SECRET_A, h, b) for h, b in calls)
+
+
+# Panels that must show data after the run above (the others need ratings, resolutions,
+# dead letters or failures, which this run does not produce).
+KEY_PANELS = {
+    "Response rate",
+    "Reports per minute by channel",
+    "Routing outcomes per minute",
+    "Dispatch latency by department",
+    "Warnings and SLA breaches",
+    "Escalations by level",
+    "Open backlog per department",
+    "Services up",
+    "Messages processed per second",
+    "Consumer lag",
+    "Outbox backlog",
+    "Timer lateness",
+    "Pending timers",
+    "Deliveries by result",
+}
+
+
+def assert_monitoring_sees_the_run(prometheus: Prometheus) -> None:
+    queries = monitoring.panel_queries()
+    deadline = time.monotonic() + 30
+    while True:
+        # every query of every panel is valid here; a panel shows data when any query does
+        shown = {title for _, title, expr in queries if prometheus.query(expr)}
+        if shown >= KEY_PANELS or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not KEY_PANELS - shown, f"key panels without data: {sorted(KEY_PANELS - shown)}"
+    up = {t["labels"]["job"] for t in prometheus.targets() if t["health"] == "up"}
+    assert up == {f"griddispatch-{n}" for n in ("intake", "router", "escalation", "notifier")}
+    rules = prometheus.rules()
+    assert len(rules) == 8
+    assert all(r["health"] == "ok" for r in rules), rules
+    [p99] = prometheus.query(
+        "histogram_quantile(0.99, sum by (le) "
+        '(rate(griddispatch_dispatch_latency_seconds_bucket{department="roads"}[5m])))'
+    )
+    assert float(p99["value"][1]) > 0
