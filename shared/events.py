@@ -58,6 +58,9 @@ class Contact(ContractModel):
     phone: str | None = Field(default=None, max_length=32)
     email: str | None = Field(default=None, max_length=254)
     consent_to_notify: bool = False
+    language: Literal["zh-CN", "en"] = Field(
+        default="zh-CN", description="the language of messages to the resident"
+    )
 
 
 class Sensitivity(ContractModel):

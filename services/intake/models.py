@@ -46,6 +46,9 @@ class ContactIn(Strict):
     consent_to_notify: bool = Field(
         default=False, description="the resident agrees to SMS or e-mail updates"
     )
+    language: Literal["zh-CN", "en"] = Field(
+        default="zh-CN", description="the language of SMS and e-mail updates"
+    )
 
 
 class SensitivityIn(Strict):

@@ -93,7 +93,11 @@ class NotifierSettings(BaseSettings):
 
 class SubscriptionIn(BaseModel):
     owner_kind: str = Field(pattern="^(department|worker)$")
-    owner: str = Field(min_length=1, max_length=64)
+    owner: str = Field(
+        min_length=1,
+        max_length=64,
+        description="department code, worker id, or '*' for a worker-app gateway (every worker)",
+    )
     url: str = Field(min_length=8, max_length=2000)
     secrets: list[str] = Field(
         min_length=1, max_length=3, description="whsec_…; more than one during a rotation"

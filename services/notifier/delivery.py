@@ -140,19 +140,23 @@ class FeedWriter:
                         case["reported_at"],
                     )
                 )
-                # the delivery log: one row per active endpoint of the department
+                # the delivery log: one row per active endpoint of the department, of the
+                # case's grid worker, and of worker-app gateways (owner '*': every worker)
                 await conn.execute(
                     """INSERT INTO notifier.deliveries (id, event_id, subscription_id, payload,
                            department, reported_at)
                        SELECT md5($5 || '/' || s.id)::uuid, $1, s.id, $2, $3, $4
                        FROM notifier.subscriptions s
-                       WHERE s.active AND s.owner_kind = 'department' AND s.owner = $3
+                       WHERE s.active AND (
+                           (s.owner_kind = 'department' AND s.owner = $3)
+                           OR (s.owner_kind = 'worker' AND s.owner IN ($6, '*')))
                        ON CONFLICT (event_id, subscription_id) DO NOTHING""",
                     env.event_id,
                     body,
                     case["department"],
                     case["reported_at"],
                     str(env.event_id),
+                    case["worker_id"] or "",
                 )
         futures = [await self.producer.send(t, v, key=k) for t, v, k, _, _ in sends]
         await asyncio.gather(*futures)

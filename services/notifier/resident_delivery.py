@@ -50,12 +50,13 @@ async def remember_contacts(
         if isinstance(event, events.CaseReported) and event.reporter is not None:
             c = event.reporter
             if c.consent_to_notify and (c.email or c.phone):
-                rows.append((env.case_id, c.email, c.phone))
+                rows.append((env.case_id, c.email, c.phone, c.language))
     if not rows:
         return
     async with conn.transaction():
         await conn.executemany(
-            "INSERT INTO notifier.residents (case_id, email, phone) VALUES ($1, $2, $3) "
+            "INSERT INTO notifier.residents (case_id, email, phone, locale) "
+            "VALUES ($1, $2, $3, $4) "
             "ON CONFLICT (case_id) DO NOTHING",
             rows,
         )

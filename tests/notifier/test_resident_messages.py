@@ -36,7 +36,9 @@ class Inbox:
         return "250 OK"
 
 
-def report(email: str | None, phone: str | None, consent: bool) -> events.Envelope:
+def report(
+    email: str | None, phone: str | None, consent: bool, language: str = "zh-CN"
+) -> events.Envelope:
     return wrap(
         events.CaseReported(
             category="heating.outage",
@@ -45,7 +47,11 @@ def report(email: str | None, phone: str | None, consent: bool) -> events.Envelo
             channel=events.Channel.APP,
             reported_at=datetime.now(UTC),
             reporter=events.Contact(
-                name="王阿姨", email=email, phone=phone, consent_to_notify=consent
+                name="王阿姨",
+                email=email,
+                phone=phone,
+                consent_to_notify=consent,
+                language=language,
             ),
         ),
         case_id=str(uuid.uuid4()),
@@ -115,13 +121,14 @@ async def test_consenting_residents_are_told_by_email_and_sms(stack: LocalStack,
     try:
         yes = report("wang@example.org", "13912345678", consent=True)
         no = report("li@example.org", "13800000000", consent=False)
+        english = report("anna@example.org", None, consent=True, language="en")
         producer = AIOKafkaProducer(bootstrap_servers=stack.kafka.bootstrap)
         await producer.start()
-        for e in (yes, no):
+        for e in (yes, no, english):
             await producer.send_and_wait(topics.CASES_INTAKE, e.to_json(), key=e.case_id.encode())
         # no waiting: the contact and the lifecycle events are read by two consumers, in any
         # order, and the resident must be told either way
-        for cid in (yes.case_id, no.case_id):
+        for cid in (yes.case_id, no.case_id, english.case_id):
             for e in (
                 routed(cid),
                 wrap(
@@ -134,10 +141,11 @@ async def test_consenting_residents_are_told_by_email_and_sms(stack: LocalStack,
         def mine(items: list[str]) -> list[str]:
             return [t for t in items if yes.case_id[:8] in t]
 
-        for _ in range(300):
+        for _ in range(600):
             if (
                 len(mine([b for _, b in inbox.messages])) >= 2
                 and len(mine([t["text"] for t in texts])) >= 2
+                and len([b for _, b in inbox.messages if english.case_id[:8] in b]) >= 2
             ):
                 break
             await asyncio.sleep(0.1)
@@ -157,6 +165,11 @@ async def test_consenting_residents_are_told_by_email_and_sms(stack: LocalStack,
     assert any("阀门已更换" in b for b in bodies)
     sms = [t for t in texts if yes.case_id[:8] in t["text"]]
     assert [t["to"] for t in sms] == ["13912345678", "13912345678"]
+    # a resident who asked for English gets English
+    in_english = [body for _, body in inbox.messages if english.case_id[:8] in body]
+    assert len(in_english) == 2
+    assert any("has been resolved" in b for b in in_english)
+    assert not [b for b in in_english if "已受理" in b or "已处理完毕" in b]
     # the resident who did not consent hears nothing
     assert not [b for _, b in inbox.messages if no.case_id[:8] in b]
     assert not [t for t in texts if no.case_id[:8] in t["text"]]

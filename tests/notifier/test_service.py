@@ -46,7 +46,7 @@ class Receiver:
         body = (await request.body()).decode()
         self.calls.setdefault(path, []).append((dict(request.headers), body))
         n = len(self.calls[path])
-        if path == "ok" or (path == "flaky" and n > 1):
+        if path in ("ok", "worker", "gateway") or (path == "flaky" and n > 1):
             return Response(status_code=204)
         if path == "flaky":
             return Response(status_code=503, headers={"Retry-After": "1"})
@@ -73,7 +73,7 @@ async def receiver() -> AsyncIterator[Receiver]:
         await task
 
 
-def routed(department: str) -> events.Envelope:
+def routed(department: str, worker_id: str = "w-1") -> events.Envelope:
     now = datetime.now(UTC)
     return wrap(
         events.CaseRouted(
@@ -81,7 +81,7 @@ def routed(department: str) -> events.Envelope:
             grid_id="g-1",
             district="longsha",
             department=department,
-            worker_id="w-1",
+            worker_id=worker_id,
             priority=events.Priority.HIGH,
             deadlines=events.Deadlines(
                 acknowledge_by=now + timedelta(hours=1),
@@ -119,6 +119,16 @@ async def test_feeds_and_webhooks(stack: LocalStack, receiver: Receiver, tmp_pat
             ),
             frozenset({"127.0.0.1"}),
         )
+    # grid workers: the case's own worker, a worker-app gateway for every worker, another worker
+    worker = "w-" + uuid.uuid4().hex[:6]
+    for name, owner in (("worker", worker), ("gateway", "*"), ("other-worker", "w-nobody")):
+        subs[name] = await add_subscription(
+            conn,
+            SubscriptionIn(
+                owner_kind="worker", owner=owner, url=receiver.url(name), secrets=[SECRET_A]
+            ),
+            frozenset({"127.0.0.1"}),
+        )
     env = {
         **os.environ,
         **stack.env(),
@@ -135,7 +145,7 @@ async def test_feeds_and_webhooks(stack: LocalStack, receiver: Receiver, tmp_pat
         stderr=subprocess.STDOUT,
     )
     try:
-        a, b = routed(dept_a), routed(dept_b)
+        a, b = routed(dept_a, worker), routed(dept_b)
         ack = wrap(events.CaseAcknowledged(by="w-1"), case_id=a.case_id, producer="intake")
         producer = AIOKafkaProducer(bootstrap_servers=stack.kafka.bootstrap)
         await producer.start()
@@ -154,6 +164,14 @@ async def test_feeds_and_webhooks(stack: LocalStack, receiver: Receiver, tmp_pat
             return row["n"] >= 4 and row["p"] == 0 and len(receiver.calls.get("flaky", [])) >= 3
 
         await wait_until(settled, 60)
+
+        async def workers_told() -> bool:
+            return (
+                len(receiver.calls.get("worker", [])) >= 2
+                and len(receiver.calls.get("gateway", [])) >= 3
+            )
+
+        await wait_until(workers_told, 30)
         # a department reading its feed with Kafka's console consumer sees its cases only
         libs = next(stack.kafka.cache.glob("kafka-*/libs"))
         out = await asyncio.to_thread(
@@ -198,6 +216,16 @@ async def test_feeds_and_webhooks(stack: LocalStack, receiver: Receiver, tmp_pat
     ok = receiver.calls["ok"]
     assert [json.loads(body)["event_type"] for _, body in ok] == ["CaseRouted", "CaseAcknowledged"]
     assert all(verify(SECRET_A, headers, body) for headers, body in ok)
+    # the case's grid worker hears of its case only; a gateway hears of every worker's cases
+    worker_calls = [json.loads(body) for _, body in receiver.calls["worker"]]
+    assert [(m["case_id"], m["event_type"]) for m in worker_calls] == [
+        (a.case_id, "CaseRouted"),
+        (a.case_id, "CaseAcknowledged"),
+    ]
+    assert all(verify(SECRET_A, h, body) for h, body in receiver.calls["gateway"])
+    gateway = {(json.loads(body)["case_id"]) for _, body in receiver.calls["gateway"]}
+    assert gateway == {a.case_id, b.case_id}
+    assert "other-worker" not in receiver.calls
     # the flaky endpoint: retried after its Retry-After, with the same webhook-id
     flaky_ids = [h["webhook-id"] for h, _ in receiver.calls["flaky"]]
     # the first call got 503 + Retry-After; its retry carried the same webhook-id
