@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing as mp
 import statistics
 import time
 from datetime import UTC, datetime
+from multiprocessing.sharedctypes import Synchronized
 
 import asyncpg
 
@@ -68,7 +70,23 @@ async def claim_cost(conn: asyncpg.Connection, prefix: str, rounds: int = 20) ->
     return statistics.median(costs)
 
 
-async def run(stack: LocalStack, pending: int, schedulers: int) -> None:
+def scheduler_process(url: str, fired: Synchronized[int], stop_flag: Synchronized[int]) -> None:
+    """A scheduler replica in a process of its own, as a deployment runs them."""
+
+    async def go() -> None:
+        scheduler = Scheduler(url, CFG, batch=1000, max_sleep_s=0.05)
+        stop = asyncio.Event()
+        task = asyncio.create_task(scheduler.run(stop))
+        while not stop_flag.value:
+            fired.value = scheduler.fired
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+
+    asyncio.run(go())
+
+
+async def run(stack: LocalStack, pending: int, schedulers: int, processes: int) -> None:
     conn = await asyncpg.connect(stack.postgres.url)
     await migrate(conn, "escalation", MIGRATIONS)
 
@@ -90,6 +108,16 @@ async def run(stack: LocalStack, pending: int, schedulers: int) -> None:
     replicas = [
         Scheduler(stack.postgres.url, CFG, batch=1000, max_sleep_s=0.05) for _ in range(schedulers)
     ]
+    ctx = mp.get_context("spawn")
+    stop_flag = ctx.Value("i", 0)
+    counters = [ctx.Value("i", 0) for _ in range(processes - 1)]
+    others = [
+        ctx.Process(target=scheduler_process, args=(stack.postgres.url, c, stop_flag))
+        for c in counters
+    ]
+    for p in others:
+        p.start()
+    await asyncio.sleep(2 if others else 0)  # let the other processes import and connect
     stop = asyncio.Event()
     t = time.perf_counter()
     tasks = [asyncio.create_task(s.run(stop)) for s in replicas]
@@ -97,7 +125,7 @@ async def run(stack: LocalStack, pending: int, schedulers: int) -> None:
     fired_s = None
 
     def fired() -> int:
-        return sum(s.fired for s in replicas)
+        return sum(s.fired for s in replicas) + sum(int(c.value) for c in counters)
 
     while relay.published < n:
         if fired_s is None and fired() >= n:
@@ -114,7 +142,10 @@ async def run(stack: LocalStack, pending: int, schedulers: int) -> None:
     while fired() < n + 10_000:
         await asyncio.sleep(0.1)
     stop.set()
+    stop_flag.value = 1
     await asyncio.gather(*tasks)
+    for p in others:
+        p.join(30)
     await producer.stop()
     late = await conn.fetch(
         "SELECT extract(epoch FROM fired_at - due_at) AS s FROM escalation.timers "
@@ -122,7 +153,10 @@ async def run(stack: LocalStack, pending: int, schedulers: int) -> None:
     )
     lat = [float(r["s"]) for r in late]
     await conn.close()
-    print(f"schedulers: {schedulers} (replicas sharing the work with SKIP LOCKED)")
+    print(
+        f"schedulers: {schedulers} in the benchmark's process, {processes - 1} in processes "
+        "of their own (replicas sharing the work with SKIP LOCKED)"
+    )
     print(f"fired (claim, outbox, next rung)    {n / fired_s:>9,.0f} /s  ({n:,} due at once)")
     print(f"fired and published to Kafka        {n / published_s:>9,.0f} /s")
     print(
@@ -137,10 +171,16 @@ async def run(stack: LocalStack, pending: int, schedulers: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pending", type=int, default=1_000_000)
-    parser.add_argument("--schedulers", type=int, default=1)
+    parser.add_argument("--schedulers", type=int, default=1, help="in the benchmark's process")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="scheduler processes in all (the first is this one)",
+    )
     args = parser.parse_args()
     with bench_stack() as stack:
-        asyncio.run(run(stack, args.pending, args.schedulers))
+        asyncio.run(run(stack, args.pending, args.schedulers, args.processes))
 
 
 if __name__ == "__main__":

@@ -265,6 +265,8 @@ async def fire_due(
             return written
         next_rows = []
         chains: dict[str, list[EscalationStep]] = {}  # many cases share a chain: parse once
+        fired: dict[tuple[str, str], int] = {}  # metric labels, counted once per batch
+        breaches: dict[tuple[str, str], int] = {}
         for row in rows:
             chain = chains.get(row["chain"])
             if chain is None:
@@ -283,11 +285,13 @@ async def fire_due(
                     occurred_at=now,
                 )
             )
-            FIRED.labels(row["kind"], str(event.level)).inc()
+            key = (row["kind"], str(event.level))
+            fired[key] = fired.get(key, 0) + 1
             LATENESS.observe(max(0.0, (now - row["due_at"]).total_seconds()))
             if row["kind"] == "escalate":
                 if row["level"] == 1 and row["repeat"] == 0:
-                    BREACHES.labels(row["department"] or "", row["deadline"]).inc()
+                    key = (row["department"] or "", row["deadline"])
+                    breaches[key] = breaches.get(key, 0) + 1
                 window = (
                     row["ack_window_s"]
                     if row["deadline"] == "acknowledge"
@@ -321,6 +325,10 @@ async def fire_due(
                 "$6::timestamptz[]) AS t(c, d, l, r, da, du)",
                 *[list(c) for c in cols],
             )
+    for labels, n in fired.items():
+        FIRED.labels(*labels).inc(n)
+    for labels, n in breaches.items():
+        BREACHES.labels(*labels).inc(n)
     return written
 
 
