@@ -2,13 +2,16 @@
 
 Every function takes a connection inside the caller's transaction. Firing is
 `SchedulerBatch`: claim due timers with `FOR UPDATE SKIP LOCKED` (replicas skip each other's
-rows), write each timer's event to the outbox, mark it fired (fenced by its version) and arm
-the next rung — all in one transaction, so a crash either fires a timer completely or not at all.
+rows), write each timer's event to the outbox, and either re-arm the timer in place for the
+next rung (a new version, so the next firing has a new event id) or mark it fired — fenced by
+its version, all in one transaction, so a crash either fires a timer completely or not at all.
+The history of firings is the event stream (and the outbox), not old timer rows.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,7 +29,7 @@ from services.escalation.deadlines import (
     with_factor,
 )
 from shared import events, topics
-from shared.events import Envelope, EscalationStep, wrap
+from shared.events import Envelope, EscalationStep, json_time, wrap, wrap_payload
 from shared.ids import derived_event_id
 from shared.metrics import REGISTRY
 from shared.outbox import Outbox
@@ -236,22 +239,26 @@ FOR UPDATE OF t, c SKIP LOCKED
 # waits for a firing transaction sees (and cancels) the next rung that firing armed.
 
 
-def _event(
-    row: asyncpg.Record, chain: list[EscalationStep]
-) -> events.CaseWarned | events.CaseEscalated:
-    # Built without re-validation: every field comes from validated rows of our own tables.
+def timer_payload(
+    row: Mapping[str, Any], chain: list[dict[str, Any]]
+) -> tuple[type[events.Event], dict[str, Any]]:
+    """The event of a firing timer, as its type and JSON payload, built straight from our own
+    validated rows (the hot path of firing; tests hold it to the models' own dump)."""
+    due_at = json_time(row["deadline_at"])
     if row["kind"] == "warn":
-        return events.CaseWarned.model_construct(
-            deadline=row["deadline"], due_at=row["deadline_at"], level=row["level"]
-        )
+        return events.CaseWarned, {
+            "deadline": row["deadline"],
+            "due_at": due_at,
+            "level": row["level"],
+        }
     target = chain[min(row["level"], len(chain) - 1)]
-    return events.CaseEscalated.model_construct(
-        deadline=row["deadline"],
-        due_at=row["deadline_at"],
-        level=target.level,
-        to=target,
-        repeat=row["repeat"],
-    )
+    return events.CaseEscalated, {
+        "deadline": row["deadline"],
+        "due_at": due_at,
+        "level": target["level"],
+        "to": target,
+        "repeat": row["repeat"],
+    }
 
 
 async def fire_due(
@@ -263,19 +270,25 @@ async def fire_due(
         rows = await conn.fetch(_CLAIM, now, batch)
         if not rows:
             return written
-        next_rows = []
-        chains: dict[str, list[EscalationStep]] = {}  # many cases share a chain: parse once
+        next_rows: list[tuple[int, int, int, int, datetime]] = []
+        done: list[asyncpg.Record] = []  # fired with no next rung
+        chains: dict[str, list[dict[str, Any]]] = {}  # many cases share a chain: parse once
         fired: dict[tuple[str, str], int] = {}  # metric labels, counted once per batch
         breaches: dict[tuple[str, str], int] = {}
         for row in rows:
             chain = chains.get(row["chain"])
             if chain is None:
-                chain = [EscalationStep.model_validate(s) for s in json.loads(row["chain"])]
+                chain = [
+                    EscalationStep.model_validate(s).model_dump(mode="json")
+                    for s in json.loads(row["chain"])
+                ]
                 chains[row["chain"]] = chain
-            event = _event(row, chain)
+            model, payload = timer_payload(row, chain)
             written.append(
-                wrap(
-                    event,
+                wrap_payload(
+                    model.EVENT_TYPE,
+                    payload,
+                    schema_version=model.SCHEMA_VERSION,
                     case_id=row["case_id"],
                     producer=PRODUCER,
                     # one id per timer and version: a firing can never be told twice
@@ -285,7 +298,7 @@ async def fire_due(
                     occurred_at=now,
                 )
             )
-            key = (row["kind"], str(event.level))
+            key = (row["kind"], str(payload["level"]))
             fired[key] = fired.get(key, 0) + 1
             LATENESS.observe(max(0.0, (now - row["due_at"]).total_seconds()))
             if row["kind"] == "escalate":
@@ -302,28 +315,31 @@ async def fire_due(
                 )
                 if nxt is not None:
                     level, repeat, at = nxt
-                    next_rows.append(
-                        (row["case_id"], row["deadline"], level, repeat, row["deadline_at"], at)
-                    )
+                    next_rows.append((row["id"], row["version"], level, repeat, at))
+                    continue
+            done.append(row)
         await outbox.add_many(conn, [(e, topics.CASES_LIFECYCLE) for e in written])
-        # Fenced by version: a timer moved since we read it is not marked (and cannot be,
+        # Fenced by version: a timer moved since we read it is not touched (and cannot be,
         # as we hold its row lock; the check documents the invariant and guards refactors).
-        await conn.execute(
-            "UPDATE escalation.timers t SET state = 'fired', fired_at = $3 "
-            "FROM unnest($1::bigint[], $2::int[]) AS f(id, version) "
-            "WHERE t.id = f.id AND t.version = f.version",
-            [r["id"] for r in rows],
-            [r["version"] for r in rows],
-            now,
-        )
+        if done:
+            await conn.execute(
+                "UPDATE escalation.timers t SET state = 'fired', fired_at = $3 "
+                "FROM unnest($1::bigint[], $2::int[]) AS f(id, version) "
+                "WHERE t.id = f.id AND t.version = f.version",
+                [r["id"] for r in done],
+                [r["version"] for r in done],
+                now,
+            )
         if next_rows:
+            # the next rung in the same row: one row write per firing instead of two
             cols = list(zip(*next_rows, strict=True))
             await conn.execute(
-                "INSERT INTO escalation.timers (case_id, kind, deadline, level, repeat, "
-                "deadline_at, due_at) SELECT c, 'escalate', d, l, r, da, du FROM unnest("
-                "$1::text[], $2::text[], $3::int[], $4::int[], $5::timestamptz[], "
-                "$6::timestamptz[]) AS t(c, d, l, r, da, du)",
+                "UPDATE escalation.timers t SET level = n.l, repeat = n.r, due_at = n.du, "
+                "version = t.version + 1, fired_at = $6 FROM unnest($1::bigint[], $2::int[], "
+                "$3::int[], $4::int[], $5::timestamptz[]) AS n(id, version, l, r, du) "
+                "WHERE t.id = n.id AND t.version = n.version",
                 *[list(c) for c in cols],
+                now,
             )
     for labels, n in fired.items():
         FIRED.labels(*labels).inc(n)
