@@ -30,7 +30,7 @@ from services.router.dispatch import Dispatcher, RouterState
 from shared import events, topics
 from shared.db import create_pool, migrate
 from shared.events import wrap
-from shared.kafka import ensure_topics, make_producer
+from shared.kafka import FETCH_MAX_WAIT_MS, ensure_topics, make_producer
 from shared.localstack import LocalStack
 from shared.settings import KafkaSettings
 
@@ -136,6 +136,7 @@ async def _consume_loop(stack: LocalStack, group: str, n: int, handle) -> float:
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         max_poll_records=500,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,  # as the services' subscribers (shared/kafka.py)
     )
     await consumer.start()
     done = 0

@@ -112,7 +112,7 @@ def decide(
         return _unroutable(case, "address only: no geocoder, needs manual triage", trail)
 
     info = ref.grids[grid_id]
-    community, street, district = ref.area_of(grid_id)
+    _, street, district = ref.area_of(grid_id)
 
     # 2. the department
     facts = Facts(
@@ -179,25 +179,10 @@ def decide(
     warn_before = max(60, int(ack_h * 3600 * 0.25))
 
     # 5. the escalation chain, names and contacts resolved now
-    chain: list[EscalationStep] = []
+    chain: tuple[EscalationStep, ...] = ()
     if worker is not None:
-        chain.append(
-            EscalationStep(level=0, role="worker", name=worker.name, contact=worker.contact)
-        )
-    chain.append(
-        EscalationStep(
-            level=len(chain), role="grid_leader", name=info.leader_name, contact=info.leader_contact
-        )
-    )
-    for role, unit in (
-        ("community", community),
-        ("street_office", street),
-        ("district", district),
-        ("city", ref.city),
-    ):
-        chain.append(
-            EscalationStep(level=len(chain), role=role, name=unit.name, contact=unit.contact)
-        )
+        chain = (worker.escalation_step,)
+    chain += ref.chain_above_worker(grid_id, len(chain))
 
     routed = events.CaseRouted(
         category=case.category,
@@ -213,7 +198,7 @@ def decide(
             warn_before_s=warn_before,
             working_time=category.deadlines.working_time,
         ),
-        escalation_chain=tuple(chain),
+        escalation_chain=chain,
         reported_at=case.reported_at,
         rule_id=rule.id if rule else None,
         mediate_in_grid_first=bool(rule and rule.route.mediate_in_grid_first),

@@ -107,13 +107,20 @@ def facts_from_report(env: Envelope, event: events.CaseReported) -> dict[str, An
 
 
 def case_facts(
-    case_id: str, facts: dict[str, Any], reroute: events.RerouteRequested | None
+    case_id: str,
+    facts: dict[str, Any],
+    reroute: events.RerouteRequested | None,
+    report: events.CaseReported | None = None,
 ) -> CaseFacts:
+    """What `decide` needs, from the stored facts (or, for a new report, from the report
+    itself, which is validated already)."""
     return CaseFacts(
         case_id=case_id,
         category=facts["category"],
         description=facts["description"],
-        location=events.Location.model_validate(facts["location"]),
+        location=report.location
+        if report is not None
+        else events.Location.model_validate(facts["location"]),
         reported_at=datetime.fromisoformat(facts["reported_at"]),
         care_groups=tuple(facts.get("care_groups", ())),
         exclude_departments=frozenset(facts.get("excluded", ())),
@@ -126,6 +133,7 @@ def case_facts(
 class _Item:
     record: ConsumerRecord[Any, Any]
     env: Envelope
+    event: events.Event
     facts: dict[str, Any] | None
     decision: Decision | None = None
     out: Envelope | None = None
@@ -178,7 +186,7 @@ class Dispatcher:
             facts = (
                 facts_from_report(env, event) if isinstance(event, events.CaseReported) else None
             )
-            items.append(_Item(record, env, facts))
+            items.append(_Item(record, env, event, facts))
         if not items:
             return 0
         async with self.pool.acquire() as conn:
@@ -187,7 +195,7 @@ class Dispatcher:
             # facts of cases reported earlier in this same batch
             in_batch = {i.env.case_id: i.facts for i in items if i.facts is not None}
             for item in items:
-                event = item.env.event()
+                event = item.event
                 reroute = event if isinstance(event, events.RerouteRequested) else None
                 facts = item.facts or in_batch.get(item.env.case_id) or known.get(item.env.case_id)
                 if facts is None:
@@ -207,7 +215,12 @@ class Dispatcher:
                 item.facts = facts
                 try:
                     item.decision = decide(
-                        case_facts(item.env.case_id, facts, reroute),
+                        case_facts(
+                            item.env.case_id,
+                            facts,
+                            reroute,
+                            event if isinstance(event, events.CaseReported) else None,
+                        ),
                         ref,
                         open_cases=self.state.open_cases,
                         explain=False,

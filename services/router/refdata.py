@@ -7,10 +7,12 @@ in with a single assignment, so no case is ever routed against half-loaded data.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from services.router.geo import GridIndex
 from services.router.rules import RuleTable
 from shared.catalogue import Category
+from shared.events import EscalationStep
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,11 @@ class Worker:
     capacity: int = 20
     contact: str | None = None
 
+    @cached_property
+    def escalation_step(self) -> EscalationStep:
+        """The chain's first step when this worker takes a case (built once per snapshot)."""
+        return EscalationStep(level=0, role="worker", name=self.name, contact=self.contact)
+
 
 @dataclass(frozen=True)
 class Department:
@@ -67,6 +74,33 @@ class ReferenceData:
     rules: RuleTable
     # area code (district, street office or grid) → deadline factor, e.g. 0.25 in wartime
     emergency: dict[str, float] = field(default_factory=dict)
+    # The escalation chain above the worker, per (grid, first level): the same for every case
+    # of the grid, and this snapshot never changes, so it is built once.
+    _chain_tails: dict[tuple[str, int], tuple[EscalationStep, ...]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    def chain_above_worker(self, grid_id: str, first_level: int) -> tuple[EscalationStep, ...]:
+        """Grid leader → community → street office → district → city, numbered from
+        `first_level`."""
+        key = (grid_id, first_level)
+        tail = self._chain_tails.get(key)
+        if tail is None:
+            info = self.grids[grid_id]
+            community, street, district = self.area_of(grid_id)
+            units = [
+                ("grid_leader", info.leader_name, info.leader_contact),
+                ("community", community.name, community.contact),
+                ("street_office", street.name, street.contact),
+                ("district", district.name, district.contact),
+                ("city", self.city.name, self.city.contact),
+            ]
+            tail = tuple(
+                EscalationStep(level=first_level + i, role=role, name=name, contact=contact)
+                for i, (role, name, contact) in enumerate(units)
+            )
+            self._chain_tails[key] = tail
+        return tail
 
     def area_of(self, grid_id: str) -> tuple[Unit, Unit, Unit]:
         """(community, street office, district) of a grid."""
