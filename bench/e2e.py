@@ -87,6 +87,7 @@ def main() -> None:
             ensure_topics(stack.kafka.bootstrap, [topics.department_feed("roads")], partitions=12)
         )
         port = free_port()
+        ports = {"router": free_port(), "escalation": free_port(), "notifier": free_port()}
         env = {
             **os.environ,
             **stack.env(),
@@ -95,10 +96,12 @@ def main() -> None:
             "GRIDDISPATCH_INTAKE__WORKERS": "2",
             "GRIDDISPATCH_INTAKE__RATE_LIMIT_PER_KEY": "1000000/second",
             "GRIDDISPATCH_INTAKE__RATE_LIMIT_PER_ADDRESS": "1000000/second",
-            "GRIDDISPATCH_ROUTER__PORT": str(free_port()),
-            "GRIDDISPATCH_ESCALATION__PORT": str(free_port()),
-            "GRIDDISPATCH_NOTIFIER__PORT": str(free_port()),
+            "GRIDDISPATCH_ROUTER__PORT": str(ports["router"]),
+            "GRIDDISPATCH_ESCALATION__PORT": str(ports["escalation"]),
+            "GRIDDISPATCH_NOTIFIER__PORT": str(ports["notifier"]),
+            "GRIDDISPATCH_METRICS_INTERVAL_S": "1",
         }
+        ports["intake"] = port
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "shared.cli.main", "serve", name], env=env, cwd=PROJECT_ROOT
@@ -165,11 +168,28 @@ def main() -> None:
                         f"p95 {pct(lats, 0.95):6.0f} ms  p99 {pct(lats, 0.99):6.0f} ms "
                         f"({len(lats):,} cases)"
                     )
+                print(f"{'':14} consumer lag at the end: {consumer_lag(ports)}")
         finally:
             for p in procs:
                 p.terminate()
             for p in procs:
                 p.wait(30)
+
+
+def consumer_lag(ports: dict[str, int]) -> str:
+    """Where the pipeline queues: each consumer group's lag, from the services' /metrics."""
+    lags: dict[str, float] = {}
+    for port in ports.values():
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics/", timeout=5).text
+        except httpx.HTTPError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("griddispatch_consumer_lag{"):
+                labels, value = line.rsplit(" ", 1)
+                group = labels.split('group="', 1)[1].split('"', 1)[0]
+                lags[group] = lags.get(group, 0.0) + float(value)
+    return ", ".join(f"{g} {v:,.0f}" for g, v in sorted(lags.items())) or "(none reported)"
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ def attach_read_model(broker: KafkaBroker, pool: asyncpg.Pool) -> None:
         broker, topics.CASES_LIFECYCLE, group_id=GROUP_ID, batch=True, max_records=500
     )
     async def fold_lifecycle(msg: KafkaMessage) -> None:
-        async with pool.acquire() as conn:
+        # One commit per batch; each event is applied in a savepoint inside it.
+        async with pool.acquire() as conn, conn.transaction():
             for record in records_of(msg):
                 async with dead_letters.guard(record):
                     env, event = decode(record.value)

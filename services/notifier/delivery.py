@@ -90,7 +90,8 @@ class FeedWriter:
 
     async def handle(self, records: Sequence[ConsumerRecord[Any, Any]]) -> int:
         sends: list[tuple[str, bytes, bytes, str | None, datetime | None]] = []
-        async with self.pool.acquire() as conn:
+        # one commit per batch, not per statement; the feed is written after it
+        async with self.pool.acquire() as conn, conn.transaction():
             for record in records:
                 try:
                     env, event = decode(record.value)
