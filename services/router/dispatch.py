@@ -273,13 +273,18 @@ class Dispatcher:
                         )
                     )
                 if case_rows:
-                    await conn.executemany(
+                    # one statement for the batch; a case twice in it (reported, then rerouted)
+                    # keeps its last decision
+                    latest = {row[0]: row for row in case_rows}
+                    cols = list(zip(*latest.values(), strict=True))
+                    await conn.execute(
                         """INSERT INTO router.cases (case_id, facts, status, department, worker_id)
-                           VALUES ($1, $2::text::jsonb, $3, $4, $5)
+                           SELECT c, f::jsonb, s, d, w FROM unnest($1::text[], $2::text[],
+                               $3::text[], $4::text[], $5::text[]) AS x(c, f, s, d, w)
                            ON CONFLICT (case_id) DO UPDATE SET facts = EXCLUDED.facts,
                                status = EXCLUDED.status, department = EXCLUDED.department,
                                worker_id = EXCLUDED.worker_id, open = true, updated_at = now()""",
-                        case_rows,
+                        *[list(c) for c in cols],
                     )
         futures = [
             await self.producer.send(
