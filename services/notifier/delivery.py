@@ -31,7 +31,7 @@ from services.notifier.resident_delivery import queue_for_resident
 from services.notifier.views import DEPARTMENT_EVENTS, department_view
 from shared import events, topics
 from shared.db import create_pool
-from shared.events import DecodeError, decode
+from shared.events import DecodeError, Envelope, decode
 from shared.ids import derived_event_id
 from shared.kafka import DeadLetters, ensure_topics
 from shared.metrics import REGISTRY
@@ -89,46 +89,51 @@ class FeedWriter:
         return name
 
     async def handle(self, records: Sequence[ConsumerRecord[Any, Any]]) -> int:
+        """Write one batch to the department feeds and the delivery log. The database work is
+        set-based (a handful of statements and one commit per batch, not per event), while
+        each event still sees the case as the events before it left it."""
+        items: list[tuple[Envelope, events.Event]] = []
+        for record in records:
+            try:
+                env, event = decode(record.value)
+            except DecodeError as exc:
+                if self.dead_letters is None:
+                    raise
+                await self.dead_letters.publish(record, exc)
+                continue
+            if isinstance(event, DEPARTMENT_EVENTS):
+                items.append((env, event))
+        if not items:
+            return 0
         sends: list[tuple[str, bytes, bytes, str | None, datetime | None]] = []
-        # one commit per batch, not per statement; the feed is written after it
+        deliveries: list[tuple[uuid.UUID, bytes, str, datetime | None, str]] = []
         async with self.pool.acquire() as conn, conn.transaction():
-            for record in records:
-                try:
-                    env, event = decode(record.value)
-                except DecodeError as exc:
-                    if self.dead_letters is None:
-                        raise
-                    await self.dead_letters.publish(record, exc)
-                    continue
-                if not isinstance(event, DEPARTMENT_EVENTS):
-                    continue
+            rows = await conn.fetch(
+                "SELECT * FROM notifier.cases WHERE case_id = ANY($1)",
+                list({env.case_id for env, _ in items}),
+            )
+            cases: dict[str, dict[str, Any]] = {r["case_id"]: dict(r) for r in rows}
+            routed: dict[str, dict[str, Any]] = {}  # written back at the end of the batch
+            now = datetime.now(UTC)
+            for env, event in items:
+                case: dict[str, Any] | None
                 if isinstance(event, events.CaseRouted):
-                    await conn.execute(
-                        """INSERT INTO notifier.cases (case_id, department, worker_id, grid_id,
-                               district, category, priority, reported_at, resolve_by)
-                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                           ON CONFLICT (case_id) DO UPDATE SET department = $2, worker_id = $3,
-                               grid_id = $4, district = $5, category = $6, priority = $7,
-                               reported_at = $8, resolve_by = $9, updated_at = now()""",
-                        env.case_id,
-                        event.department,
-                        event.worker_id,
-                        event.grid_id,
-                        event.district,
-                        event.category,
-                        event.priority.value,
-                        event.reported_at,
-                        event.deadlines.resolve_by,
-                    )
-                row = await conn.fetchrow(
-                    "SELECT * FROM notifier.cases WHERE case_id = $1", env.case_id
-                )
-                if row is None or not row["department"]:
+                    case = {
+                        "case_id": env.case_id,
+                        "department": event.department,
+                        "worker_id": event.worker_id,
+                        "grid_id": event.grid_id,
+                        "district": event.district,
+                        "category": event.category,
+                        "priority": event.priority.value,
+                        "reported_at": event.reported_at,
+                        "resolve_by": event.deadlines.resolve_by,
+                    }
+                    cases[env.case_id] = routed[env.case_id] = case
+                case = cases.get(env.case_id)
+                if case is None or not case["department"]:
                     continue  # not routed yet: nobody to tell
-                case = dict(row)
-                await queue_for_resident(
-                    conn, env, event, case, quiet=self.quiet, now=datetime.now(UTC)
-                )
+                await queue_for_resident(conn, env, event, case, quiet=self.quiet, now=now)
                 view = department_view(env, event, case)
                 view["feed_id"] = str(derived_event_id(env.event_id, "dept-feed"))
                 body = orjson.dumps(view)
@@ -141,23 +146,47 @@ class FeedWriter:
                         case["reported_at"],
                     )
                 )
-                # the delivery log: one row per active endpoint of the department, of the
-                # case's grid worker, and of worker-app gateways (owner '*': every worker)
+                deliveries.append(
+                    (
+                        env.event_id,
+                        body,
+                        case["department"],
+                        case["reported_at"],
+                        case["worker_id"] or "",
+                    )
+                )
+            if routed:
+                await conn.execute(
+                    """INSERT INTO notifier.cases (case_id, department, worker_id, grid_id,
+                           district, category, priority, reported_at, resolve_by)
+                       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                           $5::text[], $6::text[], $7::text[], $8::timestamptz[],
+                           $9::timestamptz[])
+                       ON CONFLICT (case_id) DO UPDATE SET department = EXCLUDED.department,
+                           worker_id = EXCLUDED.worker_id, grid_id = EXCLUDED.grid_id,
+                           district = EXCLUDED.district, category = EXCLUDED.category,
+                           priority = EXCLUDED.priority, reported_at = EXCLUDED.reported_at,
+                           resolve_by = EXCLUDED.resolve_by, updated_at = now()""",
+                    *[
+                        list(col)
+                        for col in zip(*(c.values() for c in routed.values()), strict=True)
+                    ],
+                )
+            # the delivery log: one row per active endpoint of the department, of the case's
+            # grid worker, and of worker-app gateways (owner '*': every worker)
+            if deliveries:
                 await conn.execute(
                     """INSERT INTO notifier.deliveries (id, event_id, subscription_id, payload,
                            department, reported_at)
-                       SELECT md5($5 || '/' || s.id)::uuid, $1, s.id, $2, $3, $4
-                       FROM notifier.subscriptions s
-                       WHERE s.active AND (
-                           (s.owner_kind = 'department' AND s.owner = $3)
-                           OR (s.owner_kind = 'worker' AND s.owner IN ($6, '*')))
+                       SELECT md5(x.event_id::text || '/' || s.id)::uuid, x.event_id, s.id,
+                           x.payload, x.department, x.reported_at
+                       FROM unnest($1::uuid[], $2::bytea[], $3::text[], $4::timestamptz[],
+                           $5::text[]) AS x(event_id, payload, department, reported_at, worker_id)
+                       JOIN notifier.subscriptions s ON s.active AND (
+                           (s.owner_kind = 'department' AND s.owner = x.department)
+                           OR (s.owner_kind = 'worker' AND s.owner IN (x.worker_id, '*')))
                        ON CONFLICT (event_id, subscription_id) DO NOTHING""",
-                    env.event_id,
-                    body,
-                    case["department"],
-                    case["reported_at"],
-                    str(env.event_id),
-                    case["worker_id"] or "",
+                    *[list(col) for col in zip(*deliveries, strict=True)],
                 )
         futures = [await self.producer.send(t, v, key=k) for t, v, k, _, _ in sends]
         await asyncio.gather(*futures)
