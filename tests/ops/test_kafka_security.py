@@ -5,16 +5,23 @@ reads its own feed and nothing else, with its own consumer groups only, and cann
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import secrets
 import shutil
 import tempfile
+import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+import httpx
 import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -24,16 +31,26 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
+from services.intake import store as intake_store
+from services.intake.auth import Role
+from services.router import democity
+from services.router import store as router_store
+from shared import topics
+from shared.db import migrate
 from shared.kafka import connection_options, ensure_topics, make_producer
-from shared.localstack import free_port
+from shared.localstack import LocalStack, free_port
 from shared.localstack.kafka import ADMIN_USER, KafkaNode
+from shared.service import discover_services
 from shared.settings import PROJECT_ROOT, KafkaSettings
+from tests.helpers.services import running_service
 
 USERS_FILES = [
     PROJECT_ROOT / "deploy/k8s/base/kafka/users.yaml",
     PROJECT_ROOT / "deploy/k8s/base/kafka/departments.yaml",
 ]
 NOTIFIER, ROADS, WATER = "griddispatch-notifier", "dept-roads", "dept-water"
+SERVICE_USERS = {name: f"griddispatch-{name}" for name in ("intake", "router", "escalation")}
+USERS = (NOTIFIER, ROADS, WATER, *SERVICE_USERS.values())
 
 
 def kafka_users() -> dict[str, dict[str, Any]]:
@@ -66,7 +83,7 @@ def acl_commands(user: str, spec: dict[str, Any], admin_config: Path, bootstrap:
 
 @pytest.fixture(scope="module")
 def secured() -> Iterator[tuple[KafkaNode, dict[str, str]]]:
-    passwords = {u: secrets.token_urlsafe(16) for u in (ADMIN_USER, NOTIFIER, ROADS, WATER)}
+    passwords = {u: secrets.token_urlsafe(16) for u in (ADMIN_USER, *USERS)}
     home = Path(tempfile.mkdtemp(prefix="griddispatch-sasl-"))
     cache = Path(os.environ.get("GRIDDISPATCH_LOCAL__HOME", PROJECT_ROOT / ".local")) / "cache"
     node = KafkaNode(
@@ -82,11 +99,7 @@ def secured() -> Iterator[tuple[KafkaNode, dict[str, str]]]:
         node.start(lambda msg: print(msg, flush=True))
         admin = node.admin_client_config()
         users = kafka_users()
-        commands = [
-            c
-            for u in (NOTIFIER, ROADS, WATER)
-            for c in acl_commands(u, users[u], admin, node.bootstrap)
-        ]
+        commands = [c for u in USERS for c in acl_commands(u, users[u], admin, node.bootstrap)]
         with ThreadPoolExecutor(2) as pool:
             for result in pool.map(
                 lambda args: node.run_tool("org.apache.kafka.tools.AclCommand", *args), commands
@@ -190,3 +203,82 @@ async def test_a_wrong_password_is_refused(secured) -> None:
     with pytest.raises(KafkaConnectionError):
         await consumer.start()
     await consumer.stop()
+
+
+async def test_every_service_runs_on_its_own_kafka_user(
+    secured: tuple[KafkaNode, dict[str, str]], stack: LocalStack, tmp_path: Path
+) -> None:
+    """The four services, each logged in as its KafkaUser and limited by its ACLs, take a
+    report from HTTP to the department's feed; the department reads it with its own login."""
+    node, passwords = secured
+    admin = login(node, passwords, ADMIN_USER)
+    await ensure_topics(connection_options(admin), topics.all_contract_topics(), partitions=1)
+    database = "acl_" + uuid.uuid4().hex[:8]
+    conn = await asyncpg.connect(stack.postgres.url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await conn.close()
+    url = stack.postgres.url.rsplit("/", 1)[0] + f"/{database}"
+    conn = await asyncpg.connect(url)
+    try:
+        for spec in discover_services().values():
+            if spec.schema:
+                await migrate(conn, spec.schema, spec.migrations)
+        city = democity.generate(seed=5, scale="small")
+        await router_store.load_city(conn, city)
+        await router_store.replace_rules(conn, democity.default_rules())
+        key = (await intake_store.create_key(conn, "acl", Role.RESIDENT_APP, None)).token
+    finally:
+        await conn.close()
+
+    ports = {name: free_port() for name in discover_services()}
+    base_env = {
+        "GRIDDISPATCH_DATABASE_URL": url,
+        "GRIDDISPATCH_KAFKA__BOOTSTRAP_SERVERS": node.bootstrap,
+        "GRIDDISPATCH_KAFKA__PARTITIONS": "1",
+        "GRIDDISPATCH_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        **{f"GRIDDISPATCH_{n.upper()}__PORT": str(p) for n, p in ports.items()},
+    }
+    with contextlib.ExitStack() as services:
+        for name in ports:
+            user = f"griddispatch-{name}"
+            env = {
+                **base_env,
+                "GRIDDISPATCH_KAFKA__SASL_USERNAME": user,
+                "GRIDDISPATCH_KAFKA__SASL_PASSWORD": passwords[user],
+            }
+            ready = f"http://127.0.0.1:{ports[name]}/health/ready" if name == "intake" else None
+            services.enter_context(
+                running_service(name, env, ready_url=ready, log=tmp_path / f"{name}.log")
+            )
+        grid = next(g for g in city.grids if g["kind"] == "comprehensive")
+        lat, lon = democity.point_in(grid, 0.5, 0.5)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['intake']}") as client:
+            r = await client.post(
+                "/v1/cases",
+                headers={"Authorization": f"Bearer {key}"},
+                json={
+                    "category": "roads.pothole",
+                    "description": "路面坑洼",
+                    "location": {"lat": lat, "lon": lon},
+                },
+            )
+        assert r.status_code == 202, r.text
+        case_id = r.json()["case_id"]
+        roads = login(node, passwords, ROADS)
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                values = await read(roads, "dept.roads", "dept-roads.acl-check")
+            except TopicAuthorizationFailedError:
+                values = []  # not created yet (the notifier creates it on the first case)
+            seen += [json.loads(v) for v in values if v.startswith(b"{")]
+            if any(m["case_id"] == case_id for m in seen):
+                break
+            await asyncio.sleep(1)
+    assert [m["event_type"] for m in seen if m["case_id"] == case_id] == ["CaseRouted"]
+    for name in ports:
+        log = (tmp_path / f"{name}.log").read_text()
+        assert "AuthorizationFailed" not in log, f"{name} was refused something it needs"
