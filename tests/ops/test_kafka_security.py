@@ -1,7 +1,8 @@
 """Kafka security on a real broker: the secured local profile (SASL/SCRAM-SHA-512 logins,
 ACLs enforced) with the ACLs of the KafkaUsers in deploy/k8s applied by Kafka's own
-`kafka-acls` tool. The notifier can create and write every department's feed; a department
-reads its own feed and nothing else, with its own consumer groups only, and cannot write."""
+`kafka-acls` tool. The four services run on their own users; the notifier can create and write
+every department's feed; a department reads its own feed and nothing else, with its own
+consumer groups only, and cannot write."""
 
 from __future__ import annotations
 
