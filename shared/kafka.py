@@ -32,7 +32,7 @@ from faststream.security import BaseSecurity, SASLScram512
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from shared import topics
-from shared.metrics import REGISTRY
+from shared.metrics import REGISTRY, sample_every
 from shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -345,10 +345,4 @@ class ConsumerLag:
         self._reported |= lag.keys()
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.sample()
-            except Exception as exc:  # a metric must never take the service down
-                log.debug("consumer lag sample failed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._interval_s)
+        await sample_every(self._interval_s, self.sample, stop, "consumer lag")

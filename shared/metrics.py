@@ -5,6 +5,9 @@ Label values never carry personal data: only codes (department, channel, categor
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
@@ -12,6 +15,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
+
+log = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -76,3 +81,18 @@ def health_routes(checks: dict[str, ReadinessCheck] | None = None) -> list[BaseR
 def health_app(checks: dict[str, ReadinessCheck] | None = None) -> Starlette:
     """The health and metrics endpoints as an app of their own (for non-HTTP services)."""
     return Starlette(routes=health_routes(checks))
+
+
+async def sample_every(
+    interval_s: float, sample: Callable[[], Awaitable[None]], stop: asyncio.Event, what: str
+) -> None:
+    """Run `sample` now and every `interval_s` until `stop`, for metrics that are sampled
+    rather than counted (consumer lag, open cases). A failed sample is logged and skipped: a
+    metric must never take the service down."""
+    while not stop.is_set():
+        try:
+            await sample()
+        except Exception as exc:
+            log.debug("%s: sample failed: %s", what, exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)

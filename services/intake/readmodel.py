@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import UTC
@@ -17,7 +16,7 @@ from services.intake import store
 from shared import topics
 from shared.events import decode
 from shared.kafka import DeadLetters, durable_subscriber, records_of
-from shared.metrics import REGISTRY
+from shared.metrics import REGISTRY, sample_every
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +82,4 @@ class OpenCaseGauge:
         self._seen |= counts.keys()
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.refresh()
-            except Exception as exc:  # a metric must never take the service down
-                log.debug("open-case count failed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._interval_s)
+        await sample_every(self._interval_s, self.refresh, stop, "open cases")

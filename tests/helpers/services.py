@@ -6,10 +6,12 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 from shared.settings import PROJECT_ROOT
@@ -52,3 +54,14 @@ def running_service(
                 proc.kill()
                 proc.wait()
         log_file.close()
+
+
+async def fresh_database(stack_url: str, prefix: str) -> str:
+    """A new, empty database on the test stack's PostgreSQL; returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(stack_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return stack_url.rsplit("/", 1)[0] + f"/{name}"

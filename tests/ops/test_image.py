@@ -8,13 +8,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import asyncpg
 
 from shared.localstack import LocalStack
 from shared.settings import PROJECT_ROOT
+from tests.helpers.services import fresh_database
 
 DOCKERFILE = (PROJECT_ROOT / "Dockerfile").read_text()
 
@@ -43,13 +43,7 @@ async def test_the_images_install_runs_every_service_from_site_packages(
     run(str(uv), "pip", "sync", "-q", "--python", python, "requirements.runtime.lock")
     run(str(uv), "pip", "install", "-q", "--python", python, "--no-deps", ".")
 
-    database = "image_" + uuid.uuid4().hex[:8]
-    admin = await asyncpg.connect(stack.postgres.url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await admin.close()
-    url = stack.postgres.url.rsplit("/", 1)[0] + f"/{database}"
+    url = await fresh_database(stack.postgres.url, "image")
     # run from elsewhere, so nothing can come from the checkout
     env = {"PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "GRIDDISPATCH_DATABASE_URL": url}
     elsewhere = tmp_path / "run"

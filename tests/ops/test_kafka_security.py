@@ -14,7 +14,6 @@ import secrets
 import shutil
 import tempfile
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +42,7 @@ from shared.localstack import LocalStack, free_port
 from shared.localstack.kafka import ADMIN_USER, KafkaNode
 from shared.service import discover_services
 from shared.settings import PROJECT_ROOT, KafkaSettings
-from tests.helpers.services import running_service
+from tests.helpers.services import fresh_database, running_service
 
 USERS_FILES = [
     PROJECT_ROOT / "deploy/k8s/base/kafka/users.yaml",
@@ -214,13 +213,7 @@ async def test_every_service_runs_on_its_own_kafka_user(
     node, passwords = secured
     admin = login(node, passwords, ADMIN_USER)
     await ensure_topics(connection_options(admin), topics.all_contract_topics(), partitions=1)
-    database = "acl_" + uuid.uuid4().hex[:8]
-    conn = await asyncpg.connect(stack.postgres.url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await conn.close()
-    url = stack.postgres.url.rsplit("/", 1)[0] + f"/{database}"
+    url = await fresh_database(stack.postgres.url, "acl")
     conn = await asyncpg.connect(url)
     try:
         for spec in discover_services().values():
