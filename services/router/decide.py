@@ -184,7 +184,9 @@ def decide(
         chain = (worker.escalation_step,)
     chain += ref.chain_above_worker(grid_id, len(chain))
 
-    routed = events.CaseRouted(
+    # Built without re-validation: every value comes from validated reference data, the
+    # validated report, or arithmetic on them (tests compare with validated models).
+    routed = events.CaseRouted.model_construct(
         category=case.category,
         grid_id=grid_id,
         district=district.code,
@@ -192,7 +194,7 @@ def decide(
         department=department,
         worker_id=worker.worker_id if worker else None,
         priority=priority,
-        deadlines=Deadlines(
+        deadlines=Deadlines.model_construct(
             acknowledge_by=ack_by,
             resolve_by=res_by,
             warn_before_s=warn_before,

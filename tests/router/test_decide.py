@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.router import democity, snapshot
 from services.router.decide import CaseFacts, decide
@@ -197,3 +200,30 @@ def test_small_city_topology_is_clean() -> None:
     bad = topology.check(broken)
     assert bad.gaps
     assert bad.outside == ["stray"]
+
+
+@functools.cache
+def _shared_ref() -> ReferenceData:
+    return snapshot.from_city(CITY)
+
+
+@given(
+    grid_at=st.integers(0, len(CITY.grids) - 1),
+    u=st.floats(0.05, 0.95),
+    v=st.floats(0.05, 0.95),
+    category=st.sampled_from(["heating.outage", "roads.pothole", "dispute.neighbour"]),
+    care=st.booleans(),
+    when=st.sampled_from([WINTER, SUMMER]),
+)
+@settings(max_examples=60, deadline=None)
+def test_decisions_are_valid_events(
+    grid_at: int, u: float, v: float, category: str, care: bool, when: datetime
+) -> None:
+    """The decision builds its event without re-validation (the hot path); validating it must
+    change nothing, whatever the place, category, care flags and season."""
+    ref = _shared_ref()
+    at = democity.point_in(CITY.grids[grid_at], u, v)
+    care_groups = ("elderly_alone",) if care else ()
+    d = decide(case(category, at=at, when=when, care_groups=care_groups), ref, open_cases={})
+    dumped = d.event.model_dump(mode="json")
+    assert type(d.event).model_validate(dumped).model_dump(mode="json") == dumped
