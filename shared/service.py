@@ -41,6 +41,8 @@ class ServiceSpec:
     migrations: tuple[MigrationSource, ...] = field(default=())
     order: int = 50  # start order for `griddispatch up`: lower first
     kafka: KafkaAccess = KafkaAccess()
+    # the port of its HTTP API, /health and /metrics, as its settings say (for `up`'s Prometheus)
+    http_port: Callable[[], int] | None = None
 
 
 def discover_services() -> dict[str, ServiceSpec]:

@@ -35,6 +35,9 @@ class LocalStackSettings(BaseModel):
     kafka_controller_port: int = 19093
     kafka_heap: str = "512m"
     postgres_port: int = 15432
+    prometheus_port: int = Field(
+        default=19090, description="`griddispatch up`'s Prometheus; 0 = do not start one"
+    )
 
 
 class OutboxSettings(BaseModel):

@@ -262,6 +262,7 @@ SERVICE = ServiceSpec(
         writes=(topics.CASES_LIFECYCLE, topics.dlq(topics.CASES_LIFECYCLE)),
     ),
     name="escalation",
+    http_port=lambda: EscalationSettings().port,
     description="durable deadlines, warnings, the escalation ladder, emergency mode",
     main=main,
     schema="escalation",

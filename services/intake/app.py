@@ -400,6 +400,7 @@ SERVICE = ServiceSpec(
         writes=(topics.CASES_INTAKE, topics.CASES_LIFECYCLE, topics.dlq(topics.CASES_LIFECYCLE)),
     ),
     name="intake",
+    http_port=lambda: IntakeSettings().port,
     description="HTTP API and Open311 for residents' reports; the case read model",
     main=main,
     schema="intake",

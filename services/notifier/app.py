@@ -274,6 +274,7 @@ SERVICE = ServiceSpec(
         feeds=True,
     ),
     name="notifier",
+    http_port=lambda: NotifierSettings().port,
     description="department feeds and signed webhooks, with a delivery log",
     main=main,
     schema="notifier",

@@ -268,6 +268,7 @@ SERVICE = ServiceSpec(
         ),
     ),
     name="router",
+    http_port=lambda: RouterSettings().port,
     description="grid, department, worker, priority and deadlines for every case",
     main=main,
     schema="router",

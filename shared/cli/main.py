@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from shared.db import migrate as run_migrations
-from shared.localstack import LocalStack, StackError
+from shared.localstack import LocalStack, StackError, prometheus
 from shared.service import discover_services, run_service
 from shared.settings import get_settings
 
@@ -146,6 +146,9 @@ def up(
             proc = subprocess.Popen([sys.executable, "-m", "shared.cli.main", "serve", name])
             procs.append((name, proc))
             _progress(f"started {name} (pid {proc.pid})")
+        prometheus = _start_prometheus()
+        if prometheus is not None:
+            procs.append(("prometheus", prometheus))
         commands = {ep.name for ep in entry_points(group="griddispatch.commands")}
         if demo and {"demo", "keys"} <= commands:
             key = subprocess.run(
@@ -188,6 +191,37 @@ def up(
         if not keep_stack:
             stopped = stack.down()
             _progress(f"stopped {', '.join(stopped)}")
+
+
+def _start_prometheus() -> subprocess.Popen[bytes] | None:
+    """A Prometheus scraping every service, with the alert rules loaded — where the local
+    system's metrics can be looked at. Optional: without it the system runs as well."""
+    local = get_settings().local
+    if not local.prometheus_port:
+        return None
+    targets = {
+        f"griddispatch-{name}": spec.http_port()
+        for name, spec in discover_services().items()
+        if spec.http_port is not None
+    }
+    try:
+        bin_dir = prometheus.ensure_prometheus(local.home / "cache")
+    except StackError as exc:
+        console.print(f"[yellow]![/yellow] no Prometheus this time: {exc}")
+        return None
+    folder = local.home / "prometheus"
+    prometheus.write_config(folder, targets)
+    log = open(folder / "prometheus.log", "ab")  # noqa: SIM115  (the child keeps it open)
+    proc = subprocess.Popen(
+        prometheus.command(bin_dir, folder, local.prometheus_port),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    console.print(
+        f"[green]✓[/green] Prometheus  http://127.0.0.1:{local.prometheus_port}   "
+        "(alerts under /alerts; try griddispatch_dispatch_latency_seconds_bucket)"
+    )
+    return proc
 
 
 def _wait_for_interrupt(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:

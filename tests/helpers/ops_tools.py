@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
+from shared.localstack.prometheus import ensure_prometheus
 from shared.settings import PROJECT_ROOT
 
 KUSTOMIZE_VERSION = "v5.7.1"
@@ -40,16 +40,7 @@ def kustomize() -> Path:
 
 
 def _prometheus_dir() -> Path:
-    root = _home() / "prometheus"
-    if not (root / "usr" / "bin" / "promtool").exists():
-        with tempfile.TemporaryDirectory() as tmp:
-            download = ["apt-get", "download", "-q", "prometheus"]
-            if subprocess.run(download, cwd=tmp, capture_output=True, check=False).returncode:
-                _run(["apt-get", "update", "-qq"])  # a new machine may have no package lists
-                _run(download, cwd=tmp)
-            [deb] = Path(tmp).glob("prometheus_*.deb")
-            _run(["dpkg-deb", "-x", str(deb), str(root)])
-    return root / "usr" / "bin"
+    return ensure_prometheus(_home())
 
 
 def promtool() -> Path:

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 from shared.localstack import free_port
+from shared.localstack import prometheus as local_prometheus
 from tests.helpers import ops_tools
-from tests.ops import monitoring
 
 
 class Prometheus:
@@ -45,30 +44,11 @@ class Prometheus:
 @contextmanager
 def running_prometheus(targets: dict[str, int], home: Path) -> Iterator[Prometheus]:
     """Prometheus scraping `job name → port` every second (`/metrics/` on 127.0.0.1)."""
-    home.mkdir(parents=True, exist_ok=True)
-    monitoring.write_rule_file(home)
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": ["alerts.rules.yaml"],
-        "scrape_configs": [
-            {
-                "job_name": job,
-                "metrics_path": "/metrics/",
-                "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
-            }
-            for job, port in targets.items()
-        ],
-    }
-    (home / "prometheus.yml").write_text(yaml.safe_dump(config))
+    local_prometheus.write_config(home, targets, interval="1s")
     port = free_port()
     log = open(home / "prometheus.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [
-            str(ops_tools.prometheus()),
-            f"--config.file={home / 'prometheus.yml'}",
-            f"--storage.tsdb.path={home / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
+        local_prometheus.command(ops_tools.prometheus().parent, home, port),
         cwd=home,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -10,9 +10,10 @@ from typing import Any
 
 import yaml
 
+from shared.localstack import prometheus
 from shared.settings import PROJECT_ROOT
 
-RULES = PROJECT_ROOT / "deploy" / "prometheus" / "prometheusrule.yaml"
+RULES = prometheus.RULES
 RULE_TESTS = PROJECT_ROOT / "deploy" / "prometheus" / "tests" / "alerts.test.yaml"
 DASHBOARDS = PROJECT_ROOT / "deploy" / "grafana" / "dashboards"
 
@@ -27,8 +28,7 @@ GRAFANA_VARIABLES = {
 
 def rule_groups() -> dict[str, Any]:
     """The `spec` of the PrometheusRule: a plain Prometheus rule file."""
-    spec: dict[str, Any] = yaml.safe_load(RULES.read_text())["spec"]
-    return spec
+    return prometheus.rule_groups()
 
 
 def write_rule_file(folder: Path) -> Path:
