@@ -31,7 +31,7 @@ test: $(STAMP)  ## the whole suite; starts its own Kafka and PostgreSQL on free 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shared services bench
+	$(BIN)/mypy shared services bench deploy/grafana/dashboards.py deploy/k8s/departments.py
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -52,7 +52,9 @@ bench: $(STAMP)  ## every benchmark; figures go to stdout (see docs/benchmarks.m
 	$(BIN)/python bench/outbox.py
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/router.py
-	$(BIN)/python bench/escalation.py
+	$(BIN)/python bench/escalation.py --schedulers 0 --processes 3
+	$(BIN)/python bench/notifier.py
+	$(BIN)/python bench/e2e.py --seconds 15
 
 clean:
 	-$(BIN)/griddispatch stack down
