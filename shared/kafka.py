@@ -327,7 +327,7 @@ class ConsumerLag:
         lag: dict[tuple[str, str], int] = {}
         for sub in self._broker.subscribers:
             consumer = getattr(sub, "consumer", None)
-            group = getattr(consumer, "_group_id", None)
+            group = getattr(sub, "group_id", None)
             if consumer is None or group is None:
                 continue
             for tp in consumer.assignment():
