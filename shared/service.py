@@ -7,11 +7,18 @@ Each service exposes a `ServiceSpec` through the `griddispatch.services` entry-p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from typing import Any
+
+import asyncpg
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from faststream.kafka import KafkaBroker
 
 from shared.db import MigrationSource
 from shared.logging import configure_logging
@@ -70,3 +77,28 @@ def run_service(spec: ServiceSpec, settings: Settings | None = None) -> None:
         log.info("%s stopped", spec.name)
 
     asyncio.run(_main())
+
+
+async def run_until_stopped(
+    stop: asyncio.Event,
+    *,
+    server: uvicorn.Server,
+    broker: KafkaBroker,
+    producer: AIOKafkaProducer,
+    pool: asyncpg.Pool,
+    tasks: list[asyncio.Task[Any]],
+    grace_s: float = 15.0,
+) -> None:
+    """Wait for `stop`, then shut a service down in order: its HTTP server and consumers
+    first (no new work), then its background tasks (`grace_s` each to finish what they hold),
+    then the producer and the database pool they used."""
+    try:
+        await stop.wait()
+    finally:
+        server.should_exit = True
+        await broker.stop()
+        for task in tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, grace_s)
+        await producer.stop()
+        await pool.close()

@@ -36,7 +36,7 @@ from shared.kafka import (
 )
 from shared.metrics import REGISTRY, health_routes
 from shared.outbox import OutboxRelay
-from shared.service import KafkaAccess, ServiceSpec
+from shared.service import KafkaAccess, ServiceSpec, run_until_stopped
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -244,16 +244,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     ]
     await start_when_reachable(producer, broker, stop=stop, what="escalation")
     tasks.append(asyncio.create_task(relay.run(stop)))
-    try:
-        await stop.wait()
-    finally:
-        server.should_exit = True
-        await broker.stop()
-        for t in tasks:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(t, 15)
-        await producer.stop()
-        await pool.close()
+    await run_until_stopped(
+        stop, server=server, broker=broker, producer=producer, pool=pool, tasks=tasks
+    )
 
 
 SERVICE = ServiceSpec(

@@ -4,7 +4,6 @@ the webhook sender works the log; a small HTTP API manages subscriptions."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -41,7 +40,7 @@ from shared.kafka import (
     start_when_reachable,
 )
 from shared.metrics import health_routes
-from shared.service import KafkaAccess, ServiceSpec
+from shared.service import KafkaAccess, ServiceSpec, run_until_stopped
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -255,16 +254,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         asyncio.create_task(ConsumerLag(broker, interval_s=settings.metrics_interval_s).run(stop)),
     ]
     await start_when_reachable(producer, broker, stop=stop, what="notifier")
-    try:
-        await stop.wait()
-    finally:
-        server.should_exit = True
-        await broker.stop()
-        for t in tasks:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(t, 20)
-        await producer.stop()
-        await pool.close()
+    await run_until_stopped(
+        stop, server=server, broker=broker, producer=producer, pool=pool, tasks=tasks, grace_s=20
+    )
 
 
 SERVICE = ServiceSpec(

@@ -35,7 +35,7 @@ from shared.kafka import (
     records_of,
 )
 from shared.metrics import health_routes
-from shared.service import KafkaAccess, ServiceSpec
+from shared.service import KafkaAccess, ServiceSpec, run_until_stopped
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -244,16 +244,14 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     await broker.start()
     lag = asyncio.create_task(ConsumerLag(broker, interval_s=settings.metrics_interval_s).run(stop))
     log.info("router running: %s", ref.stats())
-    try:
-        await stop.wait()
-    finally:
-        server.should_exit = True
-        await broker.stop()
-        await producer.stop()
-        await reloader
-        await serving
-        await lag
-        await pool.close()
+    await run_until_stopped(
+        stop,
+        server=server,
+        broker=broker,
+        producer=producer,
+        pool=pool,
+        tasks=[reloader, serving, lag],
+    )
 
 
 SERVICE = ServiceSpec(

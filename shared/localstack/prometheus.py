@@ -45,13 +45,20 @@ def rule_groups() -> dict[str, Any]:
     return spec
 
 
+def write_rules(folder: Path) -> Path:
+    """The alert rules as a plain rule file in `folder` (for Prometheus and promtool)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "alerts.rules.yaml"
+    path.write_text(yaml.safe_dump(rule_groups(), sort_keys=False))
+    return path
+
+
 def write_config(folder: Path, targets: dict[str, int], *, interval: str = "5s") -> Path:
     """prometheus.yml (and the rule file beside it) scraping `job name → port` on loopback."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "alerts.rules.yaml").write_text(yaml.safe_dump(rule_groups(), sort_keys=False))
+    rules = write_rules(folder)
     config = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
-        "rule_files": ["alerts.rules.yaml"],
+        "rule_files": [rules.name],
         "scrape_configs": [
             {
                 "job_name": job,

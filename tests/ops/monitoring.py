@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from shared.localstack import prometheus
 from shared.settings import PROJECT_ROOT
@@ -31,10 +28,7 @@ def rule_groups() -> dict[str, Any]:
     return prometheus.rule_groups()
 
 
-def write_rule_file(folder: Path) -> Path:
-    path = folder / "alerts.rules.yaml"
-    path.write_text(yaml.safe_dump(rule_groups(), sort_keys=False))
-    return path
+write_rule_file = prometheus.write_rules
 
 
 def dashboards() -> dict[str, dict[str, Any]]:
