@@ -4,8 +4,9 @@
 
 Starts Kafka, PostgreSQL and the four services (intake with 2 workers) with the small demo
 city, then (1) offers reports as fast as `hey` can send them and counts routed cases arriving
-on the department's feed per second; (2) offers 500 reports/s and reports the dispatch latency
-(feed message received minus `reported_at`) p50/p95/p99.
+on the department's feed per second; (2) offers 500 reports/s — and each of `--rates` — and
+reports the dispatch latency (feed message received minus `reported_at`) p50/p95/p99. After
+each phase it prints the CPU each part of the system used (where the two cores went).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import psutil
 from aiokafka import AIOKafkaConsumer
 
 from bench._tools import LoadResult, bench_stack, run_hey
@@ -50,25 +52,49 @@ async def prepare(stack: LocalStack) -> str:
         await conn.close()
 
 
-async def collect(stack: LocalStack, seconds: float, out: list[tuple[float, float]]) -> None:
-    """(received, latency) for every routed case on the roads feed during `seconds`."""
+async def collect(
+    stack: LocalStack, seconds: float, out: list[tuple[float, float]], hops: dict[str, list[float]]
+) -> None:
+    """(received, latency) for every routed case on the roads feed during `seconds`; and for
+    those cases, the time spent in each hop, from the Kafka records' timestamps (set by each
+    producer when it sends): reported → on cases.intake (intake's outbox relay), → CaseRouted
+    on cases.lifecycle (router), → on the feed (notifier), → received here."""
     consumer = AIOKafkaConsumer(
         topics.department_feed("roads"),
+        topics.CASES_INTAKE,
+        topics.CASES_LIFECYCLE,
         bootstrap_servers=stack.kafka.bootstrap,
         auto_offset_reset="latest",
         enable_auto_commit=False,
     )
     await consumer.start()
+    seen_intake: dict[str, float] = {}
+    seen_routed: dict[str, float] = {}
     try:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            for recs in (await consumer.getmany(timeout_ms=200)).values():
+            for tp, recs in (await consumer.getmany(timeout_ms=200)).items():
                 now = datetime.now(UTC)
                 for r in recs:
                     m = json.loads(r.value)
-                    if m["event_type"] == "CaseRouted" and m.get("reported_at"):
-                        lat = (now - datetime.fromisoformat(m["reported_at"])).total_seconds()
+                    case_id = m.get("case_id", "")
+                    if tp.topic == topics.CASES_INTAKE:
+                        seen_intake[case_id] = r.timestamp / 1000
+                    elif tp.topic == topics.CASES_LIFECYCLE:
+                        if m["event_type"] == "CaseRouted":
+                            seen_routed[case_id] = r.timestamp / 1000
+                    elif m["event_type"] == "CaseRouted" and m.get("reported_at"):
+                        reported = datetime.fromisoformat(m["reported_at"]).timestamp()
+                        lat = now.timestamp() - reported
                         out.append((time.monotonic(), lat))
+                        at_intake = seen_intake.pop(case_id, None)
+                        at_routed = seen_routed.pop(case_id, None)
+                        if at_intake is not None and at_routed is not None:
+                            at_feed = r.timestamp / 1000
+                            hops["intake relay"].append(at_intake - reported)
+                            hops["router"].append(at_routed - at_intake)
+                            hops["notifier"].append(at_feed - at_routed)
+                            hops["feed → reader"].append(now.timestamp() - at_feed)
     finally:
         await consumer.stop()
 
@@ -80,6 +106,13 @@ def pct(values: list[float], p: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument(
+        "--rates",
+        type=int,
+        nargs="*",
+        default=[],
+        help="further offered loads (reports/s, multiples of 10) to measure latency at",
+    )
     args = parser.parse_args()
     with bench_stack() as stack:
         token = asyncio.run(prepare(stack))
@@ -137,16 +170,26 @@ def main() -> None:
             headers = {"Authorization": f"Bearer {token}"}
             run_hey(url, body, seconds=3, concurrency=8, headers=headers)  # warm-up
 
-            for label, kwargs in (
+            phases: list[tuple[str, dict[str, Any]]] = [
                 ("saturated", {"concurrency": 64}),
                 ("500 reports/s", {"concurrency": 50, "qps_per_worker": 10}),
-            ):
+            ]
+            for r in args.rates:
+                # hey paces each connection: r/10 connections at 10 requests/s each
+                phases.append((f"{r} reports/s", {"concurrency": r // 10, "qps_per_worker": 10}))
+            for label, kwargs in phases:
+                cpu_before = cpu_seconds(procs)
                 got: list[tuple[float, float]] = []
+                hops: dict[str, list[float]] = {
+                    k: [] for k in ("intake relay", "router", "notifier", "feed → reader")
+                }
 
                 async def measure(
-                    kw: dict[str, Any] = kwargs, out: list[tuple[float, float]] = got
+                    kw: dict[str, Any] = kwargs,
+                    out: list[tuple[float, float]] = got,
+                    hop: dict[str, list[float]] = hops,
                 ) -> LoadResult:
-                    listener = asyncio.create_task(collect(stack, args.seconds + 10, out))
+                    listener = asyncio.create_task(collect(stack, args.seconds + 10, out, hop))
                     await asyncio.sleep(1)
                     result = await asyncio.to_thread(
                         run_hey, url, body, seconds=args.seconds, headers=headers, **kw
@@ -168,12 +211,64 @@ def main() -> None:
                         f"p95 {pct(lats, 0.95):6.0f} ms  p99 {pct(lats, 0.99):6.0f} ms "
                         f"({len(lats):,} cases)"
                     )
+                if hops["router"]:
+                    print(
+                        f"{'':14} per hop p50/p99 ms: "
+                        + ", ".join(
+                            f"{k} {pct(v, 0.5):.0f}/{pct(v, 0.99):.0f}" for k, v in hops.items()
+                        )
+                    )
                 print(f"{'':14} consumer lag at the end: {consumer_lag(ports)}")
+                used = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(procs).items()}
+                print(
+                    f"{'':14} CPU seconds: "
+                    + ", ".join(
+                        f"{k} {v:.1f}" for k, v in sorted(used.items(), key=lambda x: -x[1])
+                    )
+                )
         finally:
             for p in procs:
                 p.terminate()
             for p in procs:
                 p.wait(30)
+
+
+def cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> dict[str, float]:
+    """CPU time used so far by each service (with its worker processes), Kafka, PostgreSQL
+    and everything else of ours (the load generator, this script)."""
+    names = ("intake", "router", "escalation", "notifier")
+    owner = {p.pid: name for p, name in zip(procs, names, strict=True)}
+    used: dict[str, float] = {}
+    for proc in psutil.process_iter(["name", "cmdline", "ppid", "uids"]):
+        try:
+            name = proc.info["name"] or ""
+            if name != "postgres" and (
+                proc.info["uids"] is None or proc.info["uids"].real != os.getuid()
+            ):
+                continue  # (PostgreSQL runs as its own user when the stack is root's)
+            cpu = proc.cpu_times()
+            key = owner.get(proc.pid) or owner.get(proc.info["ppid"])
+            if key is None:
+                key = next(
+                    (owner[a.pid] for a in proc.parents() if a.pid in owner), None
+                )  # intake's uvicorn workers are grandchildren
+            if key is None:
+                cmd = " ".join(proc.info["cmdline"] or ())
+                key = (
+                    "kafka"
+                    if "kafka" in cmd and "java" in name
+                    else "postgres"
+                    if name == "postgres"
+                    else "other"
+                )
+            spent = cpu.user + cpu.system
+            if proc.pid == os.getpid():
+                key = "load (hey) and bench"
+                spent += cpu.children_user + cpu.children_system  # hey, once it has exited
+            used[key] = used.get(key, 0.0) + spent
+        except psutil.Error:
+            continue
+    return used
 
 
 def consumer_lag(ports: dict[str, int]) -> str:

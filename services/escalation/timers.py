@@ -10,21 +10,21 @@ The history of firings is the event stream (and the outbox), not old timer rows.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 from prometheus_client import Counter, Histogram
 
+from services.escalation.clocks import FOLLOWED, CaseClock, NewTimer, apply, routed_areas
 from services.escalation.deadlines import (
     CHINA_2026,
     LadderPolicy,
     WorkCalendar,
-    after_pause,
-    due,
     next_escalation,
     with_factor,
 )
@@ -66,36 +66,20 @@ class Settings:
 
 # --- arming from lifecycle events -----------------------------------------------------------
 
-
-async def _cancel(conn: asyncpg.Connection, case_id: str) -> int:
-    done = await conn.execute(
-        "UPDATE escalation.timers SET state = 'cancelled', version = version + 1 "
-        "WHERE case_id = $1 AND state = 'pending'",
-        case_id,
-    )
-    return int(done.split()[-1])
-
-
-async def _arm(
-    conn: asyncpg.Connection,
-    case_id: str,
-    deadline: str,
-    deadline_at: datetime,
-    warn_before_s: float,
-    now: datetime,
-    level: int = 1,
-) -> None:
-    rows = [("escalate", deadline, level, 0, deadline_at, deadline_at)]
-    warn_at = deadline_at - timedelta(seconds=warn_before_s)
-    if warn_before_s > 0 and warn_at > now:
-        rows.append(("warn", deadline, level - 1, 0, deadline_at, warn_at))
-    await conn.executemany(
-        "INSERT INTO escalation.timers (case_id, kind, deadline, level, repeat, deadline_at, "
-        "due_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        [(case_id, *r) for r in rows],
-    )
-    # Wake the schedulers: this timer may be earlier than the one they sleep for.
-    await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+_CASE_COLUMNS = [f.name for f in dataclasses.fields(CaseClock)]
+_CASE_TYPES = [
+    "text", "text", "text", "text", "text", "text", "boolean", "float8", "float8", "float8",
+    "text", "timestamptz", "timestamptz", "timestamptz",
+]  # fmt: skip
+_SELECT_CASE = ", ".join(c + ("::text AS chain" if c == "chain" else "") for c in _CASE_COLUMNS)
+_UPSERT_CASES = f"""
+INSERT INTO escalation.cases ({", ".join(_CASE_COLUMNS)}, updated_at)
+SELECT {", ".join("c." + c + ("::jsonb" if c == "chain" else "") for c in _CASE_COLUMNS)}, now()
+FROM unnest({", ".join(f"${i}::{t}[]" for i, t in enumerate(_CASE_TYPES, 1))})
+     AS c({", ".join(_CASE_COLUMNS)})
+ON CONFLICT (case_id) DO UPDATE SET
+    {", ".join(f"{c} = EXCLUDED.{c}" for c in _CASE_COLUMNS[1:])}, updated_at = now()
+"""
 
 
 async def emergency_factor(conn: asyncpg.Connection, *areas: str | None) -> float | None:
@@ -110,117 +94,95 @@ async def fold(
     conn: asyncpg.Connection, env: Envelope, event: events.Event, now: datetime, cfg: Settings
 ) -> bool:
     """Apply one lifecycle event. Idempotent by event id; returns False for a duplicate."""
-    if not isinstance(
-        event,
-        events.CaseRouted
-        | events.CaseAcknowledged
-        | events.CaseResolved
-        | events.CaseClosed
-        | events.CaseReopened
-        | events.CaseTransferRequested,
-    ):
-        return False
+    return await fold_batch(conn, [(env, event)], now, cfg) == 1
+
+
+async def fold_batch(
+    conn: asyncpg.Connection,
+    items: Sequence[tuple[Envelope, events.Event]],
+    now: datetime,
+    cfg: Settings,
+) -> int:
+    """Apply a batch of lifecycle events in order, in one transaction and a handful of
+    statements whatever the batch's size. Idempotent by event id: returns how many events
+    were new (and followed)."""
+    items = [(env, ev) for env, ev in items if isinstance(ev, FOLLOWED)]
+    if not items:
+        return 0
     async with conn.transaction():
-        if not await conn.fetchval(
-            "INSERT INTO escalation.seen_events (event_id) VALUES ($1) "
-            "ON CONFLICT DO NOTHING RETURNING true",
-            env.event_id,
-        ):
-            return False
-        case = await conn.fetchrow(
-            "SELECT * FROM escalation.cases WHERE case_id = $1 FOR UPDATE", env.case_id
+        new_ids = {
+            r["event_id"]
+            for r in await conn.fetch(
+                "INSERT INTO escalation.seen_events (event_id) "
+                "SELECT DISTINCT unnest($1::uuid[]) ON CONFLICT DO NOTHING RETURNING event_id",
+                [env.event_id for env, _ in items],
+            )
+        }
+        fresh = []
+        for env, ev in items:
+            if env.event_id in new_ids:
+                new_ids.discard(env.event_id)  # the same event twice in a batch: once
+                fresh.append((env, ev))
+        if not fresh:
+            return 0
+        # Locked in a fixed order, so that two replicas folding overlapping batches (during a
+        # rebalance) wait for each other instead of deadlocking.
+        clocks: dict[str, CaseClock | None] = {
+            r["case_id"]: CaseClock.from_row(r)
+            for r in await conn.fetch(
+                f"SELECT {_SELECT_CASE} FROM escalation.cases WHERE case_id = ANY($1) "
+                "ORDER BY case_id FOR UPDATE",
+                list({env.case_id for env, _ in fresh}),
+            )
+        }
+        areas = {
+            a for _, ev in fresh if isinstance(ev, events.CaseRouted) for a in routed_areas(ev)
+        }
+        factors: dict[str, float] = {}
+        if areas:
+            factors = {
+                r["area"]: float(r["factor"])
+                for r in await conn.fetch(
+                    "SELECT area, factor FROM escalation.emergency_areas WHERE area = ANY($1)",
+                    list(areas),
+                )
+            }
+        changed: dict[str, CaseClock] = {}
+        armed: dict[str, tuple[NewTimer, ...]] = {}
+        for env, ev in fresh:
+            factor = None
+            if isinstance(ev, events.CaseRouted):
+                factor = min((factors[a] for a in routed_areas(ev) if a in factors), default=None)
+            change = apply(clocks.get(env.case_id), env.case_id, ev, now, cfg.calendar, factor)
+            if change is None:
+                continue
+            clocks[env.case_id] = changed[env.case_id] = change.clock
+            armed[env.case_id] = change.arm  # replaces what the events before armed
+        if not changed:
+            return len(fresh)
+        await conn.execute(
+            "UPDATE escalation.timers SET state = 'cancelled', version = version + 1 "
+            "WHERE case_id = ANY($1) AND state = 'pending'",
+            list(changed),
         )
-        cal = cfg.calendar
-        match event:
-            case events.CaseRouted():
-                d = event.deadlines
-                ack_window = (d.acknowledge_by - event.reported_at).total_seconds()
-                res_window = (d.resolve_by - event.reported_at).total_seconds()
-                wt = d.working_time
-                ack_due = due(event.reported_at, ack_window, working_time=wt, cal=cal)
-                res_due = due(event.reported_at, res_window, working_time=wt, cal=cal)
-                if case is not None and case["phase"] == "paused" and case["due_at"]:
-                    # back from a transfer: the clock resumes where it stopped
-                    ack_due = after_pause(
-                        case["due_at"], case["paused_at"], now, working_time=wt, cal=cal
-                    )
-                    res_due = after_pause(
-                        case["resolve_due_at"], case["paused_at"], now, working_time=wt, cal=cal
-                    )
-                factor = await emergency_factor(
-                    conn, event.district, event.street_office, event.grid_id
-                )
-                if factor is not None:
-                    ack_due = with_factor(now, ack_due, factor, working_time=wt, cal=cal)
-                    res_due = with_factor(now, res_due, factor, working_time=wt, cal=cal)
-                await _cancel(conn, env.case_id)
-                await conn.execute(
-                    """INSERT INTO escalation.cases (case_id, department, district, street_office,
-                           grid_id, chain, working_time, warn_before_s, ack_window_s,
-                           resolve_window_s, phase, due_at, resolve_due_at)
-                       VALUES ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9, $10,
-                               'acknowledge', $11, $12)
-                       ON CONFLICT (case_id) DO UPDATE SET department = EXCLUDED.department,
-                           district = EXCLUDED.district, street_office = EXCLUDED.street_office,
-                           grid_id = EXCLUDED.grid_id, chain = EXCLUDED.chain,
-                           working_time = EXCLUDED.working_time,
-                           warn_before_s = EXCLUDED.warn_before_s,
-                           ack_window_s = EXCLUDED.ack_window_s,
-                           resolve_window_s = EXCLUDED.resolve_window_s, phase = 'acknowledge',
-                           due_at = EXCLUDED.due_at, resolve_due_at = EXCLUDED.resolve_due_at,
-                           paused_at = NULL, updated_at = now()""",
-                    env.case_id,
-                    event.department,
-                    event.district,
-                    event.street_office,
-                    event.grid_id,
-                    json.dumps([s.model_dump(mode="json") for s in event.escalation_chain]),
-                    wt,
-                    float(d.warn_before_s),
-                    ack_window,
-                    res_window,
-                    ack_due,
-                    res_due,
-                )
-                await _arm(conn, env.case_id, "acknowledge", ack_due, d.warn_before_s, now)
-            case events.CaseAcknowledged() if case is not None:
-                await _cancel(conn, env.case_id)
-                res_due = case["resolve_due_at"]
-                await conn.execute(
-                    "UPDATE escalation.cases SET phase = 'resolve', due_at = $2, updated_at = now()"
-                    " WHERE case_id = $1",
-                    env.case_id,
-                    res_due,
-                )
-                await _arm(conn, env.case_id, "resolve", res_due, case["warn_before_s"], now)
-            case events.CaseResolved() | events.CaseClosed() if case is not None:
-                await _cancel(conn, env.case_id)
-                await conn.execute(
-                    "UPDATE escalation.cases SET phase = 'done', updated_at = now() "
-                    "WHERE case_id = $1",
-                    env.case_id,
-                )
-            case events.CaseReopened() if case is not None:
-                await _cancel(conn, env.case_id)
-                res_due = due(
-                    now, case["resolve_window_s"], working_time=case["working_time"], cal=cal
-                )
-                await conn.execute(
-                    "UPDATE escalation.cases SET phase = 'resolve', due_at = $2, "
-                    "resolve_due_at = $2, updated_at = now() WHERE case_id = $1",
-                    env.case_id,
-                    res_due,
-                )
-                await _arm(conn, env.case_id, "resolve", res_due, case["warn_before_s"], now)
-            case events.CaseTransferRequested() if case is not None:
-                await _cancel(conn, env.case_id)
-                await conn.execute(
-                    "UPDATE escalation.cases SET phase = 'paused', paused_at = $2, "
-                    "updated_at = now() WHERE case_id = $1",
-                    env.case_id,
-                    now,
-                )
-    return True
+        await conn.execute(
+            _UPSERT_CASES,
+            *[
+                list(col)
+                for col in zip(*(dataclasses.astuple(c) for c in changed.values()), strict=True)
+            ],
+        )
+        rows = [(case_id, *dataclasses.astuple(t)) for case_id, ts in armed.items() for t in ts]
+        if rows:
+            await conn.execute(
+                "INSERT INTO escalation.timers (case_id, kind, deadline, level, deadline_at, "
+                "due_at) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], "
+                "$5::timestamptz[], $6::timestamptz[])",
+                *[list(col) for col in zip(*rows, strict=True)],
+            )
+            # Wake the schedulers: these timers may be earlier than the one they sleep for.
+            await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+    return len(fresh)
 
 
 # --- firing ---------------------------------------------------------------------------------

@@ -179,3 +179,45 @@ async def test_three_schedulers_fire_every_timer_exactly_once(
     assert len(set(ids)) == 300
     assert sorted({e["case_id"] for e in out}) == sorted(c.case_id for c in cases)
     assert sum(1 for s in replicas if s.fired) >= 2  # the work was actually shared
+
+
+async def test_a_batch_folds_like_the_same_events_one_by_one(esc_db: asyncpg.Connection) -> None:
+    """One batch, several events per case, in order: the outcome is that of folding them
+    one at a time, and a redelivered batch (or an event twice in it) changes nothing."""
+    acked = routed(at=T0, ack_s=3600, resolve_s=7200, warn_s=600)
+    done = routed(at=T0, ack_s=3600, resolve_s=7200)
+    waiting = routed(at=T0, ack_s=3600, resolve_s=7200, warn_s=600)
+    batch = [
+        acked,
+        done,
+        step(events.CaseAcknowledged(by="w"), acked.case_id, T0),
+        waiting,
+        step(events.CaseResolved(by="w", note="n"), done.case_id, T0),
+        waiting,  # the same event twice in one batch
+        step(events.CaseRated(rating=5), done.case_id, T0),  # not followed
+    ]
+    items = [(env, env.event()) for env in batch]
+    assert await timers.fold_batch(esc_db, items, T0 + timedelta(minutes=1), CFG) == 5
+    assert await timers.fold_batch(esc_db, items, T0 + timedelta(minutes=2), CFG) == 0
+    pending = await esc_db.fetch(
+        "SELECT case_id, kind, deadline FROM escalation.timers WHERE state = 'pending'"
+    )
+    assert sorted((r["case_id"], r["kind"], r["deadline"]) for r in pending) == sorted(
+        [
+            (acked.case_id, "escalate", "resolve"),
+            (acked.case_id, "warn", "resolve"),
+            (waiting.case_id, "escalate", "acknowledge"),
+            (waiting.case_id, "warn", "acknowledge"),
+        ]
+    )
+    phases = dict(await esc_db.fetch("SELECT case_id, phase FROM escalation.cases"))
+    assert phases == {
+        acked.case_id: "resolve",
+        done.case_id: "done",
+        waiting.case_id: "acknowledge",
+    }
+    # the timers of the batch fire as those of single folds do
+    fired = await timers.fire_due(esc_db, T0 + timedelta(hours=1), CFG)
+    assert sorted((e.case_id, e.event_type) for e in fired) == sorted(
+        [(waiting.case_id, "CaseWarned"), (waiting.case_id, "CaseEscalated")]
+    )

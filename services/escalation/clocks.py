@@ -1,0 +1,171 @@
+"""What a lifecycle event does to a case's deadline clock. Pure: no I/O.
+
+Escalation keeps one `CaseClock` per case (a row of `escalation.cases`). `apply` takes the
+clock as the events before left it and one event, and says what changes: the clock's new
+state, and the timers to arm in place of the case's pending ones (every event that escalation
+follows cancels those). The adapter (`timers.fold_batch`) applies a whole batch of events in
+memory this way and writes the outcome with a few set-based statements.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from services.escalation.deadlines import WorkCalendar, after_pause, due, with_factor
+from shared import events
+
+Phase = Literal["acknowledge", "resolve", "paused", "done"]
+
+FOLLOWED = (
+    events.CaseRouted,
+    events.CaseAcknowledged,
+    events.CaseResolved,
+    events.CaseClosed,
+    events.CaseReopened,
+    events.CaseTransferRequested,
+)
+
+
+@dataclass(frozen=True)
+class CaseClock:
+    """A row of `escalation.cases`: the case's chain and the deadline it is racing."""
+
+    case_id: str
+    department: str | None
+    district: str | None
+    street_office: str | None
+    grid_id: str | None
+    chain: str  # the escalation chain as JSON text (the timers' payloads embed it)
+    working_time: bool
+    warn_before_s: float
+    ack_window_s: float
+    resolve_window_s: float
+    phase: str
+    due_at: datetime | None
+    resolve_due_at: datetime | None
+    paused_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> CaseClock:
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class NewTimer:
+    kind: Literal["warn", "escalate"]
+    deadline: Literal["acknowledge", "resolve"]
+    level: int
+    deadline_at: datetime
+    due_at: datetime
+
+
+@dataclass(frozen=True)
+class Change:
+    clock: CaseClock
+    arm: tuple[NewTimer, ...]  # replaces every pending timer of the case
+
+
+def timers_for(
+    deadline: Literal["acknowledge", "resolve"],
+    deadline_at: datetime,
+    warn_before_s: float,
+    now: datetime,
+    level: int = 1,
+) -> tuple[NewTimer, ...]:
+    """The escalation at the deadline, and a warning before it if that is still ahead."""
+    armed = [NewTimer("escalate", deadline, level, deadline_at, deadline_at)]
+    warn_at = deadline_at - timedelta(seconds=warn_before_s)
+    if warn_before_s > 0 and warn_at > now:
+        armed.append(NewTimer("warn", deadline, level - 1, deadline_at, warn_at))
+    return tuple(armed)
+
+
+def routed_areas(event: events.CaseRouted) -> tuple[str, ...]:
+    """The areas whose emergency mode shortens this case's deadlines."""
+    return tuple(a for a in (event.district, event.street_office, event.grid_id) if a)
+
+
+def apply(
+    clock: CaseClock | None,
+    case_id: str,
+    event: events.Event,
+    now: datetime,
+    cal: WorkCalendar,
+    emergency_factor: float | None = None,
+) -> Change | None:
+    """The change `event` makes to `clock` (None: the case has none yet); None if the event
+    changes nothing (not one escalation follows, or about a case it does not know)."""
+    if isinstance(event, events.CaseRouted):
+        return _routed(clock, case_id, event, now, cal, emergency_factor)
+    if clock is None:
+        return None
+    match event:
+        case events.CaseAcknowledged():
+            res_due = clock.resolve_due_at
+            if res_due is None:
+                return Change(dataclasses.replace(clock, phase="resolve"), ())
+            return Change(
+                dataclasses.replace(clock, phase="resolve", due_at=res_due),
+                timers_for("resolve", res_due, clock.warn_before_s, now),
+            )
+        case events.CaseResolved() | events.CaseClosed():
+            return Change(dataclasses.replace(clock, phase="done"), ())
+        case events.CaseReopened():
+            res_due = due(now, clock.resolve_window_s, working_time=clock.working_time, cal=cal)
+            return Change(
+                dataclasses.replace(clock, phase="resolve", due_at=res_due, resolve_due_at=res_due),
+                timers_for("resolve", res_due, clock.warn_before_s, now),
+            )
+        case events.CaseTransferRequested():
+            return Change(dataclasses.replace(clock, phase="paused", paused_at=now), ())
+    return None
+
+
+def _routed(
+    clock: CaseClock | None,
+    case_id: str,
+    event: events.CaseRouted,
+    now: datetime,
+    cal: WorkCalendar,
+    factor: float | None,
+) -> Change:
+    d = event.deadlines
+    wt = d.working_time
+    ack_window = (d.acknowledge_by - event.reported_at).total_seconds()
+    res_window = (d.resolve_by - event.reported_at).total_seconds()
+    ack_due = due(event.reported_at, ack_window, working_time=wt, cal=cal)
+    res_due = due(event.reported_at, res_window, working_time=wt, cal=cal)
+    if (
+        clock is not None
+        and clock.phase == "paused"
+        and clock.due_at
+        and clock.paused_at
+        and clock.resolve_due_at
+    ):
+        # back from a transfer: the clock resumes where it stopped
+        ack_due = after_pause(clock.due_at, clock.paused_at, now, working_time=wt, cal=cal)
+        res_due = after_pause(clock.resolve_due_at, clock.paused_at, now, working_time=wt, cal=cal)
+    if factor is not None:
+        ack_due = with_factor(now, ack_due, factor, working_time=wt, cal=cal)
+        res_due = with_factor(now, res_due, factor, working_time=wt, cal=cal)
+    new = CaseClock(
+        case_id=case_id,
+        department=event.department,
+        district=event.district,
+        street_office=event.street_office,
+        grid_id=event.grid_id,
+        chain=json.dumps([s.model_dump(mode="json") for s in event.escalation_chain]),
+        working_time=wt,
+        warn_before_s=float(d.warn_before_s),
+        ack_window_s=ack_window,
+        resolve_window_s=res_window,
+        phase="acknowledge",
+        due_at=ack_due,
+        resolve_due_at=res_due,
+        paused_at=None,
+    )
+    return Change(new, timers_for("acknowledge", ack_due, d.warn_before_s, now))

@@ -1,0 +1,100 @@
+"""What each lifecycle event does to a case's clock, without a database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from services.escalation.clocks import CaseClock, apply
+from services.escalation.deadlines import CHINA_2026
+from shared import events
+from tests.escalation.conftest import routed
+
+T0 = datetime(2026, 1, 12, 8, 0, tzinfo=UTC)
+
+
+def _routed_clock(warn_s: int = 600) -> tuple[str, CaseClock]:
+    env = routed(at=T0, ack_s=3600, resolve_s=7200, warn_s=warn_s)
+    change = apply(None, env.case_id, env.event(), T0, CHINA_2026)
+    assert change is not None
+    return env.case_id, change.clock
+
+
+def test_routing_arms_the_acknowledge_deadline_and_its_warning() -> None:
+    env = routed(at=T0, ack_s=3600, resolve_s=7200, warn_s=600)
+    change = apply(None, env.case_id, env.event(), T0, CHINA_2026)
+    assert change is not None
+    assert change.clock.phase == "acknowledge"
+    assert change.clock.due_at == T0 + timedelta(hours=1)
+    assert change.clock.resolve_due_at == T0 + timedelta(hours=2)
+    assert [(t.kind, t.deadline, t.level, t.due_at) for t in change.arm] == [
+        ("escalate", "acknowledge", 1, T0 + timedelta(hours=1)),
+        ("warn", "acknowledge", 0, T0 + timedelta(minutes=50)),
+    ]
+
+
+def test_a_warning_already_past_is_not_armed() -> None:
+    env = routed(at=T0, ack_s=3600, resolve_s=7200, warn_s=600)
+    change = apply(None, env.case_id, env.event(), T0 + timedelta(minutes=55), CHINA_2026)
+    assert change is not None
+    assert [t.kind for t in change.arm] == ["escalate"]
+
+
+def test_an_emergency_factor_shortens_what_is_left() -> None:
+    env = routed(at=T0, ack_s=3600, resolve_s=7200)
+    change = apply(None, env.case_id, env.event(), T0, CHINA_2026, emergency_factor=0.25)
+    assert change is not None
+    assert change.clock.due_at == T0 + timedelta(minutes=15)
+    assert change.clock.resolve_due_at == T0 + timedelta(minutes=30)
+
+
+def test_acknowledging_moves_on_to_the_resolve_deadline() -> None:
+    case_id, clock = _routed_clock()
+    change = apply(clock, case_id, events.CaseAcknowledged(by="w"), T0, CHINA_2026)
+    assert change is not None
+    assert (change.clock.phase, change.clock.due_at) == ("resolve", T0 + timedelta(hours=2))
+    assert {(t.kind, t.deadline) for t in change.arm} == {
+        ("escalate", "resolve"),
+        ("warn", "resolve"),
+    }
+
+
+def test_resolving_and_transferring_arm_nothing() -> None:
+    case_id, clock = _routed_clock()
+    resolved = apply(clock, case_id, events.CaseResolved(by="w", note="n"), T0, CHINA_2026)
+    assert resolved is not None
+    assert (resolved.clock.phase, resolved.arm) == ("done", ())
+    later = T0 + timedelta(minutes=30)
+    moved = apply(
+        clock,
+        case_id,
+        events.CaseTransferRequested(by="d", department="roads", reason="x"),
+        later,
+        CHINA_2026,
+    )
+    assert moved is not None
+    assert moved.arm == ()
+    assert (moved.clock.phase, moved.clock.paused_at) == ("paused", later)
+
+
+def test_routed_again_after_a_transfer_resumes_the_paused_clock() -> None:
+    case_id, clock = _routed_clock(warn_s=0)
+    paused = apply(
+        clock,
+        case_id,
+        events.CaseTransferRequested(by="d", department="roads", reason="x"),
+        T0 + timedelta(minutes=30),
+        CHINA_2026,
+    )
+    assert paused is not None
+    again = routed(case_id, at=T0, ack_s=3600, resolve_s=7200, warn_s=0)
+    resumed_at = T0 + timedelta(hours=3)
+    change = apply(paused.clock, case_id, again.event(), resumed_at, CHINA_2026)
+    assert change is not None
+    assert change.clock.due_at == resumed_at + timedelta(minutes=30)  # what was left
+    assert change.clock.resolve_due_at == resumed_at + timedelta(minutes=90)
+
+
+def test_events_about_unknown_cases_or_not_followed_change_nothing() -> None:
+    assert apply(None, "c-1", events.CaseAcknowledged(by="w"), T0, CHINA_2026) is None
+    case_id, clock = _routed_clock()
+    assert apply(clock, case_id, events.CaseRated(rating=4), T0, CHINA_2026) is None
