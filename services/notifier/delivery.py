@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.notifier import webhooks
-from services.notifier.resident_delivery import queue_for_resident
+from services.notifier.resident_delivery import queue_for_residents
 from services.notifier.views import DEPARTMENT_EVENTS, department_view
 from shared import events, topics
 from shared.db import create_pool
@@ -114,6 +114,7 @@ class FeedWriter:
             )
             cases: dict[str, dict[str, Any]] = {r["case_id"]: dict(r) for r in rows}
             routed: dict[str, dict[str, Any]] = {}  # written back at the end of the batch
+            for_residents: list[tuple[Envelope, events.Event, dict[str, Any]]] = []
             now = datetime.now(UTC)
             for env, event in items:
                 case: dict[str, Any] | None
@@ -133,7 +134,7 @@ class FeedWriter:
                 case = cases.get(env.case_id)
                 if case is None or not case["department"]:
                     continue  # not routed yet: nobody to tell
-                await queue_for_resident(conn, env, event, case, quiet=self.quiet, now=now)
+                for_residents.append((env, event, case))
                 view = department_view(env, event, case)
                 view["feed_id"] = str(derived_event_id(env.event_id, "dept-feed"))
                 body = orjson.dumps(view)
@@ -172,6 +173,7 @@ class FeedWriter:
                         for col in zip(*(c.values() for c in routed.values()), strict=True)
                     ],
                 )
+            await queue_for_residents(conn, for_residents, quiet=self.quiet, now=now)
             # the delivery log: one row per active endpoint of the department, of the case's
             # grid worker, and of worker-app gateways (owner '*': every worker)
             if deliveries:

@@ -66,71 +66,93 @@ async def remember_contacts(
             [r[0] for r in rows],
         )
         now = datetime.now(UTC)
-        for w in waiting:
-            person = await conn.fetchrow(
-                "SELECT * FROM notifier.residents WHERE case_id = $1", w["case_id"]
+        people = {
+            r["case_id"]: r
+            for r in await conn.fetch(
+                "SELECT * FROM notifier.residents WHERE case_id = ANY($1)",
+                [w["case_id"] for w in waiting],
             )
-            await _enqueue(
-                conn,
-                str(w["event_id"]),
-                w["case_id"],
-                w["body"],
-                w["urgent"],
-                person,
-                quiet=quiet,
-                now=now,
-            )
+        }
+        await _insert_messages(
+            conn,
+            [
+                m
+                for w in waiting
+                for m in _messages(
+                    str(w["event_id"]),
+                    w["case_id"],
+                    w["body"],
+                    w["urgent"],
+                    people[w["case_id"]],
+                    quiet=quiet,
+                    now=now,
+                )
+            ],
+        )
         await conn.execute(
             "DELETE FROM notifier.resident_backlog WHERE created_at < now() - interval '1 day'"
         )
 
 
-async def queue_for_resident(
+async def queue_for_residents(
     conn: asyncpg.Connection,
-    env: Envelope,
-    event: events.Event,
-    case: dict[str, Any],
+    items: Sequence[tuple[Envelope, events.Event, dict[str, Any]]],
     *,
     quiet: tuple[time, time],
     now: datetime,
 ) -> int:
-    """Queue the resident's messages for `event` (accepted, resolved); returns how many."""
-    if env.event_type not in ("CaseRouted", "CaseResolved"):
+    """Queue the residents' messages for a batch of (event, its case) — accepted, resolved —
+    with three statements whatever the batch's size; returns how many messages."""
+    items = [i for i in items if i[0].event_type in ("CaseRouted", "CaseResolved")]
+    if not items:
         return 0
-    person = await conn.fetchrow("SELECT * FROM notifier.residents WHERE case_id = $1", env.case_id)
-    locale = person["locale"] if person is not None else "zh-CN"
-    names = _NAMES.get(case.get("category") or "", {})
-    resolve_by = case.get("resolve_by")
-    text = render(
-        env.event_type,
-        locale,
-        {
-            "category_name": names.get(locale) or names.get("zh-CN") or case.get("category"),
-            "department_name": case.get("department"),
-            "resolve_by": resolve_by.astimezone().strftime("%Y-%m-%d %H:%M") if resolve_by else "",
-            "note": getattr(event, "note", "") or "",
-            "short_id": env.case_id[:8],
-        },
-    )
-    urgent = case.get("priority") == "urgent"
-    if person is None:
-        # The contact may still be on its way (another consumer): keep the text for it.
+    people = {
+        r["case_id"]: r
+        for r in await conn.fetch(
+            "SELECT * FROM notifier.residents WHERE case_id = ANY($1)",
+            list({env.case_id for env, _, _ in items}),
+        )
+    }
+    messages: list[tuple[str, str, str, str, str, datetime]] = []
+    backlog: list[tuple[Any, str, str, bool]] = []
+    for env, event, case in items:
+        person = people.get(env.case_id)
+        locale = person["locale"] if person is not None else "zh-CN"
+        names = _NAMES.get(case.get("category") or "", {})
+        resolve_by = case.get("resolve_by")
+        text = render(
+            env.event_type,
+            locale,
+            {
+                "category_name": names.get(locale) or names.get("zh-CN") or case.get("category"),
+                "department_name": case.get("department"),
+                "resolve_by": resolve_by.astimezone().strftime("%Y-%m-%d %H:%M")
+                if resolve_by
+                else "",
+                "note": getattr(event, "note", "") or "",
+                "short_id": env.case_id[:8],
+            },
+        )
+        urgent = case.get("priority") == "urgent"
+        if person is None:
+            # The contact may still be on its way (another consumer): keep the text for it.
+            backlog.append((env.event_id, env.case_id, text, urgent))
+        else:
+            messages += _messages(
+                str(env.event_id), env.case_id, text, urgent, person, quiet=quiet, now=now
+            )
+    if backlog:
         await conn.execute(
             "INSERT INTO notifier.resident_backlog (event_id, case_id, body, urgent) "
-            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            env.event_id,
-            env.case_id,
-            text,
-            urgent,
+            "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bool[]) "
+            "ON CONFLICT DO NOTHING",
+            *[list(col) for col in zip(*backlog, strict=True)],
         )
-        return 0
-    return await _enqueue(
-        conn, str(env.event_id), env.case_id, text, urgent, person, quiet=quiet, now=now
-    )
+    await _insert_messages(conn, messages)
+    return len(messages)
 
 
-async def _enqueue(
-    conn: asyncpg.Connection,
+def _messages(
     event_id: str,
     case_id: str,
     text: str,
@@ -139,17 +161,27 @@ async def _enqueue(
     *,
     quiet: tuple[time, time],
     now: datetime,
-) -> int:
+) -> list[tuple[str, str, str, str, str, datetime]]:
     send_after = quiet_until(now, urgent=urgent, start=quiet[0], end=quiet[1]) or now
-    rows = [
-        (ch, addr) for ch, addr in (("email", person["email"]), ("sms", person["phone"])) if addr
+    return [
+        (event_id, case_id, ch, addr, text, send_after)
+        for ch, addr in (("email", person["email"]), ("sms", person["phone"]))
+        if addr
     ]
-    await conn.executemany(
-        "INSERT INTO notifier.resident_messages (id, case_id, channel, address, body, send_after)"
-        " VALUES (md5($1 || '/' || $3)::uuid, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        [(event_id, case_id, ch, addr, text, send_after) for ch, addr in rows],
-    )
-    return len(rows)
+
+
+async def _insert_messages(
+    conn: asyncpg.Connection, rows: list[tuple[str, str, str, str, str, datetime]]
+) -> None:
+    if rows:
+        await conn.execute(
+            "INSERT INTO notifier.resident_messages (id, case_id, channel, address, body, "
+            "send_after) SELECT md5(m.event_id || '/' || m.channel)::uuid, m.case_id, m.channel,"
+            " m.address, m.body, m.send_after FROM unnest($1::text[], $2::text[], $3::text[], "
+            "$4::text[], $5::text[], $6::timestamptz[]) "
+            "AS m(event_id, case_id, channel, address, body, send_after) ON CONFLICT DO NOTHING",
+            *[list(col) for col in zip(*rows, strict=True)],
+        )
 
 
 class ResidentSender:
