@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from services.router.refdata import ReferenceData
 from services.router.rules import Facts
 from shared import events
-from shared.events import Deadlines, EscalationStep, Priority
+from shared.events import Deadlines, EscalationStep, Priority, trusted
 
 PRIORITY_ORDER = [Priority.LOW, Priority.NORMAL, Priority.HIGH, Priority.URGENT]
 KEY_CARE_GROUPS = frozenset(
@@ -67,6 +67,10 @@ def raise_priority(p: Priority, steps: int = 1) -> Priority:
     return PRIORITY_ORDER[i]
 
 
+def _ignore(_: str) -> None:
+    return None
+
+
 def _unroutable(case: CaseFacts, reason: str, trail: list[str]) -> Decision:
     trail.append(f"unroutable: {reason}")
     return Decision(
@@ -82,7 +86,9 @@ def decide(
     open_cases: Mapping[str, int],
     explain: bool = True,
 ) -> Decision:
+    # The trail is for explanations only: routing a case does not spend time writing it.
     trail: list[str] = []
+    note = trail.append if explain else _ignore
     category = ref.categories.get(case.category)
     if category is None:
         return _unroutable(case, f"unknown category {case.category}", trail)
@@ -93,19 +99,21 @@ def decide(
     if grid_id is not None:
         if grid_id not in ref.grids:
             return _unroutable(case, f"no grid {grid_id}", trail)
-        trail.append(f"grid {grid_id}: chosen by an operator")
+        note(f"grid {grid_id}: chosen by an operator")
     elif loc.building_code and loc.building_code in ref.buildings:
         grid_id = ref.buildings[loc.building_code]
-        trail.append(f"grid {grid_id}: building {loc.building_code}")
+        if explain:
+            note(f"grid {grid_id}: building {loc.building_code}")
     elif loc.lat is not None and loc.lon is not None:
-        if loc.building_code:
-            trail.append(f"building {loc.building_code} unknown; using the coordinate")
+        if loc.building_code and explain:
+            note(f"building {loc.building_code} unknown; using the coordinate")
         located = ref.index.locate(loc.lat, loc.lon, explain=explain)
         trail.extend(located.trail)
         if located.grid_id is None:
             return _unroutable(case, "the location is outside every grid", trail)
         grid_id = located.grid_id
-        trail.append(f"grid {grid_id}: {located.how}")
+        if explain:
+            note(f"grid {grid_id}: {located.how}")
     elif loc.building_code:
         return _unroutable(case, f"unknown building {loc.building_code}", trail)
     else:
@@ -128,18 +136,20 @@ def decide(
     rule = None
     if case.department is not None:
         department = case.department
-        trail.append(f"department {department}: chosen by an operator")
+        note(f"department {department}: chosen by an operator")
     else:
         rule, rule_trail = ref.rules.first_match(
             facts,
             exclude_departments=case.exclude_departments,
             default_department=category.department,
+            explain=explain,
         )
         trail.extend(rule_trail)
         department = (rule.route.department if rule else None) or category.department
         if department in case.exclude_departments:
             return _unroutable(case, "every candidate department declined the case", trail)
-        trail.append(f"department {department}" + (f" (rule {rule.id})" if rule else ""))
+        if explain:
+            note(f"department {department}" + (f" (rule {rule.id})" if rule else ""))
     if department not in ref.departments:
         return _unroutable(case, f"department {department} is not known", trail)
 
@@ -148,12 +158,14 @@ def decide(
     if not on_duty and info.parent_grid:  # a dedicated grid without staff on duty
         on_duty = [w for w in ref.workers_by_grid.get(info.parent_grid, ()) if w.on_duty]
     worker = min(on_duty, key=lambda w: (open_cases.get(w.worker_id, 0), w.worker_id), default=None)
-    if worker is not None:
-        trail.append(
+    if not explain:
+        pass
+    elif worker is not None:
+        note(
             f"worker {worker.worker_id}: on duty, {open_cases.get(worker.worker_id, 0)} open cases"
         )
     else:
-        trail.append(f"no worker on duty in {grid_id}: the grid leader takes it")
+        note(f"no worker on duty in {grid_id}: the grid leader takes it")
 
     # 4. priority and deadlines
     priority = category.priority
@@ -165,7 +177,7 @@ def decide(
         res_h = rule.route.resolve_hours or res_h
     if set(case.care_groups) & KEY_CARE_GROUPS:
         priority = raise_priority(priority)
-        trail.append(f"priority raised to {priority.value}: a key-care resident")
+        note(f"priority raised to {priority.value}: a key-care resident")
     factor = min(
         (ref.emergency[a] for a in (grid_id, street.code, district.code) if a in ref.emergency),
         default=None,
@@ -173,7 +185,7 @@ def decide(
     if factor is not None:
         priority = raise_priority(priority)
         ack_h, res_h = ack_h * factor, res_h * factor
-        trail.append(f"emergency mode: deadlines × {factor}, priority {priority.value}")
+        note(f"emergency mode: deadlines × {factor}, priority {priority.value}")
     ack_by = case.reported_at + timedelta(hours=ack_h)
     res_by = case.reported_at + timedelta(hours=res_h)
     warn_before = max(60, int(ack_h * 3600 * 0.25))
@@ -186,7 +198,8 @@ def decide(
 
     # Built without re-validation: every value comes from validated reference data, the
     # validated report, or arithmetic on them (tests compare with validated models).
-    routed = events.CaseRouted.model_construct(
+    routed = trusted(
+        events.CaseRouted,
         category=case.category,
         grid_id=grid_id,
         district=district.code,
@@ -194,7 +207,8 @@ def decide(
         department=department,
         worker_id=worker.worker_id if worker else None,
         priority=priority,
-        deadlines=Deadlines.model_construct(
+        deadlines=trusted(
+            Deadlines,
             acknowledge_by=ack_by,
             resolve_by=res_by,
             warn_before_s=warn_before,

@@ -30,7 +30,7 @@ from services.router import store
 from services.router.decide import CaseFacts, Decision, decide
 from services.router.refdata import ReferenceData
 from shared import events, topics
-from shared.events import DecodeError, Envelope, decode, wrap
+from shared.events import DecodeError, Envelope, decode, peek_event_type, wrap
 from shared.ids import derived_event_id
 from shared.kafka import DeadLetters
 from shared.metrics import REGISTRY
@@ -309,6 +309,9 @@ class Dispatcher:
         await self.dead_letters.publish(record, exc)
 
 
+_OPEN_OR_CLOSED = frozenset({"CaseResolved", "CaseClosed", "CaseReopened"})
+
+
 async def fold_lifecycle(
     conn: asyncpg.Connection, state: RouterState, records: Sequence[ConsumerRecord[Any, Any]]
 ) -> None:
@@ -316,6 +319,8 @@ async def fold_lifecycle(
     counting; reopened ones count again). Idempotent by event id."""
     changes: list[tuple[Any, str, bool]] = []
     for record in records:
+        if peek_event_type(record.value) not in _OPEN_OR_CLOSED:
+            continue  # most events (routed, escalated, …) do not change the counts
         try:
             env, event = decode(record.value)
         except DecodeError:

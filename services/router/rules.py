@@ -8,7 +8,7 @@ grid first". A department left out means the category's default department from 
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -111,6 +111,22 @@ def why_not(rule: Rule, f: Facts) -> str | None:
 @dataclass(frozen=True)
 class RuleTable:
     rules: tuple[Rule, ...]
+    # Rules whose category pattern can match a category, in table order: routing a case
+    # tries only these (a few of the table), explaining one tries them all.
+    _by_category: dict[str, tuple[Rule, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def for_category(self, category: str) -> tuple[Rule, ...]:
+        found = self._by_category.get(category)
+        if found is None:
+            found = tuple(
+                r
+                for r in self.rules
+                if r.match.category is None or fnmatch.fnmatchcase(category, r.match.category)
+            )
+            self._by_category[category] = found  # categories are few: the cache stays small
+        return found
 
     def first_match(
         self,
@@ -118,18 +134,22 @@ class RuleTable:
         *,
         exclude_departments: frozenset[str] = frozenset(),
         default_department: str | None = None,
+        explain: bool = True,
     ) -> tuple[Rule | None, list[str]]:
         """The first rule that matches (and whose department is not excluded), with the trail
-        of rules tried."""
+        of rules tried (every rule of the table when explaining; otherwise no trail)."""
         trail: list[str] = []
-        for rule in self.rules:
+        for rule in self.rules if explain else self.for_category(facts.category):
             reason = why_not(rule, facts)
             if reason is None:
                 dept = rule.route.department or default_department
                 if dept in exclude_departments:
-                    trail.append(f"rule {rule.id}: matches, but {dept} declined the case")
+                    if explain:
+                        trail.append(f"rule {rule.id}: matches, but {dept} declined the case")
                     continue
-                trail.append(f"rule {rule.id}: matches")
+                if explain:
+                    trail.append(f"rule {rule.id}: matches")
                 return rule, trail
-            trail.append(f"rule {rule.id}: {reason}")
+            if explain:
+                trail.append(f"rule {rule.id}: {reason}")
         return None, trail

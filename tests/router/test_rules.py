@@ -86,3 +86,25 @@ def test_dedicated_type_care_groups_and_exclusions() -> None:
 def test_date_windows_are_validated(bad: str) -> None:
     with pytest.raises(ValidationError):
         DateWindow.model_validate({"from": bad, "to": "04-20"})
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        {},
+        {"description": "楼道里有燃气味"},
+        {"day": date(2026, 7, 1)},
+        {"category": "sanitation.garbage", "dedicated_type": "hospital"},
+        {"category": "roads.pothole", "care_groups": ("very_old",)},
+        {"category": "heating.noise", "dedicated_type": "hospital"},
+    ],
+)
+def test_routing_without_a_trail_picks_the_rule_explaining_picks(case: dict) -> None:
+    """Routing tries only the rules that can match the category, and writes no trail."""
+    f = facts(**case)
+    for excluded in (frozenset(), frozenset({"heating"}), frozenset({"gas", "health"})):
+        explained, trail = TABLE.first_match(f, exclude_departments=excluded)
+        routed, no_trail = TABLE.first_match(f, exclude_departments=excluded, explain=False)
+        assert routed == explained
+        assert trail
+        assert no_trail == []

@@ -10,6 +10,8 @@ from shared.events import (
     DecodeError,
     Location,
     decode,
+    peek_event_type,
+    trusted,
     wrap,
 )
 from shared.ids import derived_event_id, new_event_id
@@ -63,6 +65,14 @@ def test_decode_rejects_malformed_messages(raw: bytes) -> None:
         decode(raw)
 
 
+def test_peek_reads_the_event_type_without_validating() -> None:
+    raw = wrap(CaseAcknowledged(by="w"), case_id="c", producer="p").to_json()
+    assert peek_event_type(raw) == "CaseAcknowledged"
+    assert peek_event_type(raw.replace(b'"by":"w"', b'"by":7')) == "CaseAcknowledged"
+    for junk in (b"not json", b"[1, 2]", b'{"event_type": 3}', b"{}"):
+        assert peek_event_type(junk) is None
+
+
 def test_event_ids() -> None:
     a, b = new_event_id(), new_event_id()
     assert a.version == 7
@@ -70,3 +80,12 @@ def test_event_ids() -> None:
     src = uuid.uuid4()
     assert derived_event_id(src, "routed") == derived_event_id(src, "routed")
     assert derived_event_id(src, "routed") != derived_event_id(src, "warned")
+
+
+def test_trusted_builds_the_validated_model_and_insists_on_every_field() -> None:
+    report = _report()
+    built = trusted(CaseReported, **dict(report))
+    assert built == report
+    assert built.model_dump_json() == report.model_dump_json()
+    with pytest.raises(TypeError, match="exactly its fields"):
+        trusted(CaseAcknowledged, by="w")  # `note` left out: its default would be missing
