@@ -1,26 +1,31 @@
 """The router at city scale (20,430 grids, 21,237 workers).
 
-    .venv/bin/python bench/router.py [--cases 50000]
+    .venv/bin/python bench/router.py [--cases 50000] [--processes N]
 
 Prints: single grid lookup p50/p99, batch lookups/s, one full decision, the process RSS with the
 city loaded, and routed cases/s through the real broker and database (consume `cases.intake`,
 decide, record, publish to `cases.lifecycle`, commit) against a bare aiokafka consume→produce
-passthrough of the same messages, in the same run.
+passthrough of the same messages, in the same run. With `--processes N` both the router and
+the passthrough also run as N processes sharing the 12 partitions (as N router replicas of one
+consumer group do; partitions assigned up front so that no rebalance falls into the timing).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import random
 import statistics
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import psutil
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench._tools import bench_stack
 from services.router import democity, snapshot, store
@@ -195,14 +200,115 @@ async def through_broker(stack: LocalStack, city: democity.City, n: int) -> None
     print(f"ratio router / bare            {bare_s / router_s:>8.2f}")
 
 
+async def _replica(
+    bootstrap: str, dsn: str, kind: str, partitions: list[int], ready: Any, go: Any, out: Any
+) -> None:
+    """One process of the N: its share of the partitions, consumed to their end."""
+    settings = KafkaSettings(bootstrap_servers=bootstrap)
+    producer = make_producer(settings, f"bench-{kind}")
+    await producer.start()
+    pool = None
+    handle: Callable[[Sequence[Any]], Awaitable[object]]
+    if kind == "router":
+        pool = await create_pool(dsn, "router", max_size=4)
+        async with pool.acquire() as conn:
+            ref = await store.load_reference(conn)
+        dispatcher = Dispatcher(pool, producer, RouterState(ref), None)
+        handle = dispatcher.handle
+    else:
+
+        async def passthrough(records: Sequence[Any]) -> None:
+            futures = [
+                await producer.send("bench.passthrough", r.value, key=r.key) for r in records
+            ]
+            await asyncio.gather(*futures)
+
+        handle = passthrough
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-{kind}-replicas",
+        enable_auto_commit=False,
+        max_poll_records=500,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+    )
+    await consumer.start()
+    tps = [TopicPartition(topics.CASES_INTAKE, p) for p in partitions]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    ends = await consumer.end_offsets(tps)
+    ready.set()
+    while not go.is_set():
+        await asyncio.sleep(0.01)
+    started = time.time()
+    done = 0
+    while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+        batch = await consumer.getmany(timeout_ms=500, max_records=500)
+        records = [r for recs in batch.values() for r in recs]
+        if records:
+            await handle(records)
+            await consumer.commit()
+            done += len(records)
+    out.put((started, time.time(), done))
+    await consumer.stop()
+    await producer.stop()
+    if pool is not None:
+        await pool.close()
+
+
+def _replica_main(*args: Any) -> None:
+    asyncio.run(_replica(*args))
+
+
+def in_processes(stack: LocalStack, kind: str, n_procs: int) -> tuple[int, float]:
+    """(messages, seconds) for `kind` ("router" or "bare") in `n_procs` processes."""
+    if kind == "router":  # decide afresh, as the single process did: no stored decisions
+
+        async def forget() -> None:
+            conn = await asyncpg.connect(stack.postgres.url)
+            await conn.execute("TRUNCATE router.decisions, router.cases")
+            await conn.close()
+
+        asyncio.run(forget())
+    ctx = multiprocessing.get_context("spawn")
+    go, out = ctx.Event(), ctx.Queue()
+    readies, procs = [], []
+    for i in range(n_procs):
+        ready = ctx.Event()
+        parts = [p for p in range(12) if p % n_procs == i]
+        proc = ctx.Process(
+            target=_replica_main,
+            args=(stack.kafka.bootstrap, stack.postgres.url, kind, parts, ready, go, out),
+        )
+        proc.start()
+        readies.append(ready)
+        procs.append(proc)
+    for ready in readies:
+        ready.wait(300)
+    go.set()
+    results = [out.get(timeout=900) for _ in procs]
+    for proc in procs:
+        proc.join(60)
+    done = sum(r[2] for r in results)
+    return done, max(r[1] for r in results) - min(r[0] for r in results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cases", type=int, default=50_000)
+    parser.add_argument("--processes", type=int, default=1, help="also run N replicas of each")
     args = parser.parse_args()
     city = democity.generate(seed=1, scale="city")
     lookups(city)
     with bench_stack() as stack:
         asyncio.run(through_broker(stack, city, args.cases))
+        if args.processes > 1:
+            n, router_s = in_processes(stack, "router", args.processes)
+            m, bare_s = in_processes(stack, "bare", args.processes)
+            print(f"in {args.processes} processes each ({n:,} cases, {m:,} messages):")
+            print(f"router (decide+record+publish) {n / router_s:>8,.0f} cases/s")
+            print(f"bare consume→produce           {m / bare_s:>8,.0f} msgs/s")
+            print(f"ratio router / bare            {(n / router_s) / (m / bare_s):>8.2f}")
 
 
 if __name__ == "__main__":
