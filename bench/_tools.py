@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from shared.localstack import LocalStack
 from shared.settings import PROJECT_ROOT
 
@@ -93,3 +95,40 @@ def run_hey(
     rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out)[1])  # type: ignore[index]
     statuses = {int(c): int(n) for c, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)}
     return LoadResult(rps, pct(50), pct(95), pct(99), statuses)
+
+
+def cpu_seconds(owner: dict[int, str]) -> dict[str, float]:
+    """CPU time used so far by each process named in `owner` (pid → name; with its children),
+    Kafka, PostgreSQL and everything else of ours (the load generator, this script): take it
+    before and after a phase to see where the cores went."""
+    used: dict[str, float] = {}
+    for proc in psutil.process_iter(["name", "cmdline", "ppid", "uids"]):
+        try:
+            name = proc.info["name"] or ""
+            if name != "postgres" and (
+                proc.info["uids"] is None or proc.info["uids"].real != os.getuid()
+            ):
+                continue  # (PostgreSQL runs as its own user when the stack is root's)
+            cpu = proc.cpu_times()
+            key = owner.get(proc.pid) or owner.get(proc.info["ppid"])
+            if key is None:
+                key = next(
+                    (owner[a.pid] for a in proc.parents() if a.pid in owner), None
+                )  # intake's uvicorn workers are grandchildren
+            if key is None:
+                cmd = " ".join(proc.info["cmdline"] or ())
+                key = (
+                    "kafka"
+                    if "kafka" in cmd and "java" in name
+                    else "postgres"
+                    if name == "postgres"
+                    else "other"
+                )
+            spent = cpu.user + cpu.system
+            if proc.pid == os.getpid():
+                key = "load (hey) and bench"
+                spent += cpu.children_user + cpu.children_system  # hey, once it has exited
+            used[key] = used.get(key, 0.0) + spent
+        except psutil.Error:
+            continue
+    return used

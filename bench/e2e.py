@@ -25,10 +25,9 @@ from typing import Any
 
 import asyncpg
 import httpx
-import psutil
 from aiokafka import AIOKafkaConsumer
 
-from bench._tools import LoadResult, bench_stack, run_hey
+from bench._tools import LoadResult, bench_stack, cpu_seconds, run_hey
 from services.intake import store as intake_store
 from services.intake.app import MIGRATIONS as INTAKE_MIGRATIONS
 from services.intake.auth import Role
@@ -99,6 +98,9 @@ async def collect(
         await consumer.stop()
 
 
+SERVICES = ("intake", "router", "escalation", "notifier")
+
+
 def pct(values: list[float], p: float) -> float:
     return sorted(values)[min(len(values) - 1, int(len(values) * p))] * 1000
 
@@ -139,8 +141,9 @@ def main() -> None:
             subprocess.Popen(
                 [sys.executable, "-m", "shared.cli.main", "serve", name], env=env, cwd=PROJECT_ROOT
             )
-            for name in ("intake", "router", "escalation", "notifier")
+            for name in SERVICES
         ]
+        owners = {p.pid: name for p, name in zip(procs, SERVICES, strict=True)}
         try:
             for _ in range(300):
                 try:
@@ -178,7 +181,7 @@ def main() -> None:
                 # hey paces each connection: r/10 connections at 10 requests/s each
                 phases.append((f"{r} reports/s", {"concurrency": r // 10, "qps_per_worker": 10}))
             for label, kwargs in phases:
-                cpu_before = cpu_seconds(procs)
+                cpu_before = cpu_seconds(owners)
                 got: list[tuple[float, float]] = []
                 hops: dict[str, list[float]] = {
                     k: [] for k in ("intake relay", "router", "notifier", "feed → reader")
@@ -219,7 +222,7 @@ def main() -> None:
                         )
                     )
                 print(f"{'':14} consumer lag at the end: {consumer_lag(ports)}")
-                used = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(procs).items()}
+                used = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(owners).items()}
                 print(
                     f"{'':14} CPU seconds: "
                     + ", ".join(
@@ -231,44 +234,6 @@ def main() -> None:
                 p.terminate()
             for p in procs:
                 p.wait(30)
-
-
-def cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> dict[str, float]:
-    """CPU time used so far by each service (with its worker processes), Kafka, PostgreSQL
-    and everything else of ours (the load generator, this script)."""
-    names = ("intake", "router", "escalation", "notifier")
-    owner = {p.pid: name for p, name in zip(procs, names, strict=True)}
-    used: dict[str, float] = {}
-    for proc in psutil.process_iter(["name", "cmdline", "ppid", "uids"]):
-        try:
-            name = proc.info["name"] or ""
-            if name != "postgres" and (
-                proc.info["uids"] is None or proc.info["uids"].real != os.getuid()
-            ):
-                continue  # (PostgreSQL runs as its own user when the stack is root's)
-            cpu = proc.cpu_times()
-            key = owner.get(proc.pid) or owner.get(proc.info["ppid"])
-            if key is None:
-                key = next(
-                    (owner[a.pid] for a in proc.parents() if a.pid in owner), None
-                )  # intake's uvicorn workers are grandchildren
-            if key is None:
-                cmd = " ".join(proc.info["cmdline"] or ())
-                key = (
-                    "kafka"
-                    if "kafka" in cmd and "java" in name
-                    else "postgres"
-                    if name == "postgres"
-                    else "other"
-                )
-            spent = cpu.user + cpu.system
-            if proc.pid == os.getpid():
-                key = "load (hey) and bench"
-                spent += cpu.children_user + cpu.children_system  # hey, once it has exited
-            used[key] = used.get(key, 0.0) + spent
-        except psutil.Error:
-            continue
-    return used
 
 
 def consumer_lag(ports: dict[str, int]) -> str:

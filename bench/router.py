@@ -27,7 +27,7 @@ import asyncpg
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench._tools import bench_stack
+from bench._tools import bench_stack, cpu_seconds
 from services.router import democity, snapshot, store
 from services.router.app import MIGRATIONS
 from services.router.decide import CaseFacts, decide
@@ -102,7 +102,8 @@ def lookups(city: democity.City) -> None:
     print(f"process RSS, city loaded {rss / 2**20:8.0f} MB   ({snap_mb:.0f} MB for the snapshot)")
 
 
-def _reports(city: democity.City, n: int) -> list[bytes]:
+def _reports(city: democity.City, n: int) -> list[tuple[bytes, bytes]]:
+    """(key, value) of `n` reports at random points, keyed by case id as intake keys them."""
     rng = random.Random(9)
     out = []
     for _ in range(n):
@@ -119,16 +120,16 @@ def _reports(city: democity.City, n: int) -> list[bytes]:
             case_id=str(uuid.uuid4()),
             producer="bench",
         )
-        out.append(env.to_json())
+        out.append((env.case_id.encode(), env.to_json()))
     return out
 
 
-async def _fill(stack: LocalStack, values: list[bytes]) -> None:
+async def _fill(stack: LocalStack, messages: list[tuple[bytes, bytes]]) -> None:
     producer = AIOKafkaProducer(
         bootstrap_servers=stack.kafka.bootstrap, linger_ms=5, max_batch_size=256 * 1024
     )
     await producer.start()
-    futures = [await producer.send(topics.CASES_INTAKE, v, key=v[-40:]) for v in values]
+    futures = [await producer.send(topics.CASES_INTAKE, v, key=k) for k, v in messages]
     await asyncio.gather(*futures)
     await producer.stop()
 
@@ -184,14 +185,18 @@ async def through_broker(stack: LocalStack, city: democity.City, n: int) -> None
         futures = [await producer.send("bench.passthrough", r.value, key=r.key) for r in records]
         await asyncio.gather(*futures)
 
+    before = cpu_seconds({})
     bare_s = await _consume_loop(stack, "bench-bare", n, passthrough)
+    print_cpu("bare", before, bare_s)
     await producer.stop()
 
     pool = await create_pool(stack.postgres.url, "router", max_size=4)
     producer = make_producer(settings, "bench-router")
     await producer.start()
     dispatcher = Dispatcher(pool, producer, RouterState(ref), None)
+    before = cpu_seconds({})
     router_s = await _consume_loop(stack, "bench-router", n, dispatcher.handle)
+    print_cpu("router", before, router_s)
     await producer.stop()
     await pool.close()
     print(f"cases through the broker {n:,} (12 partitions, batches of ≤500)")
@@ -256,6 +261,20 @@ async def _replica(
         await pool.close()
 
 
+def print_cpu(
+    label: str, before: dict[str, float], seconds: float, owner: dict[int, str] | None = None
+) -> None:
+    """Where the two cores went during a phase: CPU seconds per part, as a share of the
+    phase's wall time (200% = both cores)."""
+    used = {k: v - before.get(k, 0.0) for k, v in cpu_seconds(owner or {}).items()}
+    print(
+        f"  CPU during {label}: "
+        + ", ".join(
+            f"{k} {v / seconds:.0%}" for k, v in sorted(used.items(), key=lambda x: -x[1]) if v > 0
+        )
+    )
+
+
 def _replica_main(*args: Any) -> None:
     asyncio.run(_replica(*args))
 
@@ -286,7 +305,10 @@ def in_processes(stack: LocalStack, kind: str, n_procs: int) -> tuple[int, float
     for ready in readies:
         ready.wait(300)
     go.set()
+    before = cpu_seconds({p.pid: kind for p in procs if p.pid is not None})
     results = [out.get(timeout=900) for _ in procs]
+    used = max(r[1] for r in results) - min(r[0] for r in results)
+    print_cpu(f"{kind} ×{n_procs}", before, used, {p.pid: kind for p in procs if p.pid})
     for proc in procs:
         proc.join(60)
     done = sum(r[2] for r in results)

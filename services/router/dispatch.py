@@ -30,7 +30,7 @@ from services.router import store
 from services.router.decide import CaseFacts, Decision, decide
 from services.router.refdata import ReferenceData
 from shared import events, topics
-from shared.events import DecodeError, Envelope, decode, peek_event_type, wrap
+from shared.events import DecodeError, Envelope, decode, envelope_json, peek_event_type
 from shared.ids import derived_event_id
 from shared.kafka import DeadLetters
 from shared.metrics import REGISTRY
@@ -136,7 +136,7 @@ class _Item:
     event: events.Event
     facts: dict[str, Any] | None
     decision: Decision | None = None
-    out: Envelope | None = None
+    out: bytes | None = None  # the decision's envelope, as published
     value: bytes | None = None
 
 
@@ -228,7 +228,7 @@ class Dispatcher:
                 except Exception as exc:  # a bug or bad reference data: never stall the stream
                     await self._dead_letter(item.record, exc)
                     continue
-                item.out = wrap(
+                item.out = envelope_json(
                     item.decision.event,
                     case_id=item.env.case_id,
                     producer=PRODUCER,
@@ -250,7 +250,7 @@ class Dispatcher:
                     _RECORD_SQL,
                     [i.env.event_id for i in decided],
                     [i.env.case_id for i in decided],
-                    [i.out.to_json() for i in decided if i.out is not None],
+                    [i.out for i in decided],
                 )
                 recorded = {r["source_event_id"]: (bytes(r["envelope"]), r["is_new"]) for r in rows}
                 case_rows = []

@@ -12,7 +12,7 @@ from functools import cached_property
 from services.router.geo import GridIndex
 from services.router.rules import RuleTable
 from shared.catalogue import Category
-from shared.events import EscalationStep
+from shared.events import EscalationStep, trusted
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,9 @@ class ReferenceData:
                 ("city", self.city.name, self.city.contact),
             ]
             tail = tuple(
-                EscalationStep(level=first_level + i, role=role, name=name, contact=contact)
+                trusted(
+                    EscalationStep, level=first_level + i, role=role, name=name, contact=contact
+                )
                 for i, (role, name, contact) in enumerate(units)
             )
             self._chain_tails[key] = tail

@@ -10,6 +10,7 @@ from shared.events import (
     DecodeError,
     Location,
     decode,
+    envelope_json,
     peek_event_type,
     trusted,
     wrap,
@@ -89,3 +90,23 @@ def test_trusted_builds_the_validated_model_and_insists_on_every_field() -> None
     assert built.model_dump_json() == report.model_dump_json()
     with pytest.raises(TypeError, match="exactly its fields"):
         trusted(CaseAcknowledged, by="w")  # `note` left out: its default would be missing
+
+
+@pytest.mark.parametrize(
+    "traceparent", [None, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]
+)
+def test_envelope_json_is_the_envelopes_own_json(traceparent: str | None) -> None:
+    from tests.escalation.conftest import routed
+
+    routed_event = routed(
+        at=datetime(2026, 1, 12, 8, 0, 0, 123456, tzinfo=UTC), ack_s=3600, resolve_s=7200
+    ).event()
+    for event in (_report(), routed_event, CaseAcknowledged(by="w-1", note="到了")):
+        kw = {
+            "case_id": "c-7",
+            "producer": "router",
+            "event_id": new_event_id(),
+            "occurred_at": datetime(2026, 1, 12, 8, 0, 1, 5, tzinfo=UTC),
+            "traceparent": traceparent,
+        }
+        assert envelope_json(event, **kw) == wrap(event, **kw).to_json()
