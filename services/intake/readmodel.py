@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from datetime import UTC
+from typing import Any
 
 import asyncpg
+from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter, Gauge
 
 from services.intake import store
 from shared import topics
-from shared.events import decode
-from shared.kafka import DeadLetters, durable_subscriber, records_of
+from shared.events import DecodeError, decode
+from shared.kafka import DeadLetters, durable_subscriber, handle_isolating, records_of
 from shared.metrics import REGISTRY, sample_every
 
 log = logging.getLogger(__name__)
@@ -43,16 +46,26 @@ def attach_read_model(broker: KafkaBroker, pool: asyncpg.Pool) -> None:
         broker, topics.CASES_LIFECYCLE, group_id=GROUP_ID, batch=True, max_records=500
     )
     async def fold_lifecycle(msg: KafkaMessage) -> None:
-        # One commit per batch; each event is applied in a savepoint inside it.
-        async with pool.acquire() as conn, conn.transaction():
-            for record in records_of(msg):
-                async with dead_letters.guard(record):
-                    env, event = decode(record.value)
-                    applied = await store.apply_lifecycle_event(conn, env, event)
-                    READ_MODEL_EVENTS.labels("applied" if applied else "duplicate").inc()
-                    READ_MODEL_LAG.set(
-                        max(0.0, time.time() - env.occurred_at.astimezone(UTC).timestamp())
-                    )
+        await handle_isolating(records_of(msg), fold_records, dead_letters)
+
+    async def fold_records(records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        # The whole batch with a few set-based statements and one commit: a savepoint and
+        # three statements per event made this consumer a fifth of intake's CPU.
+        items = []
+        for record in records:
+            try:
+                items.append(decode(record.value))
+            except DecodeError as exc:
+                await dead_letters.publish(record, exc)
+        if not items:
+            return
+        async with pool.acquire() as conn:
+            applied = await store.apply_lifecycle_events(conn, items)
+        READ_MODEL_EVENTS.labels("applied").inc(applied)
+        READ_MODEL_EVENTS.labels("duplicate").inc(len(items) - applied)
+        READ_MODEL_LAG.set(
+            max(0.0, time.time() - items[-1][0].occurred_at.astimezone(UTC).timestamp())
+        )
 
 
 OPEN_CASES = Gauge(

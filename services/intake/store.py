@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -272,49 +273,126 @@ async def apply_lifecycle_event(
 ) -> bool:
     """Fold one event of `cases.lifecycle` into the case. Idempotent by event_id; returns
     False for a duplicate (or one of intake's own events, recorded when it was written)."""
+    return await apply_lifecycle_events(conn, [(env, event)]) == 1
+
+
+async def apply_lifecycle_events(
+    conn: asyncpg.Connection, items: Sequence[tuple[Envelope, events.Event]]
+) -> int:
+    """Fold a batch of `cases.lifecycle` events, in order, into the cases and their timelines
+    with four statements whatever the batch's size. Idempotent by event_id: returns how many
+    events were new."""
+    if not items:
+        return 0
     async with conn.transaction():
-        if not await _record_event(conn, env, _timeline_details(event)):
-            return False
-        case = await conn.fetchrow(
-            "SELECT status, escalation_level FROM intake.cases WHERE case_id = $1 FOR UPDATE",
-            env.case_id,
+        new_ids = {
+            r["event_id"]
+            for r in await conn.fetch(
+                "INSERT INTO intake.case_events (event_id, case_id, event_type, occurred_at, "
+                "producer, payload) SELECT e, c, t, o, p, d::jsonb FROM unnest($1::uuid[], "
+                "$2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[]) "
+                "AS x(e, c, t, o, p, d) ON CONFLICT DO NOTHING RETURNING event_id",
+                *map(
+                    list,
+                    zip(
+                        *(
+                            (
+                                env.event_id,
+                                env.case_id,
+                                env.event_type,
+                                env.occurred_at,
+                                env.producer,
+                                orjson.dumps(_timeline_details(ev)).decode(),
+                            )
+                            for env, ev in items
+                        ),
+                        strict=True,
+                    ),
+                ),
+            )
+        }
+        fresh = []
+        for env, ev in items:
+            if env.event_id in new_ids:
+                new_ids.discard(env.event_id)  # the same event twice in a batch: once
+                fresh.append((env, ev))
+        if not fresh:
+            return 0
+        cases = {
+            r["case_id"]: r
+            for r in await conn.fetch(
+                "SELECT case_id, status FROM intake.cases WHERE case_id = ANY($1) "
+                "ORDER BY case_id FOR UPDATE",
+                list({env.case_id for env, _ in fresh}),
+            )
+        }
+        # A case this intake never saw (another city's, or a test) gets its timeline only.
+        changes: dict[str, CaseChange] = {}
+        for env, ev in fresh:
+            if env.case_id in cases:
+                change = changes.get(env.case_id) or CaseChange(
+                    Status(cases[env.case_id]["status"])
+                )
+                changes[env.case_id] = change.after(ev, env.occurred_at)
+        if changes:
+            await conn.execute(
+                """UPDATE intake.cases c SET status = u.status,
+                       department = CASE WHEN u.routed THEN u.department ELSE c.department END,
+                       grid_id = CASE WHEN u.routed THEN u.grid_id ELSE c.grid_id END,
+                       district = CASE WHEN u.routed THEN u.district ELSE c.district END,
+                       worker_id = CASE WHEN u.routed THEN u.worker_id ELSE c.worker_id END,
+                       priority = CASE WHEN u.routed THEN u.priority ELSE c.priority END,
+                       acknowledge_by = CASE WHEN u.routed THEN u.ack ELSE c.acknowledge_by END,
+                       resolve_by = CASE WHEN u.routed THEN u.res ELSE c.resolve_by END,
+                       escalation_level = GREATEST(c.escalation_level, u.level),
+                       updated_at = u.at
+                   FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[],
+                       $6::text[], $7::text[], $8::text[], $9::timestamptz[],
+                       $10::timestamptz[], $11::int[], $12::timestamptz[])
+                       AS u(case_id, status, routed, department, grid_id, district, worker_id,
+                            priority, ack, res, level, at)
+                   WHERE c.case_id = u.case_id""",
+                *map(
+                    list,
+                    zip(*((cid, *ch.columns()) for cid, ch in changes.items()), strict=True),
+                ),
+            )
+    return len(fresh)
+
+
+@dataclass(frozen=True)
+class CaseChange:
+    """What a run of lifecycle events does to a case's row: its status, what its last routing
+    said, the highest escalation level, and when."""
+
+    status: Status
+    routed: events.CaseRouted | None = None
+    level: int = 0
+    at: datetime | None = None
+
+    def after(self, event: events.Event, at: datetime) -> CaseChange:
+        status = lifecycle.status_after_event(self.status, event)
+        routed = event if isinstance(event, events.CaseRouted) else self.routed
+        level = (
+            max(self.level, event.level) if isinstance(event, events.CaseEscalated) else self.level
         )
-        if case is None:
-            return True  # a case this intake never saw (another city's, or a test): timeline only
-        status = lifecycle.status_after_event(Status(case["status"]), event)
-        match event:
-            case events.CaseRouted():
-                await conn.execute(
-                    """UPDATE intake.cases SET status = $2, department = $3, grid_id = $4,
-                           district = $5, worker_id = $6, priority = $7, acknowledge_by = $8,
-                           resolve_by = $9, updated_at = $10 WHERE case_id = $1""",
-                    env.case_id,
-                    status.value,
-                    event.department,
-                    event.grid_id,
-                    event.district,
-                    event.worker_id,
-                    event.priority.value,
-                    event.deadlines.acknowledge_by,
-                    event.deadlines.resolve_by,
-                    env.occurred_at,
-                )
-            case events.CaseEscalated():
-                await conn.execute(
-                    "UPDATE intake.cases SET escalation_level = GREATEST(escalation_level, $2), "
-                    "updated_at = $3 WHERE case_id = $1",
-                    env.case_id,
-                    event.level,
-                    env.occurred_at,
-                )
-            case _:
-                await conn.execute(
-                    "UPDATE intake.cases SET status = $2, updated_at = $3 WHERE case_id = $1",
-                    env.case_id,
-                    status.value,
-                    env.occurred_at,
-                )
-    return True
+        return CaseChange(status, routed, level, at)
+
+    def columns(self) -> tuple[Any, ...]:
+        r = self.routed
+        return (
+            self.status.value,
+            r is not None,
+            r.department if r else None,
+            r.grid_id if r else None,
+            r.district if r else None,
+            r.worker_id if r else None,
+            r.priority.value if r else None,
+            r.deadlines.acknowledge_by if r else None,
+            r.deadlines.resolve_by if r else None,
+            self.level,
+            self.at,
+        )
 
 
 # --- queries ------------------------------------------------------------------------------

@@ -1,0 +1,115 @@
+"""The read model's fold on the real database: a batch of lifecycle events, several per case,
+applied in order with set-based statements; redelivery changes nothing."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from services.intake import store
+from services.intake.app import MIGRATIONS
+from services.intake.lifecycle import Status
+from shared import events
+from shared.db import migrate
+from shared.events import wrap
+from shared.localstack import LocalStack
+from tests.intake.conftest import routed_event
+
+
+@pytest.fixture
+async def intake_db(stack: LocalStack) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(stack.postgres.url)
+    await migrate(conn, "intake", MIGRATIONS)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def _new_case(conn: asyncpg.Connection) -> str:
+    case_id = str(uuid.uuid4())
+    await conn.execute(
+        "INSERT INTO intake.cases (case_id, tracking_token, status, category, description, "
+        "channel, reported_at) VALUES ($1, $2, 'reported', 'heating.outage', '暖气不热', 'app', "
+        "now())",
+        case_id,
+        uuid.uuid4().hex,
+    )
+    return case_id
+
+
+def _step(event: events.Event, case_id: str) -> events.Envelope:
+    return wrap(event, case_id=case_id, producer="intake")
+
+
+def test_a_case_change_follows_its_events() -> None:
+    routed = routed_event("c-1", "heating").event()
+    assert isinstance(routed, events.CaseRouted)
+    at = datetime.now(UTC)
+    change = (
+        store.CaseChange(Status.REPORTED)
+        .after(routed, at)
+        .after(
+            events.CaseEscalated(
+                deadline="acknowledge", due_at=at, level=2, to=routed.escalation_chain[0], repeat=0
+            ),
+            at,
+        )
+        .after(
+            events.CaseEscalated(
+                deadline="acknowledge", due_at=at, level=1, to=routed.escalation_chain[0], repeat=0
+            ),
+            at,
+        )
+        .after(events.CaseAcknowledged(by="w-1"), at)
+    )
+    assert (change.status, change.level, change.routed) == (Status.ACKNOWLEDGED, 2, routed)
+
+
+async def test_a_batch_folds_in_order_and_only_once(intake_db: asyncpg.Connection) -> None:
+    acked, routed_only, unknown = await _new_case(intake_db), await _new_case(intake_db), "nobody"
+    first = routed_event(acked, "heating")
+    batch = [
+        first,
+        routed_event(routed_only, "water", worker="w-9"),
+        _step(events.CaseAcknowledged(by="w-1"), acked),
+        first,  # the same event twice in a batch
+        routed_event(unknown, "gas"),  # a case this intake never saw: timeline only
+    ]
+    items = [(env, env.event()) for env in batch]
+    assert await store.apply_lifecycle_events(intake_db, items) == 4
+    assert await store.apply_lifecycle_events(intake_db, items) == 0  # redelivered
+    rows = {
+        r["case_id"]: r
+        for r in await intake_db.fetch(
+            "SELECT case_id, status, department, worker_id, priority FROM intake.cases "
+            "WHERE case_id = ANY($1)",
+            [acked, routed_only],
+        )
+    }
+    assert (rows[acked]["status"], rows[acked]["department"]) == ("acknowledged", "heating")
+    assert (rows[routed_only]["status"], rows[routed_only]["worker_id"]) == ("routed", "w-9")
+    assert rows[routed_only]["priority"] == "high"
+    timeline = await intake_db.fetch(
+        "SELECT case_id, event_type FROM intake.case_events WHERE case_id = ANY($1)",
+        [acked, routed_only, unknown],
+    )
+    assert sorted((r["case_id"], r["event_type"]) for r in timeline) == sorted(
+        [
+            (acked, "CaseRouted"),
+            (acked, "CaseAcknowledged"),
+            (routed_only, "CaseRouted"),
+            (unknown, "CaseRouted"),
+        ]
+    )
+    # later events keep what routing said
+    later = [(e, e.event()) for e in [_step(events.CaseResolved(by="w-1", note="修好了"), acked)]]
+    assert await store.apply_lifecycle_events(intake_db, later) == 1
+    row = await intake_db.fetchrow(
+        "SELECT status, department FROM intake.cases WHERE case_id = $1", acked
+    )
+    assert (row["status"], row["department"]) == ("resolved", "heating")
