@@ -172,6 +172,14 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}/v1/cases"
             headers = {"Authorization": f"Bearer {token}"}
             run_hey(url, body, seconds=3, concurrency=8, headers=headers)  # warm-up
+            time.sleep(5)  # drained
+            idle_before = cpu_seconds(owners)
+            time.sleep(10)
+            idle = {k: v - idle_before.get(k, 0.0) for k, v in cpu_seconds(owners).items()}
+            print(
+                "idle (10 s, no reports) CPU seconds: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in sorted(idle.items(), key=lambda x: -x[1]))
+            )
 
             phases: list[tuple[str, dict[str, Any]]] = [
                 ("saturated", {"concurrency": 64}),

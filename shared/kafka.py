@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import traceback
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
@@ -108,6 +109,10 @@ def make_producer(settings: KafkaSettings, client_id: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(**producer_options(settings, client_id))
 
 
+# The fetch wait each broker's subscribers use, from the settings it was made with.
+_FETCH_MAX_WAIT: weakref.WeakKeyDictionary[KafkaBroker, int] = weakref.WeakKeyDictionary()
+
+
 def make_broker(
     settings: KafkaSettings, service: str, registry: CollectorRegistry = REGISTRY
 ) -> KafkaBroker:
@@ -122,7 +127,7 @@ def make_broker(
             ssl_context=opts.get("ssl_context"),
             use_ssl=settings.security_protocol == "SASL_SSL",
         )
-    return KafkaBroker(
+    broker = KafkaBroker(
         opts["bootstrap_servers"],
         security=security,
         client_id=opts["client_id"],
@@ -136,9 +141,11 @@ def make_broker(
         logger=logging.getLogger(f"griddispatch.{service}.broker"),
         log_level=logging.DEBUG,  # "Received"/"Processed" per message: not at INFO
     )
+    _FETCH_MAX_WAIT[broker] = settings.fetch_max_wait_ms  # for its durable_subscribers
+    return broker
 
 
-FETCH_MAX_WAIT_MS = 20
+FETCH_MAX_WAIT_MS = KafkaSettings.model_fields["fetch_max_wait_ms"].default
 BATCH_TIMEOUT_MS = 20
 
 
@@ -155,10 +162,12 @@ def durable_subscriber(
     """`broker.subscriber` with commit-after-effect semantics and a start from the earliest
     offset for new groups (a new consumer must not skip reports that were already accepted)."""
     options.setdefault("auto_offset_reset", "earliest")
-    # The broker may hold a fetch up to this long before answering. aiokafka's default (500 ms)
-    # stalled busy consumers that also produce: a consume→produce loop ran at a third of the
-    # speed (bench/router.py's passthrough: 2,800 → 7,900 msgs/s with 20 ms).
-    options.setdefault("fetch_max_wait_ms", FETCH_MAX_WAIT_MS)
+    # The broker may hold a fetch up to this long when its partitions have nothing new, and
+    # the consumer sends no other fetch meanwhile: at aiokafka's default (500 ms) a consumer
+    # whose busy partition was still buffered waited on a fetch for its idle ones (a third of
+    # the speed). Much lower polls an idle broker hard (20 ms: 39% of a core for Kafka with
+    # the four services idle, 100 ms: 23%). `GRIDDISPATCH_KAFKA__FETCH_MAX_WAIT_MS`.
+    options.setdefault("fetch_max_wait_ms", _FETCH_MAX_WAIT.get(broker, FETCH_MAX_WAIT_MS))
     options.setdefault("decoder", undecoded)
     if options.get("batch"):
         # FastStream's batch loop waits this long for records and, when none came, sleeps as

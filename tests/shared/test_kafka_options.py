@@ -1,0 +1,36 @@
+"""What every durable subscriber is given, without a broker running."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shared.kafka import BATCH_TIMEOUT_MS, durable_subscriber, make_broker, undecoded
+from shared.settings import KafkaSettings
+
+
+def _options(monkeypatch: pytest.MonkeyPatch, settings: KafkaSettings, **kw: Any) -> dict:
+    broker = make_broker(settings, "test")
+    seen: dict[str, Any] = {}
+
+    def subscriber(*_: Any, **options: Any) -> Any:
+        seen.update(options)
+        return lambda handler: handler
+
+    monkeypatch.setattr(broker, "subscriber", subscriber)
+    durable_subscriber(broker, "a-topic", group_id="g", **kw)
+    return seen
+
+
+def test_subscribers_use_their_brokers_fetch_wait_and_read_raw_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen = _options(monkeypatch, KafkaSettings(fetch_max_wait_ms=250), batch=True)
+    assert seen["fetch_max_wait_ms"] == 250
+    assert seen["batch_timeout_ms"] == BATCH_TIMEOUT_MS
+    assert seen["decoder"] is undecoded
+    assert seen["auto_offset_reset"] == "earliest"
+    default = _options(monkeypatch, KafkaSettings())
+    assert default["fetch_max_wait_ms"] == KafkaSettings().fetch_max_wait_ms
+    assert "batch_timeout_ms" not in default  # single-message subscribers have no batch loop
