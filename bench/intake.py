@@ -22,7 +22,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from bench._tools import LoadResult, bench_stack, run_hey
+from bench._tools import LoadResult, bench_stack, cpu_seconds, run_hey
 from services.intake import store
 from services.intake.auth import Role
 from shared.localstack import free_port
@@ -55,6 +55,17 @@ def show(name: str, r: LoadResult) -> None:
     print(
         f"{name:34} {r.rps:>8,.0f} req/s   p50 {r.p50_ms:6.1f} ms   p95 {r.p95_ms:6.1f} ms"
         f"   p99 {r.p99_ms:6.1f} ms   statuses {r.statuses}"
+    )
+
+
+def show_cpu(before: dict[str, float], after: dict[str, float], seconds: float) -> None:
+    """Where the two cores went during a run (200% = both)."""
+    used = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    print(
+        f"{'':34} CPU: "
+        + ", ".join(
+            f"{k} {v / seconds:.0%}" for k, v in sorted(used.items(), key=lambda x: -x[1]) if v > 0
+        )
     )
 
 
@@ -119,6 +130,8 @@ def main() -> None:
                 f"uvicorn workers per server: {args.workers}; load: hey, "
                 f"{args.concurrency} connections, {args.seconds}s per run; 2 cores shared"
             )
+            owners = {intake.pid: "intake", bare.pid: "bare server"}
+            before = cpu_seconds(owners)
             b = run_hey(
                 bare_url,
                 body_file,
@@ -127,6 +140,8 @@ def main() -> None:
                 headers=headers,
             )
             show("bare endpoint (validate, 202)", b)
+            show_cpu(before, cpu_seconds(owners), args.seconds)
+            before = cpu_seconds(owners)
             d = run_hey(
                 durable_url,
                 body_file,
@@ -135,6 +150,7 @@ def main() -> None:
                 headers=headers,
             )
             show("durable path (PostgreSQL + outbox)", d)
+            show_cpu(before, cpu_seconds(owners), args.seconds)
             print(f"{'ratio durable / bare':34} {d.rps / b.rps:>8.2f}")
             fixed = run_hey(
                 durable_url,
