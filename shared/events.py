@@ -8,6 +8,7 @@ and the AsyncAPI document under `docs/` are generated from these classes (`make 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, TypeVar
@@ -395,6 +396,20 @@ def wrap_payload(
 def json_time(value: datetime) -> str:
     """A datetime as the contract's JSON writes it (pydantic's form: UTC as `Z`)."""
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def first_seen(
+    items: Iterable[tuple[Envelope, Event]], new_ids: Iterable[uuid.UUID]
+) -> list[tuple[Envelope, Event]]:
+    """The items whose event id is among `new_ids` (those a consumer's idempotency table just
+    took), in order, each once — a batch can hold the same event twice."""
+    left = set(new_ids)
+    fresh = []
+    for env, ev in items:
+        if env.event_id in left:
+            left.discard(env.event_id)
+            fresh.append((env, ev))
+    return fresh
 
 
 def peek_event_type(raw: bytes | str) -> str | None:

@@ -34,6 +34,7 @@ from faststream.security import BaseSecurity, SASLScram512
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from shared import topics
+from shared.events import DecodeError, Envelope, Event, decode
 from shared.metrics import REGISTRY, sample_every
 from shared.settings import KafkaSettings
 
@@ -297,6 +298,22 @@ def records_of(msg: Any) -> tuple[ConsumerRecord[Any, Any], ...]:
     """The raw records of a FastStream Kafka message, batch or single."""
     raw = msg.raw_message
     return raw if isinstance(raw, tuple) else (raw,)
+
+
+async def decode_records(
+    records: Sequence[ConsumerRecord[Any, Any]], dead_letters: DeadLetters | None
+) -> list[tuple[Envelope, Event]]:
+    """The records' events, in order. A malformed record goes to the dead-letter topic (or,
+    without one, raises `DecodeError`)."""
+    items = []
+    for record in records:
+        try:
+            items.append(decode(record.value))
+        except DecodeError as exc:
+            if dead_letters is None:
+                raise
+            await dead_letters.publish(record, exc)
+    return items
 
 
 async def handle_isolating(

@@ -25,10 +25,10 @@ from services.escalation import timers
 from services.escalation.deadlines import LadderPolicy
 from shared import topics
 from shared.db import OUTBOX_MIGRATIONS, MigrationSource, create_pool, migrate
-from shared.events import DecodeError, decode
 from shared.kafka import (
     ConsumerLag,
     DeadLetters,
+    decode_records,
     durable_subscriber,
     handle_isolating,
     make_broker,
@@ -229,12 +229,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         # The whole batch in one transaction and a handful of statements: a commit, and then
         # a savepoint and five statements, per event made this consumer the pipeline's
         # bottleneck.
-        items = []
-        for record in records:
-            try:
-                items.append(decode(record.value))
-            except DecodeError as exc:
-                await dead_letters.publish(record, exc)
+        items = await decode_records(records, dead_letters)
         async with pool.acquire() as conn:
             await timers.fold_batch(conn, items, utc_now(), cfg)
 

@@ -29,7 +29,7 @@ from services.escalation.deadlines import (
     with_factor,
 )
 from shared import events, topics
-from shared.events import Envelope, EscalationStep, json_time, wrap, wrap_payload
+from shared.events import Envelope, EscalationStep, first_seen, json_time, wrap, wrap_payload
 from shared.ids import derived_event_id
 from shared.metrics import REGISTRY
 from shared.outbox import Outbox
@@ -118,11 +118,7 @@ async def fold_batch(
                 [env.event_id for env, _ in items],
             )
         }
-        fresh = []
-        for env, ev in items:
-            if env.event_id in new_ids:
-                new_ids.discard(env.event_id)  # the same event twice in a batch: once
-                fresh.append((env, ev))
+        fresh = first_seen(items, new_ids)
         if not fresh:
             return 0
         # Locked in a fixed order, so that two replicas folding overlapping batches (during a

@@ -23,7 +23,7 @@ from services.intake.auth import NewKey, Principal, Role, generate_key, secret_m
 from services.intake.lifecycle import Action, Actor, Status, Step
 from shared import events, topics
 from shared.catalogue import Catalogue, Category
-from shared.events import Envelope, wrap
+from shared.events import Envelope, first_seen, wrap
 from shared.outbox import Outbox
 
 PRODUCER = "intake"
@@ -311,11 +311,7 @@ async def apply_lifecycle_events(
                 ),
             )
         }
-        fresh = []
-        for env, ev in items:
-            if env.event_id in new_ids:
-                new_ids.discard(env.event_id)  # the same event twice in a batch: once
-                fresh.append((env, ev))
+        fresh = first_seen(items, new_ids)
         if not fresh:
             return 0
         cases = {

@@ -31,9 +31,9 @@ from services.notifier.resident_delivery import queue_for_residents
 from services.notifier.views import DEPARTMENT_EVENTS, department_view
 from shared import events, topics
 from shared.db import create_pool
-from shared.events import DecodeError, Envelope, decode
+from shared.events import Envelope
 from shared.ids import derived_event_id
-from shared.kafka import DeadLetters, ensure_topics
+from shared.kafka import DeadLetters, decode_records, ensure_topics
 from shared.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
@@ -92,17 +92,11 @@ class FeedWriter:
         """Write one batch to the department feeds and the delivery log. The database work is
         set-based (a handful of statements and one commit per batch, not per event), while
         each event still sees the case as the events before it left it."""
-        items: list[tuple[Envelope, events.Event]] = []
-        for record in records:
-            try:
-                env, event = decode(record.value)
-            except DecodeError as exc:
-                if self.dead_letters is None:
-                    raise
-                await self.dead_letters.publish(record, exc)
-                continue
-            if isinstance(event, DEPARTMENT_EVENTS):
-                items.append((env, event))
+        items = [
+            (env, event)
+            for env, event in await decode_records(records, self.dead_letters)
+            if isinstance(event, DEPARTMENT_EVENTS)
+        ]
         if not items:
             return 0
         sends: list[tuple[str, bytes, bytes, str | None, datetime | None]] = []

@@ -11,6 +11,7 @@ from shared.events import (
     Location,
     decode,
     envelope_json,
+    first_seen,
     peek_event_type,
     trusted,
     wrap,
@@ -110,3 +111,10 @@ def test_envelope_json_is_the_envelopes_own_json(traceparent: str | None) -> Non
             "traceparent": traceparent,
         }
         assert envelope_json(event, **kw) == wrap(event, **kw).to_json()
+
+
+def test_first_seen_keeps_the_new_events_once_in_order() -> None:
+    a, b, c = (wrap(CaseAcknowledged(by=w), case_id="c", producer="p") for w in "abc")
+    items = [(e, e.event()) for e in (a, b, a, c, b)]
+    fresh = first_seen(items, {a.event_id, b.event_id})
+    assert [env for env, _ in fresh] == [a, b]

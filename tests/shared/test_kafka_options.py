@@ -34,3 +34,19 @@ def test_subscribers_use_their_brokers_fetch_wait_and_read_raw_records(
     default = _options(monkeypatch, KafkaSettings())
     assert default["fetch_max_wait_ms"] == KafkaSettings().fetch_max_wait_ms
     assert "batch_timeout_ms" not in default  # single-message subscribers have no batch loop
+
+
+async def test_decoding_a_batch_without_a_dead_letter_topic_raises() -> None:
+    from aiokafka import ConsumerRecord
+
+    from shared.events import CaseAcknowledged, DecodeError, wrap
+    from shared.kafka import decode_records
+
+    good = wrap(CaseAcknowledged(by="w"), case_id="c", producer="p")
+
+    def record(value: bytes) -> ConsumerRecord:
+        return ConsumerRecord("t", 0, 0, 0, 0, b"c", value, None, 0, len(value), ())
+
+    assert [env for env, _ in await decode_records([record(good.to_json())], None)] == [good]
+    with pytest.raises(DecodeError):
+        await decode_records([record(good.to_json()), record(b"not json")], None)
