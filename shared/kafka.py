@@ -275,6 +275,7 @@ async def ensure_topics(
     names: Iterable[str],
     *,
     partitions: int,
+    replication_factor: int = 1,
     configs: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the ones created."""
@@ -287,7 +288,12 @@ async def ensure_topics(
             # created concurrently by another process: fine
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
-                    [NewTopic(n, partitions, 1, topic_configs=dict(configs or {})) for n in missing]
+                    [
+                        NewTopic(
+                            n, partitions, replication_factor, topic_configs=dict(configs or {})
+                        )
+                        for n in missing
+                    ]
                 )
         return missing
     finally:

@@ -19,6 +19,13 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 class KafkaSettings(BaseModel):
     bootstrap_servers: str = "127.0.0.1:19092"
     partitions: int = Field(default=12, ge=1, description="partitions of each contract topic")
+    replication_factor: int = Field(
+        default=1,
+        ge=1,
+        description="replicas of the topics GridDispatch creates itself (department feeds; "
+        "locally the contract topics too): the cluster's default.replication.factor, so that "
+        "acks=all writes meet its min.insync.replicas",
+    )
     client_id_prefix: str = "griddispatch"
     # Authentication: SCRAM-SHA-512 (what Strimzi's KafkaUser gives) over plain TCP or TLS.
     security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

@@ -120,7 +120,10 @@ async def add_subscription(
 
 
 def http_app(
-    pool: asyncpg.Pool, ns: NotifierSettings, kafka: str | Mapping[str, Any] = ""
+    pool: asyncpg.Pool,
+    ns: NotifierSettings,
+    kafka: str | Mapping[str, Any] = "",
+    topic_shape: tuple[int, int] = (12, 1),  # partitions, replication factor of new feeds
 ) -> FastAPI:
     app = FastAPI(title="GridDispatch notifier", version="1")
 
@@ -178,7 +181,14 @@ def http_app(
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from exc
         return StreamingResponse(
-            department_events(kafka, department, grid, pool),
+            department_events(
+                kafka,
+                department,
+                grid,
+                pool,
+                partitions=topic_shape[0],
+                replication_factor=topic_shape[1],
+            ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -215,6 +225,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         settings.kafka.partitions,
         dead_letters,
         quiet=ns.quiet(),
+        replication_factor=settings.kafka.replication_factor,
     )
 
     @durable_subscriber(
@@ -239,7 +250,12 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     )
     server = uvicorn.Server(
         uvicorn.Config(
-            http_app(pool, ns, connection_options(settings.kafka)),
+            http_app(
+                pool,
+                ns,
+                connection_options(settings.kafka),
+                (settings.kafka.partitions, settings.kafka.replication_factor),
+            ),
             host=ns.host,
             port=ns.port,
             log_config=None,

@@ -72,8 +72,10 @@ class FeedWriter:
         partitions: int,
         dead_letters: DeadLetters | None,
         quiet: tuple[dtime, dtime] = (dtime(22), dtime(7)),
+        replication_factor: int = 1,
     ) -> None:
         self.quiet = quiet
+        self.replication_factor = replication_factor
         self.pool = pool
         self.producer = producer
         self.kafka = kafka
@@ -84,7 +86,12 @@ class FeedWriter:
     async def _topic(self, department: str) -> str:
         name = topics.department_feed(department)
         if name not in self._topics:
-            await ensure_topics(self.kafka, [name], partitions=self.partitions)
+            await ensure_topics(
+                self.kafka,
+                [name],
+                partitions=self.partitions,
+                replication_factor=self.replication_factor,
+            )
             self._topics.add(name)
         return name
 

@@ -27,11 +27,14 @@ async def department_events(
     pool: asyncpg.Pool,
     stop: asyncio.Event | None = None,
     partitions: int = 12,
+    replication_factor: int = 1,
 ) -> AsyncIterator[bytes]:
     topic = topics.department_feed(department)
     # The feed topic may not exist yet (no case so far): create it now, so that the partitions
     # are assigned at once and "latest" cannot skip the department's first messages.
-    await ensure_topics(kafka, [topic], partitions=partitions)
+    await ensure_topics(
+        kafka, [topic], partitions=partitions, replication_factor=replication_factor
+    )
     consumer = AIOKafkaConsumer(
         topic,
         **client_options(kafka),

@@ -203,3 +203,23 @@ def test_dev_overlay_is_small(built: dict[str, str]) -> None:
     assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {
         "griddispatch-dev"
     }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_topics_the_services_create_are_replicated_as_the_cluster_expects(
+    built: dict[str, str], overlay: str
+) -> None:
+    """Department feeds are created by the notifier, not by a KafkaTopic: with fewer replicas
+    than the cluster's min.insync.replicas every acks=all write to them would be refused."""
+    objects = [d for d in yaml.safe_load_all(built[overlay]) if d]
+    config = of_kind(objects, "ConfigMap")["griddispatch-config"]["data"]
+    kafka = next(iter(of_kind(objects, "Kafka").values()))["spec"]["kafka"]["config"]
+    factor = int(config["GRIDDISPATCH_KAFKA__REPLICATION_FACTOR"])
+    assert factor == int(kafka["default.replication.factor"])
+    assert factor >= int(kafka["min.insync.replicas"])
+    brokers = sum(
+        pool["spec"]["replicas"]
+        for pool in of_kind(objects, "KafkaNodePool").values()
+        if "broker" in pool["spec"]["roles"]
+    )
+    assert factor <= brokers

@@ -1,0 +1,25 @@
+"""Department feed topics are created with the cluster's replication factor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from services.notifier import delivery
+
+
+async def test_feed_topics_get_the_configured_partitions_and_replicas(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    created: list[tuple[list[str], dict[str, Any]]] = []
+
+    async def ensure_topics(_: Any, names: list[str], **kw: Any) -> list[str]:
+        created.append((names, kw))
+        return names
+
+    monkeypatch.setattr(delivery, "ensure_topics", ensure_topics)
+    writer = delivery.FeedWriter(None, None, "kafka:9092", 6, None, replication_factor=3)  # type: ignore[arg-type]
+    assert await writer._topic("heating") == "dept.heating"
+    assert await writer._topic("heating") == "dept.heating"  # once per topic
+    assert created == [(["dept.heating"], {"partitions": 6, "replication_factor": 3})]
