@@ -270,6 +270,19 @@ class _Guard:
         return True
 
 
+LEADER_WAIT_S = 10.0
+
+
+async def _leaders_elected(admin: AIOKafkaAdminClient, names: list[str]) -> bool:
+    topics_ = await admin.describe_topics(names)
+    return len(topics_) == len(names) and all(
+        t["error_code"] == 0
+        and t["partitions"]
+        and all(p["error_code"] == 0 and p["leader"] >= 0 for p in t["partitions"])
+        for t in topics_
+    )
+
+
 async def ensure_topics(
     connection: str | Mapping[str, Any],
     names: Iterable[str],
@@ -287,7 +300,7 @@ async def ensure_topics(
         if missing:
             # created concurrently by another process: fine
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
+                answer = await admin.create_topics(
                     [
                         NewTopic(
                             n, partitions, replication_factor, topic_configs=dict(configs or {})
@@ -295,6 +308,21 @@ async def ensure_topics(
                         for n in missing
                     ]
                 )
+                refused = [
+                    f"{topic}: {detail[0] if detail and detail[0] else f'error {code}'}"
+                    for topic, code, *detail in answer.topic_errors  # detail: message (v1+)
+                    if code not in (0, TopicAlreadyExistsError.errno)
+                ]
+                if refused:  # e.g. more replicas than brokers: say so instead of waiting
+                    raise KafkaError(f"Kafka refused to create topics: {'; '.join(refused)}")
+            # A new topic's partitions get leaders a moment later; a producer that asks for
+            # its metadata before that starts with NotLeaderForPartition errors and retries.
+            deadline = asyncio.get_running_loop().time() + LEADER_WAIT_S
+            while not await _leaders_elected(admin, missing):
+                if asyncio.get_running_loop().time() > deadline:
+                    log.warning("topics %s have no leaders yet; going on", missing)
+                    break
+                await asyncio.sleep(0.1)
         return missing
     finally:
         await admin.close()

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from shared.kafka import BATCH_TIMEOUT_MS, durable_subscriber, make_broker, undecoded
+from shared.localstack import LocalStack
 from shared.settings import KafkaSettings
 
 
@@ -50,3 +51,30 @@ async def test_decoding_a_batch_without_a_dead_letter_topic_raises() -> None:
     assert [env for env, _ in await decode_records([record(good.to_json())], None)] == [good]
     with pytest.raises(DecodeError):
         await decode_records([record(good.to_json()), record(b"not json")], None)
+
+
+async def test_new_topics_have_leaders_and_impossible_ones_are_refused_loudly(
+    stack: LocalStack,
+) -> None:
+    import uuid
+
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    from shared.kafka import ensure_topics
+
+    name = f"test.leaders.{uuid.uuid4().hex[:8]}"
+    assert await ensure_topics(stack.kafka.bootstrap, [name], partitions=6) == [name]
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka.bootstrap)
+    await admin.start()
+    try:
+        (topic,) = await admin.describe_topics([name])
+        assert len(topic["partitions"]) == 6
+        assert all(p["leader"] >= 0 for p in topic["partitions"])
+    finally:
+        await admin.close()
+    assert await ensure_topics(stack.kafka.bootstrap, [name], partitions=6) == []
+    with pytest.raises(KafkaError, match="replication"):  # one broker here
+        await ensure_topics(
+            stack.kafka.bootstrap, [name + ".x"], partitions=1, replication_factor=3
+        )
