@@ -82,14 +82,6 @@ ON CONFLICT (case_id) DO UPDATE SET
 """
 
 
-async def emergency_factor(conn: asyncpg.Connection, *areas: str | None) -> float | None:
-    value = await conn.fetchval(
-        "SELECT min(factor) FROM escalation.emergency_areas WHERE area = ANY($1)",
-        [a for a in areas if a],
-    )
-    return float(value) if value is not None else None
-
-
 async def fold(
     conn: asyncpg.Connection, env: Envelope, event: events.Event, now: datetime, cfg: Settings
 ) -> bool:

@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-from collections.abc import Mapping
 from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,7 +40,7 @@ from shared.kafka import (
 )
 from shared.metrics import health_routes
 from shared.service import KafkaAccess, ServiceSpec, run_until_stopped
-from shared.settings import Settings
+from shared.settings import KafkaSettings, Settings
 
 log = logging.getLogger(__name__)
 MIGRATIONS = (MigrationSource("notifier", Path(__file__).parent / "migrations"),)
@@ -122,8 +121,7 @@ async def add_subscription(
 def http_app(
     pool: asyncpg.Pool,
     ns: NotifierSettings,
-    kafka: str | Mapping[str, Any] = "",
-    topic_shape: tuple[int, int] = (12, 1),  # partitions, replication factor of new feeds
+    kafka: KafkaSettings,
 ) -> FastAPI:
     app = FastAPI(title="GridDispatch notifier", version="1")
 
@@ -182,12 +180,12 @@ def http_app(
             raise HTTPException(422, str(exc)) from exc
         return StreamingResponse(
             department_events(
-                kafka,
+                connection_options(kafka),
                 department,
                 grid,
                 pool,
-                partitions=topic_shape[0],
-                replication_factor=topic_shape[1],
+                partitions=kafka.partitions,
+                replication_factor=kafka.replication_factor,
             ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -253,8 +251,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             http_app(
                 pool,
                 ns,
-                connection_options(settings.kafka),
-                (settings.kafka.partitions, settings.kafka.replication_factor),
+                settings.kafka,
             ),
             host=ns.host,
             port=ns.port,

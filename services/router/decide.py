@@ -67,10 +67,6 @@ def raise_priority(p: Priority, steps: int = 1) -> Priority:
     return PRIORITY_ORDER[i]
 
 
-def _ignore(_: str) -> None:
-    return None
-
-
 def _unroutable(case: CaseFacts, reason: str, trail: list[str]) -> Decision:
     trail.append(f"unroutable: {reason}")
     return Decision(
@@ -86,9 +82,8 @@ def decide(
     open_cases: Mapping[str, int],
     explain: bool = True,
 ) -> Decision:
-    # The trail is for explanations only: routing a case does not spend time writing it.
+    # The trail is for explanations only: routing a case does not spend time formatting it.
     trail: list[str] = []
-    note = trail.append if explain else _ignore
     category = ref.categories.get(case.category)
     if category is None:
         return _unroutable(case, f"unknown category {case.category}", trail)
@@ -99,21 +94,22 @@ def decide(
     if grid_id is not None:
         if grid_id not in ref.grids:
             return _unroutable(case, f"no grid {grid_id}", trail)
-        note(f"grid {grid_id}: chosen by an operator")
+        if explain:
+            trail.append(f"grid {grid_id}: chosen by an operator")
     elif loc.building_code and loc.building_code in ref.buildings:
         grid_id = ref.buildings[loc.building_code]
         if explain:
-            note(f"grid {grid_id}: building {loc.building_code}")
+            trail.append(f"grid {grid_id}: building {loc.building_code}")
     elif loc.lat is not None and loc.lon is not None:
         if loc.building_code and explain:
-            note(f"building {loc.building_code} unknown; using the coordinate")
+            trail.append(f"building {loc.building_code} unknown; using the coordinate")
         located = ref.index.locate(loc.lat, loc.lon, explain=explain)
         trail.extend(located.trail)
         if located.grid_id is None:
             return _unroutable(case, "the location is outside every grid", trail)
         grid_id = located.grid_id
         if explain:
-            note(f"grid {grid_id}: {located.how}")
+            trail.append(f"grid {grid_id}: {located.how}")
     elif loc.building_code:
         return _unroutable(case, f"unknown building {loc.building_code}", trail)
     else:
@@ -136,7 +132,8 @@ def decide(
     rule = None
     if case.department is not None:
         department = case.department
-        note(f"department {department}: chosen by an operator")
+        if explain:
+            trail.append(f"department {department}: chosen by an operator")
     else:
         rule, rule_trail = ref.rules.first_match(
             facts,
@@ -149,7 +146,7 @@ def decide(
         if department in case.exclude_departments:
             return _unroutable(case, "every candidate department declined the case", trail)
         if explain:
-            note(f"department {department}" + (f" (rule {rule.id})" if rule else ""))
+            trail.append(f"department {department}" + (f" (rule {rule.id})" if rule else ""))
     if department not in ref.departments:
         return _unroutable(case, f"department {department} is not known", trail)
 
@@ -158,14 +155,11 @@ def decide(
     if not on_duty and info.parent_grid:  # a dedicated grid without staff on duty
         on_duty = [w for w in ref.workers_by_grid.get(info.parent_grid, ()) if w.on_duty]
     worker = min(on_duty, key=lambda w: (open_cases.get(w.worker_id, 0), w.worker_id), default=None)
-    if not explain:
-        pass
-    elif worker is not None:
-        note(
-            f"worker {worker.worker_id}: on duty, {open_cases.get(worker.worker_id, 0)} open cases"
-        )
-    else:
-        note(f"no worker on duty in {grid_id}: the grid leader takes it")
+    if explain and worker is not None:
+        load = open_cases.get(worker.worker_id, 0)
+        trail.append(f"worker {worker.worker_id}: on duty, {load} open cases")
+    elif explain:
+        trail.append(f"no worker on duty in {grid_id}: the grid leader takes it")
 
     # 4. priority and deadlines
     priority = category.priority
@@ -177,7 +171,8 @@ def decide(
         res_h = rule.route.resolve_hours or res_h
     if set(case.care_groups) & KEY_CARE_GROUPS:
         priority = raise_priority(priority)
-        note(f"priority raised to {priority.value}: a key-care resident")
+        if explain:
+            trail.append(f"priority raised to {priority.value}: a key-care resident")
     factor = min(
         (ref.emergency[a] for a in (grid_id, street.code, district.code) if a in ref.emergency),
         default=None,
@@ -185,7 +180,8 @@ def decide(
     if factor is not None:
         priority = raise_priority(priority)
         ack_h, res_h = ack_h * factor, res_h * factor
-        note(f"emergency mode: deadlines × {factor}, priority {priority.value}")
+        if explain:
+            trail.append(f"emergency mode: deadlines × {factor}, priority {priority.value}")
     ack_by = case.reported_at + timedelta(hours=ack_h)
     res_by = case.reported_at + timedelta(hours=res_h)
     warn_before = max(60, int(ack_h * 3600 * 0.25))

@@ -25,7 +25,9 @@ ADMIN_TOKEN = "test-operator-" + uuid.uuid4().hex
 CITY = democity.generate(seed=5, scale="small")
 
 
-@pytest.fixture(scope="session")
+# Package scope: a router left running would route the reports later tests publish to
+# cases.intake (a second CaseRouted, a second message to a resident).
+@pytest.fixture(scope="package")
 def router_url(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     async def load() -> None:
         conn = await asyncpg.connect(stack.postgres.url)
