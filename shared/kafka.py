@@ -315,8 +315,10 @@ async def ensure_topics(
                 ]
                 if refused:  # e.g. more replicas than brokers: say so instead of waiting
                     raise KafkaError(f"Kafka refused to create topics: {'; '.join(refused)}")
-            # A new topic's partitions get leaders a moment later; a producer that asks for
-            # its metadata before that starts with NotLeaderForPartition errors and retries.
+            # A new topic's partitions get leaders a moment later: wait, so that a consumer
+            # starting on it at "latest" (the live stream) is assigned every partition at
+            # once. (A producer's first writes may still meet NotLeaderForPartition while the
+            # broker sets the partitions up; aiokafka retries them.)
             deadline = asyncio.get_running_loop().time() + LEADER_WAIT_S
             while not await _leaders_elected(admin, missing):
                 if asyncio.get_running_loop().time() > deadline:
