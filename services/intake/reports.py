@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -23,8 +24,8 @@ import orjson
 from services.intake.auth import Principal, Role
 from services.intake.models import ReportIn
 from shared import events, topics
-from shared.events import wrap
-from shared.ids import new_case_id
+from shared.events import envelope_json, trusted
+from shared.ids import new_case_id, new_event_id
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ class PendingReport:
     token: str
     body: ReportIn
     event: events.CaseReported
-    envelope: events.Envelope
+    event_id: uuid.UUID
+    envelope: bytes  # the CaseReported envelope's JSON, as published (before the dup hint)
     key_id: str | None
     idempotency: tuple[str, str, str] | None  # (owner, key, request hash)
     done: asyncio.Future[Accepted] | None = field(repr=False, default=None)
@@ -63,23 +65,48 @@ def prepare(
     idempotency: tuple[str, str, str] | None = None,
     now: datetime | None = None,
 ) -> PendingReport:
+    """The report's case id, token and event. Built without re-validation (~60 µs a report
+    validated, a twentieth of a request's CPU): `body` is a validated `ReportIn`, whose
+    constraints are as strict as the event's, and a property test holds this path to the
+    validated `CaseReported`."""
     now = now or datetime.now(UTC)
     case_id = new_case_id()
-    sens = body.sensitivity
-    event = events.CaseReported(
+    event_id = new_event_id()
+    loc, sens, contact = body.location, body.sensitivity, body.reporter
+    event = trusted(
+        events.CaseReported,
         category=body.category,
         description=body.description,
-        location=events.Location(**body.location.model_dump()),
+        location=trusted(
+            events.Location,
+            lat=loc.lat,
+            lon=loc.lon,
+            address=loc.address,
+            building_code=loc.building_code,
+        ),
         channel=body.channel,
         reported_at=now,
-        reporter=events.Contact(**body.reporter.model_dump()) if body.reporter else None,
+        reporter=None
+        if contact is None
+        else trusted(
+            events.Contact,
+            name=contact.name,
+            phone=contact.phone,
+            email=contact.email,
+            consent_to_notify=contact.consent_to_notify,
+            language=contact.language,
+        ),
         on_behalf_of=body.on_behalf_of,
         reported_by=principal.scope if principal and principal.role is Role.WORKER else None,
         media_urls=tuple(str(u) for u in body.media_urls),
-        sensitivity=events.Sensitivity(
-            care_groups=tuple(sens.care_groups) if sens else (),
-            community_correction=bool(sens and sens.community_correction),
+        sensitivity=_NOT_SENSITIVE
+        if sens is None
+        else trusted(
+            events.Sensitivity,
+            care_groups=tuple(sens.care_groups),
+            community_correction=sens.community_correction,
         ),
+        possible_duplicate_of=None,
         attributes=dict(body.attributes),
     )
     return PendingReport(
@@ -87,10 +114,16 @@ def prepare(
         token=secrets.token_urlsafe(18),
         body=body,
         event=event,
-        envelope=wrap(event, case_id=case_id, producer=PRODUCER, occurred_at=now),
+        event_id=event_id,
+        envelope=envelope_json(
+            event, case_id=case_id, producer=PRODUCER, event_id=event_id, occurred_at=now
+        ),
         key_id=str(principal.key_id) if principal else None,
         idempotency=idempotency,
     )
+
+
+_NOT_SENSITIVE = events.Sensitivity()
 
 
 # One statement for a whole batch. Rows whose idempotency key is already taken write nothing;
@@ -168,6 +201,11 @@ WHERE k.key_owner = $1 AND k.idem_key = $2
 """
 
 _DEGREES_PER_M = 1 / 111_320.0
+_HEADERS = orjson.dumps({"event_type": events.CaseReported.EVENT_TYPE}).decode()
+
+
+def _json(model: events.ContractModel) -> str:
+    return model.__pydantic_serializer__.to_json(model).decode()
 
 
 def _columns(batch: list[PendingReport]) -> list[list[object]]:
@@ -185,17 +223,17 @@ def _columns(batch: list[PendingReport]) -> list[list[object]]:
             loc.lon,
             loc.address,
             loc.building_code,
-            ev.reporter.model_dump_json() if ev.reporter else None,
+            _json(ev.reporter) if ev.reporter else None,
             ev.on_behalf_of,
             ev.reported_by,
-            orjson.dumps(list(ev.media_urls)).decode(),
-            ev.sensitivity.model_dump_json(),
+            orjson.dumps(ev.media_urls).decode(),
+            _json(ev.sensitivity),
             ev.reported_at,
             r.key_id,
-            r.envelope.event_id,
+            r.event_id,
             orjson.dumps({"category": ev.category, "channel": ev.channel.value}).decode(),
-            r.envelope.to_json().decode(),
-            orjson.dumps({"event_type": r.envelope.event_type}).decode(),
+            r.envelope.decode(),
+            _HEADERS,
             owner,
             key,
             fingerprint,

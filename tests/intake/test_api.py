@@ -118,6 +118,33 @@ async def test_malformed_and_oversized_bodies(client: httpx.AsyncClient, keys: K
     assert r.json()["error"] == "body_too_large"
 
 
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("Idempotency-Key", ""),
+        ("Idempotency-Key", "k" * 256),
+        ("Authorization", "Bearer gd_" + "x" * 200),
+        ("X-API-Key", "gd_" + "x" * 200),
+    ],
+)
+async def test_out_of_bounds_headers_get_422_naming_the_header(
+    client: httpx.AsyncClient, keys: Keys, header: str, value: str
+) -> None:
+    headers = {**auth(keys.resident_app), header: value}
+    r = await client.post("/v1/cases", json=report_body(), headers=headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == header
+
+
+async def test_headers_read_by_hand_are_in_the_openapi_document(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    report = {p["name"]: p for p in doc["paths"]["/v1/cases"]["post"]["parameters"]}
+    assert report["Idempotency-Key"]["schema"]["maxLength"] == 255
+    assert {"Authorization", "X-API-Key"} <= report.keys()
+    case = {p["name"] for p in doc["paths"]["/v1/cases/{case_id}"]["get"]["parameters"]}
+    assert {"case_id", "Authorization", "X-API-Key", "X-Tracking-Token"} == case
+
+
 async def test_credentials_are_required_and_checked(client: httpx.AsyncClient, keys: Keys) -> None:
     assert (await client.post("/v1/cases", json=report_body())).status_code == 401
     bad = await client.post("/v1/cases", json=report_body(), headers=auth("gd_deadbeef_nope"))

@@ -6,12 +6,19 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from prometheus_client import Counter
 
 from services.intake import reports, store
 from services.intake.auth import Principal, Role
-from services.intake.http.deps import ApiError, Authorization, XApiKey, caller, state
+from services.intake.http.deps import (
+    CREDENTIALS,
+    ApiError,
+    HeaderParam,
+    caller,
+    documented,
+    state,
+)
 from services.intake.lifecycle import Action, IllegalTransition, NotPermitted, Status
 from services.intake.models import (
     CasePage,
@@ -50,10 +57,13 @@ CASE_RATINGS = Counter(
 )
 
 CaseId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
-TrackingToken = Annotated[
-    str | None,
-    Header(alias="X-Tracking-Token", max_length=64, description="the resident's tracking token"),
-]
+TRACKING_TOKEN = HeaderParam("X-Tracking-Token", "the resident's tracking token", max_length=64)
+IDEMPOTENCY_KEY = HeaderParam(
+    "Idempotency-Key",
+    "a retry with the same key returns the first answer and creates nothing",
+    min_length=1,
+    max_length=255,
+)
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody},
     403: {"model": ErrorBody},
@@ -130,20 +140,20 @@ async def accept_report(
     return accepted
 
 
-@router.post("/cases", status_code=202, response_model=ReportAccepted, responses=ERRORS)
-async def report_case(
-    body: ReportIn,
-    request: Request,
-    authorization: Authorization = None,
-    x_api_key: XApiKey = None,
-    idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
-    ] = None,
-) -> Response:
+@router.post(
+    "/cases",
+    status_code=202,
+    response_model=ReportAccepted,
+    responses=ERRORS,
+    openapi_extra=documented(*CREDENTIALS, IDEMPOTENCY_KEY),
+)
+async def report_case(body: ReportIn, request: Request) -> Response:
     """Report an issue. Answers 202 once the case is durably stored; a retry with the same
     `Idempotency-Key` returns the first answer and creates nothing."""
-    principal = await caller(request, authorization, x_api_key, required=True)
-    accepted = await accept_report(request, body, principal, idempotency_key, await request.body())
+    principal = await caller(request, required=True)
+    accepted = await accept_report(
+        request, body, principal, IDEMPOTENCY_KEY.read(request), await request.body()
+    )
     base = state(request).settings.public_base_url
     # Built by hand: validating our own answer against the response model costs CPU per request.
     return Response(
@@ -161,18 +171,18 @@ async def report_case(
     )
 
 
-@router.get("/cases/{case_id}", response_model=CaseView, responses=ERRORS)
-async def get_case(
-    case_id: CaseId,
-    request: Request,
-    authorization: Authorization = None,
-    x_api_key: XApiKey = None,
-    tracking_token: TrackingToken = None,
-) -> CaseView:
+@router.get(
+    "/cases/{case_id}",
+    response_model=CaseView,
+    responses=ERRORS,
+    openapi_extra=documented(*CREDENTIALS, TRACKING_TOKEN),
+)
+async def get_case(case_id: CaseId, request: Request) -> CaseView:
     """One case with its timeline: for its department or worker, operators, or the resident
     holding its tracking token."""
     st = state(request)
-    principal = await caller(request, authorization, x_api_key, required=False)
+    principal = await caller(request, required=False)
+    tracking_token = TRACKING_TOKEN.read(request)
     async with st.pool.acquire() as conn:
         row = await store.get_case(conn, case_id)
         if row is None:
@@ -193,11 +203,11 @@ async def get_case(
     )
 
 
-@router.get("/cases", response_model=CasePage, responses=ERRORS)
+@router.get(
+    "/cases", response_model=CasePage, responses=ERRORS, openapi_extra=documented(*CREDENTIALS)
+)
 async def list_cases(
     request: Request,
-    authorization: Authorization = None,
-    x_api_key: XApiKey = None,
     status: Annotated[list[Status] | None, Query()] = None,
     category: Annotated[list[str] | None, Query(max_length=50)] = None,
     department: Annotated[str | None, Query(max_length=64)] = None,
@@ -214,7 +224,7 @@ async def list_cases(
     """Cases visible to the caller, newest first. Departments see only their own, workers
     only those assigned to them, operators all."""
     st = state(request)
-    principal = await caller(request, authorization, x_api_key, required=True)
+    principal = await caller(request, required=True)
     assert principal is not None
     worker_id = None
     if principal.role is Role.DEPARTMENT:
@@ -260,20 +270,18 @@ async def list_cases(
 
 
 @router.post(
-    "/cases/{case_id}/events", status_code=202, response_model=StepAccepted, responses=ERRORS
+    "/cases/{case_id}/events",
+    status_code=202,
+    response_model=StepAccepted,
+    responses=ERRORS,
+    openapi_extra=documented(*CREDENTIALS, TRACKING_TOKEN),
 )
-async def take_step(
-    case_id: CaseId,
-    body: StepIn,
-    request: Request,
-    authorization: Authorization = None,
-    x_api_key: XApiKey = None,
-    tracking_token: TrackingToken = None,
-) -> StepAccepted:
+async def take_step(case_id: CaseId, body: StepIn, request: Request) -> StepAccepted:
     """Acknowledge, add a progress note, resolve, request a transfer, verify and close
     (departments, workers, operators); reopen or rate (the resident, with the tracking token)."""
     st = state(request)
-    principal = await caller(request, authorization, x_api_key, required=False)
+    principal = await caller(request, required=False)
+    tracking_token = TRACKING_TOKEN.read(request)
     if principal is None and tracking_token is None:
         raise ApiError(401, "missing_api_key", "an API key or a tracking token is needed")
     try:
