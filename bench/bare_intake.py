@@ -8,8 +8,9 @@ from fastapi import FastAPI
 
 from services.intake.lifecycle import Status
 from services.intake.models import ReportAccepted, ReportIn
+from shared.metrics import NO_OPENTELEMETRY
 
-app = FastAPI()
+app = FastAPI(telemetry=NO_OPENTELEMETRY)  # as intake's app
 
 
 @app.post("/v1/cases", status_code=202, response_model=ReportAccepted)

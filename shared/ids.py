@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import uuid
 
-import uuid6
+import uuid_utils.compat as uuid_utils
 
 # Namespace for ids derived from other ids, so a redelivered input yields the same output id.
 _DERIVED = uuid.UUID("6f1c3f2e-6b1e-4a57-9a51-2f0d8c1f4d10")
 
 
 def new_event_id() -> uuid.UUID:
-    """A UUIDv7: unique and sortable by creation time."""
-    return uuid.UUID(int=uuid6.uuid7().int)
+    """A UUIDv7: unique and sortable by creation time (a standard `uuid.UUID`; uuid-utils
+    makes it in Rust, a quarter of the pure-Python uuid6's cost on intake's hot path)."""
+    return uuid_utils.uuid7()
 
 
 def derived_event_id(source: uuid.UUID | str, purpose: str) -> uuid.UUID:

@@ -36,7 +36,7 @@ from shared.kafka import (
     records_of,
     start_when_reachable,
 )
-from shared.metrics import REGISTRY, health_routes
+from shared.metrics import NO_OPENTELEMETRY, REGISTRY, health_routes
 from shared.outbox import OutboxRelay
 from shared.service import KafkaAccess, ServiceSpec, run_until_stopped
 from shared.settings import Settings
@@ -148,7 +148,7 @@ class EmergencyIn(BaseModel):
 
 
 def http_app(pool: asyncpg.Pool, es: EscalationSettings, cfg: timers.Settings) -> FastAPI:
-    app = FastAPI(title="GridDispatch escalation", version="1")
+    app = FastAPI(title="GridDispatch escalation", version="1", telemetry=NO_OPENTELEMETRY)
 
     async def db_ok() -> bool:
         async with pool.acquire() as conn:

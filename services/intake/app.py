@@ -34,7 +34,7 @@ from shared import topics
 from shared.catalogue import load_file
 from shared.db import OUTBOX_MIGRATIONS, MigrationSource, create_pool, migrate
 from shared.kafka import ConsumerLag, make_broker, make_producer
-from shared.metrics import REGISTRY, health_routes
+from shared.metrics import NO_OPENTELEMETRY, REGISTRY, health_routes
 from shared.outbox import OutboxRelay
 from shared.service import KafkaAccess, ServiceSpec
 from shared.settings import Settings, get_settings
@@ -310,6 +310,7 @@ def create_app(
         version="1",
         description="Resident reports in (JSON and Open311 GeoReport v2), case status out.",
         lifespan=lifespan,
+        telemetry=NO_OPENTELEMETRY,
     )
     install_error_handlers(app)
     app.include_router(cases.router)

@@ -38,7 +38,7 @@ from shared.kafka import (
     records_of,
     start_when_reachable,
 )
-from shared.metrics import health_routes
+from shared.metrics import NO_OPENTELEMETRY, health_routes
 from shared.service import KafkaAccess, ServiceSpec, run_until_stopped
 from shared.settings import KafkaSettings, Settings
 
@@ -123,7 +123,7 @@ def http_app(
     ns: NotifierSettings,
     kafka: KafkaSettings,
 ) -> FastAPI:
-    app = FastAPI(title="GridDispatch notifier", version="1")
+    app = FastAPI(title="GridDispatch notifier", version="1", telemetry=NO_OPENTELEMETRY)
 
     async def db_ok() -> bool:
         async with pool.acquire() as conn:

@@ -34,7 +34,7 @@ from shared.kafka import (
     make_producer,
     records_of,
 )
-from shared.metrics import health_routes
+from shared.metrics import NO_OPENTELEMETRY, health_routes
 from shared.service import KafkaAccess, ServiceSpec, run_until_stopped
 from shared.settings import Settings
 
@@ -106,7 +106,7 @@ class TriageIn(BaseModel):
 
 
 def http_app(state: RouterState, rs: RouterSettings, pool: asyncpg.Pool, producer: Any) -> FastAPI:
-    app = FastAPI(title="GridDispatch router", version="1")
+    app = FastAPI(title="GridDispatch router", version="1", telemetry=NO_OPENTELEMETRY)
     app.router.routes.extend(health_routes({"reference data": _has_grids(state)}))
 
     def check(authorization: str | None) -> None:
