@@ -147,6 +147,9 @@ class OutboxRelay:
             await conn.add_listener(self.channel, self._on_notify)
             log.info("outbox relay for %s is active", self.schema)
             while not stop.is_set():
+                # Cleared before the read, not after: a NOTIFY that arrives while this batch
+                # is in flight is for rows the read may have missed, and must wake us again.
+                self._wake.clear()
                 sent = await self.relay_batch(conn)
                 if sent >= self.batch_size:
                     continue  # more is waiting
@@ -168,7 +171,8 @@ class OutboxRelay:
         self._wake.set()
 
     async def _sleep(self, stop: asyncio.Event) -> None:
-        self._wake.clear()
+        if self._wake.is_set():
+            return
         waiters = {asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())}
         _, pending = await asyncio.wait(
             waiters, timeout=self.poll_interval_s, return_when=asyncio.FIRST_COMPLETED

@@ -64,6 +64,7 @@ async def reload_loop(
     wake = asyncio.Event()
     conn: asyncpg.Connection | None = None
     while not stop.is_set():
+        wake.clear()  # before the read: a NOTIFY during the load must wake us again
         try:
             if conn is None or conn.is_closed():
                 conn = await asyncpg.connect(settings.database_url)
@@ -76,7 +77,6 @@ async def reload_loop(
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("reference data reload failed, will retry: %s", exc)
             conn = None
-        wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(_either(wake, stop), rs.reload_poll_s)
     if conn is not None:

@@ -93,6 +93,41 @@ async def test_rows_written_while_relay_runs_are_woken_by_notify(
     assert len(records) == 3
 
 
+async def test_a_row_written_while_a_batch_is_in_flight_is_not_left_for_the_poll(
+    stack: LocalStack, db: asyncpg.Connection, outbox_schema: str, topic: str
+) -> None:
+    """Its NOTIFY arrives while the relay is busy; the relay must not forget it when it goes
+    back to sleep (it would then wait a whole poll interval, here ten minutes)."""
+    written: list[str] = []
+
+    class WriterDuringBatch(OutboxRelay):
+        async def after_publish(self, rows: list[asyncpg.Record]) -> None:
+            if not written:  # once: a report arrives while the first batch is being published
+                conn = await asyncpg.connect(stack.postgres.url)
+                try:
+                    written.extend(
+                        await fill_outbox(conn, outbox_schema, topic, cases=2, per_case=1)
+                    )
+                finally:
+                    await conn.close()
+
+    first = await fill_outbox(db, outbox_schema, topic, cases=3, per_case=1)
+    producer = make_producer(KafkaSettings(bootstrap_servers=stack.kafka.bootstrap), "test")
+    await producer.start()
+    relay = WriterDuringBatch(stack.postgres.url, outbox_schema, producer, poll_interval_s=600)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await _drained(db, outbox_schema, timeout_s=60)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await producer.stop()
+    assert len(written) == 2
+    records = await read_topic(stack.kafka.bootstrap, topic, expected=5, settle_s=0.2)
+    assert sorted(json.loads(r.value)["event_id"] for r in records) == sorted(first + written)
+
+
 async def test_relay_killed_between_publish_and_delete_republishes_with_same_event_ids(
     stack: LocalStack, db: asyncpg.Connection, outbox_schema: str, topic: str
 ) -> None:
