@@ -35,7 +35,7 @@ from services.router.dispatch import Dispatcher, RouterState
 from shared import events, topics
 from shared.db import create_pool, migrate
 from shared.events import wrap
-from shared.kafka import FETCH_MAX_WAIT_MS, ensure_topics, make_producer
+from shared.kafka import ensure_topics, fetch_options, make_producer
 from shared.localstack import LocalStack
 from shared.settings import KafkaSettings
 
@@ -142,7 +142,7 @@ async def _consume_loop(stack: LocalStack, group: str, n: int, handle) -> float:
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         max_poll_records=500,
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,  # as the services' subscribers (shared/kafka.py)
+        **fetch_options(KafkaSettings()),  # as the services' subscribers (shared/kafka.py)
     )
     await consumer.start()
     done = 0
@@ -235,7 +235,7 @@ async def _replica(
         group_id=f"bench-{kind}-replicas",
         enable_auto_commit=False,
         max_poll_records=500,
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        **fetch_options(KafkaSettings()),
     )
     await consumer.start()
     tps = [TopicPartition(topics.CASES_INTAKE, p) for p in partitions]

@@ -110,8 +110,17 @@ def make_producer(settings: KafkaSettings, client_id: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(**producer_options(settings, client_id))
 
 
-# The fetch wait each broker's subscribers use, from the settings it was made with.
-_FETCH_MAX_WAIT: weakref.WeakKeyDictionary[KafkaBroker, int] = weakref.WeakKeyDictionary()
+def fetch_options(settings: KafkaSettings) -> dict[str, int]:
+    """How consumers fetch: the broker answers a fetch once `fetch_min_bytes` are there or
+    `fetch_max_wait_ms` has passed. See `durable_subscriber`."""
+    return {
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+        "fetch_min_bytes": settings.fetch_min_bytes,
+    }
+
+
+# The fetch options each broker's subscribers use, from the settings it was made with.
+_FETCH: weakref.WeakKeyDictionary[KafkaBroker, dict[str, int]] = weakref.WeakKeyDictionary()
 
 
 def make_broker(
@@ -142,11 +151,10 @@ def make_broker(
         logger=logging.getLogger(f"griddispatch.{service}.broker"),
         log_level=logging.DEBUG,  # "Received"/"Processed" per message: not at INFO
     )
-    _FETCH_MAX_WAIT[broker] = settings.fetch_max_wait_ms  # for its durable_subscribers
+    _FETCH[broker] = fetch_options(settings)  # for its durable_subscribers
     return broker
 
 
-FETCH_MAX_WAIT_MS = KafkaSettings.model_fields["fetch_max_wait_ms"].default
 BATCH_TIMEOUT_MS = 20
 
 
@@ -168,7 +176,8 @@ def durable_subscriber(
     # whose busy partition was still buffered waited on a fetch for its idle ones (a third of
     # the speed). Much lower polls an idle broker hard (20 ms: 39% of a core for Kafka with
     # the four services idle, 100 ms: 23%). `GRIDDISPATCH_KAFKA__FETCH_MAX_WAIT_MS`.
-    options.setdefault("fetch_max_wait_ms", _FETCH_MAX_WAIT.get(broker, FETCH_MAX_WAIT_MS))
+    for name, value in _FETCH.get(broker, fetch_options(KafkaSettings())).items():
+        options.setdefault(name, value)
     options.setdefault("decoder", undecoded)
     if options.get("batch"):
         # FastStream's batch loop waits this long for records and, when none came, sleeps as

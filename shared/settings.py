@@ -39,6 +39,13 @@ class KafkaSettings(BaseModel):
         description="how long the broker may hold a consumer's fetch when no new records are "
         "there: lower answers a partition that turns busy sooner, higher costs less idle CPU",
     )
+    fetch_min_bytes: int = Field(
+        default=1,
+        ge=1,
+        le=10_000_000,
+        description="how much a consumer's fetch waits for (up to fetch_max_wait_ms): 1 answers "
+        "every record at once; more gathers busy topics into fewer, larger fetches and batches",
+    )
 
 
 class LocalStackSettings(BaseModel):

@@ -24,16 +24,20 @@ def _options(monkeypatch: pytest.MonkeyPatch, settings: KafkaSettings, **kw: Any
     return seen
 
 
-def test_subscribers_use_their_brokers_fetch_wait_and_read_raw_records(
+def test_subscribers_use_their_brokers_fetch_options_and_read_raw_records(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    seen = _options(monkeypatch, KafkaSettings(fetch_max_wait_ms=250), batch=True)
+    seen = _options(
+        monkeypatch, KafkaSettings(fetch_max_wait_ms=250, fetch_min_bytes=4096), batch=True
+    )
     assert seen["fetch_max_wait_ms"] == 250
+    assert seen["fetch_min_bytes"] == 4096
     assert seen["batch_timeout_ms"] == BATCH_TIMEOUT_MS
     assert seen["decoder"] is undecoded
     assert seen["auto_offset_reset"] == "earliest"
     default = _options(monkeypatch, KafkaSettings())
     assert default["fetch_max_wait_ms"] == KafkaSettings().fetch_max_wait_ms
+    assert default["fetch_min_bytes"] == KafkaSettings().fetch_min_bytes
     assert "batch_timeout_ms" not in default  # single-message subscribers have no batch loop
 
 
