@@ -171,8 +171,10 @@ def main() -> None:
             )
             url = f"http://127.0.0.1:{port}/v1/cases"
             headers = {"Authorization": f"Bearer {token}"}
-            run_hey(url, body, seconds=3, concurrency=8, headers=headers)  # warm-up
-            time.sleep(5)  # drained
+            # Warm-up: Kafka's JIT compiler alone took 3-6 CPU-s of the first phase otherwise
+            # (a broker in service is warm); the services' pools and caches fill too.
+            run_hey(url, body, seconds=20, concurrency=16, headers=headers)
+            time.sleep(10)  # drained
             idle_before = cpu_seconds(owners)
             time.sleep(10)
             idle = {k: v - idle_before.get(k, 0.0) for k, v in cpu_seconds(owners).items()}

@@ -171,11 +171,11 @@ def durable_subscriber(
     """`broker.subscriber` with commit-after-effect semantics and a start from the earliest
     offset for new groups (a new consumer must not skip reports that were already accepted)."""
     options.setdefault("auto_offset_reset", "earliest")
-    # The broker may hold a fetch up to this long when its partitions have nothing new, and
-    # the consumer sends no other fetch meanwhile: at aiokafka's default (500 ms) a consumer
-    # whose busy partition was still buffered waited on a fetch for its idle ones (a third of
-    # the speed). Much lower polls an idle broker hard (20 ms: 39% of a core for Kafka with
-    # the four services idle, 100 ms: 23%). `GRIDDISPATCH_KAFKA__FETCH_MAX_WAIT_MS`.
+    # The broker may hold a fetch up to `fetch_max_wait_ms` until `fetch_min_bytes` are there,
+    # and the consumer sends no other fetch meanwhile: at aiokafka's default wait (500 ms) a
+    # consumer whose busy partition was still buffered waited on a fetch for its idle ones (a
+    # third of the speed); much lower polls an idle broker hard. Its min bytes (1) answered
+    # every record with a fetch of its own under load. docs/operations.md, "Consumer polling".
     for name, value in _FETCH.get(broker, fetch_options(KafkaSettings())).items():
         options.setdefault(name, value)
     options.setdefault("decoder", undecoded)
