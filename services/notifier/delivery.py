@@ -258,7 +258,7 @@ class WebhookSender:
         self.schedule = schedule
         self.timeout_s = timeout_s
         self.per_endpoint = per_endpoint
-        self.batch = batch
+        self.batch = batch  # also the most deliveries in flight at once
         self.breaker = breaker or Breaker()
         self._limits: dict[str, asyncio.Semaphore] = {}
         self.attempts = 0
@@ -273,11 +273,7 @@ class WebhookSender:
                 try:
                     pool = await create_pool(self.dsn, "notifier", min_size=1, max_size=8)
                     try:
-                        while not stop.is_set():
-                            n = await self.work_once(pool, client)
-                            if n == 0:
-                                with contextlib.suppress(TimeoutError):
-                                    await asyncio.wait_for(stop.wait(), 0.2)
+                        await self.send_loop(pool, client, stop)
                     finally:
                         await pool.close()
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -285,25 +281,73 @@ class WebhookSender:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 1)
 
-    async def work_once(self, pool: asyncpg.Pool, client: aiohttp.ClientSession) -> int:
-        rows = await pool.fetch(_LEASE, self.batch, datetime.now(UTC))
-        if rows:  # concurrently; the common outcome (delivered) is recorded for all at once
-            outcomes = await asyncio.gather(*(self._deliver(pool, client, r) for r in rows))
-            delivered = [
-                (r["id"], status)
-                for r, status in zip(rows, outcomes, strict=True)
-                if status is not None
-            ]
-            if delivered:
-                await pool.execute(
-                    "UPDATE notifier.deliveries d SET state = 'delivered', "
-                    "attempts = d.attempts + 1, lease_until = NULL, last_status = x.status, "
-                    "last_error = NULL, delivered_at = now() "
-                    "FROM unnest($1::uuid[], $2::int[]) AS x(id, status) WHERE d.id = x.id",
-                    [d[0] for d in delivered],
-                    [d[1] for d in delivered],
+    async def send_loop(
+        self, pool: asyncpg.Pool, client: aiohttp.ClientSession, stop: asyncio.Event
+    ) -> None:
+        """Lease due deliveries as slots free up and record the delivered ones in batches.
+
+        Not batch by batch: a batch waited for its slowest delivery (up to the 15 s timeout of
+        one broken endpoint) before the next lease, so every department's webhooks stalled
+        behind one department's dead receiver."""
+        in_flight: dict[asyncio.Task[int | None], asyncpg.Record] = {}
+        delivered: list[tuple[uuid.UUID, int]] = []
+        leased_at = first_unrecorded = 0.0
+        try:
+            while not stop.is_set() or in_flight:
+                room = self.batch - len(in_flight)
+                if (
+                    not stop.is_set()
+                    and room > 0
+                    and (room >= self.batch // 2 or time.monotonic() - leased_at > 0.2)
+                ):
+                    leased_at = time.monotonic()
+                    sending = {r["id"] for r in in_flight.values()}
+                    for row in await pool.fetch(_LEASE, room, datetime.now(UTC)):
+                        if row["id"] in sending:  # queued here past its lease: now renewed
+                            continue
+                        in_flight[asyncio.create_task(self._deliver(pool, client, row))] = row
+                if not in_flight:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.2)
+                    continue
+                done, _ = await asyncio.wait(
+                    in_flight, timeout=0.2, return_when=asyncio.FIRST_COMPLETED
                 )
-        return len(rows)
+                for task in done:
+                    row = in_flight.pop(task)
+                    status = task.result()  # a database error ends the loop (and is retried)
+                    if status is not None:
+                        if not delivered:
+                            first_unrecorded = time.monotonic()
+                        delivered.append((row["id"], status))
+                # The common outcome, recorded for many at once: a delivered row stays leased
+                # until then, and after a crash is sent once more with the same webhook-id.
+                if delivered and (
+                    len(delivered) >= self.batch // 4
+                    or not in_flight
+                    or time.monotonic() - first_unrecorded > 0.05
+                ):
+                    await self._record_delivered(pool, delivered)
+                    delivered = []
+        finally:  # the leases of whatever was still in flight expire; those are retried
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            if delivered:
+                with contextlib.suppress(Exception):
+                    await self._record_delivered(pool, delivered)
+
+    async def _record_delivered(
+        self, pool: asyncpg.Pool, delivered: list[tuple[uuid.UUID, int]]
+    ) -> None:
+        await pool.execute(
+            "UPDATE notifier.deliveries d SET state = 'delivered', "
+            "attempts = d.attempts + 1, lease_until = NULL, last_status = x.status, "
+            "last_error = NULL, delivered_at = now() "
+            "FROM unnest($1::uuid[], $2::int[]) AS x(id, status) WHERE d.id = x.id",
+            [d[0] for d in delivered],
+            [d[1] for d in delivered],
+        )
 
     async def _deliver(
         self, conn: asyncpg.Pool, client: aiohttp.ClientSession, row: asyncpg.Record

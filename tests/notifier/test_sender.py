@@ -1,0 +1,104 @@
+"""The webhook sender on the real database: one department's hanging receiver does not hold up
+the other departments' webhooks."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from services.notifier.app import MIGRATIONS, SubscriptionIn, add_subscription
+from services.notifier.delivery import WebhookSender
+from shared.db import migrate
+from shared.localstack import LocalStack, free_port
+from tests.notifier.test_webhooks import SECRET_A
+
+LOCAL = frozenset({"127.0.0.1"})
+
+
+async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    for _ in range(300):
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not reached: {what}")
+
+
+async def test_a_hanging_endpoint_does_not_hold_up_other_departments(
+    stack: LocalStack, db: asyncpg.Connection
+) -> None:
+    release = asyncio.Event()
+    slow_open = asyncio.Event()
+
+    async def hook(request: Request) -> Response:
+        await request.body()
+        if request.path_params["name"] == "slow":
+            slow_open.set()
+            await release.wait()  # hangs until the test has seen the others delivered
+        return Response(status_code=204)
+
+    port = free_port()
+    app = Starlette(routes=[Route("/{name}", hook, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+
+    await migrate(db, "notifier", MIGRATIONS)
+    subs = {
+        name: await add_subscription(
+            db,
+            SubscriptionIn(
+                owner_kind="department",
+                owner=f"{name}-{uuid.uuid4().hex[:6]}",
+                url=f"http://127.0.0.1:{port}/{name}",
+                secrets=[SECRET_A],
+            ),
+            LOCAL,
+        )
+        for name in ("slow", "fast")
+    }
+
+    async def queue(name: str, n: int, due: datetime) -> list[uuid.UUID]:
+        ids = [uuid.uuid4() for _ in range(n)]
+        await db.executemany(
+            "INSERT INTO notifier.deliveries (id, event_id, subscription_id, payload, "
+            "next_attempt_at) VALUES ($1, $2, $3, $4, $5)",
+            [(i, uuid.uuid4(), subs[name], b'{"case_id":"c-1"}', due) for i in ids],
+        )
+        return ids
+
+    async def delivered(ids: list[uuid.UUID]) -> bool:
+        n = await db.fetchval(
+            "SELECT count(*) FROM notifier.deliveries WHERE id = ANY($1) AND state = 'delivered'",
+            ids,
+        )
+        return bool(n == len(ids))
+
+    now = datetime.now(UTC)
+    slow = await queue("slow", 1, now - timedelta(seconds=10))  # first in line
+    fast = await queue("fast", 5, now - timedelta(seconds=5))
+    sender = WebhookSender(stack.postgres.url, allow=LOCAL, schedule=(0, 1, 1), timeout_s=120)
+    stop = asyncio.Event()
+    sending = asyncio.create_task(sender.run(stop))
+    try:
+        await _until(lambda: delivered(fast), "the fast department's webhooks recorded")
+        later = await queue("fast", 3, datetime.now(UTC))  # reports keep coming meanwhile
+        await _until(lambda: delivered(later), "later webhooks leased and delivered")
+        assert slow_open.is_set()  # all while the slow one hung
+        assert not release.is_set()
+        assert not await delivered(slow)
+        release.set()
+        await _until(lambda: delivered(slow), "the slow one delivered once released")
+    finally:
+        release.set()
+        stop.set()
+        await asyncio.wait_for(sending, 30)
+        server.should_exit = True
+        await serving
