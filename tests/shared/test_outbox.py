@@ -29,10 +29,16 @@ async def outbox_schema(db: asyncpg.Connection, schema: str, stack: LocalStack, 
 
 
 @contextlib.asynccontextmanager
-async def running_relay(stack: LocalStack, schema: str, **kw) -> AsyncIterator[OutboxRelay]:
+async def running_relay(
+    stack: LocalStack,
+    schema: str,
+    relay_class: type[OutboxRelay] = OutboxRelay,
+    poll_interval_s: float = 0.2,
+    **kw,
+) -> AsyncIterator[OutboxRelay]:
     producer = make_producer(KafkaSettings(bootstrap_servers=stack.kafka.bootstrap), "test")
     await producer.start()
-    relay = OutboxRelay(stack.postgres.url, schema, producer, poll_interval_s=0.2, **kw)
+    relay = relay_class(stack.postgres.url, schema, producer, poll_interval_s=poll_interval_s, **kw)
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     try:
@@ -72,12 +78,7 @@ async def test_rows_written_while_relay_runs_are_woken_by_notify(
     stack: LocalStack, db: asyncpg.Connection, outbox_schema: str, topic: str
 ) -> None:
     # A long poll interval: only LISTEN/NOTIFY can make this fast.
-    producer = make_producer(KafkaSettings(bootstrap_servers=stack.kafka.bootstrap), "test")
-    await producer.start()
-    relay = OutboxRelay(stack.postgres.url, outbox_schema, producer, poll_interval_s=30)
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    try:
+    async with running_relay(stack, outbox_schema, poll_interval_s=30) as relay:
         for _ in range(50):
             if relay.is_leader:
                 break
@@ -85,10 +86,6 @@ async def test_rows_written_while_relay_runs_are_woken_by_notify(
         await asyncio.sleep(0.3)
         ids = await fill_outbox(db, outbox_schema, topic, cases=3, per_case=1)
         await _drained(db, outbox_schema, timeout_s=5)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await producer.stop()
     records = await read_topic(stack.kafka.bootstrap, topic, expected=len(ids), settle_s=0.2)
     assert len(records) == 3
 
@@ -112,17 +109,8 @@ async def test_a_row_written_while_a_batch_is_in_flight_is_not_left_for_the_poll
                     await conn.close()
 
     first = await fill_outbox(db, outbox_schema, topic, cases=3, per_case=1)
-    producer = make_producer(KafkaSettings(bootstrap_servers=stack.kafka.bootstrap), "test")
-    await producer.start()
-    relay = WriterDuringBatch(stack.postgres.url, outbox_schema, producer, poll_interval_s=600)
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    try:
+    async with running_relay(stack, outbox_schema, WriterDuringBatch, poll_interval_s=600):
         await _drained(db, outbox_schema, timeout_s=60)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await producer.stop()
     assert len(written) == 2
     records = await read_topic(stack.kafka.bootstrap, topic, expected=5, settle_s=0.2)
     assert sorted(json.loads(r.value)["event_id"] for r in records) == sorted(first + written)
