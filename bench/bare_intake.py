@@ -4,13 +4,24 @@ database or outbox behind it."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from fastapi import FastAPI
 
 from services.intake.lifecycle import Status
 from services.intake.models import ReportAccepted, ReportIn
 from shared.metrics import NO_OPENTELEMETRY
+from shared.service import settle_heap
 
-app = FastAPI(telemetry=NO_OPENTELEMETRY)  # as intake's app
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settle_heap()  # as intake's app
+    yield
+
+
+app = FastAPI(telemetry=NO_OPENTELEMETRY, lifespan=lifespan)  # as intake's app
 
 
 @app.post("/v1/cases", status_code=202, response_model=ReportAccepted)

@@ -36,7 +36,7 @@ from shared.db import OUTBOX_MIGRATIONS, MigrationSource, create_pool, migrate
 from shared.kafka import ConsumerLag, make_broker, make_producer
 from shared.metrics import NO_OPENTELEMETRY, REGISTRY, health_routes
 from shared.outbox import OutboxRelay
-from shared.service import KafkaAccess, ServiceSpec
+from shared.service import KafkaAccess, ServiceSpec, settle_heap
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -274,6 +274,7 @@ def create_app(
                 producer,
                 batch_size=settings.outbox.batch_size,
                 poll_interval_s=settings.outbox.poll_interval_s,
+                linger_s=settings.outbox.linger_ms / 1000,
             )
             tasks.append(asyncio.create_task(_start_relay(producer, relay, stop)))
             broker = make_broker(settings.kafka, "intake")
@@ -289,6 +290,7 @@ def create_app(
                     OpenCaseGauge(pool, interval_s=settings.metrics_interval_s).run(stop)
                 )
             )
+        settle_heap()
         try:
             yield
         finally:

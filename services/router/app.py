@@ -35,7 +35,7 @@ from shared.kafka import (
     records_of,
 )
 from shared.metrics import NO_OPENTELEMETRY, health_routes
-from shared.service import KafkaAccess, ServiceSpec, run_until_stopped
+from shared.service import KafkaAccess, ServiceSpec, run_until_stopped, settle_heap
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ async def reload_loop(
             if version != state.ref.version:
                 ref = await store.load_reference(conn, snap_m=rs.snap_m)
                 state.swap(ref)
+                settle_heap(collect=False)  # the new snapshot, out of the collector's passes
                 log.info("reference data version %s loaded: %s", ref.version, ref.stats())
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("reference data reload failed, will retry: %s", exc)
