@@ -37,6 +37,7 @@ from shared.db import create_pool, migrate
 from shared.events import wrap
 from shared.kafka import ensure_topics, fetch_options, make_producer
 from shared.localstack import LocalStack
+from shared.service import settle_heap
 from shared.settings import KafkaSettings
 
 CATEGORIES = [
@@ -177,6 +178,7 @@ async def through_broker(stack: LocalStack, city: democity.City, n: int) -> None
     await ensure_topics(stack.kafka.bootstrap, ["bench.passthrough"], partitions=12)
     await _fill(stack, _reports(city, n))
     settings = KafkaSettings(bootstrap_servers=stack.kafka.bootstrap)
+    settle_heap()  # as a service does once started (both phases run after it)
 
     producer = make_producer(settings, "bench-bare")
     await producer.start()
@@ -229,6 +231,7 @@ async def _replica(
             await asyncio.gather(*futures)
 
         handle = passthrough
+    settle_heap()  # as a service does once started
 
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
