@@ -360,12 +360,7 @@ class WebhookSender:
             await self._finish(conn, row, "disabled", None, "endpoint disabled")
             return None
         if not self.breaker.allows(url):
-            await conn.execute(
-                "UPDATE notifier.deliveries SET lease_until = NULL, "
-                "next_attempt_at = $2 WHERE id = $1",
-                row["id"],
-                now + timedelta(seconds=self.breaker.cooldown_s),
-            )
+            await self._hold_back(conn, row, now)
             return None
         try:
             webhooks.check_destination(url, self.allow)
@@ -378,6 +373,12 @@ class WebhookSender:
         limit = self._limits.setdefault(url, asyncio.Semaphore(self.per_endpoint))
         status, error, retry_after = None, None, None
         async with limit:
+            # Asked again once it is this delivery's turn: the endpoint may have failed often
+            # enough meanwhile to open the breaker, and every queued delivery would otherwise
+            # still wait out its own timeout, holding one of the sender's slots.
+            if not self.breaker.allows(url):
+                await self._hold_back(conn, row, now)
+                return None
             self.attempts += 1
             try:
                 async with client.post(
@@ -422,6 +423,14 @@ class WebhookSender:
             error or f"HTTP {status}",
         )
         return None
+
+    async def _hold_back(self, conn: asyncpg.Pool, row: asyncpg.Record, now: datetime) -> None:
+        """The endpoint's breaker is open: try again after its cool-down (not an attempt)."""
+        await conn.execute(
+            "UPDATE notifier.deliveries SET lease_until = NULL, next_attempt_at = $2 WHERE id = $1",
+            row["id"],
+            now + timedelta(seconds=self.breaker.cooldown_s),
+        )
 
     async def _finish(
         self,

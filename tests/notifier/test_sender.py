@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.notifier.app import MIGRATIONS, SubscriptionIn, add_subscription
-from services.notifier.delivery import WebhookSender
+from services.notifier.delivery import Breaker, WebhookSender
 from shared.db import migrate
 from shared.localstack import LocalStack, free_port
 from tests.notifier.test_webhooks import SECRET_A
@@ -96,6 +96,71 @@ async def test_a_hanging_endpoint_does_not_hold_up_other_departments(
         assert not await delivered(slow)
         release.set()
         await _until(lambda: delivered(slow), "the slow one delivered once released")
+    finally:
+        release.set()
+        stop.set()
+        await asyncio.wait_for(sending, 30)
+        server.should_exit = True
+        await serving
+
+
+async def test_once_the_breaker_opens_queued_deliveries_are_held_back_not_attempted(
+    stack: LocalStack, db: asyncpg.Connection
+) -> None:
+    calls: list[str] = []
+    release = asyncio.Event()
+
+    async def hook(request: Request) -> Response:
+        calls.append(request.headers["webhook-id"])
+        await release.wait()  # a receiver that accepts connections and never answers
+        return Response(status_code=204)
+
+    port = free_port()
+    app = Starlette(routes=[Route("/dead", hook, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    await migrate(db, "notifier", MIGRATIONS)
+    sub = await add_subscription(
+        db,
+        SubscriptionIn(
+            owner_kind="department",
+            owner=f"dead-{uuid.uuid4().hex[:6]}",
+            url=f"http://127.0.0.1:{port}/dead",
+            secrets=[SECRET_A],
+        ),
+        LOCAL,
+    )
+    ids = [uuid.uuid4() for _ in range(40)]
+    await db.executemany(
+        "INSERT INTO notifier.deliveries (id, event_id, subscription_id, payload) "
+        "VALUES ($1, $2, $3, $4)",
+        [(i, uuid.uuid4(), sub, b'{"case_id":"c-1"}') for i in ids],
+    )
+
+    async def all_put_off() -> bool:
+        n = await db.fetchval(
+            "SELECT count(*) FROM notifier.deliveries WHERE id = ANY($1) AND state = 'pending' "
+            "AND lease_until IS NULL AND next_attempt_at > now() + interval '60 seconds'",
+            ids,
+        )
+        return bool(n == len(ids))
+
+    per_endpoint = 4
+    sender = WebhookSender(
+        stack.postgres.url,
+        allow=LOCAL,
+        schedule=(0, 600, 600),
+        timeout_s=1,
+        per_endpoint=per_endpoint,
+        breaker=Breaker(threshold=2, cooldown_s=600),
+    )
+    stop = asyncio.Event()
+    sending = asyncio.create_task(sender.run(stop))
+    try:
+        await _until(all_put_off, "every delivery put off: attempted and failed, or held back")
+        # the first attempts opened the breaker; the other deliveries, queued behind the
+        # endpoint's concurrency limit, were held back instead of each waiting out a timeout
+        assert per_endpoint <= len(calls) <= 2 * per_endpoint
     finally:
         release.set()
         stop.set()
