@@ -111,14 +111,12 @@ class OutboxRelay:
         *,
         batch_size: int = 2000,
         poll_interval_s: float = 1.0,
-        linger_s: float = 0.0,
     ) -> None:
         self.dsn = dsn
         self.schema = check_schema_name(schema)
         self.producer = producer
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
-        self.linger_s = linger_s
         self.channel = f"{schema}_outbox"
         self.is_leader = False
         self.published = 0
@@ -156,8 +154,6 @@ class OutboxRelay:
                 if sent >= self.batch_size:
                     continue  # more is waiting
                 await self._sleep(stop)
-                if self.linger_s:
-                    await _wait(stop, self.linger_s)
         finally:
             self.is_leader = False
             with contextlib.suppress(Exception):

@@ -65,12 +65,6 @@ class LocalStackSettings(BaseModel):
 class OutboxSettings(BaseModel):
     batch_size: int = Field(default=2000, ge=1)
     poll_interval_s: float = Field(default=1.0, gt=0, description="fallback when no NOTIFY arrives")
-    linger_ms: int = Field(
-        default=0,
-        ge=0,
-        le=1000,
-        description="after a wake-up, wait this long for more rows before reading a batch",
-    )
 
 
 class Settings(BaseSettings):

@@ -215,7 +215,6 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         producer,
         batch_size=settings.outbox.batch_size,
         poll_interval_s=settings.outbox.poll_interval_s,
-        linger_s=settings.outbox.linger_ms / 1000,
     )
     broker = make_broker(settings.kafka, "escalation")
     dead_letters = DeadLetters(broker, "escalation")

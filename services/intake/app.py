@@ -274,7 +274,6 @@ def create_app(
                 producer,
                 batch_size=settings.outbox.batch_size,
                 poll_interval_s=settings.outbox.poll_interval_s,
-                linger_s=settings.outbox.linger_ms / 1000,
             )
             tasks.append(asyncio.create_task(_start_relay(producer, relay, stop)))
             broker = make_broker(settings.kafka, "intake")
