@@ -1,11 +1,12 @@
-"""The webhook sender on the real database: one department's hanging receiver does not hold up
-the other departments' webhooks."""
+"""The webhook sender on the real database: one department's hanging or dead receiver does not
+hold up the other departments' webhooks."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -22,6 +23,7 @@ from shared.localstack import LocalStack, free_port
 from tests.notifier.test_webhooks import SECRET_A
 
 LOCAL = frozenset({"127.0.0.1"})
+Hook = Callable[[Request], Awaitable[Response]]
 
 
 async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -30,6 +32,58 @@ async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"not reached: {what}")
+
+
+@contextlib.asynccontextmanager
+async def receiving(hook: Hook) -> AsyncIterator[int]:
+    """A local receiver answering POST /{name} with `hook`; yields its port."""
+    port = free_port()
+    app = Starlette(routes=[Route("/{name}", hook, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        await serving
+
+
+@contextlib.asynccontextmanager
+async def sending(sender: WebhookSender, release: asyncio.Event) -> AsyncIterator[None]:
+    """`sender` running; on the way out, hung receivers are released first (the sender waits
+    for what it has in flight)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        yield
+    finally:
+        release.set()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def subscribe(db: asyncpg.Connection, port: int, name: str) -> int:
+    await migrate(db, "notifier", MIGRATIONS)
+    return await add_subscription(
+        db,
+        SubscriptionIn(
+            owner_kind="department",
+            owner=f"{name}-{uuid.uuid4().hex[:6]}",
+            url=f"http://127.0.0.1:{port}/{name}",
+            secrets=[SECRET_A],
+        ),
+        LOCAL,
+    )
+
+
+async def queue(db: asyncpg.Connection, sub: int, n: int, due: datetime) -> list[uuid.UUID]:
+    ids = [uuid.uuid4() for _ in range(n)]
+    await db.executemany(
+        "INSERT INTO notifier.deliveries (id, event_id, subscription_id, payload, "
+        "next_attempt_at) VALUES ($1, $2, $3, $4, $5)",
+        [(i, uuid.uuid4(), sub, b'{"case_id":"c-1"}', due) for i in ids],
+    )
+    return ids
 
 
 async def test_a_hanging_endpoint_does_not_hold_up_other_departments(
@@ -45,35 +99,6 @@ async def test_a_hanging_endpoint_does_not_hold_up_other_departments(
             await release.wait()  # hangs until the test has seen the others delivered
         return Response(status_code=204)
 
-    port = free_port()
-    app = Starlette(routes=[Route("/{name}", hook, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-
-    await migrate(db, "notifier", MIGRATIONS)
-    subs = {
-        name: await add_subscription(
-            db,
-            SubscriptionIn(
-                owner_kind="department",
-                owner=f"{name}-{uuid.uuid4().hex[:6]}",
-                url=f"http://127.0.0.1:{port}/{name}",
-                secrets=[SECRET_A],
-            ),
-            LOCAL,
-        )
-        for name in ("slow", "fast")
-    }
-
-    async def queue(name: str, n: int, due: datetime) -> list[uuid.UUID]:
-        ids = [uuid.uuid4() for _ in range(n)]
-        await db.executemany(
-            "INSERT INTO notifier.deliveries (id, event_id, subscription_id, payload, "
-            "next_attempt_at) VALUES ($1, $2, $3, $4, $5)",
-            [(i, uuid.uuid4(), subs[name], b'{"case_id":"c-1"}', due) for i in ids],
-        )
-        return ids
-
     async def delivered(ids: list[uuid.UUID]) -> bool:
         n = await db.fetchval(
             "SELECT count(*) FROM notifier.deliveries WHERE id = ANY($1) AND state = 'delivered'",
@@ -81,27 +106,21 @@ async def test_a_hanging_endpoint_does_not_hold_up_other_departments(
         )
         return bool(n == len(ids))
 
-    now = datetime.now(UTC)
-    slow = await queue("slow", 1, now - timedelta(seconds=10))  # first in line
-    fast = await queue("fast", 5, now - timedelta(seconds=5))
-    sender = WebhookSender(stack.postgres.url, allow=LOCAL, schedule=(0, 1, 1), timeout_s=120)
-    stop = asyncio.Event()
-    sending = asyncio.create_task(sender.run(stop))
-    try:
-        await _until(lambda: delivered(fast), "the fast department's webhooks recorded")
-        later = await queue("fast", 3, datetime.now(UTC))  # reports keep coming meanwhile
-        await _until(lambda: delivered(later), "later webhooks leased and delivered")
-        assert slow_open.is_set()  # all while the slow one hung
-        assert not release.is_set()
-        assert not await delivered(slow)
-        release.set()
-        await _until(lambda: delivered(slow), "the slow one delivered once released")
-    finally:
-        release.set()
-        stop.set()
-        await asyncio.wait_for(sending, 30)
-        server.should_exit = True
-        await serving
+    async with receiving(hook) as port:
+        slow_sub, fast_sub = await subscribe(db, port, "slow"), await subscribe(db, port, "fast")
+        now = datetime.now(UTC)
+        slow = await queue(db, slow_sub, 1, now - timedelta(seconds=10))  # first in line
+        fast = await queue(db, fast_sub, 5, now - timedelta(seconds=5))
+        sender = WebhookSender(stack.postgres.url, allow=LOCAL, schedule=(0, 1, 1), timeout_s=120)
+        async with sending(sender, release):
+            await _until(lambda: delivered(fast), "the fast department's webhooks recorded")
+            later = await queue(db, fast_sub, 3, datetime.now(UTC))  # reports keep coming
+            await _until(lambda: delivered(later), "later webhooks leased and delivered")
+            assert slow_open.is_set()  # all while the slow one hung
+            assert not release.is_set()
+            assert not await delivered(slow)
+            release.set()
+            await _until(lambda: delivered(slow), "the slow one delivered once released")
 
 
 async def test_once_the_breaker_opens_queued_deliveries_are_held_back_not_attempted(
@@ -115,28 +134,6 @@ async def test_once_the_breaker_opens_queued_deliveries_are_held_back_not_attemp
         await release.wait()  # a receiver that accepts connections and never answers
         return Response(status_code=204)
 
-    port = free_port()
-    app = Starlette(routes=[Route("/dead", hook, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    await migrate(db, "notifier", MIGRATIONS)
-    sub = await add_subscription(
-        db,
-        SubscriptionIn(
-            owner_kind="department",
-            owner=f"dead-{uuid.uuid4().hex[:6]}",
-            url=f"http://127.0.0.1:{port}/dead",
-            secrets=[SECRET_A],
-        ),
-        LOCAL,
-    )
-    ids = [uuid.uuid4() for _ in range(40)]
-    await db.executemany(
-        "INSERT INTO notifier.deliveries (id, event_id, subscription_id, payload) "
-        "VALUES ($1, $2, $3, $4)",
-        [(i, uuid.uuid4(), sub, b'{"case_id":"c-1"}') for i in ids],
-    )
-
     async def all_put_off() -> bool:
         n = await db.fetchval(
             "SELECT count(*) FROM notifier.deliveries WHERE id = ANY($1) AND state = 'pending' "
@@ -146,24 +143,18 @@ async def test_once_the_breaker_opens_queued_deliveries_are_held_back_not_attemp
         return bool(n == len(ids))
 
     per_endpoint = 4
-    sender = WebhookSender(
-        stack.postgres.url,
-        allow=LOCAL,
-        schedule=(0, 600, 600),
-        timeout_s=1,
-        per_endpoint=per_endpoint,
-        breaker=Breaker(threshold=2, cooldown_s=600),
-    )
-    stop = asyncio.Event()
-    sending = asyncio.create_task(sender.run(stop))
-    try:
-        await _until(all_put_off, "every delivery put off: attempted and failed, or held back")
-        # the first attempts opened the breaker; the other deliveries, queued behind the
-        # endpoint's concurrency limit, were held back instead of each waiting out a timeout
-        assert per_endpoint <= len(calls) <= 2 * per_endpoint
-    finally:
-        release.set()
-        stop.set()
-        await asyncio.wait_for(sending, 30)
-        server.should_exit = True
-        await serving
+    async with receiving(hook) as port:
+        ids = await queue(db, await subscribe(db, port, "dead"), 40, datetime.now(UTC))
+        sender = WebhookSender(
+            stack.postgres.url,
+            allow=LOCAL,
+            schedule=(0, 600, 600),
+            timeout_s=1,
+            per_endpoint=per_endpoint,
+            breaker=Breaker(threshold=2, cooldown_s=600),
+        )
+        async with sending(sender, release):
+            await _until(all_put_off, "every delivery put off: attempted and failed, or held back")
+            # the first attempts opened the breaker; the other deliveries, queued behind the
+            # endpoint's concurrency limit, were held back instead of each waiting out a timeout
+            assert per_endpoint <= len(calls) <= 2 * per_endpoint
