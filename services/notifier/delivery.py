@@ -359,9 +359,6 @@ class WebhookSender:
         if not row["active"]:
             await self._finish(conn, row, "disabled", None, "endpoint disabled")
             return None
-        if not self.breaker.allows(url):
-            await self._hold_back(conn, row, now)
-            return None
         try:
             webhooks.check_destination(url, self.allow)
         except webhooks.ForbiddenDestination as exc:
@@ -373,9 +370,9 @@ class WebhookSender:
         limit = self._limits.setdefault(url, asyncio.Semaphore(self.per_endpoint))
         status, error, retry_after = None, None, None
         async with limit:
-            # Asked again once it is this delivery's turn: the endpoint may have failed often
-            # enough meanwhile to open the breaker, and every queued delivery would otherwise
-            # still wait out its own timeout, holding one of the sender's slots.
+            # Asked once it is this delivery's turn, not before queueing: the endpoint may have
+            # failed often enough meanwhile to open the breaker, and every queued delivery
+            # would otherwise still wait out its own timeout, holding one of the sender's slots.
             if not self.breaker.allows(url):
                 await self._hold_back(conn, row, now)
                 return None
