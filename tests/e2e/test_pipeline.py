@@ -15,12 +15,9 @@ from datetime import datetime, timedelta
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from aiokafka import AIOKafkaConsumer
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from services.intake import store as intake_store
 from services.intake.app import MIGRATIONS as INTAKE_MIGRATIONS
@@ -33,6 +30,7 @@ from services.router.rules import Rule
 from shared import topics
 from shared.db import migrate
 from shared.localstack import LocalStack, free_port
+from tests.helpers.http import receiving
 from tests.helpers.prometheus import Prometheus, running_prometheus
 from tests.helpers.services import running_service
 from tests.notifier.test_webhooks import SECRET_A, verify
@@ -56,22 +54,8 @@ async def hook() -> AsyncIterator[tuple[str, list[tuple[dict[str, str], str]]]]:
         calls.append((dict(request.headers), (await request.body()).decode()))
         return Response(status_code=204)
 
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            Starlette(routes=[Route("/", receive, methods=["POST"])]),
-            port=port,
-            log_level="warning",
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
-    try:
+    async with receiving("/", receive) as port:
         yield f"http://127.0.0.1:{port}/", calls
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def _feed(

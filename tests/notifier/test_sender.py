@@ -10,20 +10,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from services.notifier.app import MIGRATIONS, SubscriptionIn, add_subscription
 from services.notifier.delivery import Breaker, WebhookSender
 from shared.db import migrate
-from shared.localstack import LocalStack, free_port
+from shared.localstack import LocalStack
+from tests.helpers.http import receiving
 from tests.notifier.test_webhooks import SECRET_A
 
 LOCAL = frozenset({"127.0.0.1"})
-Hook = Callable[[Request], Awaitable[Response]]
 
 
 async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -32,20 +29,6 @@ async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"not reached: {what}")
-
-
-@contextlib.asynccontextmanager
-async def receiving(hook: Hook) -> AsyncIterator[int]:
-    """A local receiver answering POST /{name} with `hook`; yields its port."""
-    port = free_port()
-    app = Starlette(routes=[Route("/{name}", hook, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        await serving
 
 
 @contextlib.asynccontextmanager
@@ -106,7 +89,7 @@ async def test_a_hanging_endpoint_does_not_hold_up_other_departments(
         )
         return bool(n == len(ids))
 
-    async with receiving(hook) as port:
+    async with receiving("/{name}", hook) as port:
         slow_sub, fast_sub = await subscribe(db, port, "slow"), await subscribe(db, port, "fast")
         now = datetime.now(UTC)
         slow = await queue(db, slow_sub, 1, now - timedelta(seconds=10))  # first in line
@@ -143,7 +126,7 @@ async def test_once_the_breaker_opens_queued_deliveries_are_held_back_not_attemp
         return bool(n == len(ids))
 
     per_endpoint = 4
-    async with receiving(hook) as port:
+    async with receiving("/{name}", hook) as port:
         ids = await queue(db, await subscribe(db, port, "dead"), 40, datetime.now(UTC))
         sender = WebhookSender(
             stack.postgres.url,

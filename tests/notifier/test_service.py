@@ -17,12 +17,9 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-import uvicorn
 from aiokafka import AIOKafkaProducer
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from services.notifier.app import MIGRATIONS, SubscriptionIn, add_subscription
 from services.notifier.delivery import replay
@@ -31,6 +28,7 @@ from shared.db import migrate
 from shared.events import wrap
 from shared.localstack import LocalStack, free_port
 from shared.settings import PROJECT_ROOT
+from tests.helpers.http import receiving
 from tests.notifier.test_webhooks import SECRET_A, verify
 
 
@@ -61,16 +59,8 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     r = Receiver()
-    app = Starlette(routes=[Route("/{name}", r.handle, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, port=r.port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
-    try:
+    async with receiving("/{name}", r.handle, port=r.port):
         yield r
-    finally:
-        server.should_exit = True
-        await task
 
 
 def routed(department: str, worker_id: str = "w-1") -> events.Envelope:
