@@ -14,6 +14,7 @@ A crash anywhere repeats at most steps 2–4 with identical output event ids.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Sequence
@@ -136,25 +137,44 @@ class _Item:
     event: events.Event
     facts: dict[str, Any] | None
     decision: Decision | None = None
-    out: bytes | None = None  # the decision's envelope, as published
-    value: bytes | None = None
+    out: bytes | None = None  # the decision's envelope, as decided now
+    case_row: tuple[str, str, str | None, str | None] | None = None  # facts, status, dept, worker
+    value: bytes | None = None  # the envelope as published: `out`, or the one decided before
 
 
-# New decisions are inserted; for inputs decided before (a redelivery) the stored decision is
-# returned instead. (The main query sees the table as it was before the statement, so the two
-# halves never overlap.)
+# One statement (so one round trip and one commit) records a chunk of decisions: new ones are
+# inserted and update their cases (a case twice in the chunk — reported, then rerouted — keeps
+# its last new decision); for inputs decided before (a redelivery) the stored decision is
+# returned instead and the case is left alone. The final SELECT sees the table as it was before
+# the statement, so its two halves never overlap.
 _RECORD_SQL = """
-WITH new AS (
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::text[],
+                         $6::text[], $7::text[]) WITH ORDINALITY
+        AS x(source_event_id, case_id, envelope, facts, status, department, worker_id, ord)
+), new AS (
     INSERT INTO router.decisions (source_event_id, case_id, envelope)
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[])
+    SELECT source_event_id, case_id, envelope FROM input
     ON CONFLICT DO NOTHING
     RETURNING source_event_id, envelope
+), cases AS (
+    INSERT INTO router.cases (case_id, facts, status, department, worker_id)
+    SELECT DISTINCT ON (i.case_id) i.case_id, i.facts::jsonb, i.status, i.department, i.worker_id
+    FROM input i JOIN new USING (source_event_id)
+    ORDER BY i.case_id, i.ord DESC
+    ON CONFLICT (case_id) DO UPDATE SET facts = EXCLUDED.facts, status = EXCLUDED.status,
+        department = EXCLUDED.department, worker_id = EXCLUDED.worker_id, open = true,
+        updated_at = now()
 )
-SELECT source_event_id, envelope, true AS is_new FROM new
+SELECT source_event_id, envelope FROM new
 UNION ALL
-SELECT d.source_event_id, d.envelope, false FROM router.decisions d
+SELECT d.source_event_id, d.envelope FROM router.decisions d
 WHERE d.source_event_id = ANY($1::uuid[])
 """
+
+# Decisions are recorded and published a chunk at a time, while the next chunk is decided: the
+# database's and the broker's work overlaps the router's own.
+CHUNK = 100
 
 
 class Dispatcher:
@@ -171,9 +191,47 @@ class Dispatcher:
         self.dead_letters = dead_letters
 
     async def handle(self, records: Sequence[ConsumerRecord[Any, Any]]) -> int:
-        """Decide, record and publish one batch. Returns the decisions published."""
+        """Decide, record and publish one batch; returns once the broker has every decision.
+        Returns the decisions published."""
         started = time.perf_counter()
         ref = self.state.ref  # this batch's snapshot
+        items = await self._decoded(records)
+        if not items:
+            return 0
+        decided: list[_Item] = []
+        acks: list[asyncio.Future[Any]] = []
+        async with self.pool.acquire() as conn:
+            missing = [i.env.case_id for i in items if i.facts is None]
+            known = await store.case_facts(conn, missing) if missing else {}
+            # facts of cases reported earlier in this same batch
+            in_batch = {i.env.case_id: i.facts for i in items if i.facts is not None}
+            recording: asyncio.Task[list[asyncio.Future[Any]]] | None = None
+            try:
+                for start in range(0, len(items), CHUNK):
+                    chunk = [
+                        item
+                        for item in items[start : start + CHUNK]
+                        if await self._decide(item, ref, known, in_batch)
+                    ]
+                    if recording is not None:  # one at a time, in order: a case's
+                        acks += await recording  # decisions reach the topic in order
+                        recording = None
+                    if chunk:
+                        decided += chunk
+                        recording = asyncio.create_task(self._record_and_publish(conn, chunk))
+                if recording is not None:
+                    acks += await recording
+                    recording = None
+            finally:
+                if recording is not None:  # failed while a chunk was in flight: let it end
+                    recording.cancel()
+                    await asyncio.gather(recording, return_exceptions=True)
+        await asyncio.gather(*acks)
+        self._count(decided)
+        ROUTING_SECONDS.observe(time.perf_counter() - started)
+        return len(decided)
+
+    async def _decoded(self, records: Sequence[ConsumerRecord[Any, Any]]) -> list[_Item]:
         items: list[_Item] = []
         for record in records:
             try:
@@ -187,121 +245,104 @@ class Dispatcher:
                 facts_from_report(env, event) if isinstance(event, events.CaseReported) else None
             )
             items.append(_Item(record, env, event, facts))
-        if not items:
-            return 0
-        async with self.pool.acquire() as conn:
-            missing = [i.env.case_id for i in items if i.facts is None]
-            known = await store.case_facts(conn, missing) if missing else {}
-            # facts of cases reported earlier in this same batch
-            in_batch = {i.env.case_id: i.facts for i in items if i.facts is not None}
-            for item in items:
-                event = item.event
-                reroute = event if isinstance(event, events.RerouteRequested) else None
-                facts = item.facts or in_batch.get(item.env.case_id) or known.get(item.env.case_id)
-                if facts is None:
-                    await self._dead_letter(
-                        item.record,
-                        ValueError(f"reroute for a case the router never saw: {item.env.case_id}"),
-                    )
-                    continue
-                if reroute is not None:
-                    facts = {
-                        **facts,
-                        "excluded": sorted(
-                            set(facts.get("excluded", ())) | set(reroute.exclude_departments)
-                        ),
-                    }
-                    in_batch[item.env.case_id] = facts
-                item.facts = facts
-                try:
-                    item.decision = decide(
-                        case_facts(
-                            item.env.case_id,
-                            facts,
-                            reroute,
-                            event if isinstance(event, events.CaseReported) else None,
-                        ),
-                        ref,
-                        open_cases=self.state.open_cases,
-                        explain=False,
-                    )
-                except Exception as exc:  # a bug or bad reference data: never stall the stream
-                    await self._dead_letter(item.record, exc)
-                    continue
-                item.out = envelope_json(
-                    item.decision.event,
-                    case_id=item.env.case_id,
-                    producer=PRODUCER,
-                    event_id=derived_event_id(item.env.event_id, "routed"),
-                    traceparent=item.env.traceparent,
-                )
-                if item.decision.routed:
-                    routed = item.decision.event
-                    assert isinstance(routed, events.CaseRouted)
-                    if routed.worker_id:  # count it now: the next case in the batch sees it
-                        self.state.open_cases[routed.worker_id] = (
-                            self.state.open_cases.get(routed.worker_id, 0) + 1
-                        )
-            decided = [i for i in items if i.out is not None]
-            if not decided:
-                return 0
-            async with conn.transaction():
-                rows = await conn.fetch(
-                    _RECORD_SQL,
-                    [i.env.event_id for i in decided],
-                    [i.env.case_id for i in decided],
-                    [i.out for i in decided],
-                )
-                recorded = {r["source_event_id"]: (bytes(r["envelope"]), r["is_new"]) for r in rows}
-                case_rows = []
-                for item in decided:
-                    value, is_new = recorded[item.env.event_id]
-                    item.value = value
-                    if not is_new:
-                        continue  # a redelivery: the first decision stands
-                    ev = item.decision.event if item.decision else None
-                    facts = dict(item.facts or {})
-                    if isinstance(ev, events.CaseUnroutable):
-                        facts["unroutable_reason"] = ev.reason
-                    case_rows.append(
-                        (
-                            item.env.case_id,
-                            orjson.dumps(facts).decode(),
-                            "routed" if isinstance(ev, events.CaseRouted) else "unroutable",
-                            ev.department if isinstance(ev, events.CaseRouted) else None,
-                            ev.worker_id if isinstance(ev, events.CaseRouted) else None,
-                        )
-                    )
-                if case_rows:
-                    # one statement for the batch; a case twice in it (reported, then rerouted)
-                    # keeps its last decision
-                    latest = {row[0]: row for row in case_rows}
-                    cols = list(zip(*latest.values(), strict=True))
-                    await conn.execute(
-                        """INSERT INTO router.cases (case_id, facts, status, department, worker_id)
-                           SELECT c, f::jsonb, s, d, w FROM unnest($1::text[], $2::text[],
-                               $3::text[], $4::text[], $5::text[]) AS x(c, f, s, d, w)
-                           ON CONFLICT (case_id) DO UPDATE SET facts = EXCLUDED.facts,
-                               status = EXCLUDED.status, department = EXCLUDED.department,
-                               worker_id = EXCLUDED.worker_id, open = true, updated_at = now()""",
-                        *[list(c) for c in cols],
-                    )
-        futures = [
-            await self.producer.send(
-                topics.CASES_LIFECYCLE, value=i.value, key=i.env.case_id.encode()
+        return items
+
+    async def _decide(
+        self,
+        item: _Item,
+        ref: ReferenceData,
+        known: dict[str, dict[str, Any]],
+        in_batch: dict[str, dict[str, Any]],
+    ) -> bool:
+        """Decide one item (False: it went to the dead-letter topic instead)."""
+        event = item.event
+        reroute = event if isinstance(event, events.RerouteRequested) else None
+        facts = item.facts or in_batch.get(item.env.case_id) or known.get(item.env.case_id)
+        if facts is None:
+            await self._dead_letter(
+                item.record,
+                ValueError(f"reroute for a case the router never saw: {item.env.case_id}"),
             )
-            for i in decided
-        ]
-        await asyncio.gather(*futures)
+            return False
+        if reroute is not None:
+            facts = {
+                **facts,
+                "excluded": sorted(
+                    set(facts.get("excluded", ())) | set(reroute.exclude_departments)
+                ),
+            }
+            in_batch[item.env.case_id] = facts
+        item.facts = facts
+        try:
+            decision = decide(
+                case_facts(
+                    item.env.case_id,
+                    facts,
+                    reroute,
+                    event if isinstance(event, events.CaseReported) else None,
+                ),
+                ref,
+                open_cases=self.state.open_cases,
+                explain=False,
+            )
+        except Exception as exc:  # a bug or bad reference data: never stall the stream
+            await self._dead_letter(item.record, exc)
+            return False
+        item.decision = decision
+        item.out = envelope_json(
+            decision.event,
+            case_id=item.env.case_id,
+            producer=PRODUCER,
+            event_id=derived_event_id(item.env.event_id, "routed"),
+            traceparent=item.env.traceparent,
+        )
+        ev = decision.event
+        if isinstance(ev, events.CaseRouted):
+            item.case_row = (orjson.dumps(facts).decode(), "routed", ev.department, ev.worker_id)
+            if ev.worker_id:  # count it now: the next case in the batch sees it
+                self.state.open_cases[ev.worker_id] = self.state.open_cases.get(ev.worker_id, 0) + 1
+        else:
+            stored = {**facts, "unroutable_reason": ev.reason}
+            item.case_row = (orjson.dumps(stored).decode(), "unroutable", None, None)
+        return True
+
+    async def _record_and_publish(
+        self, conn: asyncpg.Connection, chunk: list[_Item]
+    ) -> list[asyncio.Future[Any]]:
+        """Record a chunk's decisions, then hand them to the producer; returns the acks to
+        wait for. A redelivered input publishes the decision recorded the first time."""
+        rows = await conn.fetch(
+            _RECORD_SQL,
+            [i.env.event_id for i in chunk],
+            [i.env.case_id for i in chunk],
+            [i.out for i in chunk],
+            *(list(col) for col in zip(*(i.case_row for i in chunk), strict=True)),
+        )
+        recorded = {r["source_event_id"]: r["envelope"] for r in rows}
+        send = self.producer.send
+        acks = []
+        for item in chunk:
+            item.value = recorded[item.env.event_id]
+            acks.append(
+                await send(topics.CASES_LIFECYCLE, value=item.value, key=item.env.case_id.encode())
+            )
+        return acks
+
+    @staticmethod
+    def _count(decided: list[_Item]) -> None:
+        routed: collections.Counter[str] = collections.Counter()
+        unroutable: collections.Counter[str] = collections.Counter()
         for item in decided:
             ev = item.decision.event if item.decision else None
             if isinstance(ev, events.CaseRouted):
-                ROUTED.labels(ev.department, "routed").inc()
+                routed[ev.department] += 1
             elif isinstance(ev, events.CaseUnroutable):
-                ROUTED.labels("", "unroutable").inc()
-                UNROUTABLE.labels(_reason_label(ev.reason)).inc()
-        ROUTING_SECONDS.observe(time.perf_counter() - started)
-        return len(decided)
+                unroutable[_reason_label(ev.reason)] += 1
+        for department, n in routed.items():
+            ROUTED.labels(department, "routed").inc(n)
+        for reason, n in unroutable.items():
+            ROUTED.labels("", "unroutable").inc(n)
+            UNROUTABLE.labels(reason).inc(n)
 
     async def _dead_letter(self, record: ConsumerRecord[Any, Any], exc: BaseException) -> None:
         if self.dead_letters is None:

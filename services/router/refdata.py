@@ -47,8 +47,9 @@ class Worker:
 
     @cached_property
     def escalation_step(self) -> EscalationStep:
-        """The chain's first step when this worker takes a case (built once per snapshot)."""
-        return EscalationStep(level=0, role="worker", name=self.name, contact=self.contact)
+        """The chain's first step when this worker takes a case (built once per snapshot;
+        the name and contact are validated strings already)."""
+        return trusted(EscalationStep, level=0, role="worker", name=self.name, contact=self.contact)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ class ReferenceData:
     _chain_tails: dict[tuple[str, int], tuple[EscalationStep, ...]] = field(
         default_factory=dict, repr=False, compare=False
     )
+    _unit_steps: dict[tuple[int, str, str], EscalationStep] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def chain_above_worker(self, grid_id: str, first_level: int) -> tuple[EscalationStep, ...]:
         """Grid leader → community → street office → district → city, numbered from
@@ -88,21 +92,36 @@ class ReferenceData:
         if tail is None:
             info = self.grids[grid_id]
             community, street, district = self.area_of(grid_id)
-            units = [
-                ("grid_leader", info.leader_name, info.leader_contact),
-                ("community", community.name, community.contact),
-                ("street_office", street.name, street.contact),
-                ("district", district.name, district.contact),
-                ("city", self.city.name, self.city.contact),
-            ]
-            tail = tuple(
-                trusted(
-                    EscalationStep, level=first_level + i, role=role, name=name, contact=contact
-                )
-                for i, (role, name, contact) in enumerate(units)
+            leader = trusted(
+                EscalationStep,
+                level=first_level,
+                role="grid_leader",
+                name=info.leader_name,
+                contact=info.leader_contact,
+            )
+            above = (("community", community), ("street_office", street), ("district", district))
+            tail = (
+                leader,
+                *(
+                    self._unit_step(first_level + 1 + i, role, unit)
+                    for i, (role, unit) in enumerate(above)
+                ),
+                self._unit_step(first_level + 4, "city", self.city),
             )
             self._chain_tails[key] = tail
         return tail
+
+    def _unit_step(self, level: int, role: str, unit: Unit) -> EscalationStep:
+        """A community's, street office's, district's or the city's step: one object for
+        all the grids under it (most cases meet a grid the snapshot has not chained yet)."""
+        key = (level, role, unit.code)
+        step = self._unit_steps.get(key)
+        if step is None:
+            step = trusted(
+                EscalationStep, level=level, role=role, name=unit.name, contact=unit.contact
+            )
+            self._unit_steps[key] = step
+        return step
 
     def area_of(self, grid_id: str) -> tuple[Unit, Unit, Unit]:
         """(community, street office, district) of a grid."""

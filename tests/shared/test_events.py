@@ -82,6 +82,10 @@ def test_event_ids() -> None:
     src = uuid.uuid4()
     assert derived_event_id(src, "routed") == derived_event_id(src, "routed")
     assert derived_event_id(src, "routed") != derived_event_id(src, "warned")
+    # the standard UUIDv5 (ids derived before an upgrade must be derived the same after it)
+    namespace = uuid.UUID("6f1c3f2e-6b1e-4a57-9a51-2f0d8c1f4d10")
+    assert derived_event_id(src, "routed") == uuid.uuid5(namespace, f"{src}/routed")
+    assert type(derived_event_id(src, "routed")) is uuid.UUID
 
 
 def test_trusted_builds_the_validated_model_and_insists_on_every_field() -> None:

@@ -1,0 +1,102 @@
+"""The dispatcher on the real database and broker, driven batch by batch: a batch longer than
+a chunk records and publishes each chunk while deciding the next, and must keep the order of a
+case's decisions and the redelivery guarantee across chunks."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+from aiokafka import ConsumerRecord
+
+from services.router import democity, store
+from services.router.dispatch import CHUNK, Dispatcher, RouterState
+from shared import events, topics
+from shared.db import create_pool
+from shared.events import Envelope, wrap
+from shared.kafka import make_producer
+from shared.localstack import LocalStack
+from shared.settings import KafkaSettings
+from tests.helpers.kafka import read_topic
+from tests.router.conftest import CITY, report
+
+
+def _record(env: Envelope, offset: int) -> ConsumerRecord[bytes, bytes]:
+    value = env.to_json()
+    key = env.case_id.encode()
+    return ConsumerRecord(
+        topics.CASES_INTAKE, 0, offset, 0, 0, key, value, None, len(key), len(value), ()
+    )
+
+
+async def test_a_batch_of_several_chunks_keeps_each_case_in_order_and_redelivers_the_same(
+    router_url: str, stack: LocalStack
+) -> None:
+    """`router_url` loads the small city (and runs a router, which does not see this batch:
+    it goes to the dispatcher directly)."""
+    grids = [g for g in CITY.grids if g["kind"] == "comprehensive"]
+    reports = [
+        report("sanitation.garbage", lat=lat, lon=lon)
+        for lat, lon in (democity.point_in(grids[i % len(grids)], 0.9, 0.9) for i in range(250))
+    ]
+
+    def declined(case: Envelope) -> Envelope:
+        return wrap(
+            events.RerouteRequested(
+                reason="not ours", requested_by="sanitation", exclude_departments=("sanitation",)
+            ),
+            case_id=case.case_id,
+            producer="intake",
+        )
+
+    # two cases declined by their department: one in its report's chunk, one two chunks later
+    near, far = reports[5], reports[6]
+    inputs = [*reports[:20], declined(near), *reports[20:200], declined(far), *reports[200:]]
+    batch = [_record(env, i) for i, env in enumerate(inputs)]
+    assert len(batch) > 2 * CHUNK > 20
+
+    pool = await create_pool(stack.postgres.url, "router", max_size=2)
+    producer = make_producer(KafkaSettings(bootstrap_servers=stack.kafka.bootstrap), "test")
+    await producer.start()
+    try:
+        async with pool.acquire() as conn:
+            dispatcher = Dispatcher(
+                pool, producer, RouterState(await store.load_reference(conn)), None
+            )
+        assert await dispatcher.handle(batch) == len(batch)
+        # a redelivery of the whole batch (a crash before the offsets were committed)
+        assert await dispatcher.handle(batch) == len(batch)
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT status, facts::text FROM router.cases WHERE case_id = ANY($1::text[])",
+                [near.case_id, far.case_id],
+            )
+            stored = await conn.fetchval(
+                "SELECT count(*) FROM router.decisions WHERE case_id = ANY($1::text[])",
+                [env.case_id for env in reports],
+            )
+    finally:
+        await producer.stop()
+        await pool.close()
+
+    ours = {env.case_id.encode() for env in reports}
+    published = [
+        r
+        for r in await read_topic(
+            stack.kafka.bootstrap, topics.CASES_LIFECYCLE, expected=1, settle_s=2
+        )
+        if r.key in ours and json.loads(r.value)["producer"] == "router"
+    ]
+    assert stored == len(batch)  # one decision per input, the redelivery added none
+    assert len(published) == 2 * len(batch)
+    by_source: dict[bytes, list[bytes]] = {}
+    for r in published:
+        by_source.setdefault(json.loads(r.value)["event_id"].encode(), []).append(r.value)
+    assert all(a == b for a, b in by_source.values())  # redelivered: the very same bytes
+    for case in (near, far):  # each case's two decisions, in order, both times
+        decisions = [json.loads(r.value) for r in published if r.key == case.case_id.encode()]
+        assert [d["event_type"] for d in decisions] == ["CaseRouted", "CaseUnroutable"] * 2
+        assert decisions[0]["payload"]["department"] == "sanitation"
+    # and both cases keep their last decision
+    assert [r["status"] for r in rows] == ["unroutable", "unroutable"]
+    assert [json.loads(r["facts"])["excluded"] for r in rows] == [["sanitation"]] * 2
