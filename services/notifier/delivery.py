@@ -10,11 +10,12 @@ deterministic id per source event, and (2) rows in the delivery log, one per web
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
@@ -216,6 +217,10 @@ class Breaker:
     def allows(self, endpoint: str) -> bool:
         return time.monotonic() >= self.open_until.get(endpoint, 0.0)
 
+    def open_endpoints(self) -> list[str]:
+        now = time.monotonic()
+        return [endpoint for endpoint, until in self.open_until.items() if until > now]
+
     def record(self, endpoint: str, ok: bool) -> None:
         if ok:
             self.failures.pop(endpoint, None)
@@ -226,14 +231,23 @@ class Breaker:
             self.open_until[endpoint] = time.monotonic() + self.cooldown_s
 
 
+# Each subscription gets at most its share of the lease ($3 minus what the sender already has
+# in flight for it; $4/$5), and an endpoint whose circuit breaker is open gets none ($6): one
+# endpoint's backlog cannot fill the sender while the others wait.
 _LEASE = """
 UPDATE notifier.deliveries d SET lease_until = $2 + interval '60 seconds'
 FROM (
-    SELECT d2.id FROM notifier.deliveries d2
-    WHERE d2.state = 'pending' AND d2.next_attempt_at <= $2
-      AND (d2.lease_until IS NULL OR d2.lease_until < $2)
-    ORDER BY d2.next_attempt_at LIMIT $1
-    FOR UPDATE SKIP LOCKED
+    SELECT due.id FROM notifier.subscriptions s
+    LEFT JOIN unnest($4::bigint[], $5::int[]) AS busy(sub_id, n) ON busy.sub_id = s.id
+    CROSS JOIN LATERAL (
+        SELECT d2.id, d2.next_attempt_at FROM notifier.deliveries d2
+        WHERE d2.subscription_id = s.id AND d2.state = 'pending' AND d2.next_attempt_at <= $2
+          AND (d2.lease_until IS NULL OR d2.lease_until < $2)
+        ORDER BY d2.next_attempt_at LIMIT greatest(0, $3 - coalesce(busy.n, 0))
+        FOR UPDATE SKIP LOCKED
+    ) due
+    WHERE s.url <> ALL($6::text[])
+    ORDER BY due.next_attempt_at LIMIT $1
 ) due, notifier.subscriptions s
 WHERE d.id = due.id AND s.id = d.subscription_id
 RETURNING d.id, d.payload, d.attempts, d.department, d.reported_at, s.id AS sub_id, s.url,
@@ -259,6 +273,8 @@ class WebhookSender:
         self.timeout_s = timeout_s
         self.per_endpoint = per_endpoint
         self.batch = batch  # also the most deliveries in flight at once
+        # the most in flight (sending or waiting for their endpoint's turn) per subscription
+        self.per_subscription = min(batch, 4 * per_endpoint)
         self.breaker = breaker or Breaker()
         self._limits: dict[str, asyncio.Semaphore] = {}
         self.attempts = 0
@@ -266,7 +282,9 @@ class WebhookSender:
     async def run(self, stop: asyncio.Event) -> None:
         # aiohttp, not httpx: on this machine httpx's pool managed ~260 requests/s with 32 in
         # flight against ~8,700/s for aiohttp (bench/notifier.py).
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self.per_endpoint)
+        # No per-host cap in the pool: endpoints (URLs) are limited one by one (`per_endpoint`),
+        # and a host's hanging URL must not use up the connections of its other URLs.
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
             while not stop.is_set():
@@ -292,19 +310,20 @@ class WebhookSender:
         in_flight: dict[asyncio.Task[int | None], asyncpg.Record] = {}
         delivered: list[tuple[uuid.UUID, int]] = []
         leased_at = first_unrecorded = 0.0
+        freed = self.batch  # slots freed since the last lease
         try:
             while not stop.is_set() or in_flight:
                 room = self.batch - len(in_flight)
                 if (
                     not stop.is_set()
                     and room > 0
-                    and (room >= self.batch // 2 or time.monotonic() - leased_at > 0.2)
+                    and (
+                        freed >= min(self.batch // 4, self.per_subscription // 2)
+                        or time.monotonic() - leased_at > 0.2
+                    )
                 ):
-                    leased_at = time.monotonic()
-                    sending = {r["id"] for r in in_flight.values()}
-                    for row in await pool.fetch(_LEASE, room, datetime.now(UTC)):
-                        if row["id"] in sending:  # queued here past its lease: now renewed
-                            continue
+                    leased_at, freed = time.monotonic(), 0
+                    for row in await self._lease(pool, room, in_flight.values()):
                         in_flight[asyncio.create_task(self._deliver(pool, client, row))] = row
                 if not in_flight:
                     with contextlib.suppress(TimeoutError):
@@ -313,6 +332,7 @@ class WebhookSender:
                 done, _ = await asyncio.wait(
                     in_flight, timeout=0.2, return_when=asyncio.FIRST_COMPLETED
                 )
+                freed += len(done)
                 for task in done:
                     row = in_flight.pop(task)
                     status = task.result()  # a database error ends the loop (and is retried)
@@ -336,6 +356,27 @@ class WebhookSender:
             if delivered:
                 with contextlib.suppress(Exception):
                     await self._record_delivered(pool, delivered)
+
+    async def _lease(
+        self, pool: asyncpg.Pool, room: int, in_flight: Iterable[asyncpg.Record]
+    ) -> list[asyncpg.Record]:
+        """Up to `room` due deliveries, each subscription's share at most."""
+        busy: collections.Counter[int] = collections.Counter()
+        sending = set()
+        for row in in_flight:
+            busy[row["sub_id"]] += 1
+            sending.add(row["id"])
+        rows = await pool.fetch(
+            _LEASE,
+            room,
+            datetime.now(UTC),
+            self.per_subscription,
+            list(busy),
+            list(busy.values()),
+            self.breaker.open_endpoints(),
+        )
+        # one queued here past its lease (now renewed) is not sent twice
+        return [row for row in rows if row["id"] not in sending]
 
     async def _record_delivered(
         self, pool: asyncpg.Pool, delivered: list[tuple[uuid.UUID, int]]

@@ -117,16 +117,18 @@ async def test_once_the_breaker_opens_queued_deliveries_are_held_back_not_attemp
         await release.wait()  # a receiver that accepts connections and never answers
         return Response(status_code=204)
 
-    async def all_put_off() -> bool:
+    async def settled() -> bool:
+        """Nothing leased any more: every delivery attempted and put off, or held back."""
         n = await db.fetchval(
             "SELECT count(*) FROM notifier.deliveries WHERE id = ANY($1) AND state = 'pending' "
-            "AND lease_until IS NULL AND next_attempt_at > now() + interval '60 seconds'",
+            "AND lease_until IS NULL",
             ids,
         )
-        return bool(n == len(ids))
+        return bool(n == len(ids)) and not sender.breaker.allows(url)
 
     per_endpoint = 4
     async with receiving("/{name}", hook) as port:
+        url = f"http://127.0.0.1:{port}/dead"
         ids = await queue(db, await subscribe(db, port, "dead"), 40, datetime.now(UTC))
         sender = WebhookSender(
             stack.postgres.url,
@@ -137,7 +139,58 @@ async def test_once_the_breaker_opens_queued_deliveries_are_held_back_not_attemp
             breaker=Breaker(threshold=2, cooldown_s=600),
         )
         async with sending(sender, release):
-            await _until(all_put_off, "every delivery put off: attempted and failed, or held back")
+            await _until(settled, "the breaker open and every delivery put off or held back")
+            await asyncio.sleep(1)  # several more leases, while the breaker stays open
             # the first attempts opened the breaker; the other deliveries, queued behind the
-            # endpoint's concurrency limit, were held back instead of each waiting out a timeout
+            # endpoint's concurrency limit, were held back instead of each waiting out a
+            # timeout, and the ones still in the table are not leased while it is open
             assert per_endpoint <= len(calls) <= 2 * per_endpoint
+            assert await settled()
+
+
+async def test_one_endpoint_s_backlog_does_not_fill_the_sender(
+    stack: LocalStack, db: asyncpg.Connection
+) -> None:
+    """A department whose receiver hangs, with far more due webhooks than the sender has
+    slots, ahead of everyone else's: the others still get theirs."""
+    release = asyncio.Event()
+    hanging: list[str] = []
+
+    async def hook(request: Request) -> Response:
+        await request.body()
+        if request.path_params["name"] == "stuck":
+            hanging.append(request.headers["webhook-id"])
+            await release.wait()
+        return Response(status_code=204)
+
+    async def delivered(ids: list[uuid.UUID]) -> bool:
+        n = await db.fetchval(
+            "SELECT count(*) FROM notifier.deliveries WHERE id = ANY($1) AND state = 'delivered'",
+            ids,
+        )
+        return bool(n == len(ids))
+
+    per_endpoint = 4
+    async with receiving("/{name}", hook) as port:
+        stuck_sub, other_sub = await subscribe(db, port, "stuck"), await subscribe(db, port, "ok")
+        now = datetime.now(UTC)
+        await queue(db, stuck_sub, 300, now - timedelta(seconds=10))  # first in line
+        others = await queue(db, other_sub, 20, now - timedelta(seconds=5))
+        sender = WebhookSender(
+            stack.postgres.url,
+            allow=LOCAL,
+            schedule=(0, 1, 1),
+            timeout_s=120,
+            per_endpoint=per_endpoint,
+            batch=100,
+        )
+        async with sending(sender, release):
+            await _until(lambda: delivered(others), "the other department's webhooks delivered")
+            assert not release.is_set()  # all while the stuck endpoint hung
+            assert len(hanging) == per_endpoint  # its concurrency limit, no more
+            leased = await db.fetchval(
+                "SELECT count(*) FROM notifier.deliveries WHERE subscription_id = $1 "
+                "AND lease_until > now()",
+                stuck_sub,
+            )
+            assert leased <= sender.per_subscription < sender.batch
