@@ -11,11 +11,12 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka import ConsumerRecord
 from prometheus_client import Counter
 
 from services.notifier.channels import Channel
-from services.notifier.residents import quiet_until, render
+from services.notifier.residents import LOCALES, quiet_until, render
 from shared import events
 from shared.catalogue import load_file
 from shared.db import create_pool
@@ -62,7 +63,7 @@ async def remember_contacts(
         )
         waiting = await conn.fetch(
             "DELETE FROM notifier.resident_backlog WHERE case_id = ANY($1) "
-            "RETURNING event_id, case_id, body, urgent",
+            "RETURNING event_id, case_id, body, bodies::text, urgent",
             [r[0] for r in rows],
         )
         now = datetime.now(UTC)
@@ -81,7 +82,7 @@ async def remember_contacts(
                 for m in _messages(
                     str(w["event_id"]),
                     w["case_id"],
-                    w["body"],
+                    _in_language(w, people[w["case_id"]]["locale"]),
                     w["urgent"],
                     people[w["case_id"]],
                     quiet=quiet,
@@ -114,42 +115,55 @@ async def queue_for_residents(
         )
     }
     messages: list[tuple[str, str, str, str, str, datetime]] = []
-    backlog: list[tuple[Any, str, str, bool]] = []
+    backlog: list[tuple[Any, str, str, str, bool]] = []
     for env, event, case in items:
         person = people.get(env.case_id)
-        locale = person["locale"] if person is not None else "zh-CN"
-        names = _NAMES.get(case.get("category") or "", {})
-        resolve_by = case.get("resolve_by")
-        text = render(
-            env.event_type,
-            locale,
-            {
-                "category_name": names.get(locale) or names.get("zh-CN") or case.get("category"),
-                "department_name": case.get("department"),
-                "resolve_by": resolve_by.astimezone().strftime("%Y-%m-%d %H:%M")
-                if resolve_by
-                else "",
-                "note": getattr(event, "note", "") or "",
-                "short_id": env.case_id[:8],
-            },
-        )
         urgent = case.get("priority") == "urgent"
         if person is None:
-            # The contact may still be on its way (another consumer): keep the text for it.
-            backlog.append((env.event_id, env.case_id, text, urgent))
+            # The contact may still be on its way (another consumer): keep the text for it, in
+            # every language, as the resident's is not known yet.
+            bodies = {lang: _text(env, event, case, lang) for lang in LOCALES}
+            backlog.append(
+                (env.event_id, env.case_id, bodies["zh-CN"], orjson.dumps(bodies).decode(), urgent)
+            )
         else:
+            text = _text(env, event, case, person["locale"])
             messages += _messages(
                 str(env.event_id), env.case_id, text, urgent, person, quiet=quiet, now=now
             )
     if backlog:
         await conn.execute(
-            "INSERT INTO notifier.resident_backlog (event_id, case_id, body, urgent) "
-            "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bool[]) "
+            "INSERT INTO notifier.resident_backlog (event_id, case_id, body, bodies, urgent) "
+            "SELECT e, c, b, bs::jsonb, u "
+            "FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[]) "
+            "AS x(e, c, b, bs, u) "
             "ON CONFLICT DO NOTHING",
             *[list(col) for col in zip(*backlog, strict=True)],
         )
     await _insert_messages(conn, messages)
     return len(messages)
+
+
+def _text(env: Envelope, event: events.Event, case: dict[str, Any], locale: str) -> str:
+    names = _NAMES.get(case.get("category") or "", {})
+    resolve_by = case.get("resolve_by")
+    return render(
+        env.event_type,
+        locale,
+        {
+            "category_name": names.get(locale) or names.get("zh-CN") or case.get("category"),
+            "department_name": case.get("department"),
+            "resolve_by": resolve_by.astimezone().strftime("%Y-%m-%d %H:%M") if resolve_by else "",
+            "note": getattr(event, "note", "") or "",
+            "short_id": env.case_id[:8],
+        },
+    )
+
+
+def _in_language(kept: asyncpg.Record, locale: str) -> str:
+    """A kept message in the resident's language (zh-CN if it is not offered)."""
+    bodies: dict[str, str] = orjson.loads(kept["bodies"]) if kept["bodies"] else {}
+    return bodies.get(locale) or bodies.get("zh-CN") or str(kept["body"])
 
 
 def _messages(
