@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import asyncpg
 from aiokafka import ConsumerRecord
 
 from services.router import democity, store
