@@ -274,7 +274,7 @@ class WebhookSender:
         self.per_endpoint = per_endpoint
         self.batch = batch  # also the most deliveries in flight at once
         # the most in flight (sending or waiting for their endpoint's turn) per subscription
-        self.per_subscription = min(batch, 4 * per_endpoint)
+        self.per_subscription = min(batch, 8 * per_endpoint)
         self.breaker = breaker or Breaker()
         self._limits: dict[str, asyncio.Semaphore] = {}
         self.attempts = 0
@@ -318,7 +318,7 @@ class WebhookSender:
                     not stop.is_set()
                     and room > 0
                     and (
-                        freed >= min(self.batch // 4, self.per_subscription // 2)
+                        freed >= min(self.batch // 2, self.per_subscription // 2)
                         or time.monotonic() - leased_at > 0.2
                     )
                 ):
