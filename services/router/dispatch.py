@@ -142,8 +142,8 @@ class _Item:
     value: bytes | None = None  # the envelope as published: `out`, or the one decided before
 
 
-# One statement (so one round trip and one commit) records a chunk of decisions: new ones are
-# inserted and update their cases (a case twice in the chunk — reported, then rerouted — keeps
+# One statement (so one round trip and one commit) records a batch's decisions: new ones are
+# inserted and update their cases (a case twice in the batch — reported, then rerouted — keeps
 # its last new decision); for inputs decided before (a redelivery) the stored decision is
 # returned instead and the case is left alone. The final SELECT sees the table as it was before
 # the statement, so its two halves never overlap.
@@ -172,10 +172,6 @@ SELECT d.source_event_id, d.envelope FROM router.decisions d
 WHERE d.source_event_id = ANY($1::uuid[])
 """
 
-# Decisions are recorded and published a chunk at a time, while the next chunk is decided: the
-# database's and the broker's work overlaps the router's own.
-CHUNK = 100
-
 
 class Dispatcher:
     def __init__(
@@ -198,34 +194,15 @@ class Dispatcher:
         items = await self._decoded(records)
         if not items:
             return 0
-        decided: list[_Item] = []
-        acks: list[asyncio.Future[Any]] = []
         async with self.pool.acquire() as conn:
             missing = [i.env.case_id for i in items if i.facts is None]
             known = await store.case_facts(conn, missing) if missing else {}
             # facts of cases reported earlier in this same batch
             in_batch = {i.env.case_id: i.facts for i in items if i.facts is not None}
-            recording: asyncio.Task[list[asyncio.Future[Any]]] | None = None
-            try:
-                for start in range(0, len(items), CHUNK):
-                    chunk = [
-                        item
-                        for item in items[start : start + CHUNK]
-                        if await self._decide(item, ref, known, in_batch)
-                    ]
-                    if recording is not None:  # one at a time, in order: a case's
-                        acks += await recording  # decisions reach the topic in order
-                        recording = None
-                    if chunk:
-                        decided += chunk
-                        recording = asyncio.create_task(self._record_and_publish(conn, chunk))
-                if recording is not None:
-                    acks += await recording
-                    recording = None
-            finally:
-                if recording is not None:  # failed while a chunk was in flight: let it end
-                    recording.cancel()
-                    await asyncio.gather(recording, return_exceptions=True)
+            decided = [item for item in items if await self._decide(item, ref, known, in_batch)]
+            if not decided:
+                return 0
+            acks = await self._record_and_publish(conn, decided)
         await asyncio.gather(*acks)
         self._count(decided)
         ROUTING_SECONDS.observe(time.perf_counter() - started)
@@ -307,21 +284,21 @@ class Dispatcher:
         return True
 
     async def _record_and_publish(
-        self, conn: asyncpg.Connection, chunk: list[_Item]
+        self, conn: asyncpg.Connection, decided: list[_Item]
     ) -> list[asyncio.Future[Any]]:
-        """Record a chunk's decisions, then hand them to the producer; returns the acks to
-        wait for. A redelivered input publishes the decision recorded the first time."""
+        """Record the decisions, then hand them to the producer; returns the acks to wait
+        for. A redelivered input publishes the decision recorded the first time."""
         rows = await conn.fetch(
             _RECORD_SQL,
-            [i.env.event_id for i in chunk],
-            [i.env.case_id for i in chunk],
-            [i.out for i in chunk],
-            *(list(col) for col in zip(*(i.case_row for i in chunk), strict=True)),
+            [i.env.event_id for i in decided],
+            [i.env.case_id for i in decided],
+            [i.out for i in decided],
+            *(list(col) for col in zip(*(i.case_row for i in decided), strict=True)),
         )
         recorded = {r["source_event_id"]: r["envelope"] for r in rows}
         send = self.producer.send
         acks = []
-        for item in chunk:
+        for item in decided:
             item.value = recorded[item.env.event_id]
             acks.append(
                 await send(topics.CASES_LIFECYCLE, value=item.value, key=item.env.case_id.encode())
