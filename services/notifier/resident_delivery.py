@@ -16,7 +16,7 @@ from aiokafka import ConsumerRecord
 from prometheus_client import Counter
 
 from services.notifier.channels import Channel
-from services.notifier.residents import LOCALES, quiet_until, render
+from services.notifier.residents import quiet_until, render
 from shared import events
 from shared.catalogue import load_file
 from shared.db import create_pool
@@ -63,7 +63,7 @@ async def remember_contacts(
         )
         waiting = await conn.fetch(
             "DELETE FROM notifier.resident_backlog WHERE case_id = ANY($1) "
-            "RETURNING event_id, case_id, body, bodies::text, urgent",
+            "RETURNING event_id, case_id, body, context::text, urgent",
             [r[0] for r in rows],
         )
         now = datetime.now(UTC)
@@ -115,28 +115,25 @@ async def queue_for_residents(
         )
     }
     messages: list[tuple[str, str, str, str, str, datetime]] = []
-    backlog: list[tuple[Any, str, str, str, bool]] = []
+    backlog: list[tuple[Any, str, str, bool]] = []
     for env, event, case in items:
         person = people.get(env.case_id)
         urgent = case.get("priority") == "urgent"
+        context = _context(env, event, case)
         if person is None:
-            # The contact may still be on its way (another consumer): keep the text for it, in
-            # every language, as the resident's is not known yet.
-            bodies = {lang: _text(env, event, case, lang) for lang in LOCALES}
-            backlog.append(
-                (env.event_id, env.case_id, bodies["zh-CN"], orjson.dumps(bodies).decode(), urgent)
-            )
+            # The contact may still be on its way (another consumer): keep what to say, to be
+            # said in the resident's language once it is known.
+            backlog.append((env.event_id, env.case_id, orjson.dumps(context).decode(), urgent))
         else:
-            text = _text(env, event, case, person["locale"])
+            text = _text(context, person["locale"])
             messages += _messages(
                 str(env.event_id), env.case_id, text, urgent, person, quiet=quiet, now=now
             )
     if backlog:
         await conn.execute(
-            "INSERT INTO notifier.resident_backlog (event_id, case_id, body, bodies, urgent) "
-            "SELECT e, c, b, bs::jsonb, u "
-            "FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[]) "
-            "AS x(e, c, b, bs, u) "
+            "INSERT INTO notifier.resident_backlog (event_id, case_id, context, urgent) "
+            "SELECT e, c, x::jsonb, u FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bool[])"
+            " AS b(e, c, x, u) "
             "ON CONFLICT DO NOTHING",
             *[list(col) for col in zip(*backlog, strict=True)],
         )
@@ -144,26 +141,42 @@ async def queue_for_residents(
     return len(messages)
 
 
-def _text(env: Envelope, event: events.Event, case: dict[str, Any], locale: str) -> str:
-    names = _NAMES.get(case.get("category") or "", {})
+def _context(env: Envelope, event: events.Event, case: dict[str, Any]) -> dict[str, Any]:
+    """What a resident's message says, in no language yet (JSON: it may be kept)."""
     resolve_by = case.get("resolve_by")
+    return {
+        "event_type": env.event_type,
+        "category": case.get("category"),
+        "department": case.get("department"),
+        "resolve_by": resolve_by.isoformat() if resolve_by else None,
+        "note": getattr(event, "note", "") or "",
+        "short_id": env.case_id[:8],
+    }
+
+
+def _text(context: dict[str, Any], locale: str) -> str:
+    names = _NAMES.get(context["category"] or "", {})
+    resolve_by = context["resolve_by"]
     return render(
-        env.event_type,
+        context["event_type"],
         locale,
         {
-            "category_name": names.get(locale) or names.get("zh-CN") or case.get("category"),
-            "department_name": case.get("department"),
-            "resolve_by": resolve_by.astimezone().strftime("%Y-%m-%d %H:%M") if resolve_by else "",
-            "note": getattr(event, "note", "") or "",
-            "short_id": env.case_id[:8],
+            "category_name": names.get(locale) or names.get("zh-CN") or context["category"],
+            "department_name": context["department"],
+            "resolve_by": datetime.fromisoformat(resolve_by).astimezone().strftime("%Y-%m-%d %H:%M")
+            if resolve_by
+            else "",
+            "note": context["note"],
+            "short_id": context["short_id"],
         },
     )
 
 
 def _in_language(kept: asyncpg.Record, locale: str) -> str:
-    """A kept message in the resident's language (zh-CN if it is not offered)."""
-    bodies: dict[str, str] = orjson.loads(kept["bodies"]) if kept["bodies"] else {}
-    return bodies.get(locale) or bodies.get("zh-CN") or str(kept["body"])
+    """A kept message, in the resident's language (rows kept before contexts were: as kept)."""
+    if kept["context"] is None:
+        return str(kept["body"])
+    return _text(orjson.loads(kept["context"]), locale)
 
 
 def _messages(
