@@ -330,6 +330,28 @@ class Dispatcher:
 _OPEN_OR_CLOSED = frozenset({"CaseResolved", "CaseClosed", "CaseReopened"})
 
 
+# One statement for a batch: the events not seen before set their case's open flag, the last
+# one per case winning (resolved, reopened and closed in one batch: closed); only the cases whose
+# flag changed come back, so each worker's count moves by its net change.
+_FOLD_SQL = """
+WITH fresh AS (
+    INSERT INTO router.seen_events (event_id) SELECT unnest($1::uuid[])
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+), latest AS (
+    SELECT DISTINCT ON (c.case_id) c.case_id, c.is_open
+    FROM unnest($1::uuid[], $2::text[], $3::bool[]) WITH ORDINALITY
+        AS c(event_id, case_id, is_open, ord)
+    JOIN fresh USING (event_id)
+    ORDER BY c.case_id, c.ord DESC
+)
+UPDATE router.cases r SET open = latest.is_open, updated_at = now()
+FROM latest
+WHERE r.case_id = latest.case_id AND r.open <> latest.is_open
+RETURNING r.worker_id, r.open
+"""
+
+
 async def fold_lifecycle(
     conn: asyncpg.Connection, state: RouterState, records: Sequence[ConsumerRecord[Any, Any]]
 ) -> None:
@@ -349,25 +371,9 @@ async def fold_lifecycle(
             changes.append((env.event_id, env.case_id, True))
     if not changes:
         return
-    async with conn.transaction():
-        fresh = {
-            r["event_id"]
-            for r in await conn.fetch(
-                "INSERT INTO router.seen_events (event_id) SELECT unnest($1::uuid[]) "
-                "ON CONFLICT DO NOTHING RETURNING event_id",
-                [c[0] for c in changes],
+    rows = await conn.fetch(_FOLD_SQL, *(list(col) for col in zip(*changes, strict=True)))
+    for row in rows:
+        if worker := row["worker_id"]:
+            state.open_cases[worker] = max(
+                0, state.open_cases.get(worker, 0) + (1 if row["open"] else -1)
             )
-        }
-        for event_id, case_id, is_open in changes:
-            if event_id not in fresh:
-                continue
-            worker = await conn.fetchval(
-                "UPDATE router.cases SET open = $2, updated_at = now() "
-                "WHERE case_id = $1 AND open <> $2 RETURNING worker_id",
-                case_id,
-                is_open,
-            )
-            if worker:
-                state.open_cases[worker] = max(
-                    0, state.open_cases.get(worker, 0) + (1 if is_open else -1)
-                )

@@ -9,7 +9,7 @@ import json
 from aiokafka import ConsumerRecord
 
 from services.router import democity, store
-from services.router.dispatch import Dispatcher, RouterState
+from services.router.dispatch import Dispatcher, RouterState, fold_lifecycle
 from shared import events, topics
 from shared.db import create_pool
 from shared.events import Envelope, wrap
@@ -98,3 +98,81 @@ async def test_a_batch_keeps_each_case_s_decisions_in_order_and_redelivers_the_s
     # and both cases keep their last decision
     assert [r["status"] for r in rows] == ["unroutable", "unroutable"]
     assert [json.loads(r["facts"])["excluded"] for r in rows] == [["sanitation"]] * 2
+
+
+def _lifecycle(env: Envelope, offset: int) -> ConsumerRecord[bytes, bytes]:
+    value = env.to_json()
+    key = env.case_id.encode()
+    return ConsumerRecord(
+        topics.CASES_LIFECYCLE, 0, offset, 0, 0, key, value, None, len(key), len(value), ()
+    )
+
+
+async def test_open_case_counts_follow_resolutions_reopenings_and_closings(
+    router_url: str, stack: LocalStack
+) -> None:
+    """The counts that pick the least-loaded worker: each worker's routed cases, less those
+    resolved or closed, plus those reopened; a redelivered event changes nothing."""
+    grid = next(g for g in CITY.grids if g["kind"] == "comprehensive")
+    reports = [
+        report("roads.pothole", lat=lat, lon=lon) for lat, lon in [democity.point_in(grid)] * 3
+    ]
+    pool = await create_pool(stack.postgres.url, "router", max_size=2)
+    producer = make_producer(KafkaSettings(bootstrap_servers=stack.kafka.bootstrap), "test")
+    await producer.start()
+    try:
+        async with pool.acquire() as conn:
+            state = RouterState(await store.load_reference(conn))
+        await Dispatcher(pool, producer, state, None).handle(
+            [_record(env, i) for i, env in enumerate(reports)]
+        )
+        routed = await pool.fetch(
+            "SELECT case_id, worker_id FROM router.cases WHERE case_id = ANY($1::text[])",
+            [env.case_id for env in reports],
+        )
+        worker = {r["case_id"]: r["worker_id"] for r in routed}
+        assert all(worker.values())
+        counted = dict(state.open_cases)
+
+        def moved() -> dict[str, int]:
+            return {w: state.open_cases.get(w, 0) - counted.get(w, 0) for w in set(worker.values())}
+
+        def ev(case: Envelope, event: events.Event) -> Envelope:
+            return wrap(event, case_id=case.case_id, producer="intake")
+
+        a, b, c = reports
+        resolved_a = ev(a, events.CaseResolved(by="w", note="done"))
+        batch = [
+            resolved_a,
+            ev(b, events.CaseResolved(by="w", note="done")),
+            ev(b, events.CaseReopened(by="resident", reason="still broken")),
+            ev(c, events.CaseResolved(by="w", note="done")),
+            ev(c, events.CaseReopened(by="resident", reason="still broken")),
+            ev(c, events.CaseClosed(by="operator")),
+        ]
+        async with pool.acquire() as conn:
+            await fold_lifecycle(conn, state, [_lifecycle(e, i) for i, e in enumerate(batch)])
+            expected: dict[str, int] = {}
+            for case in (a, c):  # b is open again; a and c are not
+                expected[worker[case.case_id]] = expected.get(worker[case.case_id], 0) - 1
+            expected.setdefault(worker[b.case_id], 0)
+            assert moved() == expected
+            # the same events again (a redelivery), then a's reopening
+            await fold_lifecycle(conn, state, [_lifecycle(e, i) for i, e in enumerate(batch)])
+            assert moved() == expected
+            reopened = ev(a, events.CaseReopened(by="resident", reason="again"))
+            await fold_lifecycle(conn, state, [_lifecycle(reopened, 0)])
+            expected[worker[a.case_id]] += 1
+            assert moved() == expected
+            rows = await conn.fetch(
+                "SELECT case_id, open FROM router.cases WHERE case_id = ANY($1::text[])",
+                [env.case_id for env in reports],
+            )
+        assert {r["case_id"]: r["open"] for r in rows} == {
+            a.case_id: True,
+            b.case_id: True,
+            c.case_id: False,
+        }
+    finally:
+        await producer.stop()
+        await pool.close()
