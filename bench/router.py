@@ -5,7 +5,8 @@
 Prints: single grid lookup p50/p99, batch lookups/s, one full decision, the process RSS with the
 city loaded, and routed cases/s through the real broker and database (consume `cases.intake`,
 decide, record, publish to `cases.lifecycle`, commit) against a bare aiokafka consume→produce
-passthrough of the same messages, in the same run. With `--processes N` both the router and
+passthrough of the same messages, in the same run; then how fast the open-case counts fold
+every routed case's resolution and closing. With `--processes N` both the router and
 the passthrough also run as N processes sharing the 12 partitions (as N router replicas of one
 consumer group do; partitions assigned up front so that no rebalance falls into the timing).
 """
@@ -25,13 +26,13 @@ from typing import Any
 
 import asyncpg
 import psutil
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from bench._tools import bench_stack, cpu_seconds
 from services.router import democity, snapshot, store
 from services.router.app import MIGRATIONS
 from services.router.decide import CaseFacts, decide
-from services.router.dispatch import Dispatcher, RouterState
+from services.router.dispatch import Dispatcher, RouterState, fold_lifecycle
 from shared import events, topics
 from shared.db import create_pool, migrate
 from shared.events import wrap
@@ -200,11 +201,36 @@ async def through_broker(stack: LocalStack, city: democity.City, n: int) -> None
     router_s = await _consume_loop(stack, "bench-router", n, dispatcher.handle)
     print_cpu("router", before, router_s)
     await producer.stop()
+    fold_s, folded = await _fold_resolutions(pool, dispatcher.state)
     await pool.close()
     print(f"cases through the broker {n:,} (12 partitions, batches of ≤500)")
     print(f"router (decide+record+publish) {n / router_s:>8,.0f} cases/s")
     print(f"bare consume→produce           {n / bare_s:>8,.0f} msgs/s")
     print(f"ratio router / bare            {bare_s / router_s:>8.2f}")
+    print(
+        f"open-case counts: {folded:,} lifecycle events (resolved, closed) folded at "
+        f"{folded / fold_s:,.0f} /s"
+    )
+
+
+async def _fold_resolutions(pool: asyncpg.Pool, state: RouterState) -> tuple[float, int]:
+    """Every routed case resolved and closed, folded into the open-case counts in batches of
+    1,000 (as the router's lifecycle subscriber takes them). Returns (seconds, events)."""
+    async with pool.acquire() as conn:
+        case_ids = [r["case_id"] for r in await conn.fetch("SELECT case_id FROM router.cases")]
+        records = []
+        for case_id in case_ids:
+            for event in (events.CaseResolved(by="w", note="修好了"), events.CaseClosed(by="op")):
+                value = wrap(event, case_id=case_id, producer="bench").to_json()
+                records.append(
+                    ConsumerRecord(
+                        topics.CASES_LIFECYCLE, 0, 0, 0, 0, None, value, None, 0, len(value), ()
+                    )
+                )
+        started = time.perf_counter()
+        for i in range(0, len(records), 1000):
+            await fold_lifecycle(conn, state, records[i : i + 1000])
+        return time.perf_counter() - started, len(records)
 
 
 async def _replica(
