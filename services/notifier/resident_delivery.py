@@ -41,25 +41,31 @@ async def remember_contacts(
     quiet: tuple[time, time] = (time(22), time(7)),
 ) -> None:
     """Keep the contact of residents who consented, from their CaseReported, and queue the
-    messages whose lifecycle event arrived before it (two consumers, no order between them)."""
-    rows = []
+    messages whose lifecycle event arrived before it (two consumers, no order between them).
+
+    A report without a consenting contact is kept too, with no contact at all: then the
+    lifecycle events of its case are known to have nobody to tell, and are not kept waiting
+    for a contact that will never come."""
+    rows: list[tuple[str, str | None, str | None, str]] = []
     for record in records:
         try:
             env, event = decode(record.value)
         except DecodeError:
             continue  # the router dead-letters what is malformed on cases.intake
-        if isinstance(event, events.CaseReported) and event.reporter is not None:
+        if isinstance(event, events.CaseReported):
             c = event.reporter
-            if c.consent_to_notify and (c.email or c.phone):
+            if c is not None and c.consent_to_notify and (c.email or c.phone):
                 rows.append((env.case_id, c.email, c.phone, c.language))
+            else:  # no personal data without consent
+                rows.append((env.case_id, None, None, "zh-CN"))
     if not rows:
         return
     async with conn.transaction():
-        await conn.executemany(
+        await conn.execute(
             "INSERT INTO notifier.residents (case_id, email, phone, locale) "
-            "VALUES ($1, $2, $3, $4) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) "
             "ON CONFLICT (case_id) DO NOTHING",
-            rows,
+            *[list(col) for col in zip(*rows, strict=True)],
         )
         waiting = await conn.fetch(
             "DELETE FROM notifier.resident_backlog WHERE case_id = ANY($1) "
@@ -70,7 +76,8 @@ async def remember_contacts(
         people = {
             r["case_id"]: r
             for r in await conn.fetch(
-                "SELECT * FROM notifier.residents WHERE case_id = ANY($1)",
+                "SELECT * FROM notifier.residents WHERE case_id = ANY($1) "
+                "AND (email IS NOT NULL OR phone IS NOT NULL)",
                 [w["case_id"] for w in waiting],
             )
         }
@@ -79,6 +86,7 @@ async def remember_contacts(
             [
                 m
                 for w in waiting
+                if w["case_id"] in people  # else nobody to tell: the kept rows just go
                 for m in _messages(
                     str(w["event_id"]),
                     w["case_id"],
@@ -124,7 +132,7 @@ async def queue_for_residents(
             # The contact may still be on its way (another consumer): keep what to say, to be
             # said in the resident's language once it is known.
             backlog.append((env.event_id, env.case_id, orjson.dumps(context).decode(), urgent))
-        else:
+        elif person["email"] or person["phone"]:
             text = _text(context, person["locale"])
             messages += _messages(
                 str(env.event_id), env.case_id, text, urgent, person, quiet=quiet, now=now

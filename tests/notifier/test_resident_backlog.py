@@ -57,3 +57,43 @@ async def test_a_message_kept_for_a_contact_still_on_its_way_is_sent_in_its_lang
     assert "has been resolved" in bodies[english.case_id]
     assert "valve replaced" in bodies[english.case_id]
     assert "已处理完毕" in bodies[chinese.case_id]
+
+
+async def test_a_report_without_a_consenting_contact_leaves_nothing_waiting(
+    db: asyncpg.Connection,
+) -> None:
+    """Nobody to tell: events that arrived before the report are let go once it is read, and
+    later events are not kept at all; no personal data is stored without consent."""
+    await migrate(db, "notifier", MIGRATIONS)
+    early = report("li@example.org", "13800000000", consent=False)
+    late = report("zhao@example.org", None, consent=False)
+    case = {"category": "heating.outage", "department": "heating", "priority": "normal"}
+
+    def resolved(r: events.Envelope) -> tuple[events.Envelope, events.Event, dict]:
+        ev = events.CaseResolved(by="w-1", note="ok")
+        return wrap(ev, case_id=r.case_id, producer="intake"), ev, case
+
+    async def kept() -> int:
+        return int(
+            await db.fetchval(
+                "SELECT count(*) FROM notifier.resident_backlog WHERE case_id = ANY($1)",
+                [early.case_id, late.case_id],
+            )
+        )
+
+    now = datetime.now(UTC)
+    await queue_for_residents(db, [resolved(early)], quiet=NO_QUIET, now=now)
+    assert await kept() == 1  # its report not read yet: it might carry a contact
+    await remember_contacts(db, [_record(early), _record(late)], quiet=NO_QUIET)
+    assert await kept() == 0
+    assert await queue_for_residents(db, [resolved(late)], quiet=NO_QUIET, now=now) == 0
+    assert await kept() == 0
+    stored = await db.fetch(
+        "SELECT email, phone FROM notifier.residents WHERE case_id = ANY($1)",
+        [early.case_id, late.case_id],
+    )
+    assert [tuple(r) for r in stored] == [(None, None), (None, None)]
+    assert not await db.fetchval(
+        "SELECT count(*) FROM notifier.resident_messages WHERE case_id = ANY($1)",
+        [early.case_id, late.case_id],
+    )
