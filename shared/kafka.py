@@ -148,11 +148,29 @@ def make_broker(
         allow_auto_create_topics=False,
         ack_policy=AckPolicy.NACK_ON_ERROR,
         middlewares=[KafkaPrometheusMiddleware(registry=registry, app_name=service)],
-        logger=logging.getLogger(f"griddispatch.{service}.broker"),
+        logger=_broker_logger(service),
         log_level=logging.DEBUG,  # "Received"/"Processed" per message: not at INFO
     )
     _FETCH[broker] = fetch_options(settings)  # for its durable_subscribers
     return broker
+
+
+class _TopicsAreOurs(logging.Filter):
+    """Drops FastStream's start-up warning, once per subscriber, that it will not create topics.
+    By design: the contract topics are created with their partitions and replication by the
+    deployment (Strimzi `KafkaTopic`s, `deploy/k8s/base/kafka/topics.yaml`) or the local stack,
+    and the feeds by the notifier (`ensure_topics`). A topic that is really missing still shows
+    in aiokafka's own errors ("not found in cluster metadata") and in the consumer lag."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Auto create topics is disabled")
+
+
+def _broker_logger(service: str) -> logging.Logger:
+    logger = logging.getLogger(f"griddispatch.{service}.broker")
+    if not any(isinstance(f, _TopicsAreOurs) for f in logger.filters):
+        logger.addFilter(_TopicsAreOurs())
+    return logger
 
 
 BATCH_TIMEOUT_MS = 20

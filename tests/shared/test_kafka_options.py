@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -82,3 +83,18 @@ async def test_new_topics_have_leaders_and_impossible_ones_are_refused_loudly(
         await ensure_topics(
             stack.kafka.bootstrap, [name + ".x"], partitions=1, replication_factor=3
         )
+
+
+def test_the_broker_logger_drops_only_faststreams_topic_creation_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    make_broker(KafkaSettings(), "quiet")
+    make_broker(KafkaSettings(), "quiet")  # a second broker adds no second filter
+    logger = logging.getLogger("griddispatch.quiet.broker")
+    assert len(logger.filters) == 1
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        logger.warning("Auto create topics is disabled. Make sure the topics exist.")
+        logger.warning("Topic cases.intake not found in cluster metadata")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Topic cases.intake not found in cluster metadata"
+    ]
