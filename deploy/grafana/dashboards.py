@@ -224,6 +224,13 @@ PIPELINE = [
         ],
     ),
     Panel(
+        "Webhook endpoints",
+        [
+            ("max(griddispatch_webhook_breakers_open)", "breaker open (cooling down)"),
+            ("max(griddispatch_webhook_endpoints_disabled)", "disabled"),
+        ],
+    ),
+    Panel(
         "Deliveries by result",
         [
             (

@@ -57,6 +57,11 @@ DISABLED = Gauge(
     "Webhook endpoints disabled (410 or by hand)",
     registry=REGISTRY,
 )
+BREAKERS_OPEN = Gauge(
+    "griddispatch_webhook_breakers_open",
+    "Webhook endpoints whose circuit breaker is open (their deliveries wait out the cool-down)",
+    registry=REGISTRY,
+)
 DEAD = Counter(
     "griddispatch_deliveries_dead_total",
     "Deliveries that exhausted their retries",
@@ -361,6 +366,8 @@ class WebhookSender:
         self, pool: asyncpg.Pool, room: int, in_flight: Iterable[asyncpg.Record]
     ) -> list[asyncpg.Record]:
         """Up to `room` due deliveries, each subscription's share at most."""
+        open_endpoints = self.breaker.open_endpoints()
+        BREAKERS_OPEN.set(len(open_endpoints))
         busy: collections.Counter[int] = collections.Counter()
         sending = set()
         for row in in_flight:
@@ -373,7 +380,7 @@ class WebhookSender:
             self.per_subscription,
             list(busy),
             list(busy.values()),
-            self.breaker.open_endpoints(),
+            open_endpoints,
         )
         # one queued here past its lease (now renewed) is not sent twice
         return [row for row in rows if row["id"] not in sending]
@@ -464,6 +471,7 @@ class WebhookSender:
 
     async def _hold_back(self, conn: asyncpg.Pool, row: asyncpg.Record, now: datetime) -> None:
         """The endpoint's breaker is open: try again after its cool-down (not an attempt)."""
+        DELIVERIES.labels("webhook", "held_back").inc()
         await conn.execute(
             "UPDATE notifier.deliveries SET lease_until = NULL, next_attempt_at = $2 WHERE id = $1",
             row["id"],

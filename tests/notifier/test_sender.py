@@ -17,6 +17,7 @@ from services.notifier.app import MIGRATIONS, SubscriptionIn, add_subscription
 from services.notifier.delivery import Breaker, WebhookSender
 from shared.db import migrate
 from shared.localstack import LocalStack
+from shared.metrics import REGISTRY
 from tests.helpers.http import receiving
 from tests.notifier.test_webhooks import SECRET_A
 
@@ -127,6 +128,12 @@ async def test_once_the_breaker_opens_queued_deliveries_are_held_back_not_attemp
         return bool(n == len(ids)) and not sender.breaker.allows(url)
 
     per_endpoint = 4
+    held_before = (
+        REGISTRY.get_sample_value(
+            "griddispatch_deliveries_total", {"channel": "webhook", "result": "held_back"}
+        )
+        or 0.0
+    )
     async with receiving("/{name}", hook) as port:
         url = f"http://127.0.0.1:{port}/dead"
         ids = await queue(db, await subscribe(db, port, "dead"), 40, datetime.now(UTC))
@@ -146,6 +153,13 @@ async def test_once_the_breaker_opens_queued_deliveries_are_held_back_not_attemp
             # timeout, and the ones still in the table are not leased while it is open
             assert per_endpoint <= len(calls) <= 2 * per_endpoint
             assert await settled()
+            # what operators see: the open breaker, and the deliveries it held back
+            assert REGISTRY.get_sample_value("griddispatch_webhook_breakers_open") == 1
+            held = REGISTRY.get_sample_value(
+                "griddispatch_deliveries_total", {"channel": "webhook", "result": "held_back"}
+            )
+            assert held is not None
+            assert held - held_before >= 1
 
 
 async def test_one_endpoint_s_backlog_does_not_fill_the_sender(
