@@ -5,7 +5,8 @@
 A local keep-alive receiver (uvicorn, separate process) answers 204. The notifier's
 `WebhookSender` works a delivery log of `--deliveries` rows in PostgreSQL (lease, sign, post,
 record); the baseline posts the same payloads with one `aiohttp.ClientSession` and the same
-concurrency, with no signing and no database.
+concurrency, with no signing and no database. Then the cost of one lease (the query that picks
+due deliveries, each subscription its share) with `--quiet-subscriptions` subscriptions.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 
 import aiohttp
 import asyncpg
@@ -24,7 +26,7 @@ import httpx
 
 from bench._tools import bench_stack
 from services.notifier.app import MIGRATIONS, SubscriptionIn, add_subscription
-from services.notifier.delivery import WebhookSender
+from services.notifier.delivery import LEASE_SQL, WebhookSender
 from shared.db import migrate
 from shared.localstack import free_port
 from shared.settings import PROJECT_ROOT
@@ -111,10 +113,52 @@ async def run(dsn: str, url: str, n: int, concurrency: int) -> None:
     print(f"ratio notifier / bare                 {bare_s / sender_s:>8.2f}")
 
 
+async def lease_cost(dsn: str, subscriptions: int) -> None:
+    """One lease (the sender's query that picks due deliveries, each subscription its share)
+    with many subscriptions: quiet, then with 2,000 deliveries due for ten of them."""
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("DELETE FROM notifier.deliveries")
+    await conn.execute(
+        "INSERT INTO notifier.subscriptions (owner_kind, owner, channel, url, secrets) "
+        "SELECT 'worker', 'w-' || g, 'webhook', 'http://127.0.0.1:9/w-' || g, ARRAY[$2] "
+        "FROM generate_series(1, $1::int) g",
+        subscriptions,
+        SECRET,
+    )
+    subs = [r["id"] for r in await conn.fetch("SELECT id FROM notifier.subscriptions LIMIT 10")]
+    await conn.execute("ANALYZE notifier.subscriptions")
+
+    async def p50() -> float:
+        times = []
+        for _ in range(21):
+            tx = conn.transaction()  # rolled back: every round leases the same rows
+            await tx.start()
+            t = time.perf_counter()
+            await conn.fetch(LEASE_SQL, 100, datetime.now(UTC), 32, [], [], [])
+            times.append(time.perf_counter() - t)
+            await tx.rollback()
+        return sorted(times)[10] * 1000
+
+    quiet = await p50()
+    await conn.executemany(
+        "INSERT INTO notifier.deliveries (id, event_id, subscription_id, payload) "
+        "VALUES ($1, $2, $3, $4)",
+        [(uuid.uuid4(), uuid.uuid4(), subs[i % len(subs)], b"{}") for i in range(2000)],
+    )
+    await conn.execute("ANALYZE notifier.deliveries")
+    busy = await p50()
+    await conn.close()
+    print(
+        f"one lease of 100, {subscriptions:,} subscriptions: {quiet:.2f} ms with nothing due, "
+        f"{busy:.2f} ms with 2,000 due for ten of them (p50 of 21)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--deliveries", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--quiet-subscriptions", type=int, default=20_000)
     args = parser.parse_args()
     port = free_port()
     receiver_file = PROJECT_ROOT / ".local" / "bench_receiver.py"
@@ -151,6 +195,7 @@ def main() -> None:
                     args.concurrency,
                 )
             )
+            asyncio.run(lease_cost(stack.postgres.url, args.quiet_subscriptions))
     finally:
         receiver.terminate()
         receiver.wait(10)

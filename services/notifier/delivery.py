@@ -238,11 +238,21 @@ class Breaker:
 
 # Each subscription gets at most its share of the lease ($3 minus what the sender already has
 # in flight for it; $4/$5), and an endpoint whose circuit breaker is open gets none ($6): one
-# endpoint's backlog cannot fill the sender while the others wait.
-_LEASE = """
+# endpoint's backlog cannot fill the sender while the others wait. Only the subscriptions with
+# pending deliveries are visited (found by skipping through the per-subscription index), so
+# thousands of quiet subscriptions (a worker app each, say) cost nothing.
+LEASE_SQL = """
+WITH RECURSIVE pending(sub_id) AS (
+    SELECT min(subscription_id) FROM notifier.deliveries WHERE state = 'pending'
+    UNION ALL
+    SELECT (SELECT min(d3.subscription_id) FROM notifier.deliveries d3
+            WHERE d3.state = 'pending' AND d3.subscription_id > p.sub_id)
+    FROM pending p WHERE p.sub_id IS NOT NULL
+)
 UPDATE notifier.deliveries d SET lease_until = $2 + interval '60 seconds'
 FROM (
-    SELECT due.id FROM notifier.subscriptions s
+    SELECT due.id FROM pending p
+    JOIN notifier.subscriptions s ON s.id = p.sub_id
     LEFT JOIN unnest($4::bigint[], $5::int[]) AS busy(sub_id, n) ON busy.sub_id = s.id
     CROSS JOIN LATERAL (
         SELECT d2.id, d2.next_attempt_at FROM notifier.deliveries d2
@@ -374,7 +384,7 @@ class WebhookSender:
             busy[row["sub_id"]] += 1
             sending.add(row["id"])
         rows = await pool.fetch(
-            _LEASE,
+            LEASE_SQL,
             room,
             datetime.now(UTC),
             self.per_subscription,
