@@ -1,4 +1,4 @@
-"""Reading topics back in tests."""
+"""Reading topics back in tests, and records to hand to a handler directly."""
 
 from __future__ import annotations
 
@@ -6,6 +6,15 @@ import asyncio
 import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
+
+from shared.events import Envelope
+
+
+def record_of(env: Envelope, topic: str, offset: int = 0) -> ConsumerRecord[bytes, bytes]:
+    """`env` as a consumer would receive it from `topic` (keyed by its case, as published)."""
+    value = env.to_json()
+    key = env.case_id.encode()
+    return ConsumerRecord(topic, 0, offset, 0, 0, key, value, None, len(key), len(value), ())
 
 
 async def read_topic(

@@ -6,21 +6,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, time, timedelta
 
 import asyncpg
-from aiokafka import ConsumerRecord
 
 from services.notifier.app import MIGRATIONS
 from services.notifier.resident_delivery import queue_for_residents, remember_contacts
 from shared import events, topics
 from shared.db import migrate
 from shared.events import wrap
+from tests.helpers.kafka import record_of
 from tests.notifier.test_resident_messages import report
 
 NO_QUIET = (time(7), time(7))
-
-
-def _record(env: events.Envelope) -> ConsumerRecord[bytes, bytes]:
-    value = env.to_json()
-    return ConsumerRecord(topics.CASES_INTAKE, 0, 0, 0, 0, None, value, None, 0, len(value), ())
 
 
 async def test_a_message_kept_for_a_contact_still_on_its_way_is_sent_in_its_language(
@@ -45,7 +40,11 @@ async def test_a_message_kept_for_a_contact_still_on_its_way_is_sent_in_its_lang
     ]
     # the lifecycle events first: nobody to tell yet, so nothing is queued
     assert await queue_for_residents(db, resolved, quiet=NO_QUIET, now=datetime.now(UTC)) == 0
-    await remember_contacts(db, [_record(english), _record(chinese)], quiet=NO_QUIET)
+    await remember_contacts(
+        db,
+        [record_of(english, topics.CASES_INTAKE), record_of(chinese, topics.CASES_INTAKE)],
+        quiet=NO_QUIET,
+    )
 
     bodies = {
         r["case_id"]: r["body"]
@@ -84,7 +83,11 @@ async def test_a_report_without_a_consenting_contact_leaves_nothing_waiting(
     now = datetime.now(UTC)
     await queue_for_residents(db, [resolved(early)], quiet=NO_QUIET, now=now)
     assert await kept() == 1  # its report not read yet: it might carry a contact
-    await remember_contacts(db, [_record(early), _record(late)], quiet=NO_QUIET)
+    await remember_contacts(
+        db,
+        [record_of(early, topics.CASES_INTAKE), record_of(late, topics.CASES_INTAKE)],
+        quiet=NO_QUIET,
+    )
     assert await kept() == 0
     assert await queue_for_residents(db, [resolved(late)], quiet=NO_QUIET, now=now) == 0
     assert await kept() == 0

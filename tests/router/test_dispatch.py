@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 
-from aiokafka import ConsumerRecord
-
 from services.router import democity, store
 from services.router.dispatch import Dispatcher, RouterState, fold_lifecycle
 from shared import events, topics
@@ -16,16 +14,8 @@ from shared.events import Envelope, wrap
 from shared.kafka import make_producer
 from shared.localstack import LocalStack
 from shared.settings import KafkaSettings
-from tests.helpers.kafka import read_topic
+from tests.helpers.kafka import read_topic, record_of
 from tests.router.conftest import CITY, report
-
-
-def _record(env: Envelope, offset: int) -> ConsumerRecord[bytes, bytes]:
-    value = env.to_json()
-    key = env.case_id.encode()
-    return ConsumerRecord(
-        topics.CASES_INTAKE, 0, offset, 0, 0, key, value, None, len(key), len(value), ()
-    )
 
 
 async def test_a_batch_keeps_each_case_s_decisions_in_order_and_redelivers_the_same(
@@ -51,7 +41,7 @@ async def test_a_batch_keeps_each_case_s_decisions_in_order_and_redelivers_the_s
     # two cases declined by their department: one soon after its report, one far after it
     near, far = reports[5], reports[6]
     inputs = [*reports[:20], declined(near), *reports[20:200], declined(far), *reports[200:]]
-    batch = [_record(env, i) for i, env in enumerate(inputs)]
+    batch = [record_of(env, topics.CASES_INTAKE, i) for i, env in enumerate(inputs)]
 
     pool = await create_pool(stack.postgres.url, "router", max_size=2)
     producer = make_producer(KafkaSettings(bootstrap_servers=stack.kafka.bootstrap), "test")
@@ -100,14 +90,6 @@ async def test_a_batch_keeps_each_case_s_decisions_in_order_and_redelivers_the_s
     assert [json.loads(r["facts"])["excluded"] for r in rows] == [["sanitation"]] * 2
 
 
-def _lifecycle(env: Envelope, offset: int) -> ConsumerRecord[bytes, bytes]:
-    value = env.to_json()
-    key = env.case_id.encode()
-    return ConsumerRecord(
-        topics.CASES_LIFECYCLE, 0, offset, 0, 0, key, value, None, len(key), len(value), ()
-    )
-
-
 async def test_open_case_counts_follow_resolutions_reopenings_and_closings(
     router_url: str, stack: LocalStack
 ) -> None:
@@ -124,7 +106,7 @@ async def test_open_case_counts_follow_resolutions_reopenings_and_closings(
         async with pool.acquire() as conn:
             state = RouterState(await store.load_reference(conn))
         await Dispatcher(pool, producer, state, None).handle(
-            [_record(env, i) for i, env in enumerate(reports)]
+            [record_of(env, topics.CASES_INTAKE, i) for i, env in enumerate(reports)]
         )
         routed = await pool.fetch(
             "SELECT case_id, worker_id FROM router.cases WHERE case_id = ANY($1::text[])",
@@ -151,17 +133,21 @@ async def test_open_case_counts_follow_resolutions_reopenings_and_closings(
             ev(c, events.CaseClosed(by="operator")),
         ]
         async with pool.acquire() as conn:
-            await fold_lifecycle(conn, state, [_lifecycle(e, i) for i, e in enumerate(batch)])
+            await fold_lifecycle(
+                conn, state, [record_of(e, topics.CASES_LIFECYCLE, i) for i, e in enumerate(batch)]
+            )
             expected: dict[str, int] = {}
             for case in (a, c):  # b is open again; a and c are not
                 expected[worker[case.case_id]] = expected.get(worker[case.case_id], 0) - 1
             expected.setdefault(worker[b.case_id], 0)
             assert moved() == expected
             # the same events again (a redelivery), then a's reopening
-            await fold_lifecycle(conn, state, [_lifecycle(e, i) for i, e in enumerate(batch)])
+            await fold_lifecycle(
+                conn, state, [record_of(e, topics.CASES_LIFECYCLE, i) for i, e in enumerate(batch)]
+            )
             assert moved() == expected
             reopened = ev(a, events.CaseReopened(by="resident", reason="again"))
-            await fold_lifecycle(conn, state, [_lifecycle(reopened, 0)])
+            await fold_lifecycle(conn, state, [record_of(reopened, topics.CASES_LIFECYCLE)])
             expected[worker[a.case_id]] += 1
             assert moved() == expected
             rows = await conn.fetch(
