@@ -70,6 +70,14 @@ async def queue(db: asyncpg.Connection, sub: int, n: int, due: datetime) -> list
     return ids
 
 
+async def delivered(db: asyncpg.Connection, ids: list[uuid.UUID]) -> bool:
+    n = await db.fetchval(
+        "SELECT count(*) FROM notifier.deliveries WHERE id = ANY($1) AND state = 'delivered'",
+        ids,
+    )
+    return bool(n == len(ids))
+
+
 async def test_a_hanging_endpoint_does_not_hold_up_other_departments(
     stack: LocalStack, db: asyncpg.Connection
 ) -> None:
@@ -83,13 +91,6 @@ async def test_a_hanging_endpoint_does_not_hold_up_other_departments(
             await release.wait()  # hangs until the test has seen the others delivered
         return Response(status_code=204)
 
-    async def delivered(ids: list[uuid.UUID]) -> bool:
-        n = await db.fetchval(
-            "SELECT count(*) FROM notifier.deliveries WHERE id = ANY($1) AND state = 'delivered'",
-            ids,
-        )
-        return bool(n == len(ids))
-
     async with receiving("/{name}", hook) as port:
         slow_sub, fast_sub = await subscribe(db, port, "slow"), await subscribe(db, port, "fast")
         now = datetime.now(UTC)
@@ -97,14 +98,14 @@ async def test_a_hanging_endpoint_does_not_hold_up_other_departments(
         fast = await queue(db, fast_sub, 5, now - timedelta(seconds=5))
         sender = WebhookSender(stack.postgres.url, allow=LOCAL, schedule=(0, 1, 1), timeout_s=120)
         async with sending(sender, release):
-            await _until(lambda: delivered(fast), "the fast department's webhooks recorded")
+            await _until(lambda: delivered(db, fast), "the fast department's webhooks recorded")
             later = await queue(db, fast_sub, 3, datetime.now(UTC))  # reports keep coming
-            await _until(lambda: delivered(later), "later webhooks leased and delivered")
+            await _until(lambda: delivered(db, later), "later webhooks leased and delivered")
             assert slow_open.is_set()  # all while the slow one hung
             assert not release.is_set()
-            assert not await delivered(slow)
+            assert not await delivered(db, slow)
             release.set()
-            await _until(lambda: delivered(slow), "the slow one delivered once released")
+            await _until(lambda: delivered(db, slow), "the slow one delivered once released")
 
 
 async def test_once_the_breaker_opens_queued_deliveries_are_held_back_not_attempted(
@@ -177,13 +178,6 @@ async def test_one_endpoint_s_backlog_does_not_fill_the_sender(
             await release.wait()
         return Response(status_code=204)
 
-    async def delivered(ids: list[uuid.UUID]) -> bool:
-        n = await db.fetchval(
-            "SELECT count(*) FROM notifier.deliveries WHERE id = ANY($1) AND state = 'delivered'",
-            ids,
-        )
-        return bool(n == len(ids))
-
     per_endpoint = 4
     async with receiving("/{name}", hook) as port:
         stuck_sub, other_sub = await subscribe(db, port, "stuck"), await subscribe(db, port, "ok")
@@ -199,7 +193,7 @@ async def test_one_endpoint_s_backlog_does_not_fill_the_sender(
             batch=100,
         )
         async with sending(sender, release):
-            await _until(lambda: delivered(others), "the other department's webhooks delivered")
+            await _until(lambda: delivered(db, others), "the other department's webhooks delivered")
             assert not release.is_set()  # all while the stuck endpoint hung
             assert len(hanging) == per_endpoint  # its concurrency limit, no more
             leased = await db.fetchval(
