@@ -39,7 +39,8 @@ def test_alert_rules_are_valid_and_their_unit_tests_pass(tmp_path: Path) -> None
     rules = monitoring.write_rule_file(tmp_path)
     checked = promtool("check", "rules", rules.name, cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 9 rules found" in checked.stdout
+    n = sum(len(g["rules"]) for g in monitoring.rule_groups()["groups"])
+    assert f"SUCCESS: {n} rules found" in checked.stdout
     shutil.copy(monitoring.RULE_TESTS, tmp_path / "alerts.test.yaml")
     tested = promtool("test", "rules", "alerts.test.yaml", cwd=tmp_path)
     assert tested.returncode == 0, tested.stdout + tested.stderr
