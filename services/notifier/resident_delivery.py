@@ -127,13 +127,13 @@ async def queue_for_residents(
     for env, event, case in items:
         person = people.get(env.case_id)
         urgent = case.get("priority") == "urgent"
-        context = _context(env, event, case)
         if person is None:
             # The contact may still be on its way (another consumer): keep what to say, to be
             # said in the resident's language once it is known.
-            backlog.append((env.event_id, env.case_id, orjson.dumps(context).decode(), urgent))
+            context = orjson.dumps(_context(env, event, case)).decode()
+            backlog.append((env.event_id, env.case_id, context, urgent))
         elif person["email"] or person["phone"]:
-            text = _text(context, person["locale"])
+            text = _text(_context(env, event, case), person["locale"])
             messages += _messages(
                 str(env.event_id), env.case_id, text, urgent, person, quiet=quiet, now=now
             )
