@@ -99,14 +99,18 @@ class ReferenceData:
                 name=info.leader_name,
                 contact=info.leader_contact,
             )
-            above = (("community", community), ("street_office", street), ("district", district))
+            above = (
+                ("community", community),
+                ("street_office", street),
+                ("district", district),
+                ("city", self.city),
+            )
             tail = (
                 leader,
                 *(
                     self._unit_step(first_level + 1 + i, role, unit)
                     for i, (role, unit) in enumerate(above)
                 ),
-                self._unit_step(first_level + 4, "city", self.city),
             )
             self._chain_tails[key] = tail
         return tail
