@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import traceback
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -36,7 +37,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from shared import topics
 from shared.events import DecodeError, Envelope, Event, decode
 from shared.metrics import REGISTRY, sample_every
-from shared.settings import KafkaSettings
+from shared.settings import KafkaSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def producer_options(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
         "client_id": f"{settings.client_id_prefix}-{client_id}",
         "acks": "all",
         "enable_idempotence": True,
-        "linger_ms": 5,
+        "linger_ms": settings.linger_ms,
         "max_batch_size": 256 * 1024,
         "request_timeout_ms": 30_000,
     }
@@ -413,6 +414,73 @@ async def start_when_reachable(*clients: Any, stop: asyncio.Event, what: str) ->
                     await client.stop()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 2)
+
+
+class FetchTuner:
+    """Fetches record by record while a consumer's topics are quiet, in `fetch_min_bytes`
+    fetches while they are busy.
+
+    The broker answers a fetch once `fetch_min_bytes` have arrived or `fetch_max_wait_ms` has
+    passed. A large minimum makes a busy consumer read fewer, larger batches (less CPU for the
+    broker and for each consumer); on a quiet pipeline it makes every lone report wait out the
+    whole fetch wait at every hop. So each consumer's minimum follows its arrival rate (the
+    growth of its partitions' high watermarks): the configured minimum from `busy_per_s`
+    records a second, 1 again below half that.
+
+    aiokafka has no public setter for the minimum: the tuner sets the attribute its fetcher
+    reads for every fetch request (`tests/shared/test_fetch_tuner.py` holds the pinned
+    aiokafka to it), and does nothing if a consumer has no such attribute.
+    """
+
+    def __init__(self, broker: KafkaBroker, settings: KafkaSettings, *, interval_s: float = 0.5):
+        self._broker = broker
+        self.busy_min_bytes = settings.fetch_min_bytes
+        self.busy_per_s = settings.fetch_busy_per_s
+        self.interval_s = interval_s
+        self._last: dict[int, tuple[float, int]] = {}  # id(consumer) → (when, Σ high watermarks)
+
+    def tune(self, consumer: Any, now: float) -> int | None:
+        """Set `consumer`'s fetch minimum for its arrival rate since the last look; returns it
+        (None: the consumer cannot be tuned)."""
+        fetcher = getattr(consumer, "_fetcher", None)
+        if fetcher is None or not hasattr(fetcher, "_fetch_min_bytes"):
+            return None
+        highs = [consumer.highwater(tp) for tp in consumer.assignment()]
+        total = sum(h for h in highs if h is not None)
+        last = self._last.get(id(consumer))
+        self._last[id(consumer)] = (now, total)
+        if last is not None and now <= last[0]:
+            return None
+        # No rate before the second look: start quiet, the next look sees a backlog.
+        rate = 0.0 if last is None else (total - last[1]) / (now - last[0])
+        current: int = fetcher._fetch_min_bytes
+        if rate >= self.busy_per_s:
+            current = self.busy_min_bytes
+        elif rate < self.busy_per_s / 2:
+            current = 1
+        fetcher._fetch_min_bytes = current
+        return current
+
+    async def sample(self) -> None:
+        now = time.monotonic()
+        for sub in self._broker.subscribers:
+            consumer = getattr(sub, "consumer", None)
+            if consumer is not None:
+                self.tune(consumer, now)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self.busy_min_bytes <= 1:
+            return  # nothing to tune: every fetch is answered at once anyway
+        await sample_every(self.interval_s, self.sample, stop, "fetch tuner")
+
+
+async def watch_consumers(broker: KafkaBroker, settings: Settings, stop: asyncio.Event) -> None:
+    """What every service runs beside its broker's subscribers until `stop`: the consumer-lag
+    metric and the fetch tuner."""
+    await asyncio.gather(
+        ConsumerLag(broker, interval_s=settings.metrics_interval_s).run(stop),
+        FetchTuner(broker, settings.kafka).run(stop),
+    )
 
 
 class ConsumerLag:

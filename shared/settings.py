@@ -43,9 +43,24 @@ class KafkaSettings(BaseModel):
         default=16_384,
         ge=1,
         le=10_000_000,
-        description="how much a consumer's fetch waits for, up to fetch_max_wait_ms: more "
-        "gathers a busy topic into fewer, larger fetches and batches (less CPU for Kafka and "
-        "the consumer); 1 answers every record at once (a quiet pipeline's lowest latency)",
+        description="how much a busy consumer's fetch waits for, up to fetch_max_wait_ms: "
+        "more gathers a busy topic into fewer, larger fetches and batches (less CPU for Kafka "
+        "and the consumer); 1 answers every record at once. Quiet consumers use 1 (see "
+        "fetch_busy_per_s)",
+    )
+    fetch_busy_per_s: float = Field(
+        default=150,
+        gt=0,
+        description="records a second from which a consumer counts as busy and fetches "
+        "fetch_min_bytes at a time; below half of it, it fetches each record as it comes",
+    )
+    linger_ms: int = Field(
+        default=0,
+        ge=0,
+        le=1_000,
+        description="how long a producer holds a record for others to join its request; 0 "
+        "sends at once (aiokafka has one request in flight per broker, so records batch up "
+        "behind it under load anyway)",
     )
 
 

@@ -26,7 +26,6 @@ from services.escalation.deadlines import LadderPolicy
 from shared import topics
 from shared.db import OUTBOX_MIGRATIONS, MigrationSource, create_pool, migrate
 from shared.kafka import (
-    ConsumerLag,
     DeadLetters,
     decode_records,
     durable_subscriber,
@@ -35,6 +34,7 @@ from shared.kafka import (
     make_producer,
     records_of,
     start_when_reachable,
+    watch_consumers,
 )
 from shared.metrics import NO_OPENTELEMETRY, REGISTRY, health_routes
 from shared.outbox import OutboxRelay
@@ -244,7 +244,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     tasks = [
         asyncio.create_task(scheduler.run(stop)),
         asyncio.create_task(server.serve()),
-        asyncio.create_task(ConsumerLag(broker, interval_s=settings.metrics_interval_s).run(stop)),
+        asyncio.create_task(watch_consumers(broker, settings, stop)),
     ]
     await start_when_reachable(producer, broker, stop=stop, what="escalation")
     tasks.append(asyncio.create_task(relay.run(stop)))

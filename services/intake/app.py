@@ -33,7 +33,7 @@ from services.intake.settings import IntakeSettings
 from shared import topics
 from shared.catalogue import load_file
 from shared.db import OUTBOX_MIGRATIONS, MigrationSource, create_pool, migrate
-from shared.kafka import ConsumerLag, make_broker, make_producer
+from shared.kafka import make_broker, make_producer, watch_consumers
 from shared.metrics import NO_OPENTELEMETRY, REGISTRY, health_routes
 from shared.outbox import OutboxRelay
 from shared.service import KafkaAccess, ServiceSpec, settle_heap
@@ -279,11 +279,7 @@ def create_app(
             broker = make_broker(settings.kafka, "intake")
             attach_read_model(broker, pool)
             tasks.append(asyncio.create_task(_start_broker(broker, stop)))
-            tasks.append(
-                asyncio.create_task(
-                    ConsumerLag(broker, interval_s=settings.metrics_interval_s).run(stop)
-                )
-            )
+            tasks.append(asyncio.create_task(watch_consumers(broker, settings, stop)))
             tasks.append(
                 asyncio.create_task(
                     OpenCaseGauge(pool, interval_s=settings.metrics_interval_s).run(stop)

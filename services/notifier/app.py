@@ -27,7 +27,6 @@ from services.notifier.stream import department_events
 from shared import topics
 from shared.db import MigrationSource, create_pool, migrate
 from shared.kafka import (
-    ConsumerLag,
     DeadLetters,
     connection_options,
     durable_subscriber,
@@ -37,6 +36,7 @@ from shared.kafka import (
     make_producer,
     records_of,
     start_when_reachable,
+    watch_consumers,
 )
 from shared.metrics import NO_OPENTELEMETRY, health_routes
 from shared.service import KafkaAccess, ServiceSpec, run_until_stopped
@@ -264,7 +264,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         asyncio.create_task(sender.run(stop)),
         asyncio.create_task(residents.run(stop)),
         asyncio.create_task(server.serve()),
-        asyncio.create_task(ConsumerLag(broker, interval_s=settings.metrics_interval_s).run(stop)),
+        asyncio.create_task(watch_consumers(broker, settings, stop)),
     ]
     await start_when_reachable(producer, broker, stop=stop, what="notifier")
     await run_until_stopped(

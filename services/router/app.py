@@ -26,13 +26,13 @@ from shared.catalogue import load_file
 from shared.db import MigrationSource, create_pool, migrate
 from shared.events import wrap
 from shared.kafka import (
-    ConsumerLag,
     DeadLetters,
     durable_subscriber,
     handle_isolating,
     make_broker,
     make_producer,
     records_of,
+    watch_consumers,
 )
 from shared.metrics import NO_OPENTELEMETRY, health_routes
 from shared.service import KafkaAccess, ServiceSpec, run_until_stopped, settle_heap
@@ -243,7 +243,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     )
     serving = asyncio.create_task(server.serve())
     await broker.start()
-    lag = asyncio.create_task(ConsumerLag(broker, interval_s=settings.metrics_interval_s).run(stop))
+    watching = asyncio.create_task(watch_consumers(broker, settings, stop))
     log.info("router running: %s", ref.stats())
     await run_until_stopped(
         stop,
@@ -251,7 +251,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         broker=broker,
         producer=producer,
         pool=pool,
-        tasks=[reloader, serving, lag],
+        tasks=[reloader, serving, watching],
     )
 
 
