@@ -194,7 +194,8 @@ def durable_subscriber(
     # and the consumer sends no other fetch meanwhile: at aiokafka's default wait (500 ms) a
     # consumer whose busy partition was still buffered waited on a fetch for its idle ones (a
     # third of the speed); much lower polls an idle broker hard. Its min bytes (1) answered
-    # every record with a fetch of its own under load. docs/operations.md, "Consumer polling".
+    # every record with a fetch of its own under load; `FetchTuner` uses 1 only while a
+    # consumer is quiet. docs/operations.md, "Consumer polling".
     for name, value in _FETCH.get(broker, fetch_options(KafkaSettings())).items():
         options.setdefault(name, value)
     options.setdefault("decoder", undecoded)
