@@ -1,10 +1,11 @@
 """Intake's durable path (HTTP → PostgreSQL case + outbox, 202) against a bare endpoint.
 
-    .venv/bin/python bench/intake.py [--workers 2] [--seconds 15]
+    .venv/bin/python bench/intake.py [--workers 2] [--seconds 15] [--rounds 3]
 
 Both servers run uvicorn with the same number of worker processes on this machine; the load
 comes from `hey` (Go), a separate process. Figures: accepted reports/s at saturation for each,
-their ratio, and p50/p95/p99 latency of the durable path at a fixed 1,000 reports/s.
+in alternating rounds, each round's ratio and their median, and p50/p95/p99 latency of the
+durable path at a fixed 1,000 reports/s.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,6 +76,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="bare and durable runs, alternating, each"
+    )
     args = parser.parse_args()
     body_file = Path(tempfile.mkstemp(suffix=".json")[1])
     body_file.write_text(json.dumps(BODY, ensure_ascii=False))
@@ -131,27 +136,36 @@ def main() -> None:
                 f"{args.concurrency} connections, {args.seconds}s per run; 2 cores shared"
             )
             owners = {intake.pid: "intake", bare.pid: "bare server"}
-            before = cpu_seconds(owners)
-            b = run_hey(
-                bare_url,
-                body_file,
-                seconds=args.seconds,
-                concurrency=args.concurrency,
-                headers=headers,
+            # Alternating rounds: this machine's speed drifts by up to a third within minutes,
+            # so one bare run and one durable run can land on different sides of a drift.
+            ratios: list[float] = []
+            for round_ in range(1, args.rounds + 1):
+                before = cpu_seconds(owners)
+                b = run_hey(
+                    bare_url,
+                    body_file,
+                    seconds=args.seconds,
+                    concurrency=args.concurrency,
+                    headers=headers,
+                )
+                show(f"round {round_}: bare (validate, 202)", b)
+                show_cpu(before, cpu_seconds(owners), args.seconds)
+                before = cpu_seconds(owners)
+                d = run_hey(
+                    durable_url,
+                    body_file,
+                    seconds=args.seconds,
+                    concurrency=args.concurrency,
+                    headers=headers,
+                )
+                show(f"round {round_}: durable (PostgreSQL)", d)
+                show_cpu(before, cpu_seconds(owners), args.seconds)
+                ratios.append(d.rps / b.rps)
+                print(f"{f'round {round_}: ratio durable / bare':34} {ratios[-1]:>8.2f}")
+            print(
+                f"{'ratio durable / bare, median':34} {statistics.median(ratios):>8.2f}"
+                f"   (rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
             )
-            show("bare endpoint (validate, 202)", b)
-            show_cpu(before, cpu_seconds(owners), args.seconds)
-            before = cpu_seconds(owners)
-            d = run_hey(
-                durable_url,
-                body_file,
-                seconds=args.seconds,
-                concurrency=args.concurrency,
-                headers=headers,
-            )
-            show("durable path (PostgreSQL + outbox)", d)
-            show_cpu(before, cpu_seconds(owners), args.seconds)
-            print(f"{'ratio durable / bare':34} {d.rps / b.rps:>8.2f}")
             fixed = run_hey(
                 durable_url,
                 body_file,

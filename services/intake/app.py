@@ -118,13 +118,19 @@ class _TooLarge(Exception):
     pass
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class RequestMetrics:
     """Counts requests by route template and status, and times them (pure ASGI: no per-request
-    task or body buffering as with `@app.middleware`)."""
+    task or body buffering as with `@app.middleware`). Label values are bounded: a method
+    outside HTTP's usual ones counts as `other`, a path outside every route as `unmatched`."""
 
     def __init__(self, app: ASGIApp, service: str) -> None:
         self.app = app
         self.service = service
+        # The metric children per (method, route, status), so a request costs no label lookup.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -143,9 +149,15 @@ class RequestMetrics:
             await self.app(scope, receive, send_status)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            method = scope["method"]
-            HTTP_REQUESTS.labels(self.service, method, route, str(status)).inc()
-            HTTP_SECONDS.labels(self.service, method, route).observe(time.perf_counter() - started)
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            children = self._children.get((method, route, status))
+            if children is None:
+                children = self._children[(method, route, status)] = (
+                    HTTP_REQUESTS.labels(self.service, method, route, str(status)),
+                    HTTP_SECONDS.labels(self.service, method, route),
+                )
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
 
 
 def _error(

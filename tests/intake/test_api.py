@@ -6,6 +6,7 @@ import json
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared import topics
 from shared.localstack import LocalStack
@@ -401,3 +402,24 @@ async def test_categories_and_health(client: httpx.AsyncClient) -> None:
     metrics = (await client.get("/metrics/")).text
     assert "griddispatch_cases_reported_total" in metrics
     assert "griddispatch_outbox_backlog" in metrics
+
+
+async def test_requests_are_counted_by_route_template_with_bounded_labels(
+    client: httpx.AsyncClient,
+) -> None:
+    await client.get("/v1/categories")
+    odd = await client.request("PROPFIND", "/v1/categories")
+    lost = await client.get("/no/such/path/4f1c")
+    assert (odd.status_code, lost.status_code) == (405, 404)
+    families = text_string_to_metric_families((await client.get("/metrics/")).text)
+    counted = {
+        (s.labels["method"], s.labels["route"], s.labels["status"])
+        for f in families
+        if f.name == "griddispatch_http_requests"
+        for s in f.samples
+        if s.name.endswith("_total")
+    }
+    assert ("GET", "/v1/categories", "200") in counted
+    assert ("other", "/v1/categories", "405") in counted  # not a label per invented method
+    assert ("GET", "unmatched", "404") in counted  # not a label per invented path
+    assert not any(m == "PROPFIND" or "4f1c" in r for m, r, _ in counted)
