@@ -27,6 +27,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from shared.aio import until_set
 from shared.db import check_schema_name
 from shared.events import Envelope
 from shared.metrics import (
@@ -171,14 +172,7 @@ class OutboxRelay:
         self._wake.set()
 
     async def _sleep(self, stop: asyncio.Event) -> None:
-        if self._wake.is_set():
-            return
-        waiters = {asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())}
-        _, pending = await asyncio.wait(
-            waiters, timeout=self.poll_interval_s, return_when=asyncio.FIRST_COMPLETED
-        )
-        for task in pending:
-            task.cancel()
+        await until_set(self._wake, stop, at_most_s=self.poll_interval_s)
 
     async def relay_batch(self, conn: asyncpg.Connection) -> int:
         """Publish and delete at most one batch; returns how many rows went out."""

@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.escalation import timers
 from services.escalation.deadlines import LadderPolicy
 from shared import topics
+from shared.aio import until_set
 from shared.db import OUTBOX_MIGRATIONS, MigrationSource, create_pool, migrate
 from shared.kafka import (
     DeadLetters,
@@ -130,13 +131,7 @@ class Scheduler:
             if nxt is not None:
                 sleep = min(sleep, max(0.0, (nxt - self.clock()).total_seconds()))
             if sleep > 0:
-                waiters = [
-                    asyncio.ensure_future(self._wake.wait()),
-                    asyncio.ensure_future(stop.wait()),
-                ]
-                await asyncio.wait(waiters, timeout=sleep, return_when=asyncio.FIRST_COMPLETED)
-                for w in waiters:
-                    w.cancel()
+                await until_set(self._wake, stop, at_most_s=sleep)
 
 
 class EmergencyIn(BaseModel):

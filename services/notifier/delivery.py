@@ -31,6 +31,7 @@ from services.notifier import webhooks
 from services.notifier.resident_delivery import queue_for_residents
 from services.notifier.views import DEPARTMENT_EVENTS, department_view
 from shared import events, topics
+from shared.aio import until_set
 from shared.db import create_pool
 from shared.events import Envelope
 from shared.ids import derived_event_id
@@ -270,6 +271,10 @@ RETURNING d.id, d.payload, d.attempts, d.department, d.reported_at, s.id AS sub_
 """
 
 
+# Notified (by a trigger, once per statement) whenever deliveries are inserted.
+WAKE_CHANNEL = "notifier_deliveries"
+
+
 class WebhookSender:
     def __init__(
         self,
@@ -281,6 +286,7 @@ class WebhookSender:
         per_endpoint: int = 4,
         batch: int = 100,
         breaker: Breaker | None = None,
+        idle_poll_s: float = 1.0,
     ) -> None:
         self.dsn = dsn
         self.allow = allow
@@ -291,6 +297,10 @@ class WebhookSender:
         # the most in flight (sending or waiting for their endpoint's turn) per subscription
         self.per_subscription = min(batch, 8 * per_endpoint)
         self.breaker = breaker or Breaker()
+        # With nothing in flight the sender sleeps until a new delivery is inserted (a trigger
+        # NOTIFYs `WAKE_CHANNEL`) or this long: retries and held-back deliveries fall due
+        # without a notification.
+        self.idle_poll_s = idle_poll_s
         self._limits: dict[str, asyncio.Semaphore] = {}
         self.attempts = 0
 
@@ -326,6 +336,13 @@ class WebhookSender:
         delivered: list[tuple[uuid.UUID, int]] = []
         leased_at = first_unrecorded = 0.0
         freed = self.batch  # slots freed since the last lease
+        wake = asyncio.Event()
+
+        def woken(*_: object) -> None:
+            wake.set()
+
+        listener = await pool.acquire()
+        await listener.add_listener(WAKE_CHANNEL, woken)
         try:
             while not stop.is_set() or in_flight:
                 room = self.batch - len(in_flight)
@@ -333,16 +350,18 @@ class WebhookSender:
                     not stop.is_set()
                     and room > 0
                     and (
-                        freed >= min(self.batch // 2, self.per_subscription // 2)
+                        (wake.is_set() and not in_flight)
+                        or freed >= min(self.batch // 2, self.per_subscription // 2)
                         or time.monotonic() - leased_at > 0.2
                     )
                 ):
+                    # Cleared before the lease: a delivery inserted meanwhile wakes us again.
+                    wake.clear()
                     leased_at, freed = time.monotonic(), 0
                     for row in await self._lease(pool, room, in_flight.values()):
                         in_flight[asyncio.create_task(self._deliver(pool, client, row))] = row
                 if not in_flight:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 0.2)
+                    await until_set(wake, stop, at_most_s=self.idle_poll_s)
                     continue
                 done, _ = await asyncio.wait(
                     in_flight, timeout=0.2, return_when=asyncio.FIRST_COMPLETED
@@ -371,6 +390,9 @@ class WebhookSender:
             if delivered:
                 with contextlib.suppress(Exception):
                     await self._record_delivered(pool, delivered)
+            with contextlib.suppress(Exception):  # UNLISTEN: pooled connections are not reset
+                await listener.remove_listener(WAKE_CHANNEL, woken)
+            await pool.release(listener)
 
     async def _lease(
         self, pool: asyncpg.Pool, room: int, in_flight: Iterable[asyncpg.Record]

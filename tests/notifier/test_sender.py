@@ -202,3 +202,24 @@ async def test_one_endpoint_s_backlog_does_not_fill_the_sender(
                 stuck_sub,
             )
             assert leased <= sender.per_subscription < sender.batch
+
+
+async def test_an_idle_sender_is_woken_by_new_deliveries_not_by_its_poll(
+    stack: LocalStack, db: asyncpg.Connection
+) -> None:
+    async def hook(request: Request) -> Response:
+        await request.body()
+        return Response(status_code=204)
+
+    async with receiving("/{name}", hook) as port:
+        sub = await subscribe(db, port, "woken")
+        # An hour between polls: only the insert's notification can wake it in this test.
+        sender = WebhookSender(
+            stack.postgres.url, allow=LOCAL, schedule=(0, 1, 1), idle_poll_s=3600
+        )
+        async with sending(sender, asyncio.Event()):
+            first = await queue(db, sub, 1, datetime.now(UTC))
+            await _until(lambda: delivered(db, first), "the first webhook delivered")
+            await asyncio.sleep(0.5)  # its loop goes idle
+            later = await queue(db, sub, 2, datetime.now(UTC))
+            await _until(lambda: delivered(db, later), "webhooks inserted while it slept")
