@@ -5,8 +5,9 @@
 A local keep-alive receiver (uvicorn, separate process) answers 204. The notifier's
 `WebhookSender` works a delivery log of `--deliveries` rows in PostgreSQL (lease, sign, post,
 record); the baseline posts the same payloads with one `aiohttp.ClientSession` and the same
-concurrency, with no signing and no database. Then the cost of one lease (the query that picks
-due deliveries, each subscription its share) with `--quiet-subscriptions` subscriptions.
+concurrency, with no signing and no database. Then a quiet evening's latency (10 webhooks/s
+to an idle sender, insert → recorded delivered), and the cost of one lease (the query that
+picks due deliveries, each subscription its share) with `--quiet-subscriptions` subscriptions.
 """
 
 from __future__ import annotations
@@ -113,6 +114,49 @@ async def run(dsn: str, url: str, n: int, concurrency: int) -> None:
     print(f"ratio notifier / bare                 {bare_s / sender_s:>8.2f}")
 
 
+async def quiet_latency(dsn: str, url: str, rate: int = 10, n: int = 100) -> None:
+    """A quiet evening: deliveries inserted one by one at `rate`/s (as the feed writer inserts
+    each batch's) while the sender idles; how long from the insert until recorded delivered."""
+    conn = await asyncpg.connect(dsn)
+    sub = await add_subscription(
+        conn,
+        SubscriptionIn(owner_kind="department", owner="quiet", url=url, secrets=[SECRET]),
+        frozenset({"127.0.0.1"}),
+    )
+    sender = WebhookSender(dsn, allow=frozenset({"127.0.0.1"}), schedule=(0, 1, 1))
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    await asyncio.sleep(1)  # idle
+    ids = [uuid.uuid4() for _ in range(n)]
+    for i in ids:
+        await conn.execute(
+            "INSERT INTO notifier.deliveries (id, event_id, subscription_id, payload, department)"
+            " VALUES ($1, $2, $3, $4, 'quiet')",
+            i,
+            uuid.uuid4(),
+            sub,
+            PAYLOAD % (str(i).encode(), str(i).encode()),
+        )
+        await asyncio.sleep(1 / rate)
+    await asyncio.sleep(2)
+    stop.set()
+    await task
+    ms = sorted(
+        await conn.fetchval(
+            "SELECT array_agg(extract(epoch FROM delivered_at - created_at) * 1000) "
+            "FROM notifier.deliveries WHERE id = ANY($1) AND state = 'delivered'",
+            ids,
+        )
+        or []
+    )
+    await conn.close()
+    print(
+        f"quiet: {rate} webhooks/s to an idle sender, insert → recorded delivered: "
+        f"p50 {ms[len(ms) // 2]:.1f} ms, p99 {ms[int(len(ms) * 0.99)]:.1f} ms "
+        f"({len(ms)} of {n} delivered)"
+    )
+
+
 async def lease_cost(dsn: str, subscriptions: int) -> None:
     """One lease (the sender's query that picks due deliveries, each subscription its share)
     with many subscriptions: quiet, then with 2,000 deliveries due for ten of them."""
@@ -195,6 +239,7 @@ def main() -> None:
                     args.concurrency,
                 )
             )
+            asyncio.run(quiet_latency(stack.postgres.url, f"http://127.0.0.1:{port}/hook"))
             asyncio.run(lease_cost(stack.postgres.url, args.quiet_subscriptions))
     finally:
         receiver.terminate()
