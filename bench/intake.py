@@ -140,27 +140,23 @@ def main() -> None:
             # so one bare run and one durable run can land on different sides of a drift.
             ratios: list[float] = []
             for round_ in range(1, args.rounds + 1):
-                before = cpu_seconds(owners)
-                b = run_hey(
-                    bare_url,
-                    body_file,
-                    seconds=args.seconds,
-                    concurrency=args.concurrency,
-                    headers=headers,
-                )
-                show(f"round {round_}: bare (validate, 202)", b)
-                show_cpu(before, cpu_seconds(owners), args.seconds)
-                before = cpu_seconds(owners)
-                d = run_hey(
-                    durable_url,
-                    body_file,
-                    seconds=args.seconds,
-                    concurrency=args.concurrency,
-                    headers=headers,
-                )
-                show(f"round {round_}: durable (PostgreSQL)", d)
-                show_cpu(before, cpu_seconds(owners), args.seconds)
-                ratios.append(d.rps / b.rps)
+                rates: list[float] = []
+                for name, url in (
+                    ("bare (validate, 202)", bare_url),
+                    ("durable (PostgreSQL)", durable_url),
+                ):
+                    before = cpu_seconds(owners)
+                    r = run_hey(
+                        url,
+                        body_file,
+                        seconds=args.seconds,
+                        concurrency=args.concurrency,
+                        headers=headers,
+                    )
+                    show(f"round {round_}: {name}", r)
+                    show_cpu(before, cpu_seconds(owners), args.seconds)
+                    rates.append(r.rps)
+                ratios.append(rates[1] / rates[0])
                 print(f"{f'round {round_}: ratio durable / bare':34} {ratios[-1]:>8.2f}")
             print(
                 f"{'ratio durable / bare, median':34} {statistics.median(ratios):>8.2f}"
