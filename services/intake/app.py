@@ -148,7 +148,11 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = getattr(scope.get("route"), "path", None)
+            if route is None:
+                # Not an API route: the health routes and the mounted /metrics (static paths,
+                # so bounded) when they answered, anything else as one label.
+                route = (scope.get("root_path") or scope["path"]) if status < 400 else "unmatched"
             method = scope["method"] if scope["method"] in _METHODS else "other"
             children = self._children.get((method, route, status))
             if children is None:

@@ -411,6 +411,8 @@ async def test_requests_are_counted_by_route_template_with_bounded_labels(
     odd = await client.request("PROPFIND", "/v1/categories")
     lost = await client.get("/no/such/path/4f1c")
     assert (odd.status_code, lost.status_code) == (405, 404)
+    assert (await client.get("/health/live")).status_code == 200
+    await client.get("/metrics/")  # counted in the next scrape
     families = text_string_to_metric_families((await client.get("/metrics/")).text)
     counted = {
         (s.labels["method"], s.labels["route"], s.labels["status"])
@@ -422,4 +424,6 @@ async def test_requests_are_counted_by_route_template_with_bounded_labels(
     assert ("GET", "/v1/categories", "200") in counted
     assert ("other", "/v1/categories", "405") in counted  # not a label per invented method
     assert ("GET", "unmatched", "404") in counted  # not a label per invented path
+    assert ("GET", "/health/live", "200") in counted  # probes are not "unmatched"
+    assert ("GET", "/metrics", "200") in counted
     assert not any(m == "PROPFIND" or "4f1c" in r for m, r, _ in counted)
