@@ -151,8 +151,10 @@ class RequestMetrics:
             route = getattr(scope.get("route"), "path", None)
             if route is None:
                 # Not an API route: the health routes and the mounted /metrics (static paths,
-                # so bounded) when they answered, anything else as one label.
-                route = (scope.get("root_path") or scope["path"]) if status < 400 else "unmatched"
+                # so bounded) when they answered 2xx; anything else — 404s, and the redirects
+                # to a trailing-slash variant of any path — as one label.
+                ok = 200 <= status < 300
+                route = (scope.get("root_path") or scope["path"]) if ok else "unmatched"
             method = scope["method"] if scope["method"] in _METHODS else "other"
             children = self._children.get((method, route, status))
             if children is None:

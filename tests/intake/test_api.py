@@ -412,6 +412,8 @@ async def test_requests_are_counted_by_route_template_with_bounded_labels(
     lost = await client.get("/no/such/path/4f1c")
     assert (odd.status_code, lost.status_code) == (405, 404)
     assert (await client.get("/health/live")).status_code == 200
+    redirected = await client.get("/v1/cases/c-7e2d9/", follow_redirects=False)
+    assert redirected.status_code == 307  # to /v1/cases/c-7e2d9: not a label per case id
     await client.get("/metrics/")  # counted in the next scrape
     families = text_string_to_metric_families((await client.get("/metrics/")).text)
     counted = {
@@ -426,4 +428,4 @@ async def test_requests_are_counted_by_route_template_with_bounded_labels(
     assert ("GET", "unmatched", "404") in counted  # not a label per invented path
     assert ("GET", "/health/live", "200") in counted  # probes are not "unmatched"
     assert ("GET", "/metrics", "200") in counted
-    assert not any(m == "PROPFIND" or "4f1c" in r for m, r, _ in counted)
+    assert not any(m == "PROPFIND" or "4f1c" in r or "7e2d9" in r for m, r, _ in counted)
