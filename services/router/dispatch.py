@@ -3,9 +3,9 @@
 For each batch of input messages:
 1. decode (poison → dead letter) and gather the case facts (a reroute reads them back);
 2. decide against the current reference snapshot;
-3. record the decisions in one transaction, keyed by the input's event id — a redelivered
-   input finds its decision there and republishes *the same bytes*, even if worker loads or
-   rules changed since;
+3. record the decisions (one statement per chunk of the batch), keyed by the input's event
+   id — a redelivered input finds its decision there and republishes *the same bytes*, even
+   if worker loads or rules changed since;
 4. publish with the idempotent `acks=all` producer and wait for the broker;
 5. only then does the subscriber commit the offsets.
 A crash anywhere repeats at most steps 2–4 with identical output event ids.
@@ -174,17 +174,29 @@ WHERE d.source_event_id = ANY($1::uuid[])
 
 
 class Dispatcher:
+    """Decides, records and publishes batches (see the module's docstring).
+
+    A large batch goes in chunks, pipelined: while the database records one chunk's decisions
+    the next chunk is decided, so the router's CPU and the database work at the same time
+    (one statement per batch left the router idle for a fifth of a saturated run). Chunks are
+    recorded and handed to the producer in input order, so a case's decisions keep theirs."""
+
     def __init__(
         self,
         pool: asyncpg.Pool,
         producer: AIOKafkaProducer,
         state: RouterState,
         dead_letters: DeadLetters | None,
+        *,
+        chunks: int = 4,
+        min_chunk: int = 50,
     ) -> None:
         self.pool = pool
         self.producer = producer
         self.state = state
         self.dead_letters = dead_letters
+        self.chunks = chunks
+        self.min_chunk = min_chunk
 
     async def handle(self, records: Sequence[ConsumerRecord[Any, Any]]) -> int:
         """Decide, record and publish one batch; returns once the broker has every decision.
@@ -194,15 +206,39 @@ class Dispatcher:
         items = await self._decoded(records)
         if not items:
             return 0
+        size = max(self.min_chunk, -(-len(items) // self.chunks))
+        acks: list[asyncio.Future[Any]] = []
+        decided: list[_Item] = []
         async with self.pool.acquire() as conn:
             missing = [i.env.case_id for i in items if i.facts is None]
             known = await store.case_facts(conn, missing) if missing else {}
             # facts of cases reported earlier in this same batch
             in_batch = {i.env.case_id: i.facts for i in items if i.facts is not None}
-            decided = [item for item in items if await self._decide(item, ref, known, in_batch)]
-            if not decided:
-                return 0
-            acks = await self._record_and_publish(conn, decided)
+            recording: asyncio.Task[list[asyncio.Future[Any]]] | None = None
+            try:
+                for at in range(0, len(items), size):
+                    chunk = [
+                        item
+                        for item in items[at : at + size]
+                        if await self._decide(item, ref, known, in_batch)
+                    ]
+                    if recording is not None:
+                        acks += await recording
+                        recording = None
+                    if chunk:
+                        decided += chunk
+                        recording = asyncio.ensure_future(self._record_and_publish(conn, chunk))
+                        await asyncio.sleep(0)  # it sends its statement; we decide on meanwhile
+                if recording is not None:
+                    acks += await recording
+            finally:
+                if recording is not None and not recording.done():
+                    # never hand the connection back with a statement still running on it
+                    await asyncio.wait([recording])
+                    if not recording.cancelled():
+                        recording.exception()  # seen: the error already raised wins
+        if not decided:
+            return 0
         await asyncio.gather(*acks)
         self._count(decided)
         ROUTING_SECONDS.observe(time.perf_counter() - started)

@@ -1,6 +1,7 @@
 """The dispatcher on the real database and broker, driven batch by batch: one statement records
-a batch's decisions, and must keep the order of a case's decisions within the batch and give a
-redelivered batch the very same output."""
+each chunk of a batch's decisions (the next chunk is decided meanwhile), and must keep the order
+of a case's decisions within the batch, across chunks too, and give a redelivered batch the very
+same output."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ async def test_a_batch_keeps_each_case_s_decisions_in_order_and_redelivers_the_s
             producer="intake",
         )
 
-    # two cases declined by their department: one soon after its report, one far after it
+    # two cases declined by their department: one soon after its report (the same chunk), one
+    # far after it (a later chunk: the batch of 252 goes in four)
     near, far = reports[5], reports[6]
     inputs = [*reports[:20], declined(near), *reports[20:200], declined(far), *reports[200:]]
     batch = [record_of(env, topics.CASES_INTAKE, i) for i, env in enumerate(inputs)]
@@ -49,7 +51,12 @@ async def test_a_batch_keeps_each_case_s_decisions_in_order_and_redelivers_the_s
     try:
         async with pool.acquire() as conn:
             dispatcher = Dispatcher(
-                pool, producer, RouterState(await store.load_reference(conn)), None
+                pool,
+                producer,
+                RouterState(await store.load_reference(conn)),
+                None,
+                chunks=4,
+                min_chunk=50,
             )
         assert await dispatcher.handle(batch) == len(batch)
         # a redelivery of the whole batch (a crash before the offsets were committed)
