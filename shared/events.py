@@ -350,9 +350,11 @@ def envelope_json(
     event_id: uuid.UUID | None = None,
     occurred_at: datetime | None = None,
     traceparent: str | None = None,
+    payload_json: bytes | None = None,
 ) -> bytes:
     """`wrap(event, ...).to_json()` in one step, for hot paths: the payload is serialised once,
-    by its model, straight into the envelope's JSON (the same bytes; a test holds them)."""
+    by its model, straight into the envelope's JSON (the same bytes; a test holds them).
+    `payload_json`: the event's JSON already made (its maker's tests hold it to the model's)."""
     return orjson.dumps(
         {
             "event_id": str(event_id or new_event_id()),
@@ -362,7 +364,11 @@ def envelope_json(
             "occurred_at": json_time(occurred_at or datetime.now(UTC)),
             "producer": producer,
             "traceparent": traceparent,
-            "payload": orjson.Fragment(event.__pydantic_serializer__.to_json(event)),
+            "payload": orjson.Fragment(
+                payload_json
+                if payload_json is not None
+                else event.__pydantic_serializer__.to_json(event)
+            ),
         }
     )
 

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import orjson
+
 from services.router.refdata import ReferenceData
 from services.router.rules import Facts
 from shared import events
@@ -56,6 +58,9 @@ class CaseFacts:
 class Decision:
     event: events.CaseRouted | events.CaseUnroutable
     trail: tuple[str, ...] = field(default=())
+    # The event's JSON, as its model writes it (a test holds it), for the hot path; None:
+    # serialise the model.
+    payload_json: bytes | None = None
 
     @property
     def routed(self) -> bool:
@@ -191,6 +196,13 @@ def decide(
     if worker is not None:
         chain = (worker.escalation_step,)
     chain += ref.chain_above_worker(grid_id, len(chain))
+    deadlines = trusted(
+        Deadlines,
+        acknowledge_by=ack_by,
+        resolve_by=res_by,
+        warn_before_s=warn_before,
+        working_time=category.deadlines.working_time,
+    )
 
     # Built without re-validation: every value comes from validated reference data, the
     # validated report, or arithmetic on them (tests compare with validated models).
@@ -203,16 +215,37 @@ def decide(
         department=department,
         worker_id=worker.worker_id if worker else None,
         priority=priority,
-        deadlines=trusted(
-            Deadlines,
-            acknowledge_by=ack_by,
-            resolve_by=res_by,
-            warn_before_s=warn_before,
-            working_time=category.deadlines.working_time,
-        ),
+        deadlines=deadlines,
         escalation_chain=chain,
         reported_at=case.reported_at,
         rule_id=rule.id if rule else None,
         mediate_in_grid_first=bool(rule and rule.route.mediate_in_grid_first),
     )
-    return Decision(routed, tuple(trail))
+    return Decision(routed, tuple(trail), routed_json(routed, ref.chain_json(grid_id, worker)))
+
+
+def routed_json(event: events.CaseRouted, chain_json: bytes) -> bytes:
+    """`event`'s JSON as its model writes it, with the escalation chain rendered already."""
+    deadlines = event.deadlines
+    return orjson.dumps(
+        {
+            "category": event.category,
+            "grid_id": event.grid_id,
+            "district": event.district,
+            "street_office": event.street_office,
+            "department": event.department,
+            "worker_id": event.worker_id,
+            "priority": event.priority,
+            "deadlines": {
+                "acknowledge_by": deadlines.acknowledge_by,
+                "resolve_by": deadlines.resolve_by,
+                "warn_before_s": deadlines.warn_before_s,
+                "working_time": deadlines.working_time,
+            },
+            "escalation_chain": orjson.Fragment(chain_json),
+            "reported_at": event.reported_at,
+            "rule_id": event.rule_id,
+            "mediate_in_grid_first": event.mediate_in_grid_first,
+        },
+        option=orjson.OPT_UTC_Z,  # pydantic writes UTC as `Z`, other offsets as they are
+    )

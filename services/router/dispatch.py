@@ -97,10 +97,18 @@ class RouterState:
 
 
 def facts_from_report(env: Envelope, event: events.CaseReported) -> dict[str, Any]:
+    """What the router keeps of a report (the facts a later reroute decides on)."""
+    loc = event.location
     return {
         "category": event.category,
         "description": event.description,
-        "location": event.location.model_dump(mode="json"),
+        # the location's JSON form, as `model_dump(mode="json")` gives it (a test holds it)
+        "location": {
+            "lat": loc.lat,
+            "lon": loc.lon,
+            "address": loc.address,
+            "building_code": loc.building_code,
+        },
         "reported_at": event.reported_at.isoformat(),
         "care_groups": list(event.sensitivity.care_groups),
         "excluded": [],
@@ -115,13 +123,20 @@ def case_facts(
 ) -> CaseFacts:
     """What `decide` needs, from the stored facts (or, for a new report, from the report
     itself, which is validated already)."""
+    if report is not None:
+        return CaseFacts(
+            case_id=case_id,
+            category=report.category,
+            description=report.description,
+            location=report.location,
+            reported_at=report.reported_at,
+            care_groups=report.sensitivity.care_groups,
+        )
     return CaseFacts(
         case_id=case_id,
         category=facts["category"],
         description=facts["description"],
-        location=report.location
-        if report is not None
-        else events.Location.model_validate(facts["location"]),
+        location=events.Location.model_validate(facts["location"]),
         reported_at=datetime.fromisoformat(facts["reported_at"]),
         care_groups=tuple(facts.get("care_groups", ())),
         exclude_departments=frozenset(facts.get("excluded", ())),
@@ -308,6 +323,7 @@ class Dispatcher:
             producer=PRODUCER,
             event_id=derived_event_id(item.env.event_id, "routed"),
             traceparent=item.env.traceparent,
+            payload_json=decision.payload_json,
         )
         ev = decision.event
         if isinstance(ev, events.CaseRouted):

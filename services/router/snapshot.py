@@ -90,7 +90,7 @@ def build_reference(
         categories={c.code: c for c in categories},
         rules=RuleTable(tuple(rules)),
         emergency=dict(emergency or {}),
-    )
+    ).prepare()
 
 
 def from_city(city: City, *, version: int = 1, snap_m: float = 100.0) -> ReferenceData:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +19,8 @@ from shared.events import Priority
 CITY = democity.generate(seed=11, scale="small")
 WINTER = datetime(2026, 1, 10, 8, 0, tzinfo=UTC)
 SUMMER = datetime(2026, 7, 10, 8, 0, tzinfo=UTC)
+# a report stamped in local time, to the second (pydantic writes it with its offset)
+LOCAL = datetime(2026, 12, 1, 21, 30, tzinfo=timezone(timedelta(hours=8)))
 
 
 @pytest.fixture(scope="module")
@@ -213,17 +216,33 @@ def _shared_ref() -> ReferenceData:
     v=st.floats(0.05, 0.95),
     category=st.sampled_from(["heating.outage", "roads.pothole", "dispute.neighbour"]),
     care=st.booleans(),
-    when=st.sampled_from([WINTER, SUMMER]),
+    when=st.sampled_from([WINTER, SUMMER, LOCAL]),
+    busy=st.booleans(),
 )
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 def test_decisions_are_valid_events(
-    grid_at: int, u: float, v: float, category: str, care: bool, when: datetime
+    grid_at: int, u: float, v: float, category: str, care: bool, when: datetime, busy: bool
 ) -> None:
-    """The decision builds its event without re-validation (the hot path); validating it must
-    change nothing, whatever the place, category, care flags and season."""
+    """The decision builds its event without re-validation and renders its JSON from parts
+    made once per snapshot (the hot path); validating the event must change nothing, and the
+    JSON must be the model's own, whatever the place, category, care flags, season, time zone
+    and staffing (a grid with nobody on duty has no worker step in its chain)."""
     ref = _shared_ref()
     at = democity.point_in(CITY.grids[grid_at], u, v)
     care_groups = ("elderly_alone",) if care else ()
+    if busy:
+        ref = dataclasses.replace(
+            ref,
+            workers_by_grid={
+                g: tuple(dataclasses.replace(w, on_duty=False) for w in ws)
+                for g, ws in ref.workers_by_grid.items()
+            },
+        )
     d = decide(case(category, at=at, when=when, care_groups=care_groups), ref, open_cases={})
     dumped = d.event.model_dump(mode="json")
     assert type(d.event).model_validate(dumped).model_dump(mode="json") == dumped
+    assert isinstance(d.event, events.CaseRouted)  # every point is inside a grid
+    assert d.payload_json == d.event.__pydantic_serializer__.to_json(d.event)
+    if busy:
+        assert d.event.worker_id is None
+        assert d.event.escalation_chain[0].role == "grid_leader"
