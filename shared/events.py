@@ -357,11 +357,11 @@ def envelope_json(
     `payload_json`: the event's JSON already made (its maker's tests hold it to the model's)."""
     return orjson.dumps(
         {
-            "event_id": str(event_id or new_event_id()),
+            "event_id": event_id or new_event_id(),  # orjson writes UUIDs and datetimes
             "event_type": event.EVENT_TYPE,
             "schema_version": event.SCHEMA_VERSION,
             "case_id": case_id,
-            "occurred_at": json_time(occurred_at or datetime.now(UTC)),
+            "occurred_at": occurred_at or datetime.now(UTC),
             "producer": producer,
             "traceparent": traceparent,
             "payload": orjson.Fragment(
@@ -369,7 +369,8 @@ def envelope_json(
                 if payload_json is not None
                 else event.__pydantic_serializer__.to_json(event)
             ),
-        }
+        },
+        option=orjson.OPT_UTC_Z,  # as pydantic: UTC as `Z`, other offsets as they are
     )
 
 

@@ -1,5 +1,5 @@
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -100,7 +100,17 @@ def test_trusted_builds_the_validated_model_and_insists_on_every_field() -> None
 @pytest.mark.parametrize(
     "traceparent", [None, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]
 )
-def test_envelope_json_is_the_envelopes_own_json(traceparent: str | None) -> None:
+@pytest.mark.parametrize(
+    "occurred_at",
+    [
+        datetime(2026, 1, 12, 8, 0, 1, 5, tzinfo=UTC),
+        datetime(2026, 1, 12, 8, 0, 1, tzinfo=UTC),  # no fraction of a second
+        datetime(2026, 1, 12, 16, 0, 1, 250000, tzinfo=timezone(timedelta(hours=8))),
+    ],
+)
+def test_envelope_json_is_the_envelopes_own_json(
+    traceparent: str | None, occurred_at: datetime
+) -> None:
     from tests.escalation.conftest import routed
 
     routed_event = routed(
@@ -111,7 +121,7 @@ def test_envelope_json_is_the_envelopes_own_json(traceparent: str | None) -> Non
             "case_id": "c-7",
             "producer": "router",
             "event_id": new_event_id(),
-            "occurred_at": datetime(2026, 1, 12, 8, 0, 1, 5, tzinfo=UTC),
+            "occurred_at": occurred_at,
             "traceparent": traceparent,
         }
         assert envelope_json(event, **kw) == wrap(event, **kw).to_json()
