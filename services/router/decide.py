@@ -13,6 +13,7 @@ Every decision carries a trail that says why, for `griddispatch route --explain`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -65,6 +66,11 @@ class Decision:
     @property
     def routed(self) -> bool:
         return isinstance(self.event, events.CaseRouted)
+
+
+@functools.lru_cache(maxsize=1024)  # deadlines come in a few dozen lengths
+def _hours(hours: float) -> timedelta:
+    return timedelta(hours=hours)
 
 
 def raise_priority(p: Priority, steps: int = 1) -> Priority:
@@ -187,8 +193,8 @@ def decide(
         ack_h, res_h = ack_h * factor, res_h * factor
         if explain:
             trail.append(f"emergency mode: deadlines × {factor}, priority {priority.value}")
-    ack_by = case.reported_at + timedelta(hours=ack_h)
-    res_by = case.reported_at + timedelta(hours=res_h)
+    ack_by = case.reported_at + _hours(ack_h)
+    res_by = case.reported_at + _hours(res_h)
     warn_before = max(60, int(ack_h * 3600 * 0.25))
 
     # 5. the escalation chain, names and contacts resolved now
