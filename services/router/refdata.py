@@ -79,15 +79,12 @@ class ReferenceData:
     rules: RuleTable
     # area code (district, street office or grid) → deadline factor, e.g. 0.25 in wartime
     emergency: dict[str, float] = field(default_factory=dict)
-    # The escalation chain above the worker, per (grid, first level): the same for every case
-    # of the grid, and this snapshot never changes, so it is built once.
-    _chain_tails: dict[tuple[str, int], tuple[EscalationStep, ...]] = field(
+    # The escalation chain above the worker, per (grid, first level), with its JSON: the same
+    # for every case of the grid, and this snapshot never changes, so it is built once.
+    _chain_tails: dict[tuple[str, int], tuple[tuple[EscalationStep, ...], bytes]] = field(
         default_factory=dict, repr=False, compare=False
     )
     _unit_steps: dict[tuple[int, str, str], EscalationStep] = field(
-        default_factory=dict, repr=False, compare=False
-    )
-    _chain_tails_json: dict[tuple[str, int], bytes] = field(
         default_factory=dict, repr=False, compare=False
     )
 
@@ -98,7 +95,7 @@ class ReferenceData:
         has cases, and every reload starts afresh, so left lazy these were built for most
         cases. (The chain of a grid with nobody on duty stays lazy: it is rare.)"""
         for grid_id in self.grids:
-            self._tail_json(grid_id, 1)
+            self._chain_tail(grid_id, 1)
         for workers in self.workers_by_grid.values():
             for worker in workers:
                 _ = worker.escalation_step_json
@@ -109,20 +106,17 @@ class ReferenceData:
         model writes it, from parts rendered once per worker and grid (a third of the cost of
         serialising a routing decision was this chain)."""
         if worker is None:
-            return b"[" + self._tail_json(grid_id, 0) + b"]"
-        return b"[" + worker.escalation_step_json + b"," + self._tail_json(grid_id, 1) + b"]"
-
-    def _tail_json(self, grid_id: str, first_level: int) -> bytes:
-        key = (grid_id, first_level)
-        tail = self._chain_tails_json.get(key)
-        if tail is None:
-            tail = b",".join(step_json(s) for s in self.chain_above_worker(grid_id, first_level))
-            self._chain_tails_json[key] = tail
-        return tail
+            return b"[" + self._chain_tail(grid_id, 0)[1] + b"]"
+        return b"[" + worker.escalation_step_json + b"," + self._chain_tail(grid_id, 1)[1] + b"]"
 
     def chain_above_worker(self, grid_id: str, first_level: int) -> tuple[EscalationStep, ...]:
         """Grid leader → community → street office → district → city, numbered from
         `first_level`."""
+        return self._chain_tail(grid_id, first_level)[0]
+
+    def _chain_tail(
+        self, grid_id: str, first_level: int
+    ) -> tuple[tuple[EscalationStep, ...], bytes]:
         key = (grid_id, first_level)
         tail = self._chain_tails.get(key)
         if tail is None:
@@ -141,13 +135,14 @@ class ReferenceData:
                 ("district", district),
                 ("city", self.city),
             )
-            tail = (
+            steps = (
                 leader,
                 *(
                     self._unit_step(first_level + 1 + i, role, unit)
                     for i, (role, unit) in enumerate(above)
                 ),
             )
+            tail = steps, b",".join(step_json(s) for s in steps)
             self._chain_tails[key] = tail
         return tail
 
