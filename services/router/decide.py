@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 import orjson
 
-from services.router.refdata import ReferenceData
+from services.router.refdata import ReferenceData, Worker
 from services.router.rules import Facts
 from shared import events
 from shared.events import Deadlines, EscalationStep, Priority, trusted
@@ -126,8 +126,8 @@ def decide(
     else:
         return _unroutable(case, "address only: no geocoder, needs manual triage", trail)
 
-    info = ref.grids[grid_id]
-    _, street, district = ref.area_of(grid_id)
+    place = ref.place(grid_id)
+    info, street, district = place.info, place.street_office, place.district
 
     # 2. the department
     facts = Facts(
@@ -162,10 +162,13 @@ def decide(
         return _unroutable(case, f"department {department} is not known", trail)
 
     # 3. the worker
-    on_duty = [w for w in ref.workers_by_grid.get(grid_id, ()) if w.on_duty]
-    if not on_duty and info.parent_grid:  # a dedicated grid without staff on duty
-        on_duty = [w for w in ref.workers_by_grid.get(info.parent_grid, ()) if w.on_duty]
-    worker = min(on_duty, key=lambda w: (open_cases.get(w.worker_id, 0), w.worker_id), default=None)
+    on_duty = place.on_duty  # a dedicated grid without staff on duty: the grid around it
+    if len(on_duty) == 1:  # most grids have one worker
+        worker: Worker | None = on_duty[0]
+    else:
+        worker = min(
+            on_duty, key=lambda w: (open_cases.get(w.worker_id, 0), w.worker_id), default=None
+        )
     if explain and worker is not None:
         load = open_cases.get(worker.worker_id, 0)
         trail.append(f"worker {worker.worker_id}: on duty, {load} open cases")
@@ -180,13 +183,17 @@ def decide(
         priority = rule.route.priority or priority
         ack_h = rule.route.acknowledge_hours or ack_h
         res_h = rule.route.resolve_hours or res_h
-    if set(case.care_groups) & KEY_CARE_GROUPS:
+    if case.care_groups and not KEY_CARE_GROUPS.isdisjoint(case.care_groups):
         priority = raise_priority(priority)
         if explain:
             trail.append(f"priority raised to {priority.value}: a key-care resident")
-    factor = min(
-        (ref.emergency[a] for a in (grid_id, street.code, district.code) if a in ref.emergency),
-        default=None,
+    factor = (
+        min(
+            (ref.emergency[a] for a in (grid_id, street.code, district.code) if a in ref.emergency),
+            default=None,
+        )
+        if ref.emergency  # no area in emergency mode: the usual case
+        else None
     )
     if factor is not None:
         priority = raise_priority(priority)

@@ -56,6 +56,20 @@ class Worker:
         return step_json(self.escalation_step)
 
 
+@dataclass(frozen=True, slots=True)
+class GridPlace:
+    """What routing needs of a grid, looked up once per snapshot: where it is on the ladder
+    and who in it can take a case."""
+
+    info: GridInfo
+    community: Unit
+    street_office: Unit
+    district: Unit
+    # the grid's workers on duty; for a dedicated grid with nobody on duty, the comprehensive
+    # grid's around it; empty: the grid leader takes the case
+    on_duty: tuple[Worker, ...]
+
+
 @dataclass(frozen=True)
 class Department:
     code: str
@@ -87,6 +101,10 @@ class ReferenceData:
     _unit_steps: dict[tuple[int, str, str], EscalationStep] = field(
         default_factory=dict, repr=False, compare=False
     )
+    # init=False: a copy with other workers (`dataclasses.replace`) must not inherit these
+    _places: dict[str, GridPlace] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def prepare(self) -> ReferenceData:
         """Build now, while the snapshot is made off the event loop, what routing would
@@ -95,6 +113,7 @@ class ReferenceData:
         has cases, and every reload starts afresh, so left lazy these were built for most
         cases. (The chain of a grid with nobody on duty stays lazy: it is rare.)"""
         for grid_id in self.grids:
+            self.place(grid_id)
             self._chain_tail(grid_id, 1)
         for workers in self.workers_by_grid.values():
             for worker in workers:
@@ -157,6 +176,20 @@ class ReferenceData:
             )
             self._unit_steps[key] = step
         return step
+
+    def place(self, grid_id: str) -> GridPlace:
+        """The grid's `GridPlace` (built with the snapshot by `prepare`)."""
+        place = self._places.get(grid_id)
+        if place is None:
+            info = self.grids[grid_id]
+            on_duty = tuple(w for w in self.workers_by_grid.get(grid_id, ()) if w.on_duty)
+            if not on_duty and info.parent_grid:
+                on_duty = tuple(
+                    w for w in self.workers_by_grid.get(info.parent_grid, ()) if w.on_duty
+                )
+            place = GridPlace(info, *self.area_of(grid_id), on_duty)
+            self._places[grid_id] = place
+        return place
 
     def area_of(self, grid_id: str) -> tuple[Unit, Unit, Unit]:
         """(community, street office, district) of a grid."""

@@ -85,6 +85,34 @@ def test_dedicated_grid_and_its_rule(ref: ReferenceData) -> None:
     assert d.event.department == "health"
 
 
+def test_a_dedicated_grid_with_nobody_on_duty_goes_to_the_grid_around_it(
+    ref: ReferenceData,
+) -> None:
+    hospital = _grid("dedicated", "hospital")
+    parent = ref.grids[hospital["grid_id"]].parent_grid
+    assert parent is not None
+    around = {w.worker_id for w in ref.workers_by_grid[parent] if w.on_duty}
+    assert around
+    at = democity.point_in(hospital)
+    staffed = decide(case("sanitation.garbage", at=at), ref, open_cases={}).event
+    assert isinstance(staffed, events.CaseRouted)
+    assert staffed.worker_id not in around  # the hospital's own worker
+    off = dataclasses.replace(
+        ref,
+        workers_by_grid={
+            **ref.workers_by_grid,
+            hospital["grid_id"]: tuple(
+                dataclasses.replace(w, on_duty=False)
+                for w in ref.workers_by_grid.get(hospital["grid_id"], ())
+            ),
+        },
+    )
+    d = decide(case("sanitation.garbage", at=at), off, open_cases={}).event
+    assert isinstance(d, events.CaseRouted)
+    assert d.grid_id == hospital["grid_id"]
+    assert d.worker_id in around
+
+
 def test_building_code_wins_over_coordinates(ref: ReferenceData) -> None:
     b = CITY.buildings[10]
     d = decide(
@@ -117,7 +145,7 @@ def test_care_flags_and_emergency_raise_priority(ref: ReferenceData) -> None:
     assert isinstance(cared, events.CaseRouted)
     assert (plain.priority, cared.priority) == (Priority.NORMAL, Priority.HIGH)
     district = ref.area_of(grid["grid_id"])[2].code
-    wartime = ReferenceData(**{**ref.__dict__, "emergency": {district: 0.25}})
+    wartime = dataclasses.replace(ref, emergency={district: 0.25})
     ev = decide(case("roads.pothole", at=at), wartime, open_cases={}).event
     assert isinstance(ev, events.CaseRouted)
     assert ev.priority is Priority.HIGH
