@@ -10,10 +10,12 @@ memory this way and writes the outcome with a few set-based statements.
 from __future__ import annotations
 
 import dataclasses
-import json
+import operator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
+
+from pydantic import TypeAdapter
 
 from services.escalation.deadlines import WorkCalendar, after_pause, due, with_factor
 from shared import events
@@ -27,6 +29,12 @@ FOLLOWED = (
     events.CaseClosed,
     events.CaseReopened,
     events.CaseTransferRequested,
+)
+
+# The chain's JSON as its models write it, in one call (json.dumps of each step's dump was a
+# tenth of escalation's CPU under load); stored as jsonb, so only the content matters.
+_CHAIN: TypeAdapter[tuple[events.EscalationStep, ...]] = TypeAdapter(
+    tuple[events.EscalationStep, ...]
 )
 
 
@@ -53,6 +61,14 @@ class CaseClock:
     def from_row(cls, row: Any) -> CaseClock:
         return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
 
+    def columns(self) -> tuple[Any, ...]:
+        """The row's values in column order, as they are (`dataclasses.astuple` deep-copies
+        each value: a fifth of a batch's fold)."""
+        return _clock_columns(self)
+
+
+_clock_columns = operator.attrgetter(*(f.name for f in dataclasses.fields(CaseClock)))
+
 
 @dataclass(frozen=True)
 class NewTimer:
@@ -61,6 +77,9 @@ class NewTimer:
     level: int
     deadline_at: datetime
     due_at: datetime
+
+    def columns(self) -> tuple[str, str, int, datetime, datetime]:
+        return (self.kind, self.deadline, self.level, self.deadline_at, self.due_at)
 
 
 @dataclass(frozen=True)
@@ -158,7 +177,7 @@ def _routed(
         district=event.district,
         street_office=event.street_office,
         grid_id=event.grid_id,
-        chain=json.dumps([s.model_dump(mode="json") for s in event.escalation_chain]),
+        chain=_CHAIN.dump_json(event.escalation_chain).decode(),
         working_time=wt,
         warn_before_s=float(d.warn_before_s),
         ack_window_s=ack_window,

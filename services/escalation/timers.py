@@ -155,12 +155,9 @@ async def fold_batch(
         )
         await conn.execute(
             _UPSERT_CASES,
-            *[
-                list(col)
-                for col in zip(*(dataclasses.astuple(c) for c in changed.values()), strict=True)
-            ],
+            *[list(col) for col in zip(*(c.columns() for c in changed.values()), strict=True)],
         )
-        rows = [(case_id, *dataclasses.astuple(t)) for case_id, ts in armed.items() for t in ts]
+        rows = [(case_id, *t.columns()) for case_id, ts in armed.items() for t in ts]
         if rows:
             await conn.execute(
                 "INSERT INTO escalation.timers (case_id, kind, deadline, level, deadline_at, "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from datetime import UTC, datetime, timedelta
 
 from services.escalation.clocks import CaseClock, apply
@@ -98,3 +100,21 @@ def test_events_about_unknown_cases_or_not_followed_change_nothing() -> None:
     assert apply(None, "c-1", events.CaseAcknowledged(by="w"), T0, CHINA_2026) is None
     case_id, clock = _routed_clock()
     assert apply(clock, case_id, events.CaseRated(rating=4), T0, CHINA_2026) is None
+
+
+def test_the_clock_keeps_the_chain_as_its_models_write_it_and_gives_its_columns() -> None:
+    env = routed(at=T0, ack_s=3600, resolve_s=7200, warn_s=600)
+    event = env.event()
+    assert isinstance(event, events.CaseRouted)
+    change = apply(None, env.case_id, event, T0, CHINA_2026)
+    assert change is not None
+    # the chain's content (stored as jsonb: spacing and escaping do not matter)
+    assert json.loads(change.clock.chain) == [
+        s.model_dump(mode="json") for s in event.escalation_chain
+    ]
+    # the columns, in field order and as they are
+    assert change.clock.columns() == dataclasses.astuple(change.clock)
+    assert all(
+        a is b for a, b in zip(change.clock.columns(), vars(change.clock).values(), strict=True)
+    )
+    assert [t.columns() for t in change.arm] == [dataclasses.astuple(t) for t in change.arm]
