@@ -123,6 +123,7 @@ async def fold_batch(
                 list({env.case_id for env, _ in fresh}),
             )
         }
+        had_clock = set(clocks)
         areas = {
             a for _, ev in fresh if isinstance(ev, events.CaseRouted) for a in routed_areas(ev)
         }
@@ -148,11 +149,16 @@ async def fold_batch(
             armed[env.case_id] = change.arm  # replaces what the events before armed
         if not changed:
             return len(fresh)
-        await conn.execute(
-            "UPDATE escalation.timers SET state = 'cancelled', version = version + 1 "
-            "WHERE case_id = ANY($1) AND state = 'pending'",
-            list(changed),
-        )
+        # Only a case escalation knew before this batch can have pending timers (they are
+        # armed with its clock, in the same transaction): a batch of new cases — the usual
+        # one — cancels nothing and skips the statement.
+        known = [case_id for case_id in changed if case_id in had_clock]
+        if known:
+            await conn.execute(
+                "UPDATE escalation.timers SET state = 'cancelled', version = version + 1 "
+                "WHERE case_id = ANY($1) AND state = 'pending'",
+                known,
+            )
         await conn.execute(
             _UPSERT_CASES,
             *[list(col) for col in zip(*(c.columns() for c in changed.values()), strict=True)],
