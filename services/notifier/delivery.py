@@ -115,10 +115,17 @@ class FeedWriter:
             return 0
         sends: list[tuple[str, bytes, bytes, str | None, datetime | None]] = []
         deliveries: list[tuple[uuid.UUID, bytes, str, datetime | None, str]] = []
+        # A case whose first event in the batch routes it needs nothing from the database
+        # (the usual batch: new cases only, and no lookup at all).
+        routed_first: dict[str, bool] = {}
+        for env, event in items:
+            routed_first.setdefault(env.case_id, isinstance(event, events.CaseRouted))
+        lookup = [case_id for case_id, first in routed_first.items() if not first]
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "SELECT * FROM notifier.cases WHERE case_id = ANY($1)",
-                list({env.case_id for env, _ in items}),
+            rows = (
+                await conn.fetch("SELECT * FROM notifier.cases WHERE case_id = ANY($1)", lookup)
+                if lookup
+                else []
             )
             cases: dict[str, dict[str, Any]] = {r["case_id"]: dict(r) for r in rows}
             routed: dict[str, dict[str, Any]] = {}  # written back at the end of the batch

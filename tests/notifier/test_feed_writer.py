@@ -1,0 +1,64 @@
+"""The feed writer tells departments about each event of a routed case, whether the case was
+routed in the same batch or in an earlier one, on the real broker and database."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+
+from services.notifier.app import MIGRATIONS
+from services.notifier.delivery import FeedWriter
+from shared import events, topics
+from shared.db import create_pool, migrate
+from shared.events import Envelope, wrap
+from shared.localstack import LocalStack
+from tests.notifier.test_service import routed
+
+
+def _records(*envs: Envelope) -> list[ConsumerRecord[bytes, bytes]]:
+    out = []
+    for i, env in enumerate(envs):
+        value = env.to_json()
+        key = env.case_id.encode()
+        out.append(
+            ConsumerRecord(
+                topics.CASES_LIFECYCLE, 0, i, 0, 0, key, value, None, len(key), len(value), ()
+            )
+        )
+    return out
+
+
+def _ack(case_id: str) -> Envelope:
+    return wrap(events.CaseAcknowledged(by="w-1"), case_id=case_id, producer="intake")
+
+
+async def test_events_of_cases_routed_in_this_batch_or_before_reach_the_feed(
+    stack: LocalStack,
+) -> None:
+    conn = await asyncpg.connect(stack.postgres.url)
+    try:
+        await migrate(conn, "notifier", MIGRATIONS)
+    finally:
+        await conn.close()
+    pool = await create_pool(stack.postgres.url, "notifier", max_size=2)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka.bootstrap)
+    await producer.start()
+    try:
+        writer = FeedWriter(pool, producer, stack.kafka.bootstrap, 1, None)
+        dept = "roads-" + uuid.uuid4().hex[:6]
+        earlier, now, never = routed(dept), routed(dept), routed(dept)
+        assert await writer.handle(_records(earlier)) == 1
+        # an event of a case routed in an earlier batch, the routing of a new case and its
+        # acknowledgement, and an event of a case never routed (nobody to tell)
+        batch = _records(_ack(earlier.case_id), now, _ack(now.case_id), _ack(never.case_id))
+        assert await writer.handle(batch) == 3
+        async with pool.acquire() as c:
+            told = await c.fetch(
+                "SELECT case_id FROM notifier.cases WHERE department = $1 ORDER BY case_id", dept
+            )
+        assert [r["case_id"] for r in told] == sorted([earlier.case_id, now.case_id])
+    finally:
+        await producer.stop()
+        await pool.close()
