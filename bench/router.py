@@ -5,7 +5,8 @@
 Prints: single grid lookup p50/p99, batch lookups/s, one full decision, the process RSS with the
 city loaded, and routed cases/s through the real broker and database (consume `cases.intake`,
 decide, record, publish to `cases.lifecycle`, commit) against a bare aiokafka consume→produce
-passthrough of the same messages, in the same run; then how fast the open-case counts fold
+passthrough of the same messages, in the same run (with our producers' options; and, for
+reference, with aiokafka's own pure-Python partitioner); then how fast the open-case counts fold
 every routed case's resolution and closing. With `--processes N` both the router and
 the passthrough also run as N processes sharing the 12 partitions (as N router replicas of one
 consumer group do; partitions assigned up front so that no rebalance falls into the timing).
@@ -36,7 +37,7 @@ from services.router.dispatch import Dispatcher, RouterState, fold_lifecycle
 from shared import events, topics
 from shared.db import create_pool, migrate
 from shared.events import wrap
-from shared.kafka import ensure_topics, fetch_options, make_producer
+from shared.kafka import ensure_topics, fetch_options, make_producer, producer_options
 from shared.localstack import LocalStack
 from shared.service import settle_heap
 from shared.settings import KafkaSettings
@@ -193,6 +194,16 @@ async def through_broker(stack: LocalStack, city: democity.City, n: int) -> None
     print_cpu("bare", before, bare_s)
     await producer.stop()
 
+    # For reference: the same passthrough with aiokafka's own partitioner (pure-Python
+    # murmur2), as a producer built with aiokafka's defaults has it. The ratio is taken
+    # against the faster passthrough above, which shares our producers' options.
+    stock = dict(producer_options(settings, "bench-stock"))
+    del stock["partitioner"]
+    producer = AIOKafkaProducer(**stock)
+    await producer.start()
+    stock_s = await _consume_loop(stack, "bench-stock", n, passthrough)
+    await producer.stop()
+
     pool = await create_pool(stack.postgres.url, "router", max_size=4)
     producer = make_producer(settings, "bench-router")
     await producer.start()
@@ -207,6 +218,10 @@ async def through_broker(stack: LocalStack, city: democity.City, n: int) -> None
     print(f"router (decide+record+publish) {n / router_s:>8,.0f} cases/s")
     print(f"bare consume→produce           {n / bare_s:>8,.0f} msgs/s")
     print(f"ratio router / bare            {bare_s / router_s:>8.2f}")
+    print(
+        f"  (bare with aiokafka's own pure-Python partitioner {n / stock_s:,.0f} msgs/s; "
+        f"ratio against it {stock_s / router_s:.2f})"
+    )
     print(
         f"open-case counts: {folded:,} lifecycle events (resolved, closed) folded at "
         f"{folded / fold_s:,.0f} /s"
