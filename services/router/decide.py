@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 import orjson
 
-from services.router.refdata import ReferenceData, Worker
+from services.router.refdata import ReferenceData
 from services.router.rules import Facts
 from shared import events
 from shared.events import Deadlines, EscalationStep, Priority, trusted
@@ -162,13 +162,10 @@ def decide(
         return _unroutable(case, f"department {department} is not known", trail)
 
     # 3. the worker
-    on_duty = place.on_duty  # a dedicated grid without staff on duty: the grid around it
-    if len(on_duty) == 1:  # most grids have one worker
-        worker: Worker | None = on_duty[0]
-    else:
-        worker = min(
-            on_duty, key=lambda w: (open_cases.get(w.worker_id, 0), w.worker_id), default=None
-        )
+    # the grid's staff on duty; for a dedicated grid with nobody on duty, the surrounding grid's
+    worker = min(
+        place.on_duty, key=lambda w: (open_cases.get(w.worker_id, 0), w.worker_id), default=None
+    )
     if explain and worker is not None:
         load = open_cases.get(worker.worker_id, 0)
         trail.append(f"worker {worker.worker_id}: on duty, {load} open cases")

@@ -139,19 +139,18 @@ class ReferenceData:
         key = (grid_id, first_level)
         tail = self._chain_tails.get(key)
         if tail is None:
-            info = self.grids[grid_id]
-            community, street, district = self.area_of(grid_id)
+            place = self.place(grid_id)
             leader = trusted(
                 EscalationStep,
                 level=first_level,
                 role="grid_leader",
-                name=info.leader_name,
-                contact=info.leader_contact,
+                name=place.info.leader_name,
+                contact=place.info.leader_contact,
             )
             above = (
-                ("community", community),
-                ("street_office", street),
-                ("district", district),
+                ("community", place.community),
+                ("street_office", place.street_office),
+                ("district", place.district),
                 ("city", self.city),
             )
             steps = (
