@@ -171,6 +171,24 @@ async def _consume_loop(stack: LocalStack, group: str, n: int, handle) -> float:
     return elapsed
 
 
+async def _passthrough(stack: LocalStack, group: str, n: int, producer: AIOKafkaProducer) -> float:
+    """The bare baseline: consume the reports and produce each one unchanged with `producer`;
+    returns the seconds it took."""
+    await producer.start()
+
+    async def passthrough(records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        futures = [await producer.send("bench.passthrough", r.value, key=r.key) for r in records]
+        await asyncio.gather(*futures)
+
+    try:
+        before = cpu_seconds({})
+        seconds = await _consume_loop(stack, group, n, passthrough)
+        print_cpu(group, before, seconds)
+        return seconds
+    finally:
+        await producer.stop()
+
+
 async def through_broker(stack: LocalStack, city: democity.City, n: int) -> None:
     conn = await asyncpg.connect(stack.postgres.url)
     await migrate(conn, "router", MIGRATIONS)
@@ -182,27 +200,13 @@ async def through_broker(stack: LocalStack, city: democity.City, n: int) -> None
     settings = KafkaSettings(bootstrap_servers=stack.kafka.bootstrap)
     settle_heap()  # as a service does once started (both phases run after it)
 
-    producer = make_producer(settings, "bench-bare")
-    await producer.start()
-
-    async def passthrough(records) -> None:
-        futures = [await producer.send("bench.passthrough", r.value, key=r.key) for r in records]
-        await asyncio.gather(*futures)
-
-    before = cpu_seconds({})
-    bare_s = await _consume_loop(stack, "bench-bare", n, passthrough)
-    print_cpu("bare", before, bare_s)
-    await producer.stop()
-
+    bare_s = await _passthrough(stack, "bench-bare", n, make_producer(settings, "bench-bare"))
     # For reference: the same passthrough with aiokafka's own partitioner (pure-Python
     # murmur2), as a producer built with aiokafka's defaults has it. The ratio is taken
     # against the faster passthrough above, which shares our producers' options.
     stock = dict(producer_options(settings, "bench-stock"))
     del stock["partitioner"]
-    producer = AIOKafkaProducer(**stock)
-    await producer.start()
-    stock_s = await _consume_loop(stack, "bench-stock", n, passthrough)
-    await producer.stop()
+    stock_s = await _passthrough(stack, "bench-stock", n, AIOKafkaProducer(**stock))
 
     pool = await create_pool(stack.postgres.url, "router", max_size=4)
     producer = make_producer(settings, "bench-router")
