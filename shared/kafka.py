@@ -27,7 +27,7 @@ from typing import Any
 
 import asyncpg
 import murmurhash2
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
@@ -547,14 +547,13 @@ class ConsumerLag:
             group = getattr(sub, "group_id", None)
             if consumer is None or group is None:
                 continue
-            for tp in consumer.assignment():
-                key = (group, tp.topic)
-                lag.setdefault(key, 0)
-                high = consumer.highwater(tp)
-                if high is None:
-                    continue
-                committed = await consumer.committed(tp)
-                lag[key] += max(0, high - (committed or 0))
+            highs = {tp: consumer.highwater(tp) for tp in consumer.assignment()}
+            for tp in highs:
+                lag.setdefault((group, tp.topic), 0)
+            known = [tp for tp, high in highs.items() if high is not None]
+            committed = await committed_offsets(consumer, known)
+            for tp in known:
+                lag[(group, tp.topic)] += max(0, highs[tp] - (committed.get(tp) or 0))
         for key in self._reported - lag.keys():  # partitions moved to another replica
             CONSUMER_LAG.labels(*key).set(0)
         for (group, topic), value in lag.items():
@@ -563,3 +562,21 @@ class ConsumerLag:
 
     async def run(self, stop: asyncio.Event) -> None:
         await sample_every(self._interval_s, self.sample, stop, "consumer lag")
+
+
+async def committed_offsets(
+    consumer: Any, partitions: Sequence[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """The group's committed offsets of `partitions` (a partition never committed is left out),
+    in one request. aiokafka's public `committed` asks the coordinator once per partition: a
+    dozen round trips per consumer per sample, a twelfth of a quiet service's CPU when sampled
+    every second. Its coordinator's own call takes them all at once (a test holds the pinned
+    aiokafka to it); without one, we ask partition by partition."""
+    if not partitions:
+        return {}
+    fetch = getattr(getattr(consumer, "_coordinator", None), "fetch_committed_offsets", None)
+    if fetch is None:
+        each = {tp: await consumer.committed(tp) for tp in partitions}
+        return {tp: offset for tp, offset in each.items() if offset is not None}
+    found = await fetch(list(partitions))
+    return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}
