@@ -16,7 +16,6 @@ import asyncpg
 import uvicorn
 from aiokafka import ConsumerRecord
 from fastapi import FastAPI, Header, HTTPException
-from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Gauge
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,12 +27,12 @@ from shared.aio import until_set
 from shared.db import OUTBOX_MIGRATIONS, MigrationSource, create_pool, migrate
 from shared.kafka import (
     DeadLetters,
+    Records,
     decode_records,
     durable_subscriber,
     handle_isolating,
     make_broker,
     make_producer,
-    records_of,
     start_when_reachable,
     watch_consumers,
 )
@@ -217,8 +216,8 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     @durable_subscriber(
         broker, topics.CASES_LIFECYCLE, group_id=GROUP_ID, batch=True, max_records=500
     )
-    async def arm_timers(msg: KafkaMessage) -> None:
-        await handle_isolating(records_of(msg), fold_records, dead_letters)
+    async def arm_timers(records: Records) -> None:
+        await handle_isolating(records, fold_records, dead_letters)
 
     async def fold_records(records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         # The whole batch in one transaction and a handful of statements: a commit, and then

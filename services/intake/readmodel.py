@@ -12,17 +12,16 @@ from typing import Any
 import asyncpg
 from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter, Gauge
 
 from services.intake import store
 from shared import topics
 from shared.kafka import (
     DeadLetters,
+    Records,
     decode_records,
     durable_subscriber,
     handle_isolating,
-    records_of,
 )
 from shared.metrics import REGISTRY, sample_every
 
@@ -50,8 +49,8 @@ def attach_read_model(broker: KafkaBroker, pool: asyncpg.Pool) -> None:
     @durable_subscriber(
         broker, topics.CASES_LIFECYCLE, group_id=GROUP_ID, batch=True, max_records=500
     )
-    async def fold_lifecycle(msg: KafkaMessage) -> None:
-        await handle_isolating(records_of(msg), fold_records, dead_letters)
+    async def fold_lifecycle(records: Records) -> None:
+        await handle_isolating(records, fold_records, dead_letters)
 
     async def fold_records(records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         # The whole batch with a few set-based statements and one commit: a savepoint and

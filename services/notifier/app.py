@@ -15,7 +15,6 @@ import asyncpg
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Query
 from fastapi.responses import StreamingResponse
-from faststream.kafka.annotations import KafkaMessage
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -28,13 +27,13 @@ from shared import topics
 from shared.db import MigrationSource, create_pool, migrate
 from shared.kafka import (
     DeadLetters,
+    Records,
     connection_options,
     durable_subscriber,
     handle_isolating,
     is_transient,
     make_broker,
     make_producer,
-    records_of,
     start_when_reachable,
     watch_consumers,
 )
@@ -229,15 +228,15 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     @durable_subscriber(
         broker, topics.CASES_INTAKE, group_id=RESIDENTS_GROUP, batch=True, max_records=500
     )
-    async def contacts(msg: KafkaMessage) -> None:
+    async def contacts(records: Records) -> None:
         async with pool.acquire() as conn:
-            await remember_contacts(conn, records_of(msg), quiet=ns.quiet())
+            await remember_contacts(conn, records, quiet=ns.quiet())
 
     @durable_subscriber(
         broker, topics.CASES_LIFECYCLE, group_id=FEEDS_GROUP, batch=True, max_records=500
     )
-    async def notify(msg: KafkaMessage) -> None:
-        await handle_isolating(records_of(msg), feeds.handle, dead_letters)
+    async def notify(records: Records) -> None:
+        await handle_isolating(records, feeds.handle, dead_letters)
 
     sender = WebhookSender(
         settings.database_url,

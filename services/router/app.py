@@ -14,7 +14,6 @@ from typing import Annotated, Any
 import asyncpg
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Query
-from faststream.kafka.annotations import KafkaMessage
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -27,11 +26,11 @@ from shared.db import MigrationSource, create_pool, migrate
 from shared.events import wrap
 from shared.kafka import (
     DeadLetters,
+    Records,
     durable_subscriber,
     handle_isolating,
     make_broker,
     make_producer,
-    records_of,
     watch_consumers,
 )
 from shared.metrics import NO_OPENTELEMETRY, health_routes
@@ -221,15 +220,15 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     @durable_subscriber(
         broker, topics.CASES_INTAKE, group_id=ROUTING_GROUP, batch=True, max_records=rs.batch_size
     )
-    async def route_cases(msg: KafkaMessage) -> None:
-        await handle_isolating(records_of(msg), dispatcher.handle, dead_letters)
+    async def route_cases(records: Records) -> None:
+        await handle_isolating(records, dispatcher.handle, dead_letters)
 
     @durable_subscriber(
         broker, topics.CASES_LIFECYCLE, group_id=LOAD_GROUP, batch=True, max_records=1000
     )
-    async def count_open_cases(msg: KafkaMessage) -> None:
+    async def count_open_cases(records: Records) -> None:
         async with pool.acquire() as conn:
-            await fold_lifecycle(conn, state, records_of(msg))
+            await fold_lifecycle(conn, state, records)
 
     reloader = asyncio.create_task(reload_loop(settings, rs, state, stop))
     server = uvicorn.Server(

@@ -9,9 +9,7 @@ import asyncio
 import time
 import uuid
 
-from faststream.kafka.annotations import KafkaMessage
-
-from shared.kafka import durable_subscriber, ensure_topics, make_broker, records_of
+from shared.kafka import Records, durable_subscriber, ensure_topics, make_broker
 from shared.localstack import LocalStack
 from shared.settings import KafkaSettings
 
@@ -28,8 +26,8 @@ async def test_a_record_after_an_empty_poll_is_taken_at_once(stack: LocalStack, 
     @durable_subscriber(
         broker, topic, group_id="g-" + uuid.uuid4().hex[:8], batch=True, batch_timeout_ms=POLL_MS
     )
-    async def handle(msgs: KafkaMessage) -> None:
-        for record in records_of(msgs):
+    async def handle(records: Records) -> None:
+        for record in records:
             taken[record.value] = time.monotonic()
         arrived.set()
 

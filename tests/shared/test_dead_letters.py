@@ -6,10 +6,9 @@ import asyncio
 import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from faststream.kafka.annotations import KafkaMessage
 
 from shared.events import CaseAcknowledged, decode, wrap
-from shared.kafka import DeadLetters, durable_subscriber, ensure_topics, make_broker
+from shared.kafka import DeadLetters, Records, durable_subscriber, ensure_topics, make_broker
 from shared.localstack import LocalStack
 from shared.settings import KafkaSettings
 from shared.topics import dlq
@@ -53,9 +52,10 @@ async def test_poison_message_is_dead_lettered_and_the_next_one_processed(
     group = "g-" + uuid.uuid4().hex[:8]
 
     @durable_subscriber(broker, topic, group_id=group)
-    async def handle(msg: KafkaMessage) -> None:
-        async with dead.guard(msg.raw_message):
-            env, _ = decode(msg.body)
+    async def handle(records: Records) -> None:
+        [record] = records
+        async with dead.guard(record):
+            env, _ = decode(record.value)
             processed.append(env.case_id)
             done.set()
 
@@ -90,9 +90,10 @@ async def test_a_transient_failure_is_retried_not_dead_lettered(
     done = asyncio.Event()
 
     @durable_subscriber(broker, topic, group_id="g-" + uuid.uuid4().hex[:8])
-    async def handle(msg: KafkaMessage) -> None:
-        async with dead.guard(msg.raw_message):
-            attempts.append(msg.raw_message.offset)
+    async def handle(records: Records) -> None:
+        [record] = records
+        async with dead.guard(record):
+            attempts.append(record.offset)
             if len(attempts) < 3:
                 raise ConnectionError("database went away")
             done.set()

@@ -7,9 +7,8 @@ import uuid
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from faststream.kafka.annotations import KafkaMessage
 
-from shared.kafka import FetchTuner, durable_subscriber, ensure_topics, make_broker
+from shared.kafka import FetchTuner, Records, durable_subscriber, ensure_topics, make_broker
 from shared.localstack import LocalStack
 from shared.settings import KafkaSettings
 
@@ -95,7 +94,7 @@ async def test_the_tuner_reaches_the_consumers_of_a_brokers_subscribers(
     broker = make_broker(settings, "test")
 
     @durable_subscriber(broker, topic, group_id="g-" + uuid.uuid4().hex[:8], batch=True)
-    async def handle(msgs: KafkaMessage) -> None:
+    async def handle(records: Records) -> None:
         return None
 
     async with broker:
