@@ -578,9 +578,9 @@ async def committed_offsets(
 ) -> dict[TopicPartition, int]:
     """The group's committed offsets of `partitions` (a partition never committed is left out),
     in one request. aiokafka's public `committed` asks the coordinator once per partition: a
-    dozen round trips per consumer per sample, a twelfth of a quiet service's CPU when sampled
-    every second. Its coordinator's own call takes them all at once (a test holds the pinned
-    aiokafka to it); without one, we ask partition by partition."""
+    dozen round trips per consumer per sample, 7–8% of the router's and the notifier's CPU in
+    `bench/e2e.py` (which samples every second). Its coordinator's own call takes them all at
+    once (a test holds the pinned aiokafka to it); without one, we ask partition by partition."""
     if not partitions:
         return {}
     fetch = getattr(getattr(consumer, "_coordinator", None), "fetch_committed_offsets", None)
