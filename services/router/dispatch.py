@@ -155,13 +155,14 @@ class _Item:
     out: bytes | None = None  # the decision's envelope, as decided now
     case_row: tuple[str, str, str | None, str | None] | None = None  # facts, status, dept, worker
     value: bytes | None = None  # the envelope as published: `out`, or the one decided before
+    fresh: bool = False  # decided for the first time (not a redelivered input)
 
 
 # One statement (so one round trip and one commit) records a batch's decisions: new ones are
 # inserted and update their cases (a case twice in the batch — reported, then rerouted — keeps
 # its last new decision); for inputs decided before (a redelivery) the stored decision is
 # returned instead and the case is left alone. The final SELECT sees the table as it was before
-# the statement, so its two halves never overlap.
+# the statement, so its two halves never overlap; `fresh` says which half a row comes from.
 _RECORD_SQL = """
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::text[],
@@ -181,9 +182,9 @@ WITH input AS (
         department = EXCLUDED.department, worker_id = EXCLUDED.worker_id, open = true,
         updated_at = now()
 )
-SELECT source_event_id, envelope FROM new
+SELECT source_event_id, envelope, true AS fresh FROM new
 UNION ALL
-SELECT d.source_event_id, d.envelope FROM router.decisions d
+SELECT d.source_event_id, d.envelope, false FROM router.decisions d
 WHERE d.source_event_id = ANY($1::uuid[])
 """
 
@@ -348,20 +349,36 @@ class Dispatcher:
             *(list(col) for col in zip(*(i.case_row for i in decided), strict=True)),
         )
         recorded = {r["source_event_id"]: r["envelope"] for r in rows}
+        fresh = {r["source_event_id"] for r in rows if r["fresh"]}
         send = self.producer.send
         acks = []
         for item in decided:
             item.value = recorded[item.env.event_id]
+            # the first of an input's decisions counts; a redelivered input's new decision was
+            # discarded for the recorded one, so the worker it counted does not get the case
+            item.fresh = item.env.event_id in fresh
+            fresh.discard(item.env.event_id)
+            if not item.fresh:
+                self._uncount_worker(item)
             acks.append(
                 await send(topics.CASES_LIFECYCLE, value=item.value, key=item.env.case_id.encode())
             )
         return acks
 
+    def _uncount_worker(self, item: _Item) -> None:
+        ev = item.decision.event if item.decision else None
+        if isinstance(ev, events.CaseRouted) and ev.worker_id:
+            counts = self.state.open_cases
+            counts[ev.worker_id] = max(0, counts.get(ev.worker_id, 0) - 1)
+
     @staticmethod
     def _count(decided: list[_Item]) -> None:
+        """The decisions' metrics; a redelivered input's decision was counted the first time."""
         routed: collections.Counter[str] = collections.Counter()
         unroutable: collections.Counter[str] = collections.Counter()
         for item in decided:
+            if not item.fresh:
+                continue
             ev = item.decision.event if item.decision else None
             if isinstance(ev, events.CaseRouted):
                 routed[ev.department] += 1

@@ -14,6 +14,7 @@ from shared.db import create_pool
 from shared.events import Envelope, wrap
 from shared.kafka import make_producer
 from shared.localstack import LocalStack
+from shared.metrics import REGISTRY
 from shared.settings import KafkaSettings
 from tests.helpers.kafka import read_topic, record_of
 from tests.router.conftest import CITY, report
@@ -169,3 +170,49 @@ async def test_open_case_counts_follow_resolutions_reopenings_and_closings(
     finally:
         await producer.stop()
         await pool.close()
+
+
+async def test_a_redelivered_report_counts_once_for_its_worker(
+    router_url: str, stack: LocalStack
+) -> None:
+    """A report delivered twice in one batch (a relay replayed it), then again in a later
+    batch (a crash before the commit), is published with its recorded decision each time; its
+    worker's open-case count and the routed-cases metric move once."""
+    grid = next(g for g in CITY.grids if g["kind"] == "comprehensive")
+    first, second = (
+        report("roads.pothole", lat=lat, lon=lon) for lat, lon in [democity.point_in(grid)] * 2
+    )
+
+    def routed_metric() -> float:
+        labels = {"department": "roads", "outcome": "routed"}
+        return REGISTRY.get_sample_value("griddispatch_cases_routed_total", labels) or 0.0
+
+    pool = await create_pool(stack.postgres.url, "router", max_size=2)
+    producer = make_producer(KafkaSettings(bootstrap_servers=stack.kafka.bootstrap), "test")
+    await producer.start()
+    try:
+        async with pool.acquire() as conn:
+            state = RouterState(await store.load_reference(conn))
+        dispatcher = Dispatcher(pool, producer, state, None)
+        before = routed_metric()
+        intake = topics.CASES_INTAKE
+        twice = [record_of(first, intake, 0), record_of(first, intake, 1)]
+        assert await dispatcher.handle(twice) == 2
+        assert sum(state.open_cases.values()) == 1
+        again = [record_of(first, intake, 0), record_of(second, intake, 2)]
+        assert await dispatcher.handle(again) == 2
+        workers = {
+            r["case_id"]: r["worker_id"]
+            for r in await pool.fetch(
+                "SELECT case_id, worker_id FROM router.cases WHERE case_id = ANY($1::text[])",
+                [first.case_id, second.case_id],
+            )
+        }
+    finally:
+        await producer.stop()
+        await pool.close()
+    expected: dict[str, int] = {}
+    for worker in workers.values():
+        expected[worker] = expected.get(worker, 0) + 1
+    assert {w: n for w, n in state.open_cases.items() if n} == expected
+    assert routed_metric() - before == 2
