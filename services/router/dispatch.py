@@ -354,11 +354,13 @@ class Dispatcher:
         acks = []
         for item in decided:
             item.value = recorded[item.env.event_id]
-            # the first of an input's decisions counts; a redelivered input's new decision was
-            # discarded for the recorded one, so the worker it counted does not get the case
-            item.fresh = item.env.event_id in fresh
-            fresh.discard(item.env.event_id)
-            if not item.fresh:
+            # Only the recorded decision counts. An input delivered again (in this batch or
+            # after a crash) was decided anew and that decision discarded: the worker it
+            # counted does not get the case.
+            item.fresh = item.env.event_id in fresh and item.value == item.out
+            if item.fresh:
+                fresh.discard(item.env.event_id)
+            else:
                 self._uncount_worker(item)
             acks.append(
                 await send(topics.CASES_LIFECYCLE, value=item.value, key=item.env.case_id.encode())
