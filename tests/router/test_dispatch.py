@@ -6,6 +6,10 @@ same output."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
 
 from services.router import democity, store
 from services.router.dispatch import Dispatcher, RouterState, fold_lifecycle
@@ -20,11 +24,35 @@ from tests.helpers.kafka import read_topic, record_of
 from tests.router.conftest import CITY, report
 
 
+@pytest.fixture
+async def dispatcher(router_url: str, stack: LocalStack) -> AsyncIterator[Dispatcher]:
+    """A dispatcher of its own (open-case counts from zero) on the small city that `router_url`
+    loads; its batches go to it directly, not through the running router. Chunks: the
+    defaults, four of at least 50 decisions."""
+    pool = await create_pool(stack.postgres.url, "router", max_size=2)
+    producer = make_producer(KafkaSettings(bootstrap_servers=stack.kafka.bootstrap), "test")
+    await producer.start()
+    try:
+        async with pool.acquire() as conn:
+            state = RouterState(await store.load_reference(conn))
+        yield Dispatcher(pool, producer, state, None)
+    finally:
+        await producer.stop()
+        await pool.close()
+
+
+async def _workers(pool: asyncpg.Pool, cases: list[Envelope]) -> dict[str, str]:
+    """The worker each case was routed to, as recorded."""
+    rows = await pool.fetch(
+        "SELECT case_id, worker_id FROM router.cases WHERE case_id = ANY($1::text[])",
+        [env.case_id for env in cases],
+    )
+    return {r["case_id"]: r["worker_id"] for r in rows}
+
+
 async def test_a_batch_keeps_each_case_s_decisions_in_order_and_redelivers_the_same(
-    router_url: str, stack: LocalStack
+    dispatcher: Dispatcher, stack: LocalStack
 ) -> None:
-    """`router_url` loads the small city (and runs a router, which does not see this batch:
-    it goes to the dispatcher directly)."""
     grids = [g for g in CITY.grids if g["kind"] == "comprehensive"]
     reports = [
         report("sanitation.garbage", lat=lat, lon=lon)
@@ -46,34 +74,18 @@ async def test_a_batch_keeps_each_case_s_decisions_in_order_and_redelivers_the_s
     inputs = [*reports[:20], declined(near), *reports[20:200], declined(far), *reports[200:]]
     batch = [record_of(env, topics.CASES_INTAKE, i) for i, env in enumerate(inputs)]
 
-    pool = await create_pool(stack.postgres.url, "router", max_size=2)
-    producer = make_producer(KafkaSettings(bootstrap_servers=stack.kafka.bootstrap), "test")
-    await producer.start()
-    try:
-        async with pool.acquire() as conn:
-            dispatcher = Dispatcher(
-                pool,
-                producer,
-                RouterState(await store.load_reference(conn)),
-                None,
-                chunks=4,
-                min_chunk=50,
-            )
-        assert await dispatcher.handle(batch) == len(batch)
-        # a redelivery of the whole batch (a crash before the offsets were committed)
-        assert await dispatcher.handle(batch) == len(batch)
-        async with pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT status, facts::text FROM router.cases WHERE case_id = ANY($1::text[])",
-                [near.case_id, far.case_id],
-            )
-            stored = await conn.fetchval(
-                "SELECT count(*) FROM router.decisions WHERE case_id = ANY($1::text[])",
-                [env.case_id for env in reports],
-            )
-    finally:
-        await producer.stop()
-        await pool.close()
+    assert await dispatcher.handle(batch) == len(batch)
+    # a redelivery of the whole batch (a crash before the offsets were committed)
+    assert await dispatcher.handle(batch) == len(batch)
+    async with dispatcher.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT status, facts::text FROM router.cases WHERE case_id = ANY($1::text[])",
+            [near.case_id, far.case_id],
+        )
+        stored = await conn.fetchval(
+            "SELECT count(*) FROM router.decisions WHERE case_id = ANY($1::text[])",
+            [env.case_id for env in reports],
+        )
 
     ours = {env.case_id.encode() for env in reports}
     published = [
@@ -99,7 +111,7 @@ async def test_a_batch_keeps_each_case_s_decisions_in_order_and_redelivers_the_s
 
 
 async def test_open_case_counts_follow_resolutions_reopenings_and_closings(
-    router_url: str, stack: LocalStack
+    dispatcher: Dispatcher,
 ) -> None:
     """The counts that pick the least-loaded worker: each worker's routed cases, less those
     resolved or closed, plus those reopened; a redelivered event changes nothing."""
@@ -107,73 +119,61 @@ async def test_open_case_counts_follow_resolutions_reopenings_and_closings(
     reports = [
         report("roads.pothole", lat=lat, lon=lon) for lat, lon in [democity.point_in(grid)] * 3
     ]
-    pool = await create_pool(stack.postgres.url, "router", max_size=2)
-    producer = make_producer(KafkaSettings(bootstrap_servers=stack.kafka.bootstrap), "test")
-    await producer.start()
-    try:
-        async with pool.acquire() as conn:
-            state = RouterState(await store.load_reference(conn))
-        await Dispatcher(pool, producer, state, None).handle(
-            [record_of(env, topics.CASES_INTAKE, i) for i, env in enumerate(reports)]
+    pool, state = dispatcher.pool, dispatcher.state
+    await dispatcher.handle(
+        [record_of(env, topics.CASES_INTAKE, i) for i, env in enumerate(reports)]
+    )
+    worker = await _workers(pool, reports)
+    assert all(worker.values())
+    counted = dict(state.open_cases)
+
+    def moved() -> dict[str, int]:
+        return {w: state.open_cases.get(w, 0) - counted.get(w, 0) for w in set(worker.values())}
+
+    def ev(case: Envelope, event: events.Event) -> Envelope:
+        return wrap(event, case_id=case.case_id, producer="intake")
+
+    a, b, c = reports
+    resolved_a = ev(a, events.CaseResolved(by="w", note="done"))
+    batch = [
+        resolved_a,
+        ev(b, events.CaseResolved(by="w", note="done")),
+        ev(b, events.CaseReopened(by="resident", reason="still broken")),
+        ev(c, events.CaseResolved(by="w", note="done")),
+        ev(c, events.CaseReopened(by="resident", reason="still broken")),
+        ev(c, events.CaseClosed(by="operator")),
+    ]
+    async with pool.acquire() as conn:
+        await fold_lifecycle(
+            conn, state, [record_of(e, topics.CASES_LIFECYCLE, i) for i, e in enumerate(batch)]
         )
-        routed = await pool.fetch(
-            "SELECT case_id, worker_id FROM router.cases WHERE case_id = ANY($1::text[])",
+        expected: dict[str, int] = {}
+        for case in (a, c):  # b is open again; a and c are not
+            expected[worker[case.case_id]] = expected.get(worker[case.case_id], 0) - 1
+        expected.setdefault(worker[b.case_id], 0)
+        assert moved() == expected
+        # the same events again (a redelivery), then a's reopening
+        await fold_lifecycle(
+            conn, state, [record_of(e, topics.CASES_LIFECYCLE, i) for i, e in enumerate(batch)]
+        )
+        assert moved() == expected
+        reopened = ev(a, events.CaseReopened(by="resident", reason="again"))
+        await fold_lifecycle(conn, state, [record_of(reopened, topics.CASES_LIFECYCLE)])
+        expected[worker[a.case_id]] += 1
+        assert moved() == expected
+        rows = await conn.fetch(
+            "SELECT case_id, open FROM router.cases WHERE case_id = ANY($1::text[])",
             [env.case_id for env in reports],
         )
-        worker = {r["case_id"]: r["worker_id"] for r in routed}
-        assert all(worker.values())
-        counted = dict(state.open_cases)
-
-        def moved() -> dict[str, int]:
-            return {w: state.open_cases.get(w, 0) - counted.get(w, 0) for w in set(worker.values())}
-
-        def ev(case: Envelope, event: events.Event) -> Envelope:
-            return wrap(event, case_id=case.case_id, producer="intake")
-
-        a, b, c = reports
-        resolved_a = ev(a, events.CaseResolved(by="w", note="done"))
-        batch = [
-            resolved_a,
-            ev(b, events.CaseResolved(by="w", note="done")),
-            ev(b, events.CaseReopened(by="resident", reason="still broken")),
-            ev(c, events.CaseResolved(by="w", note="done")),
-            ev(c, events.CaseReopened(by="resident", reason="still broken")),
-            ev(c, events.CaseClosed(by="operator")),
-        ]
-        async with pool.acquire() as conn:
-            await fold_lifecycle(
-                conn, state, [record_of(e, topics.CASES_LIFECYCLE, i) for i, e in enumerate(batch)]
-            )
-            expected: dict[str, int] = {}
-            for case in (a, c):  # b is open again; a and c are not
-                expected[worker[case.case_id]] = expected.get(worker[case.case_id], 0) - 1
-            expected.setdefault(worker[b.case_id], 0)
-            assert moved() == expected
-            # the same events again (a redelivery), then a's reopening
-            await fold_lifecycle(
-                conn, state, [record_of(e, topics.CASES_LIFECYCLE, i) for i, e in enumerate(batch)]
-            )
-            assert moved() == expected
-            reopened = ev(a, events.CaseReopened(by="resident", reason="again"))
-            await fold_lifecycle(conn, state, [record_of(reopened, topics.CASES_LIFECYCLE)])
-            expected[worker[a.case_id]] += 1
-            assert moved() == expected
-            rows = await conn.fetch(
-                "SELECT case_id, open FROM router.cases WHERE case_id = ANY($1::text[])",
-                [env.case_id for env in reports],
-            )
-        assert {r["case_id"]: r["open"] for r in rows} == {
-            a.case_id: True,
-            b.case_id: True,
-            c.case_id: False,
-        }
-    finally:
-        await producer.stop()
-        await pool.close()
+    assert {r["case_id"]: r["open"] for r in rows} == {
+        a.case_id: True,
+        b.case_id: True,
+        c.case_id: False,
+    }
 
 
 async def test_a_redelivered_report_counts_once_for_its_worker(
-    router_url: str, stack: LocalStack
+    dispatcher: Dispatcher,
 ) -> None:
     """A report delivered twice in one batch (a relay replayed it), then again in a later
     batch (a crash before the commit), is published with its recorded decision each time; its
@@ -187,30 +187,15 @@ async def test_a_redelivered_report_counts_once_for_its_worker(
         labels = {"department": "roads", "outcome": "routed"}
         return REGISTRY.get_sample_value("griddispatch_cases_routed_total", labels) or 0.0
 
-    pool = await create_pool(stack.postgres.url, "router", max_size=2)
-    producer = make_producer(KafkaSettings(bootstrap_servers=stack.kafka.bootstrap), "test")
-    await producer.start()
-    try:
-        async with pool.acquire() as conn:
-            state = RouterState(await store.load_reference(conn))
-        dispatcher = Dispatcher(pool, producer, state, None)
-        before = routed_metric()
-        intake = topics.CASES_INTAKE
-        twice = [record_of(first, intake, 0), record_of(first, intake, 1)]
-        assert await dispatcher.handle(twice) == 2
-        assert sum(state.open_cases.values()) == 1
-        again = [record_of(first, intake, 0), record_of(second, intake, 2)]
-        assert await dispatcher.handle(again) == 2
-        workers = {
-            r["case_id"]: r["worker_id"]
-            for r in await pool.fetch(
-                "SELECT case_id, worker_id FROM router.cases WHERE case_id = ANY($1::text[])",
-                [first.case_id, second.case_id],
-            )
-        }
-    finally:
-        await producer.stop()
-        await pool.close()
+    state = dispatcher.state
+    before = routed_metric()
+    intake = topics.CASES_INTAKE
+    twice = [record_of(first, intake, 0), record_of(first, intake, 1)]
+    assert await dispatcher.handle(twice) == 2
+    assert sum(state.open_cases.values()) == 1
+    again = [record_of(first, intake, 0), record_of(second, intake, 2)]
+    assert await dispatcher.handle(again) == 2
+    workers = await _workers(dispatcher.pool, [first, second])
     expected: dict[str, int] = {}
     for worker in workers.values():
         expected[worker] = expected.get(worker, 0) + 1
