@@ -1,4 +1,4 @@
-"""Resident channels behind one interface: e-mail over SMTP, SMS through an HTTP gateway."""
+"""Message channels behind one interface: e-mail over SMTP, SMS through an HTTP gateway."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ from typing import Protocol
 import aiohttp
 import aiosmtplib
 
+from services.notifier.texts import Message
+
 
 class Channel(Protocol):
     name: str
 
-    async def send(self, address: str, text: str) -> None:
+    async def send(self, address: str, message: Message) -> None:
         """Deliver or raise."""
+
+    async def close(self) -> None:
+        """Let go of connections."""
 
 
 class EmailChannel:
@@ -32,29 +37,38 @@ class EmailChannel:
         self.subject = subject
         self.timeout_s = timeout_s
 
-    async def send(self, address: str, text: str) -> None:
+    async def send(self, address: str, message: Message) -> None:
         msg = EmailMessage()
         msg["From"] = self.sender
         msg["To"] = address
-        msg["Subject"] = self.subject
-        msg.set_content(text, charset="utf-8")
+        msg["Subject"] = message.subject or self.subject
+        msg.set_content(message.text, charset="utf-8")
         await aiosmtplib.send(msg, hostname=self.host, port=self.port, timeout=self.timeout_s)
+
+    async def close(self) -> None:
+        pass  # a connection per message
 
 
 class SmsGatewayChannel:
-    """POSTs `{"to": phone, "text": text}` as JSON to a configurable SMS gateway."""
+    """POSTs `{"to": phone, "text": text}` as JSON to a configurable SMS gateway, over one
+    keep-alive session."""
 
     name = "sms"
 
     def __init__(self, url: str, token: str = "", *, timeout_s: float = 15.0) -> None:
-        self.url, self.token = url, token
+        self.url = url
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
 
-    async def send(self, address: str, text: str) -> None:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        async with (
-            aiohttp.ClientSession(timeout=self.timeout) as session,
-            session.post(self.url, json={"to": address, "text": text}, headers=headers) as resp,
-        ):
+    async def send(self, address: str, message: Message) -> None:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+        body = {"to": address, "text": message.text}
+        async with self._session.post(self.url, json=body, headers=self.headers) as resp:
             if resp.status >= 300:
                 raise RuntimeError(f"SMS gateway answered {resp.status}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

@@ -8,15 +8,26 @@ from typing import TypeVar
 
 import asyncpg
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from services.notifier import webhooks
-from services.notifier.app import MIGRATIONS, NotifierSettings, SubscriptionIn, add_subscription
+from services.notifier.app import (
+    MIGRATIONS,
+    NotifierSettings,
+    SubscriptionIn,
+    add_subscription,
+    disable_subscription,
+    list_subscriptions,
+    switch_feed,
+)
 from services.notifier.delivery import replay
 from shared.db import run_in_schema
 
 console = Console(stderr=True, soft_wrap=True)
-subscriptions_app = typer.Typer(help="Who is told what (webhook endpoints).", no_args_is_help=True)
+subscriptions_app = typer.Typer(
+    help="Who is told what: webhooks, e-mail, SMS, feed topics.", no_args_is_help=True
+)
 deliveries_app = typer.Typer(help="The delivery log and its dead letters.", no_args_is_help=True)
 T = TypeVar("T")
 
@@ -27,53 +38,81 @@ def _db(fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
 
 @subscriptions_app.command("add")
 def add(
-    url: str = typer.Option(..., "--webhook", help="https endpoint"),
-    secret: list[str] = typer.Option(..., help="whsec_… (twice during a rotation)"),
     department: str | None = typer.Option(None),
-    worker: str | None = typer.Option(None),
+    worker: str | None = typer.Option(None, help="a worker id, or '*' for a worker-app gateway"),
+    url: str | None = typer.Option(None, "--webhook", help="https endpoint"),
+    secret: list[str] | None = typer.Option(None, help="whsec_… (twice during a rotation)"),
+    email: str | None = typer.Option(None, help="a department's e-mail address"),
+    sms: str | None = typer.Option(None, help="a grid worker's mobile number"),
+    locale: str = typer.Option("zh-CN", help="the language of e-mail and SMS: zh-CN or en"),
 ) -> None:
+    """Tell a department (webhook, e-mail) or a grid worker (webhook, SMS) about its cases."""
     if (department is None) == (worker is None):
         raise typer.BadParameter("give --department or --worker")
-    body = SubscriptionIn(
-        owner_kind="department" if department else "worker",
-        owner=department or worker or "",
-        url=url,
-        secrets=secret,
-    )
+    targets = {"webhook": url, "email": email, "sms": sms}
+    chosen = [channel for channel, value in targets.items() if value is not None]
+    if len(chosen) != 1:
+        raise typer.BadParameter("give one of --webhook, --email or --sms")
+    channel = chosen[0]
     try:
+        body = SubscriptionIn.model_validate(
+            {
+                "owner_kind": "department" if department else "worker",
+                "owner": department or worker,
+                "channel": channel,
+                "url": url,
+                "secrets": secret or None,
+                "address": email or sms,
+                "locale": locale,
+            }
+        )
         sub_id = _db(lambda c: add_subscription(c, body, NotifierSettings().allow()))
-    except webhooks.ForbiddenDestination as exc:
-        console.print(f"[red]{exc}[/red]")
+    except (ValidationError, webhooks.ForbiddenDestination) as exc:
+        console.print(f"[red]{_reason(exc)}[/red]")
         raise typer.Exit(2) from exc
     console.print(f"[green]✓[/green] subscription {sub_id}")
 
 
-@subscriptions_app.command("list")
-def list_subscriptions() -> None:
-    async def fetch(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-        return list(
-            await conn.fetch(
-                "SELECT id, owner_kind, owner, url, active, disabled_reason"
-                " FROM notifier.subscriptions ORDER BY id"
-            )
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'subscription'}: {e['msg']}"
+            for e in exc.errors()
         )
+    return str(exc)
 
-    for r in _db(fetch):
+
+@subscriptions_app.command("list")
+def list_all() -> None:
+    """Every subscription (addresses masked, secrets never shown)."""
+    for r in _db(list_subscriptions):
         state = "active" if r["active"] else f"disabled ({r['disabled_reason']})"
-        print(f"{r['id']:>5}  {r['owner_kind']:10} {r['owner']:20} {r['url']}  {state}")
+        target = r["url"] if r["channel"] == "webhook" else f"{r['address']} ({r['locale']})"
+        print(
+            f"{r['id']:>5}  {r['owner_kind']:10} {r['owner']:20} {r['channel']:7} {target}  {state}"
+        )
 
 
 @subscriptions_app.command("disable")
 def disable(sub_id: int) -> None:
-    async def run(conn: asyncpg.Connection) -> str:
-        result: str = await conn.execute(
-            "UPDATE notifier.subscriptions SET active = false, disabled_reason = 'by an operator'"
-            " WHERE id = $1",
-            sub_id,
-        )
-        return result
+    if not _db(lambda c: disable_subscription(c, sub_id)):
+        console.print(f"[red]no active subscription {sub_id}[/red]")
+        raise typer.Exit(1)
+    console.print(f"[green]✓[/green] subscription {sub_id} disabled")
 
-    console.print(_db(run))
+
+@subscriptions_app.command("feed")
+def feed(
+    department: str,
+    enabled: bool = typer.Option(..., "--on/--off", help="publish to dept.<code> or not"),
+) -> None:
+    """Switch a department's feed topic on or off (webhooks, e-mail and SMS go on)."""
+    try:
+        _db(lambda c: switch_feed(c, department, enabled))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(f"[green]✓[/green] feed of {department} {'on' if enabled else 'off'}")
 
 
 @deliveries_app.command("list")

@@ -1,10 +1,9 @@
-"""Department feeds and webhook deliveries.
+"""The delivery log and its webhook sender.
 
-`FeedWriter.handle` turns a batch of lifecycle events into (1) messages on the departments'
-`dept.<code>` topics, published and acknowledged before the offsets are committed, with a
-deterministic id per source event, and (2) rows in the delivery log, one per webhook endpoint
-(unique per event and endpoint). `WebhookSender` works the log: it leases due rows
-(`SKIP LOCKED`), posts them signed, and records the outcome, retrying on the schedule.
+The log (`notifier.deliveries`) holds one row per event and subscription, written by the feed
+writer (`feeds`). `WebhookSender` works its webhook rows: it leases due rows (`SKIP LOCKED`),
+posts them signed, and records the outcome, retrying on the schedule; e-mail and SMS rows are
+the `staff` module's. The metrics here are the notifier's, whatever the channel.
 """
 
 from __future__ import annotations
@@ -15,27 +14,17 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from datetime import time as dtime
-from typing import Any
 
 import aiohttp
 import asyncpg
-import orjson
-from aiokafka import AIOKafkaProducer, ConsumerRecord
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.notifier import webhooks
-from services.notifier.resident_delivery import queue_for_residents
-from services.notifier.views import DEPARTMENT_EVENTS, department_view
-from shared import events, topics
 from shared.aio import until_set
 from shared.db import create_pool
-from shared.events import Envelope
-from shared.ids import derived_event_id
-from shared.kafka import DeadLetters, decode_records, ensure_topics
 from shared.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
@@ -70,153 +59,6 @@ DEAD = Counter(
 )
 
 
-class FeedWriter:
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        producer: AIOKafkaProducer,
-        kafka: str | Mapping[str, Any],
-        partitions: int,
-        dead_letters: DeadLetters | None,
-        quiet: tuple[dtime, dtime] = (dtime(22), dtime(7)),
-        replication_factor: int = 1,
-    ) -> None:
-        self.quiet = quiet
-        self.replication_factor = replication_factor
-        self.pool = pool
-        self.producer = producer
-        self.kafka = kafka
-        self.partitions = partitions
-        self.dead_letters = dead_letters
-        self._topics: set[str] = set()
-
-    async def _topic(self, department: str) -> str:
-        name = topics.department_feed(department)
-        if name not in self._topics:
-            await ensure_topics(
-                self.kafka,
-                [name],
-                partitions=self.partitions,
-                replication_factor=self.replication_factor,
-            )
-            self._topics.add(name)
-        return name
-
-    async def handle(self, records: Sequence[ConsumerRecord[Any, Any]]) -> int:
-        """Write one batch to the department feeds and the delivery log. The database work is
-        set-based (a handful of statements and one commit per batch, not per event), while
-        each event still sees the case as the events before it left it."""
-        items = [
-            (env, event)
-            for env, event in await decode_records(records, self.dead_letters)
-            if isinstance(event, DEPARTMENT_EVENTS)
-        ]
-        if not items:
-            return 0
-        sends: list[tuple[str, bytes, bytes, str | None, datetime | None]] = []
-        deliveries: list[tuple[uuid.UUID, bytes, str, datetime | None, str]] = []
-        # A case whose first event in the batch routes it needs nothing from the database
-        # (the usual batch: new cases only, and no lookup at all).
-        routed_first: dict[str, bool] = {}
-        for env, event in items:
-            routed_first.setdefault(env.case_id, isinstance(event, events.CaseRouted))
-        lookup = [case_id for case_id, first in routed_first.items() if not first]
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = (
-                await conn.fetch("SELECT * FROM notifier.cases WHERE case_id = ANY($1)", lookup)
-                if lookup
-                else []
-            )
-            cases: dict[str, dict[str, Any]] = {r["case_id"]: dict(r) for r in rows}
-            routed: dict[str, dict[str, Any]] = {}  # written back at the end of the batch
-            for_residents: list[tuple[Envelope, events.Event, dict[str, Any]]] = []
-            now = datetime.now(UTC)
-            for env, event in items:
-                case: dict[str, Any] | None
-                if isinstance(event, events.CaseRouted):
-                    case = {
-                        "case_id": env.case_id,
-                        "department": event.department,
-                        "worker_id": event.worker_id,
-                        "grid_id": event.grid_id,
-                        "district": event.district,
-                        "category": event.category,
-                        "priority": event.priority.value,
-                        "reported_at": event.reported_at,
-                        "resolve_by": event.deadlines.resolve_by,
-                    }
-                    cases[env.case_id] = routed[env.case_id] = case
-                case = cases.get(env.case_id)
-                if case is None or not case["department"]:
-                    continue  # not routed yet: nobody to tell
-                for_residents.append((env, event, case))
-                view = department_view(env, event, case)
-                view["feed_id"] = str(derived_event_id(env.event_id, "dept-feed"))
-                body = orjson.dumps(view)
-                sends.append(
-                    (
-                        await self._topic(case["department"]),
-                        body,
-                        env.case_id.encode(),
-                        case["department"],
-                        case["reported_at"],
-                    )
-                )
-                deliveries.append(
-                    (
-                        env.event_id,
-                        body,
-                        case["department"],
-                        case["reported_at"],
-                        case["worker_id"] or "",
-                    )
-                )
-            if routed:
-                await conn.execute(
-                    """INSERT INTO notifier.cases (case_id, department, worker_id, grid_id,
-                           district, category, priority, reported_at, resolve_by)
-                       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
-                           $5::text[], $6::text[], $7::text[], $8::timestamptz[],
-                           $9::timestamptz[])
-                       ON CONFLICT (case_id) DO UPDATE SET department = EXCLUDED.department,
-                           worker_id = EXCLUDED.worker_id, grid_id = EXCLUDED.grid_id,
-                           district = EXCLUDED.district, category = EXCLUDED.category,
-                           priority = EXCLUDED.priority, reported_at = EXCLUDED.reported_at,
-                           resolve_by = EXCLUDED.resolve_by, updated_at = now()""",
-                    *[
-                        list(col)
-                        for col in zip(*(c.values() for c in routed.values()), strict=True)
-                    ],
-                )
-            await queue_for_residents(conn, for_residents, quiet=self.quiet, now=now)
-            # the delivery log: one row per active endpoint of the department, of the case's
-            # grid worker, and of worker-app gateways (owner '*': every worker)
-            if deliveries:
-                await conn.execute(
-                    """INSERT INTO notifier.deliveries (id, event_id, subscription_id, payload,
-                           department, reported_at)
-                       SELECT md5(x.event_id::text || '/' || s.id)::uuid, x.event_id, s.id,
-                           x.payload, x.department, x.reported_at
-                       FROM unnest($1::uuid[], $2::bytea[], $3::text[], $4::timestamptz[],
-                           $5::text[]) AS x(event_id, payload, department, reported_at, worker_id)
-                       JOIN notifier.subscriptions s ON s.active AND (
-                           (s.owner_kind = 'department' AND s.owner = x.department)
-                           OR (s.owner_kind = 'worker' AND s.owner IN (x.worker_id, '*')))
-                       ON CONFLICT (event_id, subscription_id) DO NOTHING""",
-                    *[list(col) for col in zip(*deliveries, strict=True)],
-                )
-        futures = [await self.producer.send(t, v, key=k) for t, v, k, _, _ in sends]
-        await asyncio.gather(*futures)
-        now = datetime.now(UTC)
-        for _, _, _, dept, reported_at in sends:
-            DELIVERIES.labels("feed", "delivered").inc()
-            if reported_at is not None:
-                DISPATCH_LATENCY.labels(dept or "", "feed").observe(
-                    max(0.0, (now - reported_at).total_seconds())
-                )
-        return len(sends)
-
-
 @dataclass
 class Breaker:
     """Per-endpoint circuit breaker: after `threshold` failures in a row, stop calling the
@@ -244,11 +86,11 @@ class Breaker:
             self.open_until[endpoint] = time.monotonic() + self.cooldown_s
 
 
-# Each subscription gets at most its share of the lease ($3 minus what the sender already has
-# in flight for it; $4/$5), and an endpoint whose circuit breaker is open gets none ($6): one
-# endpoint's backlog cannot fill the sender while the others wait. Only the subscriptions with
-# pending deliveries are visited (found by skipping through the per-subscription index), so
-# thousands of quiet subscriptions (a worker app each, say) cost nothing.
+# Each subscription of the sender's channels ($7) gets at most its share of the lease ($3 minus
+# what the sender already has in flight for it; $4/$5), and an endpoint whose circuit breaker
+# is open gets none ($6): one endpoint's backlog cannot fill the sender while the others wait.
+# Only the subscriptions with pending deliveries are visited (found by skipping through the
+# per-subscription index), so thousands of quiet subscriptions (a worker app each) cost nothing.
 LEASE_SQL = """
 WITH RECURSIVE pending(sub_id) AS (
     SELECT min(subscription_id) FROM notifier.deliveries WHERE state = 'pending'
@@ -260,7 +102,7 @@ WITH RECURSIVE pending(sub_id) AS (
 UPDATE notifier.deliveries d SET lease_until = $2 + interval '60 seconds'
 FROM (
     SELECT due.id FROM pending p
-    JOIN notifier.subscriptions s ON s.id = p.sub_id
+    JOIN notifier.subscriptions s ON s.id = p.sub_id AND s.channel = ANY($7::text[])
     LEFT JOIN unnest($4::bigint[], $5::int[]) AS busy(sub_id, n) ON busy.sub_id = s.id
     CROSS JOIN LATERAL (
         SELECT d2.id, d2.next_attempt_at FROM notifier.deliveries d2
@@ -274,7 +116,7 @@ FROM (
 ) due, notifier.subscriptions s
 WHERE d.id = due.id AND s.id = d.subscription_id
 RETURNING d.id, d.payload, d.attempts, d.department, d.reported_at, s.id AS sub_id, s.url,
-          s.secrets, s.active
+          s.secrets, s.active, s.channel, s.address
 """
 
 
@@ -420,6 +262,7 @@ class WebhookSender:
             list(busy),
             list(busy.values()),
             open_endpoints,
+            ["webhook"],
         )
         # one queued here past its lease (now renewed) is not sent twice
         return [row for row in rows if row["id"] not in sending]
@@ -444,12 +287,12 @@ class WebhookSender:
         url = row["url"]
         now = datetime.now(UTC)
         if not row["active"]:
-            await self._finish(conn, row, "disabled", None, "endpoint disabled")
+            await finish(conn, row, "disabled", None, "endpoint disabled")
             return None
         try:
             webhooks.check_destination(url, self.allow)
         except webhooks.ForbiddenDestination as exc:
-            await self._finish(conn, row, "dead", None, str(exc))
+            await finish(conn, row, "dead", None, str(exc))
             DELIVERIES.labels("webhook", "forbidden").inc()
             return None
         body = bytes(row["payload"]).decode()
@@ -488,7 +331,7 @@ class WebhookSender:
                 "disabled_reason = '410 Gone from the endpoint' WHERE id = $1",
                 row["sub_id"],
             )
-            await self._finish(conn, row, "disabled", status, "410 Gone")
+            await finish(conn, row, "disabled", status, "410 Gone")
             DELIVERIES.labels("webhook", "gone").inc()
             DISABLED.inc()
             return None
@@ -496,16 +339,9 @@ class WebhookSender:
         DELIVERIES.labels("webhook", "retry" if delay is not None else "dead").inc()
         if delay is None:
             DEAD.inc()
-            await self._finish(conn, row, "dead", status, error or f"HTTP {status}")
+            await finish(conn, row, "dead", status, error or f"HTTP {status}")
             return None
-        await conn.execute(
-            "UPDATE notifier.deliveries SET attempts = attempts + 1, lease_until = NULL, "
-            "next_attempt_at = $2, last_status = $3, last_error = $4 WHERE id = $1",
-            row["id"],
-            datetime.now(UTC) + timedelta(seconds=delay),
-            status,
-            error or f"HTTP {status}",
-        )
+        await retry_later(conn, row, delay, status, error or f"HTTP {status}")
         return None
 
     async def _hold_back(self, conn: asyncpg.Pool, row: asyncpg.Record, now: datetime) -> None:
@@ -517,23 +353,42 @@ class WebhookSender:
             now + timedelta(seconds=self.breaker.cooldown_s),
         )
 
-    async def _finish(
-        self,
-        conn: asyncpg.Pool,
-        row: asyncpg.Record,
-        state: str,
-        status: int | None,
-        error: str | None,
-    ) -> None:
-        await conn.execute(
-            "UPDATE notifier.deliveries SET state = $2, attempts = attempts + 1, "
-            "lease_until = NULL, last_status = $3, last_error = $4, "
-            "delivered_at = CASE WHEN $2 = 'delivered' THEN now() END WHERE id = $1",
-            row["id"],
-            state,
-            status,
-            error,
-        )
+
+async def finish(
+    conn: asyncpg.Pool | asyncpg.Connection,
+    row: asyncpg.Record,
+    state: str,
+    status: int | None,
+    error: str | None,
+) -> None:
+    """Record a delivery's last attempt and its final state."""
+    await conn.execute(
+        "UPDATE notifier.deliveries SET state = $2, attempts = attempts + 1, "
+        "lease_until = NULL, last_status = $3, last_error = $4, "
+        "delivered_at = CASE WHEN $2 = 'delivered' THEN now() END WHERE id = $1",
+        row["id"],
+        state,
+        status,
+        error,
+    )
+
+
+async def retry_later(
+    conn: asyncpg.Pool | asyncpg.Connection,
+    row: asyncpg.Record,
+    delay_s: float,
+    status: int | None,
+    error: str,
+) -> None:
+    """Record a failed attempt; the delivery falls due again after `delay_s`."""
+    await conn.execute(
+        "UPDATE notifier.deliveries SET attempts = attempts + 1, lease_until = NULL, "
+        "next_attempt_at = $2, last_status = $3, last_error = $4 WHERE id = $1",
+        row["id"],
+        datetime.now(UTC) + timedelta(seconds=delay_s),
+        status,
+        error,
+    )
 
 
 async def replay(conn: asyncpg.Connection, delivery_id: uuid.UUID) -> bool:

@@ -16,9 +16,9 @@ from aiokafka import ConsumerRecord
 from prometheus_client import Counter
 
 from services.notifier.channels import Channel
-from services.notifier.residents import quiet_until, render
+from services.notifier.residents import quiet_until
+from services.notifier.texts import RESIDENT_EVENTS, Message, category_name, local_time, render
 from shared import events
-from shared.catalogue import load_file
 from shared.db import create_pool
 from shared.events import DecodeError, Envelope, decode
 from shared.metrics import REGISTRY
@@ -31,7 +31,6 @@ SENT = Counter(
     ["channel", "result"],
     registry=REGISTRY,
 )
-_NAMES = {c.code: c.name for c in load_file().categories}
 
 
 async def remember_contacts(
@@ -90,7 +89,7 @@ async def remember_contacts(
                 for m in _messages(
                     str(w["event_id"]),
                     w["case_id"],
-                    _in_language(w, people[w["case_id"]]["locale"]),
+                    _in_language(w, people[w["case_id"]]),
                     w["urgent"],
                     people[w["case_id"]],
                     quiet=quiet,
@@ -112,7 +111,7 @@ async def queue_for_residents(
 ) -> int:
     """Queue the residents' messages for a batch of (event, its case) — accepted, resolved —
     with three statements whatever the batch's size; returns how many messages."""
-    items = [i for i in items if i[0].event_type in ("CaseRouted", "CaseResolved")]
+    items = [i for i in items if i[0].event_type in RESIDENT_EVENTS]
     if not items:
         return 0
     people = {
@@ -122,7 +121,7 @@ async def queue_for_residents(
             list({env.case_id for env, _, _ in items}),
         )
     }
-    messages: list[tuple[str, str, str, str, str, datetime]] = []
+    messages: list[_Row] = []
     backlog: list[tuple[Any, str, str, bool]] = []
     for env, event, case in items:
         person = people.get(env.case_id)
@@ -133,9 +132,9 @@ async def queue_for_residents(
             context = orjson.dumps(_context(env, event, case)).decode()
             backlog.append((env.event_id, env.case_id, context, urgent))
         elif person["email"] or person["phone"]:
-            text = _text(_context(env, event, case), person["locale"])
+            said = _texts(_context(env, event, case), person)
             messages += _messages(
-                str(env.event_id), env.case_id, text, urgent, person, quiet=quiet, now=now
+                str(env.event_id), env.case_id, said, urgent, person, quiet=quiet, now=now
             )
     if backlog:
         await conn.execute(
@@ -162,59 +161,61 @@ def _context(env: Envelope, event: events.Event, case: dict[str, Any]) -> dict[s
     }
 
 
-def _text(context: dict[str, Any], locale: str) -> str:
-    names = _NAMES.get(context["category"] or "", {})
-    resolve_by = context["resolve_by"]
-    return render(
-        context["event_type"],
-        locale,
-        {
-            "category_name": names.get(locale) or names.get("zh-CN") or context["category"],
-            "department_name": context["department"],
-            "resolve_by": datetime.fromisoformat(resolve_by).astimezone().strftime("%Y-%m-%d %H:%M")
-            if resolve_by
-            else "",
-            "note": context["note"],
-            "short_id": context["short_id"],
-        },
-    )
+def _texts(context: dict[str, Any], person: asyncpg.Record) -> dict[str, Message]:
+    """The message for each channel the resident gave, in their language."""
+    locale = person["locale"]
+    values = {
+        "category_name": category_name(context["category"], locale),
+        "department_name": context["department"],
+        "resolve_by": local_time(context["resolve_by"]),
+        "note": context["note"],
+        "short_id": context["short_id"],
+    }
+    return {
+        channel: render("resident", context["event_type"], channel, locale, values)
+        for channel, address in (("email", person["email"]), ("sms", person["phone"]))
+        if address
+    }
 
 
-def _in_language(kept: asyncpg.Record, locale: str) -> str:
+def _in_language(kept: asyncpg.Record, person: asyncpg.Record) -> dict[str, Message]:
     """A kept message, in the resident's language (rows kept before contexts were: as kept)."""
     if kept["context"] is None:
-        return str(kept["body"])
-    return _text(orjson.loads(kept["context"]), locale)
+        return {"email": Message(str(kept["body"])), "sms": Message(str(kept["body"]))}
+    return _texts(orjson.loads(kept["context"]), person)
+
+
+# (event id, case id, channel, address, text, subject, send after)
+_Row = tuple[str, str, str, str, str, str | None, datetime]
 
 
 def _messages(
     event_id: str,
     case_id: str,
-    text: str,
+    said: dict[str, Message],
     urgent: bool,
     person: asyncpg.Record,
     *,
     quiet: tuple[time, time],
     now: datetime,
-) -> list[tuple[str, str, str, str, str, datetime]]:
+) -> list[_Row]:
     send_after = quiet_until(now, urgent=urgent, start=quiet[0], end=quiet[1]) or now
     return [
-        (event_id, case_id, ch, addr, text, send_after)
+        (event_id, case_id, ch, addr, said[ch].text, said[ch].subject, send_after)
         for ch, addr in (("email", person["email"]), ("sms", person["phone"]))
-        if addr
+        if addr and ch in said
     ]
 
 
-async def _insert_messages(
-    conn: asyncpg.Connection, rows: list[tuple[str, str, str, str, str, datetime]]
-) -> None:
+async def _insert_messages(conn: asyncpg.Connection, rows: list[_Row]) -> None:
     if rows:
         await conn.execute(
             "INSERT INTO notifier.resident_messages (id, case_id, channel, address, body, "
-            "send_after) SELECT md5(m.event_id || '/' || m.channel)::uuid, m.case_id, m.channel,"
-            " m.address, m.body, m.send_after FROM unnest($1::text[], $2::text[], $3::text[], "
-            "$4::text[], $5::text[], $6::timestamptz[]) "
-            "AS m(event_id, case_id, channel, address, body, send_after) ON CONFLICT DO NOTHING",
+            "subject, send_after) SELECT md5(m.event_id || '/' || m.channel)::uuid, m.case_id, "
+            "m.channel, m.address, m.body, m.subject, m.send_after FROM unnest($1::text[], "
+            "$2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[]) "
+            "AS m(event_id, case_id, channel, address, body, subject, send_after) "
+            "ON CONFLICT DO NOTHING",
             *[list(col) for col in zip(*rows, strict=True)],
         )
 
@@ -226,20 +227,24 @@ class ResidentSender:
         self.batch = batch
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                pool = await create_pool(self.dsn, "notifier", min_size=1, max_size=4)
+        try:
+            while not stop.is_set():
                 try:
-                    while not stop.is_set():
-                        if await self.work_once(pool) == 0:
-                            with contextlib.suppress(TimeoutError):
-                                await asyncio.wait_for(stop.wait(), 0.5)
-                finally:
-                    await pool.close()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("resident sender lost the database: %s", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1)
+                    pool = await create_pool(self.dsn, "notifier", min_size=1, max_size=4)
+                    try:
+                        while not stop.is_set():
+                            if await self.work_once(pool) == 0:
+                                with contextlib.suppress(TimeoutError):
+                                    await asyncio.wait_for(stop.wait(), 0.5)
+                    finally:
+                        await pool.close()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("resident sender lost the database: %s", exc)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1)
+        finally:
+            for channel in self.channels.values():
+                await channel.close()
 
     async def work_once(self, pool: asyncpg.Pool) -> int:
         now = datetime.now(UTC)
@@ -249,7 +254,8 @@ class ResidentSender:
                      WHERE state = 'pending' AND send_after <= $2
                        AND (lease_until IS NULL OR lease_until < $2)
                      ORDER BY send_after LIMIT $1 FOR UPDATE SKIP LOCKED) due
-               WHERE m.id = due.id RETURNING m.id, m.channel, m.address, m.body, m.attempts""",
+               WHERE m.id = due.id
+               RETURNING m.id, m.channel, m.address, m.body, m.subject, m.attempts""",
             self.batch,
             now,
         )
@@ -261,7 +267,7 @@ class ResidentSender:
         try:
             if channel is None:
                 raise RuntimeError(f"no {row['channel']} channel is configured")
-            await channel.send(row["address"], row["body"])
+            await channel.send(row["address"], Message(row["body"], row["subject"]))
         except Exception as exc:
             attempts = row["attempts"] + 1
             dead = attempts > len(RETRIES_S)

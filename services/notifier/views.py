@@ -42,6 +42,7 @@ def department_view(env: Envelope, event: events.Event, case: dict[str, Any]) ->
         case events.CaseEscalated():
             details = {
                 "deadline": event.deadline,
+                "due_at": event.due_at.isoformat(),
                 "level": event.level,
                 "to": {"role": event.to.role, "name": event.to.name},
                 "repeat": event.repeat,

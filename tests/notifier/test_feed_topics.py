@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from services.notifier import delivery
+from services.notifier import feeds
 
 
 async def test_feed_topics_get_the_configured_partitions_and_replicas(
@@ -18,8 +18,8 @@ async def test_feed_topics_get_the_configured_partitions_and_replicas(
         created.append((names, kw))
         return names
 
-    monkeypatch.setattr(delivery, "ensure_topics", ensure_topics)
-    writer = delivery.FeedWriter(None, None, "kafka:9092", 6, None, replication_factor=3)  # type: ignore[arg-type]
+    monkeypatch.setattr(feeds, "ensure_topics", ensure_topics)
+    writer = feeds.FeedWriter(None, None, "kafka:9092", 6, None, replication_factor=3)  # type: ignore[arg-type]
     assert await writer._topic("heating") == "dept.heating"
     assert await writer._topic("heating") == "dept.heating"  # once per topic
     assert created == [(["dept.heating"], {"partitions": 6, "replication_factor": 3})]

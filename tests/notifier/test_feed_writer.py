@@ -9,7 +9,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from services.notifier.app import MIGRATIONS
-from services.notifier.delivery import FeedWriter
+from services.notifier.feeds import FeedWriter
 from shared import events, topics
 from shared.db import create_pool, migrate
 from shared.events import Envelope, wrap

@@ -1,0 +1,200 @@
+"""Department feeds: the lifecycle consumer that tells everyone who is to be told.
+
+`FeedWriter.handle` turns a batch of lifecycle events into (1) messages on the departments'
+`dept.<code>` topics (unless a department switched its feed off), published and acknowledged
+before the offsets are committed, with a deterministic id per source event, and (2) rows in
+the delivery log, one per subscription (webhook, e-mail, SMS) and event, and messages for
+residents — all in one transaction per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from datetime import time as dtime
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+
+from services.notifier.delivery import DELIVERIES, DISPATCH_LATENCY
+from services.notifier.resident_delivery import queue_for_residents
+from services.notifier.staff import queue_for_staff
+from services.notifier.views import DEPARTMENT_EVENTS, department_view
+from shared import events, topics
+from shared.events import Envelope
+from shared.ids import derived_event_id
+from shared.kafka import DeadLetters, decode_records, ensure_topics
+
+# How long the set of departments whose feed is switched off is trusted before it is read
+# again: a switch takes effect within this, at the cost of one small query per interval.
+FEED_SWITCH_TTL_S = 5.0
+
+
+class FeedWriter:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        kafka: str | Mapping[str, Any],
+        partitions: int,
+        dead_letters: DeadLetters | None,
+        quiet: tuple[dtime, dtime] = (dtime(22), dtime(7)),
+        replication_factor: int = 1,
+    ) -> None:
+        self.quiet = quiet
+        self.replication_factor = replication_factor
+        self.pool = pool
+        self.producer = producer
+        self.kafka = kafka
+        self.partitions = partitions
+        self.dead_letters = dead_letters
+        self._topics: set[str] = set()
+        self._feeds_off: frozenset[str] = frozenset()
+        self._feeds_read_at = float("-inf")
+
+    async def _switched_off(self, conn: asyncpg.Connection) -> frozenset[str]:
+        """The departments whose feed topic is switched off (read again every few seconds)."""
+        if time.monotonic() - self._feeds_read_at > FEED_SWITCH_TTL_S:
+            rows = await conn.fetch(
+                "SELECT department FROM notifier.department_feeds WHERE NOT enabled"
+            )
+            self._feeds_off = frozenset(r["department"] for r in rows)
+            self._feeds_read_at = time.monotonic()
+        return self._feeds_off
+
+    async def _topic(self, department: str) -> str:
+        name = topics.department_feed(department)
+        if name not in self._topics:
+            await ensure_topics(
+                self.kafka,
+                [name],
+                partitions=self.partitions,
+                replication_factor=self.replication_factor,
+            )
+            self._topics.add(name)
+        return name
+
+    async def handle(self, records: Sequence[ConsumerRecord[Any, Any]]) -> int:
+        """Write one batch to the department feeds and the delivery log; returns the events
+        told to a department. The database work is set-based (a handful of statements and one
+        commit per batch, not per event), while each event still sees the case as the events
+        before it left it."""
+        items = [
+            (env, event)
+            for env, event in await decode_records(records, self.dead_letters)
+            if isinstance(event, DEPARTMENT_EVENTS)
+        ]
+        if not items:
+            return 0
+        sends: list[tuple[str, bytes, bytes, str | None, datetime | None]] = []
+        deliveries: list[tuple[uuid.UUID, bytes, str, datetime | None, str]] = []
+        # A case whose first event in the batch routes it needs nothing from the database
+        # (the usual batch: new cases only, and no lookup at all).
+        routed_first: dict[str, bool] = {}
+        for env, event in items:
+            routed_first.setdefault(env.case_id, isinstance(event, events.CaseRouted))
+        lookup = [case_id for case_id, first in routed_first.items() if not first]
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = (
+                await conn.fetch("SELECT * FROM notifier.cases WHERE case_id = ANY($1)", lookup)
+                if lookup
+                else []
+            )
+            cases: dict[str, dict[str, Any]] = {r["case_id"]: dict(r) for r in rows}
+            routed: dict[str, dict[str, Any]] = {}  # written back at the end of the batch
+            for_residents: list[tuple[Envelope, events.Event, dict[str, Any]]] = []
+            for_staff: list[tuple[Envelope, dict[str, Any], dict[str, Any]]] = []
+            feeds_off = await self._switched_off(conn)
+            now = datetime.now(UTC)
+            for env, event in items:
+                case: dict[str, Any] | None
+                if isinstance(event, events.CaseRouted):
+                    case = {
+                        "case_id": env.case_id,
+                        "department": event.department,
+                        "worker_id": event.worker_id,
+                        "grid_id": event.grid_id,
+                        "district": event.district,
+                        "category": event.category,
+                        "priority": event.priority.value,
+                        "reported_at": event.reported_at,
+                        "resolve_by": event.deadlines.resolve_by,
+                    }
+                    cases[env.case_id] = routed[env.case_id] = case
+                case = cases.get(env.case_id)
+                if case is None or not case["department"]:
+                    continue  # not routed yet: nobody to tell
+                for_residents.append((env, event, case))
+                view = department_view(env, event, case)
+                view["feed_id"] = str(derived_event_id(env.event_id, "dept-feed"))
+                for_staff.append((env, view, case))
+                body = orjson.dumps(view)
+                if case["department"] not in feeds_off:
+                    sends.append(
+                        (
+                            await self._topic(case["department"]),
+                            body,
+                            env.case_id.encode(),
+                            case["department"],
+                            case["reported_at"],
+                        )
+                    )
+                deliveries.append(
+                    (
+                        env.event_id,
+                        body,
+                        case["department"],
+                        case["reported_at"],
+                        case["worker_id"] or "",
+                    )
+                )
+            if routed:
+                await conn.execute(
+                    """INSERT INTO notifier.cases (case_id, department, worker_id, grid_id,
+                           district, category, priority, reported_at, resolve_by)
+                       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                           $5::text[], $6::text[], $7::text[], $8::timestamptz[],
+                           $9::timestamptz[])
+                       ON CONFLICT (case_id) DO UPDATE SET department = EXCLUDED.department,
+                           worker_id = EXCLUDED.worker_id, grid_id = EXCLUDED.grid_id,
+                           district = EXCLUDED.district, category = EXCLUDED.category,
+                           priority = EXCLUDED.priority, reported_at = EXCLUDED.reported_at,
+                           resolve_by = EXCLUDED.resolve_by, updated_at = now()""",
+                    *[
+                        list(col)
+                        for col in zip(*(c.values() for c in routed.values()), strict=True)
+                    ],
+                )
+            await queue_for_residents(conn, for_residents, quiet=self.quiet, now=now)
+            await queue_for_staff(conn, for_staff)  # e-mail and SMS subscriptions
+            # the delivery log's webhooks: one row per active endpoint of the department, of
+            # the case's grid worker, and of worker-app gateways (owner '*': every worker)
+            if deliveries:
+                await conn.execute(
+                    """INSERT INTO notifier.deliveries (id, event_id, subscription_id, payload,
+                           department, reported_at)
+                       SELECT md5(x.event_id::text || '/' || s.id)::uuid, x.event_id, s.id,
+                           x.payload, x.department, x.reported_at
+                       FROM unnest($1::uuid[], $2::bytea[], $3::text[], $4::timestamptz[],
+                           $5::text[]) AS x(event_id, payload, department, reported_at, worker_id)
+                       JOIN notifier.subscriptions s ON s.active AND s.channel = 'webhook' AND (
+                           (s.owner_kind = 'department' AND s.owner = x.department)
+                           OR (s.owner_kind = 'worker' AND s.owner IN (x.worker_id, '*')))
+                       ON CONFLICT (event_id, subscription_id) DO NOTHING""",
+                    *[list(col) for col in zip(*deliveries, strict=True)],
+                )
+        futures = [await self.producer.send(t, v, key=k) for t, v, k, _, _ in sends]
+        await asyncio.gather(*futures)
+        now = datetime.now(UTC)
+        for _, _, _, dept, reported_at in sends:
+            DELIVERIES.labels("feed", "delivered").inc()
+            if reported_at is not None:
+                DISPATCH_LATENCY.labels(dept or "", "feed").observe(
+                    max(0.0, (now - reported_at).total_seconds())
+                )
+        return len(deliveries)

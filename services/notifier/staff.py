@@ -1,0 +1,196 @@
+"""Telling departments by e-mail and grid workers by SMS.
+
+Their messages go through the delivery log, as webhooks do: one row per (event, subscription),
+so a message is queued once however often its event is read, retried on the webhook schedule
+with the same delivery id, dead-lettered when the schedule is spent, and replayed by an
+operator (`griddispatch deliveries …`). `queue_for_staff` writes the rows in the feed writer's
+transaction; `MessageSender` works them through the channels (SMTP, the SMS gateway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from services.notifier import webhooks
+from services.notifier.channels import Channel
+from services.notifier.delivery import (
+    DEAD,
+    DELIVERIES,
+    DISPATCH_LATENCY,
+    LEASE_SQL,
+    WAKE_CHANNEL,
+    finish,
+    retry_later,
+)
+from services.notifier.texts import STAFF_EVENTS, Message, NoTemplate, render, staff_context
+from shared.aio import until_set
+from shared.db import create_pool
+from shared.events import Envelope
+
+log = logging.getLogger(__name__)
+MESSAGE_CHANNELS = ("email", "sms")
+
+
+async def queue_for_staff(
+    conn: asyncpg.Connection,
+    items: Sequence[tuple[Envelope, dict[str, Any], dict[str, Any]]],
+) -> int:
+    """Queue the messages of a batch of (event, its department view, its case) for the e-mail
+    and SMS subscriptions of the case's department and grid worker; returns how many."""
+    items = [i for i in items if i[0].event_type in STAFF_EVENTS]
+    if not items:
+        return 0
+    subscriptions = await conn.fetch(
+        "SELECT id, owner_kind, owner, channel, locale FROM notifier.subscriptions "
+        "WHERE active AND channel <> 'webhook' AND ("
+        "(owner_kind = 'department' AND owner = ANY($1::text[])) "
+        "OR (owner_kind = 'worker' AND owner = ANY($2::text[])))",
+        list({case["department"] for _, _, case in items}),
+        list({case["worker_id"] for _, _, case in items if case["worker_id"]}),
+    )
+    if not subscriptions:
+        return 0
+    by_owner: dict[tuple[str, str], list[asyncpg.Record]] = collections.defaultdict(list)
+    for sub in subscriptions:
+        by_owner[(sub["owner_kind"], sub["owner"])].append(sub)
+    rows: list[tuple[Any, int, bytes, str, datetime | None]] = []
+    for env, view, case in items:
+        for sub in (
+            *by_owner.get(("department", case["department"]), ()),
+            *by_owner.get(("worker", case["worker_id"] or ""), ()),
+        ):
+            try:
+                message = render(
+                    sub["owner_kind"],
+                    env.event_type,
+                    sub["channel"],
+                    sub["locale"],
+                    staff_context(view, sub["locale"]),
+                )
+            except NoTemplate:
+                continue  # nothing to say to this audience on this channel
+            payload = orjson.dumps({"subject": message.subject, "text": message.text})
+            rows.append((env.event_id, sub["id"], payload, case["department"], case["reported_at"]))
+    if rows:
+        await conn.execute(
+            """INSERT INTO notifier.deliveries (id, event_id, subscription_id, payload,
+                   department, reported_at)
+               SELECT md5(x.event_id::text || '/' || x.sub_id)::uuid, x.event_id, x.sub_id,
+                   x.payload, x.department, x.reported_at
+               FROM unnest($1::uuid[], $2::bigint[], $3::bytea[], $4::text[],
+                   $5::timestamptz[]) AS x(event_id, sub_id, payload, department, reported_at)
+               ON CONFLICT (event_id, subscription_id) DO NOTHING""",
+            *[list(col) for col in zip(*rows, strict=True)],
+        )
+    return len(rows)
+
+
+class MessageSender:
+    """Works the delivery log's e-mail and SMS rows: leases due ones (each subscription its
+    share), sends them, records the outcome. Woken by new deliveries (the log's trigger)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        channels: dict[str, Channel],
+        *,
+        schedule: tuple[float, ...],
+        batch: int = 50,
+        per_subscription: int = 10,
+        idle_poll_s: float = 1.0,
+    ) -> None:
+        self.dsn = dsn
+        self.channels = channels
+        self.schedule = schedule
+        self.batch = batch
+        self.per_subscription = per_subscription
+        self.idle_poll_s = idle_poll_s
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    pool = await create_pool(self.dsn, "notifier", min_size=1, max_size=4)
+                    try:
+                        await self._loop(pool, stop)
+                    finally:
+                        await pool.close()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("message sender lost the database: %s", exc)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1)
+        finally:
+            for channel in self.channels.values():
+                await channel.close()
+
+    async def _loop(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+        wake = asyncio.Event()
+
+        def woken(*_: object) -> None:
+            wake.set()
+
+        listener = await pool.acquire()
+        await listener.add_listener(WAKE_CHANNEL, woken)
+        try:
+            while not stop.is_set():
+                wake.clear()  # before the lease: a delivery inserted meanwhile wakes us again
+                if await self.work_once(pool) == 0:
+                    await until_set(wake, stop, at_most_s=self.idle_poll_s)
+        finally:
+            with contextlib.suppress(Exception):  # UNLISTEN: pooled connections are not reset
+                await listener.remove_listener(WAKE_CHANNEL, woken)
+            await pool.release(listener)
+
+    async def work_once(self, pool: asyncpg.Pool) -> int:
+        """Send one lease's worth of due messages; returns how many were leased."""
+        rows = await pool.fetch(
+            LEASE_SQL,
+            self.batch,
+            datetime.now(UTC),
+            self.per_subscription,
+            [],
+            [],
+            [],
+            list(MESSAGE_CHANNELS),
+        )
+        await asyncio.gather(*(self._send(pool, row) for row in rows))
+        return len(rows)
+
+    async def _send(self, pool: asyncpg.Pool, row: asyncpg.Record) -> None:
+        name = row["channel"]
+        if not row["active"]:
+            await finish(pool, row, "disabled", None, "subscription disabled")
+            return
+        channel = self.channels.get(name)
+        payload = orjson.loads(row["payload"])
+        try:
+            if channel is None:
+                raise RuntimeError(f"no {name} channel is configured")
+            await channel.send(row["address"], Message(payload["text"], payload.get("subject")))
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            # the log names the channel and the error's type only: never the address
+            log.warning("%s message failed (%s)", name, type(exc).__name__)
+            delay = webhooks.next_delay(row["attempts"] + 1, None, self.schedule)
+            DELIVERIES.labels(name, "retry" if delay is not None else "dead").inc()
+            if delay is None:
+                DEAD.inc()
+                await finish(pool, row, "dead", None, error)
+            else:
+                await retry_later(pool, row, delay, None, error)
+            return
+        await finish(pool, row, "delivered", None, None)
+        DELIVERIES.labels(name, "delivered").inc()
+        if row["reported_at"] is not None:
+            DISPATCH_LATENCY.labels(row["department"] or "", name).observe(
+                max(0.0, (datetime.now(UTC) - row["reported_at"]).total_seconds())
+            )

@@ -1,0 +1,151 @@
+"""Message texts: a template for every audience, event, channel and language the notifier
+promises, sandboxed, in the city's time, and nothing personal in staff messages."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+
+import pytest
+from jinja2.exceptions import SecurityError
+
+from services.notifier import texts
+from services.notifier.texts import NoTemplate, render, staff_context
+from services.notifier.views import department_view
+from shared import events
+from shared.events import wrap
+
+RESIDENT = {
+    "category_name": "暖气不热/停暖",
+    "department_name": "heating",
+    "note": "阀门已更换",
+    "resolve_by": "2026-01-10 20:00",
+    "short_id": "01a21d85",
+}
+ROUTED_AT = datetime(2026, 1, 10, 1, 30, tzinfo=UTC)  # 09:30 in the city
+
+
+def _case(event: events.Event, case_id: str = "01a21d85-0000-4000-8000-000000000000") -> dict:
+    env = wrap(event, case_id=case_id, producer="test")
+    case = {"department": "heating", "category": "heating.outage", "reported_at": ROUTED_AT}
+    return department_view(env, event, case)
+
+
+ROUTED = events.CaseRouted(
+    category="heating.outage",
+    grid_id="g-0042",
+    district="longsha",
+    department="heating",
+    worker_id="w-7",
+    priority=events.Priority.URGENT,
+    deadlines=events.Deadlines(
+        acknowledge_by=datetime(2026, 1, 10, 2, 30, tzinfo=UTC),
+        resolve_by=datetime(2026, 1, 10, 13, 30, tzinfo=UTC),
+        warn_before_s=900,
+    ),
+    escalation_chain=(
+        events.EscalationStep(level=0, role="worker", name="张三", contact="13900000001"),
+        events.EscalationStep(level=1, role="grid_leader", name="李四", contact="13900000002"),
+    ),
+    reported_at=ROUTED_AT,
+    mediate_in_grid_first=True,
+)
+WARNED = events.CaseWarned(
+    deadline="acknowledge", due_at=datetime(2026, 1, 10, 2, 30, tzinfo=UTC), level=0
+)
+ESCALATED = events.CaseEscalated(
+    deadline="resolve",
+    due_at=datetime(2026, 1, 10, 13, 30, tzinfo=UTC),
+    level=1,
+    to=events.EscalationStep(level=1, role="grid_leader", name="李四", contact="13900000002"),
+)
+REOPENED = events.CaseReopened(by="resident", reason="还是不热")
+STAFF = {"CaseRouted": ROUTED, "CaseWarned": WARNED, "CaseEscalated": ESCALATED}
+STAFF["CaseReopened"] = REOPENED
+
+
+def promised() -> list[tuple[str, str, str, str]]:
+    return [
+        (audience, event_type, channel, locale)
+        for audience in texts.CHANNELS
+        for event_type, channel, locale in itertools.product(
+            texts.EVENTS[audience], texts.CHANNELS[audience], texts.LOCALES
+        )
+    ]
+
+
+def test_the_template_files_are_exactly_those_promised() -> None:
+    files = {p.relative_to(texts.TEMPLATES).as_posix() for p in texts.TEMPLATES.rglob("*.txt")}
+    assert files == {
+        f"{locale}/{audience}/{event_type}.{channel}.txt"
+        for audience, event_type, channel, locale in promised()
+    }
+
+
+@pytest.mark.parametrize(("audience", "event_type", "channel", "locale"), promised())
+def test_every_promised_message_renders(
+    audience: str, event_type: str, channel: str, locale: str
+) -> None:
+    if audience == "resident":
+        context = RESIDENT
+    else:
+        context = staff_context(_case(STAFF[event_type]), locale)
+    message = render(audience, event_type, channel, locale, context)  # type: ignore[arg-type]
+    assert message.text
+    assert "{{" not in message.text
+    assert "Subject:" not in message.text
+    if channel == "email":
+        assert message.subject
+        assert "\n" not in message.subject
+    else:
+        assert message.subject is None
+        assert "\n" not in message.text  # one SMS text, no layout
+    brand = "【网格通】" if locale == "zh-CN" else "[GridDispatch]"
+    assert brand in (message.subject or message.text)
+
+
+def test_languages_and_the_fallback() -> None:
+    zh = render("resident", "CaseResolved", "sms", "zh-CN", RESIDENT)
+    assert zh.text.startswith("【网格通】")
+    assert "阀门已更换" in zh.text
+    assert "01a21d85" in zh.text
+    en = render("resident", "CaseResolved", "email", "en", {**RESIDENT, "category_name": "Cold"})
+    assert en.subject == "[GridDispatch] Your report has been resolved (reference 01a21d85)"
+    assert "Your report (Cold) has been resolved: 阀门已更换." in en.text
+    assert render("resident", "CaseRouted", "sms", "fr", RESIDENT) == render(
+        "resident", "CaseRouted", "sms", "zh-CN", RESIDENT
+    )
+
+
+def test_an_audience_is_told_only_what_it_is_promised() -> None:
+    with pytest.raises(NoTemplate):
+        render("resident", "CaseEscalated", "sms", "zh-CN", RESIDENT)
+    with pytest.raises(NoTemplate):
+        render("worker", "CaseRouted", "email", "zh-CN", {})
+
+
+def test_staff_messages_speak_the_city_s_time_and_words() -> None:
+    zh = render("worker", "CaseRouted", "sms", "zh-CN", staff_context(_case(ROUTED), "zh-CN"))
+    assert zh.text == (
+        "【网格通】新派单01a21d85：暖气不热/停暖（特急），网格g-0042。请先在网格内调解。"
+        "请于2026-01-10 10:30前受理，2026-01-10 21:30前办结。"
+    )
+    en = render("department", "CaseEscalated", "email", "en", staff_context(_case(ESCALATED), "en"))
+    assert en.subject is not None
+    assert "escalated to the grid leader" in en.subject
+    assert "missed its resolve deadline (2026-01-10 21:30)" in en.text
+    assert "李四, the grid leader (level 1)" in en.text
+
+
+def test_staff_messages_carry_no_phone_numbers() -> None:
+    for event_type, event in STAFF.items():
+        for audience, channel in (("department", "email"), ("worker", "sms")):
+            for locale in texts.LOCALES:
+                ctx = staff_context(_case(event), locale)
+                m = render(audience, event_type, channel, locale, ctx)  # type: ignore[arg-type]
+                assert "1390000000" not in f"{m.subject} {m.text}"
+
+
+def test_templates_render_in_a_sandbox() -> None:
+    with pytest.raises(SecurityError):
+        texts._env.from_string("{{ x.__class__.__mro__[1].__subclasses__() }}").render(x="")
