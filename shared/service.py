@@ -20,9 +20,12 @@ import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
+from prometheus_client import Counter
 
+from shared.aio import until_set
 from shared.db import MigrationSource
 from shared.logging import configure_logging
+from shared.metrics import REGISTRY
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -96,6 +99,45 @@ def settle_heap(*, collect: bool = True) -> None:
         gc.collect()
     gc.freeze()
     gc.set_threshold(GEN0_THRESHOLD, 20, 100)
+
+
+BACKGROUND_RESTARTS = Counter(
+    "griddispatch_background_restarts_total",
+    "Background loops (senders, relays, schedulers) restarted after an unexpected error",
+    ["task"],
+    registry=REGISTRY,
+)
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+async def supervised(
+    name: str,
+    loop: Callable[[asyncio.Event], Awaitable[None]],
+    stop: asyncio.Event,
+    *,
+    backoff_s: tuple[float, ...] = RESTART_BACKOFF_S,
+) -> None:
+    """Run a background loop until `stop`; if it fails with an error it does not handle
+    itself, log the error with its traceback and start it again after a pause (longer after
+    each failure in a row, up to the last of `backoff_s`).
+
+    The loops handle the failures they expect (the database or Kafka away). Anything else
+    used to end the task without a word: its work (webhooks, messages, the outbox) would then
+    wait, unseen, until the next restart of the whole service."""
+    failures = 0
+    while not stop.is_set():
+        started = asyncio.get_running_loop().time()
+        try:
+            await loop(stop)
+            return
+        except Exception:
+            # a loop that ran a good while before failing starts its back-off afresh
+            ran_s = asyncio.get_running_loop().time() - started
+            failures = 1 if ran_s > backoff_s[-1] else failures + 1
+            pause = backoff_s[min(failures, len(backoff_s)) - 1]
+            BACKGROUND_RESTARTS.labels(name).inc()
+            log.exception("%s failed; starting it again in %.0f s", name, pause)
+            await until_set(stop, at_most_s=pause)
 
 
 async def run_until_stopped(

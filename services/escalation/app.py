@@ -38,7 +38,7 @@ from shared.kafka import (
 )
 from shared.metrics import NO_OPENTELEMETRY, REGISTRY, health_routes
 from shared.outbox import OutboxRelay
-from shared.service import KafkaAccess, ServiceSpec, run_until_stopped
+from shared.service import KafkaAccess, ServiceSpec, run_until_stopped, supervised
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -236,12 +236,12 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         )
     )
     tasks = [
-        asyncio.create_task(scheduler.run(stop)),
+        asyncio.create_task(supervised("deadline scheduler", scheduler.run, stop)),
         asyncio.create_task(server.serve()),
         asyncio.create_task(watch_consumers(broker, settings, stop)),
     ]
     await start_when_reachable(producer, broker, stop=stop, what="escalation")
-    tasks.append(asyncio.create_task(relay.run(stop)))
+    tasks.append(asyncio.create_task(supervised("outbox relay", relay.run, stop)))
     await run_until_stopped(
         stop, server=server, broker=broker, producer=producer, pool=pool, tasks=tasks
     )

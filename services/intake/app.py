@@ -36,7 +36,7 @@ from shared.db import OUTBOX_MIGRATIONS, MigrationSource, create_pool, migrate
 from shared.kafka import make_broker, make_producer, watch_consumers
 from shared.metrics import NO_OPENTELEMETRY, REGISTRY, health_routes
 from shared.outbox import OutboxRelay
-from shared.service import KafkaAccess, ServiceSpec, settle_heap
+from shared.service import KafkaAccess, ServiceSpec, settle_heap, supervised
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -300,7 +300,11 @@ def create_app(
             tasks.append(asyncio.create_task(watch_consumers(broker, settings, stop)))
             tasks.append(
                 asyncio.create_task(
-                    OpenCaseGauge(pool, interval_s=settings.metrics_interval_s).run(stop)
+                    supervised(
+                        "open-case gauge",
+                        OpenCaseGauge(pool, interval_s=settings.metrics_interval_s).run,
+                        stop,
+                    )
                 )
             )
         settle_heap()
@@ -353,7 +357,7 @@ async def _start_relay(producer: Any, relay: OutboxRelay, stop: asyncio.Event) -
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 2)
     if not stop.is_set():
-        await relay.run(stop)
+        await supervised("outbox relay", relay.run, stop)
 
 
 async def _start_broker(broker: Any, stop: asyncio.Event) -> None:

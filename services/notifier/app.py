@@ -43,7 +43,7 @@ from shared.kafka import (
     watch_consumers,
 )
 from shared.metrics import NO_OPENTELEMETRY, health_routes
-from shared.service import KafkaAccess, ServiceSpec, run_until_stopped
+from shared.service import KafkaAccess, ServiceSpec, run_until_stopped, supervised
 from shared.settings import KafkaSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -379,9 +379,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     residents = ResidentSender(settings.database_url, ns.channels())
     staff = MessageSender(settings.database_url, ns.channels(), schedule=ns.schedule())
     tasks = [
-        asyncio.create_task(sender.run(stop)),
-        asyncio.create_task(residents.run(stop)),
-        asyncio.create_task(staff.run(stop)),
+        asyncio.create_task(supervised("webhook sender", sender.run, stop)),
+        asyncio.create_task(supervised("resident sender", residents.run, stop)),
+        asyncio.create_task(supervised("message sender", staff.run, stop)),
         asyncio.create_task(server.serve()),
         asyncio.create_task(watch_consumers(broker, settings, stop)),
     ]

@@ -34,7 +34,7 @@ from shared.kafka import (
     watch_consumers,
 )
 from shared.metrics import NO_OPENTELEMETRY, health_routes
-from shared.service import KafkaAccess, ServiceSpec, run_until_stopped, settle_heap
+from shared.service import KafkaAccess, ServiceSpec, run_until_stopped, settle_heap, supervised
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         async with pool.acquire() as conn:
             await fold_lifecycle(conn, state, records)
 
-    reloader = asyncio.create_task(reload_loop(settings, rs, state, stop))
+    reloader = asyncio.create_task(
+        supervised("reference reloader", lambda s: reload_loop(settings, rs, state, s), stop)
+    )
     server = uvicorn.Server(
         uvicorn.Config(
             http_app(state, rs, pool, producer),
