@@ -73,6 +73,9 @@ class NotifierSettings(BaseSettings):
     smtp_from: str = "GridDispatch <noreply@griddispatch.local>"
     sms_gateway_url: str = Field(default="", description="HTTP SMS gateway; empty = no SMS")
     sms_gateway_token: str = ""
+    stream_recheck_s: float = Field(
+        default=60.0, description="how often an open stream checks its token is not revoked"
+    )
 
     def quiet(self) -> tuple[time, time]:
         start, end = self.quiet_hours.split("-")
@@ -278,10 +281,11 @@ def http_app(
         """Server-sent events of one department's feed (optionally one grid). Operators use the
         admin token; a department uses its own stream token."""
         token = (authorization or "").removeprefix("Bearer ").strip()
-        allowed = bool(ns.admin_token) and hmac.compare_digest(token, ns.admin_token)
-        if not allowed and token:
+        operator = bool(ns.admin_token) and hmac.compare_digest(token, ns.admin_token)
+
+        async def token_valid() -> bool:
             async with pool.acquire() as conn:
-                allowed = bool(
+                return bool(
                     await conn.fetchval(
                         "SELECT true FROM notifier.stream_tokens WHERE token_hash = $1 "
                         "AND department = $2 AND revoked_at IS NULL",
@@ -289,7 +293,8 @@ def http_app(
                         department,
                     )
                 )
-        if not allowed:
+
+        if not operator and not (token and await token_valid()):
             raise HTTPException(403, "a stream token for this department is required")
         try:
             topics.department_feed(department)
@@ -303,6 +308,9 @@ def http_app(
                 pool,
                 partitions=kafka.partitions,
                 replication_factor=kafka.replication_factor,
+                # a department's token is checked again while it streams (revocation)
+                still_allowed=None if operator else token_valid,
+                recheck_s=ns.stream_recheck_s,
             ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

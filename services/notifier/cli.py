@@ -161,3 +161,40 @@ def stream_token(department: str = typer.Option(...), name: str = typer.Option(.
     _db(save)
     console.print(f"stream token for {department} ({name}):")
     print(token)
+
+
+@subscriptions_app.command("stream-tokens")
+def stream_tokens() -> None:
+    """The live stream's tokens: department, name, when made and revoked (never the token)."""
+
+    async def fetch(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        return list(
+            await conn.fetch(
+                "SELECT department, name, created_at, revoked_at FROM notifier.stream_tokens"
+                " ORDER BY department, created_at"
+            )
+        )
+
+    for r in _db(fetch):
+        state = f"revoked {r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else "active"
+        print(f"{r['department']:20} {r['name']:30} {r['created_at']:%Y-%m-%d %H:%M}  {state}")
+
+
+@subscriptions_app.command("revoke-stream-token")
+def revoke_stream_token(department: str = typer.Option(...), name: str = typer.Option(...)) -> None:
+    """Revoke a department's stream token by its name; streams it opened end within a minute."""
+
+    async def revoke(conn: asyncpg.Connection) -> str:
+        done: str = await conn.execute(
+            "UPDATE notifier.stream_tokens SET revoked_at = now() WHERE department = $1"
+            " AND name = $2 AND revoked_at IS NULL",
+            department,
+            name,
+        )
+        return done
+
+    revoked = int(_db(revoke).split()[-1])
+    if not revoked:
+        console.print(f"[red]no active stream token {name!r} for {department}[/red]")
+        raise typer.Exit(1)
+    console.print(f"[green]✓[/green] revoked {revoked} token(s) {name!r} of {department}")

@@ -1,14 +1,17 @@
 """The live stream: server-sent events of a department's feed, for consoles and worker apps.
 
 Each connection reads the department's `dept.<code>` topic itself (from now on, no consumer
-group), so every replica serves the whole feed. Optionally filtered to one grid.
+group), so every replica serves the whole feed. Optionally filtered to one grid. A department's
+stream token is checked again every minute while the stream is open: revoking it ends the
+streams it opened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
@@ -18,6 +21,7 @@ from shared import topics
 from shared.kafka import client_options, ensure_topics
 
 HEARTBEAT_S = 15.0
+RECHECK_S = 60.0
 
 
 async def department_events(
@@ -28,6 +32,8 @@ async def department_events(
     stop: asyncio.Event | None = None,
     partitions: int = 12,
     replication_factor: int = 1,
+    still_allowed: Callable[[], Awaitable[bool]] | None = None,
+    recheck_s: float = RECHECK_S,
 ) -> AsyncIterator[bytes]:
     topic = topics.department_feed(department)
     # The feed topic may not exist yet (no case so far): create it now, so that the partitions
@@ -44,10 +50,17 @@ async def department_events(
     )
     await consumer.start()
     grids: dict[str, str | None] = {}
+    checked = time.monotonic()
     try:
         yield b": connected\n\n"
         while stop is None or not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=int(HEARTBEAT_S * 1000))
+            if still_allowed is not None and time.monotonic() - checked >= recheck_s:
+                if not await still_allowed():
+                    yield b"event: revoked\ndata: {}\n\n"
+                    return
+                checked = time.monotonic()
+            wait_s = min(HEARTBEAT_S, recheck_s) if still_allowed is not None else HEARTBEAT_S
+            batch = await consumer.getmany(timeout_ms=int(wait_s * 1000))
             if not batch:
                 yield b": keep-alive\n\n"
                 continue

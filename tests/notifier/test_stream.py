@@ -35,7 +35,12 @@ async def test_a_department_streams_its_own_cases(stack: LocalStack, tmp_path) -
     dept = "sse-" + uuid.uuid4().hex[:6]
     token = cli(stack, "subscriptions", "stream-token", "--department", dept, "--name", "console")
     port = free_port()
-    env = {**os.environ, **stack.env(), "GRIDDISPATCH_NOTIFIER__PORT": str(port)}
+    env = {
+        **os.environ,
+        **stack.env(),
+        "GRIDDISPATCH_NOTIFIER__PORT": str(port),
+        "GRIDDISPATCH_NOTIFIER__STREAM_RECHECK_S": "1",
+    }
     log = open(tmp_path / "notifier.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli.main", "serve", "notifier"],
@@ -88,6 +93,40 @@ async def test_a_department_streams_its_own_cases(stack: LocalStack, tmp_path) -
                 )
             await producer.stop()
             await asyncio.wait_for(listener, 30)
+
+            # revoking the token ends the streams it opened, and opens no new one
+            ended: list[str] = []
+
+            async def until_revoked() -> None:
+                async with client.stream(
+                    "GET",
+                    "/v1/stream",
+                    params={"department": dept},
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as r:
+                    assert r.status_code == 200
+                    async for line in r.aiter_lines():
+                        ended.append(line)
+
+            streaming = asyncio.create_task(until_revoked())
+            await asyncio.sleep(1.5)
+            assert not streaming.done()  # still allowed, still open
+            await asyncio.to_thread(
+                cli,
+                stack,
+                "subscriptions",
+                "revoke-stream-token",
+                "--department",
+                dept,
+                "--name",
+                "console",
+            )
+            await asyncio.wait_for(streaming, 15)
+            again = await client.get(
+                "/v1/stream",
+                params={"department": dept},
+                headers={"Authorization": f"Bearer {token}"},
+            )
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.to_thread(proc.wait, 30)
@@ -96,3 +135,8 @@ async def test_a_department_streams_its_own_cases(stack: LocalStack, tmp_path) -
     data = next(line for line in received if line.startswith("data:"))
     assert mine.case_id in data
     assert theirs.case_id not in "".join(received)
+    assert "event: revoked" in ended
+    assert again.status_code == 403
+    listed = cli(stack, "subscriptions", "stream-tokens")
+    assert any(dept in line and "revoked" in line for line in listed.splitlines())
+    assert token not in listed

@@ -55,10 +55,10 @@ async def test_the_images_install_runs_every_service_from_site_packages(
     found = run(
         python,
         "-c",
-        "import shared, services.notifier.residents as r; from shared.catalogue import load_file;"
+        "import shared, services.notifier.texts as t; from shared.catalogue import load_file;"
         "print(shared.__file__); print(len(load_file().categories));"
-        "print(r.render('CaseResolved', 'en',"
-        " {'category_name': 'x', 'note': 'y', 'short_id': 'z'})[:12])",
+        "print(t.render('resident', 'CaseResolved', 'email', 'en',"
+        " {'category_name': 'x', 'note': 'y', 'short_id': 'z'}).subject[:12])",
         cwd=elsewhere,
         env=env,
     ).split("\n")
