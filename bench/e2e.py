@@ -29,10 +29,10 @@ from aiokafka import AIOKafkaConsumer
 
 from bench._tools import LoadResult, bench_stack, cpu_seconds, run_hey
 from services.intake import store as intake_store
-from services.intake.app import MIGRATIONS as INTAKE_MIGRATIONS
 from services.intake.auth import Role
+from services.intake.settings import MIGRATIONS as INTAKE_MIGRATIONS
 from services.router import democity, store
-from services.router.app import MIGRATIONS as ROUTER_MIGRATIONS
+from services.router.settings import MIGRATIONS as ROUTER_MIGRATIONS
 from shared import topics
 from shared.db import migrate
 from shared.kafka import ensure_topics

@@ -24,8 +24,9 @@ import asyncpg
 
 from bench._tools import bench_stack
 from services.escalation import timers
-from services.escalation.app import MIGRATIONS, Scheduler
+from services.escalation.app import Scheduler
 from services.escalation.deadlines import LadderPolicy
+from services.escalation.settings import MIGRATIONS
 from shared.db import migrate
 from shared.kafka import make_producer
 from shared.localstack import LocalStack

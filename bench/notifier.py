@@ -26,8 +26,9 @@ import asyncpg
 import httpx
 
 from bench._tools import bench_stack
-from services.notifier.app import MIGRATIONS, SubscriptionIn, add_subscription
 from services.notifier.delivery import LEASE_SQL, WebhookSender
+from services.notifier.settings import MIGRATIONS
+from services.notifier.subscriptions import SubscriptionIn, add_subscription
 from shared.db import migrate
 from shared.localstack import free_port
 from shared.settings import PROJECT_ROOT

@@ -31,9 +31,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 from bench._tools import bench_stack, cpu_seconds
 from services.router import democity, snapshot, store
-from services.router.app import MIGRATIONS
 from services.router.decide import CaseFacts, decide
 from services.router.dispatch import Dispatcher, RouterState, fold_lifecycle
+from services.router.settings import MIGRATIONS
 from shared import events, topics
 from shared.db import create_pool, migrate
 from shared.events import wrap

@@ -9,7 +9,6 @@ import hmac
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import asyncpg
@@ -18,13 +17,12 @@ from aiokafka import ConsumerRecord
 from fastapi import FastAPI, Header, HTTPException
 from prometheus_client import Gauge
 from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.escalation import timers
-from services.escalation.deadlines import LadderPolicy
+from services.escalation.settings import MIGRATIONS, EscalationSettings
 from shared import topics
 from shared.aio import until_set
-from shared.db import OUTBOX_MIGRATIONS, MigrationSource, create_pool, migrate
+from shared.db import create_pool, migrate
 from shared.kafka import (
     DeadLetters,
     Records,
@@ -42,10 +40,6 @@ from shared.service import KafkaAccess, ServiceSpec, run_until_stopped, supervis
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
-MIGRATIONS = (
-    OUTBOX_MIGRATIONS,
-    MigrationSource("escalation", Path(__file__).parent / "migrations"),
-)
 GROUP_ID = "escalation"
 
 PENDING = Gauge("griddispatch_timers_pending", "Pending timers", registry=REGISTRY)
@@ -54,24 +48,6 @@ OVERDUE = Gauge(
     "Timers due more than 5 s ago and still pending (an auditor: should stay 0)",
     registry=REGISTRY,
 )
-
-
-class EscalationSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GRIDDISPATCH_ESCALATION__", extra="ignore")
-
-    host: str = "127.0.0.1"
-    port: int = 8082
-    admin_token: str = Field(default="", description="bearer token for emergency mode over HTTP")
-    step_s: float | None = Field(default=None, description="between rungs; default: the window")
-    repeat_every_s: float = 3600.0
-    max_repeats: int = 3
-    batch_size: int = 500
-    max_sleep_s: float = 1.0
-
-    def policy(self) -> timers.Settings:
-        return timers.Settings(
-            ladder=LadderPolicy(self.step_s, self.repeat_every_s, self.max_repeats)
-        )
 
 
 Clock = Callable[[], datetime]

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from services.escalation import timers
-from services.escalation.app import MIGRATIONS, EscalationSettings
+from services.escalation.settings import MIGRATIONS, EscalationSettings
 from shared.db import run_in_schema
 
 console = Console(stderr=True, soft_wrap=True)

@@ -10,7 +10,6 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -29,10 +28,10 @@ from services.intake.http.deps import ApiError, CatalogueCache, IntakeState, Key
 from services.intake.readmodel import GROUP_ID as READ_MODEL_GROUP
 from services.intake.readmodel import OpenCaseGauge, attach_read_model
 from services.intake.reports import ReportWriter
-from services.intake.settings import IntakeSettings
+from services.intake.settings import MIGRATIONS, IntakeSettings
 from shared import topics
 from shared.catalogue import load_file
-from shared.db import OUTBOX_MIGRATIONS, MigrationSource, create_pool, migrate
+from shared.db import create_pool, migrate
 from shared.kafka import make_broker, make_producer, watch_consumers
 from shared.metrics import NO_OPENTELEMETRY, REGISTRY, health_routes
 from shared.outbox import OutboxRelay
@@ -41,7 +40,6 @@ from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS = (OUTBOX_MIGRATIONS, MigrationSource("intake", Path(__file__).parent / "migrations"))
 
 HTTP_REQUESTS = Counter(
     "griddispatch_http_requests_total",

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from services.intake import store
-from services.intake.app import MIGRATIONS
 from services.intake.auth import SCOPED_ROLES, Role
+from services.intake.settings import MIGRATIONS
 from shared.catalogue import SEED_FILE, load_file
 from shared.db import run_in_schema
 

@@ -1,9 +1,16 @@
-"""Intake's own settings (environment prefix `GRIDDISPATCH_INTAKE__`)."""
+"""Intake's own settings (environment prefix `GRIDDISPATCH_INTAKE__`) and its schema's
+migrations. Light to import: the command line reads them too."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.db import OUTBOX_MIGRATIONS, MigrationSource
+
+MIGRATIONS = (OUTBOX_MIGRATIONS, MigrationSource("intake", Path(__file__).parent / "migrations"))
 
 
 class IntakeSettings(BaseSettings):

@@ -8,28 +8,30 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import re
-from datetime import UTC, datetime, time
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import asyncpg
 import uvicorn
-from email_validator import validate_email
 from fastapi import FastAPI, Header, HTTPException, Query
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.notifier import webhooks
-from services.notifier.channels import Channel, EmailChannel, SmsGatewayChannel
 from services.notifier.delivery import WebhookSender
 from services.notifier.feeds import FeedWriter
 from services.notifier.resident_delivery import ResidentSender, remember_contacts
+from services.notifier.settings import MIGRATIONS, NotifierSettings
 from services.notifier.staff import MessageSender
 from services.notifier.stream import department_events
+from services.notifier.subscriptions import (
+    FeedSwitch,
+    SubscriptionIn,
+    add_subscription,
+    disable_subscription,
+    list_subscriptions,
+    switch_feed,
+)
 from shared import topics
-from shared.db import MigrationSource, create_pool, migrate
+from shared.db import create_pool, migrate
 from shared.kafka import (
     DeadLetters,
     Records,
@@ -47,166 +49,8 @@ from shared.service import KafkaAccess, ServiceSpec, run_until_stopped, supervis
 from shared.settings import KafkaSettings, Settings
 
 log = logging.getLogger(__name__)
-MIGRATIONS = (MigrationSource("notifier", Path(__file__).parent / "migrations"),)
 FEEDS_GROUP = "notifier"
 RESIDENTS_GROUP = "notifier-residents"
-
-
-class NotifierSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GRIDDISPATCH_NOTIFIER__", extra="ignore")
-
-    host: str = "127.0.0.1"
-    port: int = 8083
-    admin_token: str = Field(default="", description="bearer token for the subscriptions API")
-    webhook_allow: str = Field(
-        default="", description="hosts or addresses exempt from the forgery guard, comma-separated"
-    )
-    retry_schedule_s: str = Field(
-        default=",".join(str(int(s)) for s in webhooks.RETRY_SCHEDULE_S),
-        description="seconds before each retry, comma-separated",
-    )
-    webhook_timeout_s: float = 15.0
-    per_endpoint_concurrency: int = 4
-    quiet_hours: str = Field(default="22:00-07:00", description="residents' quiet hours, local")
-    smtp_host: str = "127.0.0.1"
-    smtp_port: int = 2525
-    smtp_from: str = "GridDispatch <noreply@griddispatch.local>"
-    sms_gateway_url: str = Field(default="", description="HTTP SMS gateway; empty = no SMS")
-    sms_gateway_token: str = ""
-    stream_recheck_s: float = Field(
-        default=60.0, description="how often an open stream checks its token is not revoked"
-    )
-
-    def quiet(self) -> tuple[time, time]:
-        start, end = self.quiet_hours.split("-")
-        return time.fromisoformat(start.strip()), time.fromisoformat(end.strip())
-
-    def channels(self) -> dict[str, Channel]:
-        found: dict[str, Channel] = {
-            "email": EmailChannel(self.smtp_host, self.smtp_port, self.smtp_from)
-        }
-        if self.sms_gateway_url:
-            found["sms"] = SmsGatewayChannel(self.sms_gateway_url, self.sms_gateway_token)
-        return found
-
-    def allow(self) -> frozenset[str]:
-        return frozenset(h.strip() for h in self.webhook_allow.split(",") if h.strip())
-
-    def schedule(self) -> tuple[float, ...]:
-        return tuple(float(s) for s in self.retry_schedule_s.split(",") if s.strip())
-
-
-class SubscriptionIn(BaseModel):
-    """Who is told, and how: a department or a grid worker, by webhook (`url`, `secrets`),
-    a department by e-mail or a grid worker by SMS (`address`, `locale`)."""
-
-    owner_kind: Literal["department", "worker"]
-    owner: str = Field(
-        min_length=1,
-        max_length=64,
-        description="department code, worker id, or '*' for a worker-app gateway (every worker)",
-    )
-    channel: Literal["webhook", "email", "sms"] = "webhook"
-    url: str | None = Field(default=None, min_length=8, max_length=2000)
-    secrets: list[str] | None = Field(
-        default=None, min_length=1, max_length=3, description="whsec_…; several during a rotation"
-    )
-    address: str | None = Field(
-        default=None, max_length=254, description="e-mail address or phone number"
-    )
-    locale: Literal["zh-CN", "en"] = Field(default="zh-CN", description="the messages' language")
-
-    @model_validator(mode="after")
-    def _one_target(self) -> SubscriptionIn:
-        if self.channel == "webhook":
-            if self.url is None or not self.secrets or self.address is not None:
-                raise ValueError("a webhook takes `url` and `secrets`, not `address`")
-            return self
-        if self.url is not None or self.secrets is not None or self.address is None:
-            raise ValueError(f"{self.channel} takes `address`, not `url` or `secrets`")
-        if self.channel == "email":
-            if self.owner_kind != "department":
-                raise ValueError("e-mail subscriptions are for departments (workers get SMS)")
-            self.address = validate_email(self.address, check_deliverability=False).normalized
-        else:
-            if self.owner_kind != "worker" or self.owner == "*":
-                raise ValueError("SMS subscriptions are for one grid worker each")
-            if not PHONE.fullmatch(self.address):
-                raise ValueError("address: a phone number of 6 to 15 digits, + allowed first")
-        return self
-
-
-PHONE = re.compile(r"\+?[0-9]{6,15}")
-
-
-class FeedSwitch(BaseModel):
-    enabled: bool
-
-
-async def add_subscription(
-    conn: asyncpg.Connection, body: SubscriptionIn, allow: frozenset[str]
-) -> int:
-    if body.channel == "webhook":
-        webhooks.check_destination(body.url or "", allow)
-        webhooks.sign(
-            body.secrets or [], "check", datetime.now(UTC), ""
-        )  # a malformed secret fails
-    sub_id: int = await conn.fetchval(
-        "INSERT INTO notifier.subscriptions (owner_kind, owner, channel, url, secrets, address,"
-        " locale) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        body.owner_kind,
-        body.owner,
-        body.channel,
-        body.url,
-        body.secrets,
-        body.address,
-        body.locale,
-    )
-    return sub_id
-
-
-def masked(address: str | None) -> str | None:
-    """An address as listings show it: enough to recognise, not to use (personal data)."""
-    if not address:
-        return address
-    if "@" in address:
-        name, _, domain = address.partition("@")
-        return f"{name[:1]}***@{domain}"
-    return f"{address[:3]}****{address[-4:]}" if len(address) > 7 else "****"
-
-
-async def list_subscriptions(
-    conn: asyncpg.Connection, owner_kind: str | None = None, owner: str | None = None
-) -> list[dict[str, Any]]:
-    """Subscriptions without their secrets, addresses masked."""
-    rows = await conn.fetch(
-        "SELECT id, owner_kind, owner, channel, url, address, locale, active, disabled_reason,"
-        " created_at FROM notifier.subscriptions WHERE ($1::text IS NULL OR owner_kind = $1)"
-        " AND ($2::text IS NULL OR owner = $2) ORDER BY id",
-        owner_kind,
-        owner,
-    )
-    return [{**dict(r), "address": masked(r["address"])} for r in rows]
-
-
-async def disable_subscription(conn: asyncpg.Connection, sub_id: int) -> bool:
-    done: str = await conn.execute(
-        "UPDATE notifier.subscriptions SET active = false, disabled_reason = 'by an operator'"
-        " WHERE id = $1 AND active",
-        sub_id,
-    )
-    return done.endswith(" 1")
-
-
-async def switch_feed(conn: asyncpg.Connection, department: str, enabled: bool) -> None:
-    """Switch a department's feed topic on or off (the feed writer sees it within seconds)."""
-    topics.department_feed(department)  # a valid topic name, or ValueError
-    await conn.execute(
-        "INSERT INTO notifier.department_feeds (department, enabled) VALUES ($1, $2) "
-        "ON CONFLICT (department) DO UPDATE SET enabled = $2, updated_at = now()",
-        department,
-        enabled,
-    )
 
 
 def http_app(

@@ -12,16 +12,14 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from services.notifier import webhooks
-from services.notifier.app import (
-    MIGRATIONS,
-    NotifierSettings,
+from services.notifier.settings import MIGRATIONS, NotifierSettings
+from services.notifier.subscriptions import (
     SubscriptionIn,
     add_subscription,
     disable_subscription,
     list_subscriptions,
     switch_feed,
 )
-from services.notifier.delivery import replay
 from shared.db import run_in_schema
 
 console = Console(stderr=True, soft_wrap=True)
@@ -136,6 +134,8 @@ def list_deliveries(state: str = typer.Option("dead")) -> None:
 @deliveries_app.command("replay")
 def replay_delivery(delivery_id: uuid.UUID) -> None:
     """Send a dead delivery again, with the same webhook-id."""
+    from services.notifier.delivery import replay  # (the sender's module: loaded when used)
+
     if not _db(lambda c: replay(c, delivery_id)):
         console.print(f"[red]no dead delivery {delivery_id}[/red]")
         raise typer.Exit(1)

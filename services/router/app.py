@@ -8,21 +8,20 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from pathlib import Path
 from typing import Annotated, Any
 
 import asyncpg
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Query
 from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.router import store
 from services.router.decide import CaseFacts, decide
 from services.router.dispatch import Dispatcher, RouterState, fold_lifecycle
+from services.router.settings import MIGRATIONS, RouterSettings
 from shared import events, topics
 from shared.catalogue import load_file
-from shared.db import MigrationSource, create_pool, migrate
+from shared.db import create_pool, migrate
 from shared.events import wrap
 from shared.kafka import (
     DeadLetters,
@@ -38,22 +37,8 @@ from shared.service import KafkaAccess, ServiceSpec, run_until_stopped, settle_h
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
-MIGRATIONS = (MigrationSource("router", Path(__file__).parent / "migrations"),)
 ROUTING_GROUP = "router"
 LOAD_GROUP = "router-load"  # open cases per worker, counted in PostgreSQL
-
-
-class RouterSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GRIDDISPATCH_ROUTER__", extra="ignore")
-
-    host: str = "127.0.0.1"
-    port: int = 8081
-    admin_token: str = Field(
-        default="", description="bearer token for explain and triage over HTTP; empty = off"
-    )
-    snap_m: float = 100.0
-    batch_size: int = 500
-    reload_poll_s: float = 2.0
 
 
 async def reload_loop(

@@ -17,9 +17,8 @@ from rich.console import Console
 from rich.progress import track
 
 from services.router import democity, store, topology
-from services.router.app import MIGRATIONS, explain_case
-from services.router.dispatch import RouterState
 from services.router.rules import Rule
+from services.router.settings import MIGRATIONS
 from shared.db import run_in_schema
 from shared.settings import get_settings
 
@@ -236,6 +235,9 @@ def route(
 
     async def run(conn: asyncpg.Connection) -> Any:
         ref = await store.load_reference(conn)
+        from services.router.app import explain_case  # the service's code: loaded when used
+        from services.router.dispatch import RouterState
+
         state = RouterState(ref, await store.open_counts(conn))
         return explain_case(state, category, lat, lon, building, description)
 

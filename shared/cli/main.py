@@ -10,15 +10,19 @@ import subprocess
 import sys
 import time
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 import asyncpg
 import typer
 from rich.console import Console
 
 from shared.db import migrate as run_migrations
-from shared.localstack import LocalStack, StackError, prometheus
-from shared.service import discover_services, run_service
 from shared.settings import get_settings
+
+# The local stack and the service runtime (Kafka clients, web servers) are imported by the
+# commands that use them: a CLI call loads only what its command needs (see `run`).
+if TYPE_CHECKING:
+    from shared.localstack import LocalStack
 
 console = Console(stderr=True, soft_wrap=True)
 app = typer.Typer(
@@ -37,6 +41,8 @@ def _progress(message: str) -> None:
 
 
 def _stack() -> LocalStack:
+    from shared.localstack import LocalStack
+
     return LocalStack.from_settings(get_settings())
 
 
@@ -47,13 +53,19 @@ def stack_up() -> None:
     try:
         with console.status("starting the local stack …"):
             timings = stack.up(_progress)
-    except StackError as exc:
+    except _stack_error() as exc:
         console.print(f"[red]✗[/red] {exc}")
         raise typer.Exit(1) from exc
     for name, seconds in timings.items():
         if seconds:
             _progress(f"{name} ready in {seconds:.1f}s")
     _print_where(stack)
+
+
+def _stack_error() -> type[Exception]:
+    from shared.localstack import StackError
+
+    return StackError
 
 
 def _print_where(stack: LocalStack) -> None:
@@ -89,6 +101,8 @@ def migrate() -> None:
 
 
 async def _migrate_all() -> list[str]:
+    from shared.service import discover_services
+
     settings = get_settings()
     conn = await asyncpg.connect(settings.database_url)
     try:
@@ -106,6 +120,8 @@ def serve(
     service: str = typer.Argument(..., help="intake, router, escalation or notifier"),
 ) -> None:
     """Run one service in the foreground."""
+    from shared.service import discover_services, run_service
+
     services = discover_services()
     if service not in services:
         console.print(
@@ -122,10 +138,12 @@ def up(
     keep_stack: bool = typer.Option(False, help="leave Kafka and PostgreSQL running on exit"),
 ) -> None:
     """Start the stack and every service in the foreground; Ctrl-C stops everything."""
+    from shared.service import discover_services
+
     stack = _stack()
     try:
         stack.up(_progress)
-    except StackError as exc:
+    except _stack_error() as exc:
         console.print(f"[red]✗[/red] {exc}")
         raise typer.Exit(1) from exc
     # Everything started from here talks to this stack.
@@ -196,6 +214,9 @@ def up(
 def _start_prometheus() -> subprocess.Popen[bytes] | None:
     """A Prometheus scraping every service, with the alert rules loaded — where the local
     system's metrics can be looked at. Optional: without it the system runs as well."""
+    from shared.localstack import prometheus
+    from shared.service import discover_services
+
     local = get_settings().local
     if not local.prometheus_port:
         return None
@@ -206,7 +227,7 @@ def _start_prometheus() -> subprocess.Popen[bytes] | None:
     }
     try:
         bin_dir = prometheus.ensure_prometheus(local.home / "cache")
-    except StackError as exc:
+    except _stack_error() as exc:
         console.print(f"[yellow]![/yellow] no Prometheus this time: {exc}")
         return None
     folder = local.home / "prometheus"
@@ -250,15 +271,31 @@ def contract_generate() -> None:
         _progress(f"wrote {path.relative_to(contract.DOCS.parent)}")
 
 
-def _add_service_commands() -> None:
-    for ep in entry_points(group="griddispatch.commands"):
-        sub = ep.load()
-        app.add_typer(sub, name=ep.name)
+def _add_service_commands(argv: list[str]) -> None:
+    """Add the services' sub-commands: only the one named on the command line when it is one
+    of theirs (loading a service's commands imports its code: seconds, four times over),
+    every one otherwise (the root help lists them, a typo is told the choices)."""
+    found = list(entry_points(group="griddispatch.commands"))
+    named = next((a for a in argv[1:] if not a.startswith("-")), None)
+    if any(ep.name == named for ep in found):
+        found = [ep for ep in found if ep.name == named]
+    elif named in _root_commands():
+        found = []  # one of the root's own commands
+    for ep in found:
+        app.add_typer(ep.load(), name=ep.name)
+
+
+def _root_commands() -> set[str]:
+    own = {
+        str(c.name or getattr(c.callback, "__name__", "")).replace("_", "-")
+        for c in app.registered_commands
+    }
+    return own | {g.name for g in app.registered_groups if g.name}
 
 
 def run() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    _add_service_commands()
+    _add_service_commands(sys.argv)
     app()
 
 

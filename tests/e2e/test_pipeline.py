@@ -20,13 +20,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.intake import store as intake_store
-from services.intake.app import MIGRATIONS as INTAKE_MIGRATIONS
 from services.intake.auth import Role
-from services.notifier.app import MIGRATIONS as NOTIFIER_MIGRATIONS
-from services.notifier.app import SubscriptionIn, add_subscription
+from services.intake.settings import MIGRATIONS as INTAKE_MIGRATIONS
+from services.notifier.settings import MIGRATIONS as NOTIFIER_MIGRATIONS
+from services.notifier.subscriptions import SubscriptionIn, add_subscription
 from services.router import democity, store
-from services.router.app import MIGRATIONS as ROUTER_MIGRATIONS
 from services.router.rules import Rule
+from services.router.settings import MIGRATIONS as ROUTER_MIGRATIONS
 from shared import topics
 from shared.db import migrate
 from shared.localstack import LocalStack, free_port

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 import asyncpg
 import pytest
 
-from services.escalation.app import MIGRATIONS
+from services.escalation.settings import MIGRATIONS
 from shared import events
 from shared.db import migrate
 from shared.events import Envelope, wrap

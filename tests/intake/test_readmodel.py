@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 
 from services.intake import store
-from services.intake.app import MIGRATIONS
 from services.intake.lifecycle import Status
+from services.intake.settings import MIGRATIONS
 from shared import events
 from shared.db import migrate
 from shared.events import wrap

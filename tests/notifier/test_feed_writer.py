@@ -8,8 +8,8 @@ import uuid
 import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
-from services.notifier.app import MIGRATIONS
 from services.notifier.feeds import FeedWriter
+from services.notifier.settings import MIGRATIONS
 from shared import events, topics
 from shared.db import create_pool, migrate
 from shared.events import Envelope, wrap

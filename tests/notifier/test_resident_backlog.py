@@ -7,8 +7,8 @@ from datetime import UTC, datetime, time, timedelta
 
 import asyncpg
 
-from services.notifier.app import MIGRATIONS
 from services.notifier.resident_delivery import queue_for_residents, remember_contacts
+from services.notifier.settings import MIGRATIONS
 from shared import events, topics
 from shared.db import migrate
 from shared.events import wrap

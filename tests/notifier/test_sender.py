@@ -13,8 +13,9 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.notifier.app import MIGRATIONS, SubscriptionIn, add_subscription
 from services.notifier.delivery import Breaker, WebhookSender
+from services.notifier.settings import MIGRATIONS
+from services.notifier.subscriptions import SubscriptionIn, add_subscription
 from shared.db import migrate
 from shared.localstack import LocalStack
 from shared.metrics import REGISTRY

@@ -21,8 +21,9 @@ from aiokafka import AIOKafkaProducer
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.notifier.app import MIGRATIONS, SubscriptionIn, add_subscription
 from services.notifier.delivery import replay
+from services.notifier.settings import MIGRATIONS
+from services.notifier.subscriptions import SubscriptionIn, add_subscription
 from shared import events, topics
 from shared.db import migrate
 from shared.events import wrap

@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from services.router import democity, store
-from services.router.app import MIGRATIONS
+from services.router.settings import MIGRATIONS
 from shared import events, topics
 from shared.db import migrate
 from shared.events import Envelope, wrap

@@ -1,0 +1,128 @@
+"""Subscriptions — who is told, and how — and the feed switches: validated input and the
+statements that keep them (used by the HTTP API and the command line)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import asyncpg
+from email_validator import validate_email
+from pydantic import BaseModel, Field, model_validator
+
+from services.notifier import webhooks
+from shared import topics
+
+
+class SubscriptionIn(BaseModel):
+    """Who is told, and how: a department or a grid worker, by webhook (`url`, `secrets`),
+    a department by e-mail or a grid worker by SMS (`address`, `locale`)."""
+
+    owner_kind: Literal["department", "worker"]
+    owner: str = Field(
+        min_length=1,
+        max_length=64,
+        description="department code, worker id, or '*' for a worker-app gateway (every worker)",
+    )
+    channel: Literal["webhook", "email", "sms"] = "webhook"
+    url: str | None = Field(default=None, min_length=8, max_length=2000)
+    secrets: list[str] | None = Field(
+        default=None, min_length=1, max_length=3, description="whsec_…; several during a rotation"
+    )
+    address: str | None = Field(
+        default=None, max_length=254, description="e-mail address or phone number"
+    )
+    locale: Literal["zh-CN", "en"] = Field(default="zh-CN", description="the messages' language")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> SubscriptionIn:
+        if self.channel == "webhook":
+            if self.url is None or not self.secrets or self.address is not None:
+                raise ValueError("a webhook takes `url` and `secrets`, not `address`")
+            return self
+        if self.url is not None or self.secrets is not None or self.address is None:
+            raise ValueError(f"{self.channel} takes `address`, not `url` or `secrets`")
+        if self.channel == "email":
+            if self.owner_kind != "department":
+                raise ValueError("e-mail subscriptions are for departments (workers get SMS)")
+            self.address = validate_email(self.address, check_deliverability=False).normalized
+        else:
+            if self.owner_kind != "worker" or self.owner == "*":
+                raise ValueError("SMS subscriptions are for one grid worker each")
+            if not PHONE.fullmatch(self.address):
+                raise ValueError("address: a phone number of 6 to 15 digits, + allowed first")
+        return self
+
+
+PHONE = re.compile(r"\+?[0-9]{6,15}")
+
+
+class FeedSwitch(BaseModel):
+    enabled: bool
+
+
+async def add_subscription(
+    conn: asyncpg.Connection, body: SubscriptionIn, allow: frozenset[str]
+) -> int:
+    if body.channel == "webhook":
+        webhooks.check_destination(body.url or "", allow)
+        webhooks.sign(
+            body.secrets or [], "check", datetime.now(UTC), ""
+        )  # a malformed secret fails
+    sub_id: int = await conn.fetchval(
+        "INSERT INTO notifier.subscriptions (owner_kind, owner, channel, url, secrets, address,"
+        " locale) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        body.owner_kind,
+        body.owner,
+        body.channel,
+        body.url,
+        body.secrets,
+        body.address,
+        body.locale,
+    )
+    return sub_id
+
+
+def masked(address: str | None) -> str | None:
+    """An address as listings show it: enough to recognise, not to use (personal data)."""
+    if not address:
+        return address
+    if "@" in address:
+        name, _, domain = address.partition("@")
+        return f"{name[:1]}***@{domain}"
+    return f"{address[:3]}****{address[-4:]}" if len(address) > 7 else "****"
+
+
+async def list_subscriptions(
+    conn: asyncpg.Connection, owner_kind: str | None = None, owner: str | None = None
+) -> list[dict[str, Any]]:
+    """Subscriptions without their secrets, addresses masked."""
+    rows = await conn.fetch(
+        "SELECT id, owner_kind, owner, channel, url, address, locale, active, disabled_reason,"
+        " created_at FROM notifier.subscriptions WHERE ($1::text IS NULL OR owner_kind = $1)"
+        " AND ($2::text IS NULL OR owner = $2) ORDER BY id",
+        owner_kind,
+        owner,
+    )
+    return [{**dict(r), "address": masked(r["address"])} for r in rows]
+
+
+async def disable_subscription(conn: asyncpg.Connection, sub_id: int) -> bool:
+    done: str = await conn.execute(
+        "UPDATE notifier.subscriptions SET active = false, disabled_reason = 'by an operator'"
+        " WHERE id = $1 AND active",
+        sub_id,
+    )
+    return done.endswith(" 1")
+
+
+async def switch_feed(conn: asyncpg.Connection, department: str, enabled: bool) -> None:
+    """Switch a department's feed topic on or off (the feed writer sees it within seconds)."""
+    topics.department_feed(department)  # a valid topic name, or ValueError
+    await conn.execute(
+        "INSERT INTO notifier.department_feeds (department, enabled) VALUES ($1, $2) "
+        "ON CONFLICT (department) DO UPDATE SET enabled = $2, updated_at = now()",
+        department,
+        enabled,
+    )
