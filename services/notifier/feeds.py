@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from services.notifier.delivery import DELIVERIES, DISPATCH_LATENCY
 from services.notifier.resident_delivery import queue_for_residents
-from services.notifier.staff import queue_for_staff
+from services.notifier.staff import MessageSubscriptions, queue_for_staff
 from services.notifier.views import DEPARTMENT_EVENTS, department_view
 from shared import events, topics
 from shared.events import Envelope
@@ -56,6 +56,7 @@ class FeedWriter:
         self._topics: set[str] = set()
         self._feeds_off: frozenset[str] = frozenset()
         self._feeds_read_at = float("-inf")
+        self._message_subscriptions = MessageSubscriptions()
 
     async def _switched_off(self, conn: asyncpg.Connection) -> frozenset[str]:
         """The departments whose feed topic is switched off (read again every few seconds)."""
@@ -171,7 +172,8 @@ class FeedWriter:
                     ],
                 )
             await queue_for_residents(conn, for_residents, quiet=self.quiet, now=now)
-            await queue_for_staff(conn, for_staff)  # e-mail and SMS subscriptions
+            # e-mail and SMS subscriptions
+            await queue_for_staff(conn, for_staff, self._message_subscriptions)
             # the delivery log's webhooks: one row per active endpoint of the department, of
             # the case's grid worker, and of worker-app gateways (owner '*': every worker)
             if deliveries:

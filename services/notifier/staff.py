@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +28,6 @@ from services.notifier.delivery import (
     DELIVERIES,
     DISPATCH_LATENCY,
     LEASE_SQL,
-    WAKE_CHANNEL,
     finish,
     retry_later,
 )
@@ -38,30 +38,51 @@ from shared.events import Envelope
 
 log = logging.getLogger(__name__)
 MESSAGE_CHANNELS = ("email", "sms")
+# Notified (in the feed writer's transaction, so at its commit) when messages are queued: the
+# message sender's wake-up. The delivery log's own trigger wakes the webhook sender.
+MESSAGES_QUEUED = "notifier_messages"
+# How long the e-mail and SMS subscriptions read from the database are used before they are
+# read again: a new or disabled subscription takes effect within this.
+SUBSCRIPTIONS_TTL_S = 5.0
+
+Owner = tuple[str, str]  # (owner kind, owner)
+
+
+class MessageSubscriptions:
+    """The active e-mail and SMS subscriptions by owner, read again every few seconds: one
+    query per interval, not one per batch of the busiest consumer."""
+
+    def __init__(self, ttl_s: float = SUBSCRIPTIONS_TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self._by_owner: dict[Owner, list[asyncpg.Record]] = {}
+        self._read_at = float("-inf")
+
+    async def by_owner(self, conn: asyncpg.Connection) -> dict[Owner, list[asyncpg.Record]]:
+        if time.monotonic() - self._read_at > self.ttl_s:
+            rows = await conn.fetch(
+                "SELECT id, owner_kind, owner, channel, locale FROM notifier.subscriptions "
+                "WHERE active AND channel <> 'webhook'"
+            )
+            by_owner: dict[Owner, list[asyncpg.Record]] = collections.defaultdict(list)
+            for sub in rows:
+                by_owner[(sub["owner_kind"], sub["owner"])].append(sub)
+            self._by_owner, self._read_at = dict(by_owner), time.monotonic()
+        return self._by_owner
 
 
 async def queue_for_staff(
     conn: asyncpg.Connection,
     items: Sequence[tuple[Envelope, dict[str, Any], dict[str, Any]]],
+    subscriptions: MessageSubscriptions,
 ) -> int:
     """Queue the messages of a batch of (event, its department view, its case) for the e-mail
     and SMS subscriptions of the case's department and grid worker; returns how many."""
     items = [i for i in items if i[0].event_type in STAFF_EVENTS]
     if not items:
         return 0
-    subscriptions = await conn.fetch(
-        "SELECT id, owner_kind, owner, channel, locale FROM notifier.subscriptions "
-        "WHERE active AND channel <> 'webhook' AND ("
-        "(owner_kind = 'department' AND owner = ANY($1::text[])) "
-        "OR (owner_kind = 'worker' AND owner = ANY($2::text[])))",
-        list({case["department"] for _, _, case in items}),
-        list({case["worker_id"] for _, _, case in items if case["worker_id"]}),
-    )
-    if not subscriptions:
+    by_owner = await subscriptions.by_owner(conn)
+    if not by_owner:
         return 0
-    by_owner: dict[tuple[str, str], list[asyncpg.Record]] = collections.defaultdict(list)
-    for sub in subscriptions:
-        by_owner[(sub["owner_kind"], sub["owner"])].append(sub)
     rows: list[tuple[Any, int, bytes, str, datetime | None]] = []
     for env, view, case in items:
         for sub in (
@@ -91,12 +112,13 @@ async def queue_for_staff(
                ON CONFLICT (event_id, subscription_id) DO NOTHING""",
             *[list(col) for col in zip(*rows, strict=True)],
         )
+        await conn.execute(f"NOTIFY {MESSAGES_QUEUED}")
     return len(rows)
 
 
 class MessageSender:
     """Works the delivery log's e-mail and SMS rows: leases due ones (each subscription its
-    share), sends them, records the outcome. Woken by new deliveries (the log's trigger)."""
+    share), sends them, records the outcome. Woken when messages are queued."""
 
     def __init__(
         self,
@@ -139,7 +161,7 @@ class MessageSender:
             wake.set()
 
         listener = await pool.acquire()
-        await listener.add_listener(WAKE_CHANNEL, woken)
+        await listener.add_listener(MESSAGES_QUEUED, woken)
         try:
             while not stop.is_set():
                 wake.clear()  # before the lease: a delivery inserted meanwhile wakes us again
@@ -147,7 +169,7 @@ class MessageSender:
                     await until_set(wake, stop, at_most_s=self.idle_poll_s)
         finally:
             with contextlib.suppress(Exception):  # UNLISTEN: pooled connections are not reset
-                await listener.remove_listener(WAKE_CHANNEL, woken)
+                await listener.remove_listener(MESSAGES_QUEUED, woken)
             await pool.release(listener)
 
     async def work_once(self, pool: asyncpg.Pool) -> int:
