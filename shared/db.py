@@ -9,7 +9,9 @@ Each service owns one schema. Its migrations are numbered SQL files in one or mo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ from typing import Any, TypeVar
 
 import asyncpg
 import orjson
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -64,6 +68,30 @@ async def create_pool(
         **kwargs,
     )
     return pool
+
+
+async def with_own_pool(
+    dsn: str,
+    schema: str,
+    stop: asyncio.Event,
+    work: Callable[[asyncpg.Pool], Awaitable[None]],
+    *,
+    what: str,
+    max_size: int = 4,
+) -> None:
+    """Run `work` with a pool of its own until `stop`. When the database goes away, say so and
+    start over a second later with a new pool: a background loop's rows wait in PostgreSQL."""
+    while not stop.is_set():
+        try:
+            pool = await create_pool(dsn, schema, min_size=1, max_size=max_size)
+            try:
+                await work(pool)
+            finally:
+                await pool.close()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("%s lost the database: %s", what, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.notifier import webhooks
 from shared.aio import until_set
-from shared.db import create_pool
+from shared.db import with_own_pool
 from shared.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
@@ -161,17 +161,13 @@ class WebhookSender:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
-            while not stop.is_set():
-                try:
-                    pool = await create_pool(self.dsn, "notifier", min_size=1, max_size=8)
-                    try:
-                        await self.send_loop(pool, client, stop)
-                    finally:
-                        await pool.close()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("webhook sender lost the database: %s", exc)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 1)
+
+            async def sending(pool: asyncpg.Pool) -> None:
+                await self.send_loop(pool, client, stop)
+
+            await with_own_pool(
+                self.dsn, "notifier", stop, sending, what="webhook sender", max_size=8
+            )
 
     async def send_loop(
         self, pool: asyncpg.Pool, client: aiohttp.ClientSession, stop: asyncio.Event

@@ -4,7 +4,6 @@ lifecycle events, and a sender that respects quiet hours and retries."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
@@ -19,7 +18,8 @@ from services.notifier.channels import Channel
 from services.notifier.residents import quiet_until
 from services.notifier.texts import RESIDENT_EVENTS, Message, category_name, local_time, render
 from shared import events
-from shared.db import create_pool
+from shared.aio import until_set
+from shared.db import with_own_pool
 from shared.events import DecodeError, Envelope, decode
 from shared.metrics import REGISTRY
 
@@ -227,21 +227,13 @@ class ResidentSender:
         self.batch = batch
 
     async def run(self, stop: asyncio.Event) -> None:
-        try:
+        async def sending(pool: asyncpg.Pool) -> None:
             while not stop.is_set():
-                try:
-                    pool = await create_pool(self.dsn, "notifier", min_size=1, max_size=4)
-                    try:
-                        while not stop.is_set():
-                            if await self.work_once(pool) == 0:
-                                with contextlib.suppress(TimeoutError):
-                                    await asyncio.wait_for(stop.wait(), 0.5)
-                    finally:
-                        await pool.close()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("resident sender lost the database: %s", exc)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 1)
+                if await self.work_once(pool) == 0:
+                    await until_set(stop, at_most_s=0.5)
+
+        try:
+            await with_own_pool(self.dsn, "notifier", stop, sending, what="resident sender")
         finally:
             for channel in self.channels.values():
                 await channel.close()

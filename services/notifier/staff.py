@@ -33,7 +33,7 @@ from services.notifier.delivery import (
 )
 from services.notifier.texts import STAFF_EVENTS, Message, NoTemplate, render, staff_context
 from shared.aio import until_set
-from shared.db import create_pool
+from shared.db import with_own_pool
 from shared.events import Envelope
 
 log = logging.getLogger(__name__)
@@ -138,18 +138,11 @@ class MessageSender:
         self.idle_poll_s = idle_poll_s
 
     async def run(self, stop: asyncio.Event) -> None:
+        async def sending(pool: asyncpg.Pool) -> None:
+            await self._loop(pool, stop)
+
         try:
-            while not stop.is_set():
-                try:
-                    pool = await create_pool(self.dsn, "notifier", min_size=1, max_size=4)
-                    try:
-                        await self._loop(pool, stop)
-                    finally:
-                        await pool.close()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("message sender lost the database: %s", exc)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 1)
+            await with_own_pool(self.dsn, "notifier", stop, sending, what="message sender")
         finally:
             for channel in self.channels.values():
                 await channel.close()

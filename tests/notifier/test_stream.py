@@ -69,7 +69,9 @@ async def test_a_department_streams_its_own_cases(stack: LocalStack, tmp_path) -
             mine, theirs = routed(dept), routed("heating")
             received: list[str] = []
 
-            async def listen() -> None:
+            async def listen(into: list[str], *, until_data: bool) -> None:
+                """Read the department's stream into `into`: until its first event, or to
+                its end."""
                 async with client.stream(
                     "GET",
                     "/v1/stream",
@@ -79,11 +81,11 @@ async def test_a_department_streams_its_own_cases(stack: LocalStack, tmp_path) -
                     assert r.status_code == 200
                     assert r.headers["content-type"].startswith("text/event-stream")
                     async for line in r.aiter_lines():
-                        received.append(line)
-                        if line.startswith("data:"):
+                        into.append(line)
+                        if until_data and line.startswith("data:"):
                             return
 
-            listener = asyncio.create_task(listen())
+            listener = asyncio.create_task(listen(received, until_data=True))
             await asyncio.sleep(2)  # connected, reading from "now"
             producer = AIOKafkaProducer(bootstrap_servers=stack.kafka.bootstrap)
             await producer.start()
@@ -96,19 +98,7 @@ async def test_a_department_streams_its_own_cases(stack: LocalStack, tmp_path) -
 
             # revoking the token ends the streams it opened, and opens no new one
             ended: list[str] = []
-
-            async def until_revoked() -> None:
-                async with client.stream(
-                    "GET",
-                    "/v1/stream",
-                    params={"department": dept},
-                    headers={"Authorization": f"Bearer {token}"},
-                ) as r:
-                    assert r.status_code == 200
-                    async for line in r.aiter_lines():
-                        ended.append(line)
-
-            streaming = asyncio.create_task(until_revoked())
+            streaming = asyncio.create_task(listen(ended, until_data=False))
             await asyncio.sleep(1.5)
             assert not streaming.done()  # still allowed, still open
             await asyncio.to_thread(

@@ -4,7 +4,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shared.db import OUTBOX_MIGRATIONS, MigrationError, MigrationSource, migrate
+from shared.db import OUTBOX_MIGRATIONS, MigrationError, MigrationSource, migrate, with_own_pool
+from shared.localstack import LocalStack
 
 
 def _source(tmp_path: Path) -> MigrationSource:
@@ -75,3 +76,28 @@ async def test_concurrent_migrations_apply_each_file_once(
         for c in conns:
             await c.close()
     assert sorted(len(r) for r in results) == [0, 0, 2]
+
+
+async def test_a_loop_with_its_own_pool_starts_over_when_the_database_goes_away(
+    stack: LocalStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    stop = asyncio.Event()
+    pools: list[asyncpg.Pool] = []
+
+    async def work(pool: asyncpg.Pool) -> None:
+        pools.append(pool)
+        assert await pool.fetchval("SELECT 1") == 1
+        if len(pools) == 1:
+            raise ConnectionResetError("the database went away")  # as a lost connection
+        stop.set()
+
+    await asyncio.wait_for(
+        with_own_pool(stack.postgres.url, "public", stop, work, what="test sender"), 10
+    )
+    assert len(pools) == 2
+    assert pools[0] is not pools[1]  # a new pool the second time
+    assert all(p.is_closing() for p in pools)
+    assert any(
+        r.getMessage() == "test sender lost the database: the database went away"
+        for r in caplog.records
+    )
