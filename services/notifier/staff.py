@@ -99,6 +99,17 @@ async def queue_for_staff(
                 )
             except NoTemplate:
                 continue  # nothing to say to this audience on this channel
+            except Exception:
+                # A template edited into an error must not hold up the feeds and webhooks of
+                # the batch: this message is skipped, loudly (names only, no addresses).
+                DELIVERIES.labels(sub["channel"], "template_error").inc()
+                log.exception(
+                    "the %s template for %s by %s failed",
+                    sub["owner_kind"],
+                    env.event_type,
+                    sub["channel"],
+                )
+                continue
             payload = orjson.dumps({"subject": message.subject, "text": message.text})
             rows.append((env.event_id, sub["id"], payload, case["department"], case["reported_at"]))
     if rows:

@@ -1,0 +1,104 @@
+"""Queuing departments' e-mail and workers' SMS in the delivery log, on the real database:
+once per event and subscription, only for what each audience hears, and a broken template
+skipped without holding up the rest."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from services.notifier import staff
+from services.notifier.settings import MIGRATIONS
+from services.notifier.staff import MessageSubscriptions, queue_for_staff
+from services.notifier.subscriptions import SubscriptionIn, add_subscription
+from services.notifier.views import department_view
+from shared import events
+from shared.db import migrate
+from shared.events import Envelope, wrap
+from tests.notifier.test_service import routed
+
+
+def _items(*envs: Envelope) -> list[tuple[Envelope, dict[str, Any], dict[str, Any]]]:
+    out = []
+    for env in envs:
+        event = env.event()
+        first = envs[0].event()
+        assert isinstance(first, events.CaseRouted)
+        case = {
+            "department": first.department,
+            "worker_id": first.worker_id,
+            "category": first.category,
+            "reported_at": datetime.now(UTC),
+        }
+        out.append((env, department_view(env, event, case), case))
+    return out
+
+
+async def _subscribe(db: asyncpg.Connection, dept: str, worker: str) -> list[int]:
+    return [
+        await add_subscription(db, SubscriptionIn.model_validate(body), frozenset())
+        for body in (
+            {
+                "owner_kind": "department",
+                "owner": dept,
+                "channel": "email",
+                "address": "duty@example.org",
+                "locale": "en",
+            },
+            {"owner_kind": "worker", "owner": worker, "channel": "sms", "address": "13912345678"},
+        )
+    ]
+
+
+async def _queued(db: asyncpg.Connection, subs: list[int]) -> list[asyncpg.Record]:
+    return list(
+        await db.fetch(
+            "SELECT subscription_id, payload FROM notifier.deliveries "
+            "WHERE subscription_id = ANY($1) ORDER BY subscription_id",
+            subs,
+        )
+    )
+
+
+async def test_each_event_is_queued_once_per_subscription_that_hears_it(
+    db: asyncpg.Connection,
+) -> None:
+    await migrate(db, "notifier", MIGRATIONS)
+    dept, worker = "q-" + uuid.uuid4().hex[:6], "w-" + uuid.uuid4().hex[:6]
+    subs = await _subscribe(db, dept, worker)
+    case = routed(dept, worker)
+    ack = wrap(events.CaseAcknowledged(by=worker), case_id=case.case_id, producer="t")
+    items = _items(case, ack)
+    assert await queue_for_staff(db, items, MessageSubscriptions()) == 2  # not the ack
+    assert await queue_for_staff(db, items, MessageSubscriptions()) == 2  # a redelivery…
+    rows = await _queued(db, subs)
+    assert [r["subscription_id"] for r in rows] == subs  # …queues nothing twice
+    mail, sms = (orjson.loads(r["payload"]) for r in rows)
+    assert mail["subject"].startswith("[GridDispatch] New case: ")
+    assert sms["subject"] is None
+    assert sms["text"].startswith(f"【网格通】新派单{case.case_id[:8]}")
+
+
+async def test_a_broken_template_skips_its_message_only(
+    db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    await migrate(db, "notifier", MIGRATIONS)
+    dept, worker = "q-" + uuid.uuid4().hex[:6], "w-" + uuid.uuid4().hex[:6]
+    subs = await _subscribe(db, dept, worker)
+    real = staff.render
+
+    def render(audience: Any, *args: Any) -> staff.Message:
+        if audience == "worker":
+            raise ValueError("a template edited into an error")
+        return real(audience, *args)
+
+    monkeypatch.setattr(staff, "render", render)
+    assert await queue_for_staff(db, _items(routed(dept, worker)), MessageSubscriptions()) == 1
+    assert [r["subscription_id"] for r in await _queued(db, subs)] == subs[:1]
+    assert "the worker template for CaseRouted by sms failed" in caplog.text
+    assert "13912345678" not in caplog.text
