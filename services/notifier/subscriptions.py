@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
-from email_validator import validate_email
+from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, Field, model_validator
 
 from services.notifier import webhooks
@@ -46,7 +46,11 @@ class SubscriptionIn(BaseModel):
         if self.channel == "email":
             if self.owner_kind != "department":
                 raise ValueError("e-mail subscriptions are for departments (workers get SMS)")
-            self.address = validate_email(self.address, check_deliverability=False).normalized
+            try:
+                checked = validate_email(self.address, check_deliverability=False)
+            except EmailNotValidError as exc:
+                raise ValueError(f"address: {exc}") from exc
+            self.address = checked.normalized
         else:
             if self.owner_kind != "worker" or self.owner == "*":
                 raise ValueError("SMS subscriptions are for one grid worker each")
@@ -67,9 +71,8 @@ async def add_subscription(
 ) -> int:
     if body.channel == "webhook":
         webhooks.check_destination(body.url or "", allow)
-        webhooks.sign(
-            body.secrets or [], "check", datetime.now(UTC), ""
-        )  # a malformed secret fails
+        # a malformed secret fails here, before it is stored
+        webhooks.sign(body.secrets or [], "check", datetime.now(UTC), "")
     sub_id: int = await conn.fetchval(
         "INSERT INTO notifier.subscriptions (owner_kind, owner, channel, url, secrets, address,"
         " locale) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
