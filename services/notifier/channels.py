@@ -14,8 +14,9 @@ from services.notifier.texts import Message
 class Channel(Protocol):
     name: str
 
-    async def send(self, address: str, message: Message) -> None:
-        """Deliver or raise."""
+    async def send(self, address: str, message: Message, *, delivery_id: str) -> None:
+        """Deliver or raise. `delivery_id` is the same on every attempt of one delivery (the
+        e-mail's Message-ID, the gateway's `id`): receivers can deduplicate."""
 
     async def close(self) -> None:
         """Let go of connections."""
@@ -37,8 +38,9 @@ class EmailChannel:
         self.subject = subject
         self.timeout_s = timeout_s
 
-    async def send(self, address: str, message: Message) -> None:
+    async def send(self, address: str, message: Message, *, delivery_id: str) -> None:
         msg = EmailMessage()
+        msg["Message-ID"] = f"<{delivery_id}@griddispatch>"
         msg["From"] = self.sender
         msg["To"] = address
         msg["Subject"] = message.subject or self.subject
@@ -50,8 +52,8 @@ class EmailChannel:
 
 
 class SmsGatewayChannel:
-    """POSTs `{"to": phone, "text": text}` as JSON to a configurable SMS gateway, over one
-    keep-alive session."""
+    """POSTs `{"to": phone, "text": text, "id": delivery id}` as JSON to a configurable SMS
+    gateway, over one keep-alive session."""
 
     name = "sms"
 
@@ -61,10 +63,10 @@ class SmsGatewayChannel:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
-    async def send(self, address: str, message: Message) -> None:
+    async def send(self, address: str, message: Message, *, delivery_id: str) -> None:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
-        body = {"to": address, "text": message.text}
+        body = {"to": address, "text": message.text, "id": delivery_id}
         async with self._session.post(self.url, json=body, headers=self.headers) as resp:
             if resp.status >= 300:
                 raise RuntimeError(f"SMS gateway answered {resp.status}")

@@ -259,7 +259,9 @@ class ResidentSender:
         try:
             if channel is None:
                 raise RuntimeError(f"no {row['channel']} channel is configured")
-            await channel.send(row["address"], Message(row["body"], row["subject"]))
+            await channel.send(
+                row["address"], Message(row["body"], row["subject"]), delivery_id=str(row["id"])
+            )
         except Exception as exc:
             attempts = row["attempts"] + 1
             dead = attempts > len(RETRIES_S)

@@ -201,7 +201,11 @@ class MessageSender:
         try:
             if channel is None:
                 raise RuntimeError(f"no {name} channel is configured")
-            await channel.send(row["address"], Message(payload["text"], payload.get("subject")))
+            await channel.send(
+                row["address"],
+                Message(payload["text"], payload.get("subject")),
+                delivery_id=str(row["id"]),
+            )
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
             # the log names the channel and the error's type only: never the address

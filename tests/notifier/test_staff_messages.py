@@ -35,12 +35,14 @@ DOWN = "+8613900000099"  # the gateway refuses this number until told otherwise
 class Mailbox:
     def __init__(self) -> None:
         self.mails: list[tuple[list[str], str, str]] = []  # recipients, subject, body
+        self.ids: list[str] = []
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         msg = message_from_bytes(envelope.content)
         subject = str(make_header(decode_header(msg["Subject"])))
         body = msg.get_payload(decode=True).decode()
         self.mails.append((envelope.rcpt_tos, subject, body))
+        self.ids.append(msg["Message-ID"])
         return "250 OK"
 
 
@@ -175,6 +177,11 @@ async def test_departments_get_email_and_grid_workers_sms(stack: LocalStack, tmp
     warned = [t for t in texts if t.startswith(f"【网格通】案件{case.case_id[:8]}（")]
     assert len(texts) == len(new_case) + len(warned) == 3
     assert texts.count(texts[0]) == 2
+    refused_and_retried = [c["id"] for c in gateway.calls if c["text"] == texts[0]]
+    assert len(refused_and_retried) == 2
+    assert refused_and_retried[0] == refused_and_retried[1]  # the retry keeps its id
+    assert len({c["id"] for c in gateway.calls if c["to"] == phone}) == 2  # two messages
+    assert len(set(mailbox.ids)) == len(mailbox.ids)  # every e-mail has an id of its own
     assert len(set(new_case)) == len(set(warned)) == 1
     assert "暖气不热/停暖（紧急），网格g-1" in new_case[0]
     assert "的办结时限将于" in warned[0]
