@@ -55,6 +55,12 @@ async def _subscribe(db: asyncpg.Connection, dept: str, worker: str) -> list[int
     ]
 
 
+async def _forget(db: asyncpg.Connection, subs: list[int]) -> None:
+    """Leave nothing queued for the notifier processes of later tests to send."""
+    await db.execute("DELETE FROM notifier.deliveries WHERE subscription_id = ANY($1)", subs)
+    await db.execute("DELETE FROM notifier.subscriptions WHERE id = ANY($1)", subs)
+
+
 async def _queued(db: asyncpg.Connection, subs: list[int]) -> list[asyncpg.Record]:
     return list(
         await db.fetch(
@@ -74,9 +80,12 @@ async def test_each_event_is_queued_once_per_subscription_that_hears_it(
     case = routed(dept, worker)
     ack = wrap(events.CaseAcknowledged(by=worker), case_id=case.case_id, producer="t")
     items = _items(case, ack)
-    assert await queue_for_staff(db, items, MessageSubscriptions()) == 2  # not the ack
-    assert await queue_for_staff(db, items, MessageSubscriptions()) == 2  # a redelivery…
-    rows = await _queued(db, subs)
+    try:
+        assert await queue_for_staff(db, items, MessageSubscriptions()) == 2  # not the ack
+        assert await queue_for_staff(db, items, MessageSubscriptions()) == 2  # a redelivery…
+        rows = await _queued(db, subs)
+    finally:
+        await _forget(db, subs)
     assert [r["subscription_id"] for r in rows] == subs  # …queues nothing twice
     mail, sms = (orjson.loads(r["payload"]) for r in rows)
     assert mail["subject"].startswith("[GridDispatch] New case: ")
@@ -98,7 +107,11 @@ async def test_a_broken_template_skips_its_message_only(
         return real(audience, *args)
 
     monkeypatch.setattr(staff, "render", render)
-    assert await queue_for_staff(db, _items(routed(dept, worker)), MessageSubscriptions()) == 1
-    assert [r["subscription_id"] for r in await _queued(db, subs)] == subs[:1]
+    try:
+        items = _items(routed(dept, worker))
+        assert await queue_for_staff(db, items, MessageSubscriptions()) == 1
+        assert [r["subscription_id"] for r in await _queued(db, subs)] == subs[:1]
+    finally:
+        await _forget(db, subs)
     assert "the worker template for CaseRouted by sms failed" in caplog.text
     assert "13912345678" not in caplog.text
