@@ -219,8 +219,18 @@ PIPELINE = [
             ),
             (
                 "sum(increase(griddispatch_deliveries_dead_total[$__rate_interval]))",
-                "webhook deliveries",
+                "deliveries (webhook, e-mail, SMS)",
             ),
+        ],
+    ),
+    Panel(
+        "Background loops restarted",
+        [
+            (
+                "sum by (job, task) "
+                "(increase(griddispatch_background_restarts_total[$__rate_interval]))",
+                "{{job}} {{task}}",
+            )
         ],
     ),
     Panel(
