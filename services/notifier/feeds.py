@@ -10,7 +10,6 @@ residents — all in one transaction per batch.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -23,9 +22,10 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from services.notifier.delivery import DELIVERIES, DISPATCH_LATENCY
 from services.notifier.resident_delivery import queue_for_residents
-from services.notifier.staff import MessageSubscriptions, queue_for_staff
+from services.notifier.staff import message_subscriptions, queue_for_staff
 from services.notifier.views import DEPARTMENT_EVENTS, department_view
 from shared import events, topics
+from shared.aio import Refreshed
 from shared.events import Envelope
 from shared.ids import derived_event_id
 from shared.kafka import DeadLetters, decode_records, ensure_topics
@@ -54,19 +54,9 @@ class FeedWriter:
         self.partitions = partitions
         self.dead_letters = dead_letters
         self._topics: set[str] = set()
-        self._feeds_off: frozenset[str] = frozenset()
-        self._feeds_read_at = float("-inf")
-        self._message_subscriptions = MessageSubscriptions()
-
-    async def _switched_off(self, conn: asyncpg.Connection) -> frozenset[str]:
-        """The departments whose feed topic is switched off (read again every few seconds)."""
-        if time.monotonic() - self._feeds_read_at > FEED_SWITCH_TTL_S:
-            rows = await conn.fetch(
-                "SELECT department FROM notifier.department_feeds WHERE NOT enabled"
-            )
-            self._feeds_off = frozenset(r["department"] for r in rows)
-            self._feeds_read_at = time.monotonic()
-        return self._feeds_off
+        # departments whose feed topic is switched off, read again every few seconds
+        self._feeds_off = Refreshed(_read_feeds_off, FEED_SWITCH_TTL_S, frozenset[str]())
+        self._message_subscriptions = message_subscriptions()
 
     async def _topic(self, department: str) -> str:
         name = topics.department_feed(department)
@@ -110,7 +100,7 @@ class FeedWriter:
             routed: dict[str, dict[str, Any]] = {}  # written back at the end of the batch
             for_residents: list[tuple[Envelope, events.Event, dict[str, Any]]] = []
             for_staff: list[tuple[Envelope, dict[str, Any], dict[str, Any]]] = []
-            feeds_off = await self._switched_off(conn)
+            feeds_off = await self._feeds_off.get(conn)
             now = datetime.now(UTC)
             for env, event in items:
                 case: dict[str, Any] | None
@@ -200,3 +190,8 @@ class FeedWriter:
                     max(0.0, (now - reported_at).total_seconds())
                 )
         return len(deliveries)
+
+
+async def _read_feeds_off(conn: asyncpg.Connection) -> frozenset[str]:
+    rows = await conn.fetch("SELECT department FROM notifier.department_feeds WHERE NOT enabled")
+    return frozenset(r["department"] for r in rows)

@@ -173,9 +173,14 @@ def _texts(context: dict[str, Any], person: asyncpg.Record) -> dict[str, Message
     }
     return {
         channel: render("resident", context["event_type"], channel, locale, values)
-        for channel, address in (("email", person["email"]), ("sms", person["phone"]))
-        if address
+        for channel in _addresses(person)
     }
+
+
+def _addresses(person: asyncpg.Record) -> dict[str, str]:
+    """The resident's address for each channel they gave one for."""
+    given = {"email": person["email"], "sms": person["phone"]}
+    return {channel: address for channel, address in given.items() if address}
 
 
 def _in_language(kept: asyncpg.Record, person: asyncpg.Record) -> dict[str, Message]:
@@ -202,8 +207,8 @@ def _messages(
     send_after = quiet_until(now, urgent=urgent, start=quiet[0], end=quiet[1]) or now
     return [
         (event_id, case_id, ch, addr, said[ch].text, said[ch].subject, send_after)
-        for ch, addr in (("email", person["email"]), ("sms", person["phone"]))
-        if addr and ch in said
+        for ch, addr in _addresses(person).items()
+        if ch in said
     ]
 
 

@@ -13,7 +13,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +31,7 @@ from services.notifier.delivery import (
     retry_later,
 )
 from services.notifier.texts import STAFF_EVENTS, Message, NoTemplate, render, staff_context
-from shared.aio import until_set
+from shared.aio import Refreshed, until_set
 from shared.db import with_own_pool
 from shared.events import Envelope
 
@@ -48,54 +47,52 @@ SUBSCRIPTIONS_TTL_S = 5.0
 Owner = tuple[str, str]  # (owner kind, owner)
 
 
-class MessageSubscriptions:
+BySubscriber = dict[Owner, list[asyncpg.Record]]
+
+
+async def _read_message_subscriptions(conn: asyncpg.Connection) -> BySubscriber:
+    rows = await conn.fetch(
+        "SELECT id, owner_kind, owner, channel, locale FROM notifier.subscriptions "
+        "WHERE active AND channel <> 'webhook'"
+    )
+    by_owner: BySubscriber = collections.defaultdict(list)
+    for sub in rows:
+        by_owner[(sub["owner_kind"], sub["owner"])].append(sub)
+    return dict(by_owner)
+
+
+def message_subscriptions(every_s: float = SUBSCRIPTIONS_TTL_S) -> Refreshed[BySubscriber]:
     """The active e-mail and SMS subscriptions by owner, read again every few seconds: one
     query per interval, not one per batch of the busiest consumer."""
-
-    def __init__(self, ttl_s: float = SUBSCRIPTIONS_TTL_S) -> None:
-        self.ttl_s = ttl_s
-        self._by_owner: dict[Owner, list[asyncpg.Record]] = {}
-        self._read_at = float("-inf")
-
-    async def by_owner(self, conn: asyncpg.Connection) -> dict[Owner, list[asyncpg.Record]]:
-        if time.monotonic() - self._read_at > self.ttl_s:
-            rows = await conn.fetch(
-                "SELECT id, owner_kind, owner, channel, locale FROM notifier.subscriptions "
-                "WHERE active AND channel <> 'webhook'"
-            )
-            by_owner: dict[Owner, list[asyncpg.Record]] = collections.defaultdict(list)
-            for sub in rows:
-                by_owner[(sub["owner_kind"], sub["owner"])].append(sub)
-            self._by_owner, self._read_at = dict(by_owner), time.monotonic()
-        return self._by_owner
+    return Refreshed(_read_message_subscriptions, every_s, {})
 
 
 async def queue_for_staff(
     conn: asyncpg.Connection,
     items: Sequence[tuple[Envelope, dict[str, Any], dict[str, Any]]],
-    subscriptions: MessageSubscriptions,
+    subscriptions: Refreshed[BySubscriber],
 ) -> int:
     """Queue the messages of a batch of (event, its department view, its case) for the e-mail
     and SMS subscriptions of the case's department and grid worker; returns how many."""
     items = [i for i in items if i[0].event_type in STAFF_EVENTS]
     if not items:
         return 0
-    by_owner = await subscriptions.by_owner(conn)
+    by_owner = await subscriptions.get(conn)
     if not by_owner:
         return 0
     rows: list[tuple[Any, int, bytes, str, datetime | None]] = []
     for env, view, case in items:
+        contexts: dict[str, dict[str, Any]] = {}  # one per language, not per subscription
         for sub in (
             *by_owner.get(("department", case["department"]), ()),
             *by_owner.get(("worker", case["worker_id"] or ""), ()),
         ):
+            locale = sub["locale"]
+            if locale not in contexts:
+                contexts[locale] = staff_context(view, locale)
             try:
                 message = render(
-                    sub["owner_kind"],
-                    env.event_type,
-                    sub["channel"],
-                    sub["locale"],
-                    staff_context(view, sub["locale"]),
+                    sub["owner_kind"], env.event_type, sub["channel"], locale, contexts[locale]
                 )
             except NoTemplate:
                 continue  # nothing to say to this audience on this channel

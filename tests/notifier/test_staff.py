@@ -14,7 +14,7 @@ import pytest
 
 from services.notifier import staff
 from services.notifier.settings import MIGRATIONS
-from services.notifier.staff import MessageSubscriptions, queue_for_staff
+from services.notifier.staff import message_subscriptions, queue_for_staff
 from services.notifier.subscriptions import SubscriptionIn, add_subscription
 from services.notifier.views import department_view
 from shared import events
@@ -81,8 +81,8 @@ async def test_each_event_is_queued_once_per_subscription_that_hears_it(
     ack = wrap(events.CaseAcknowledged(by=worker), case_id=case.case_id, producer="t")
     items = _items(case, ack)
     try:
-        assert await queue_for_staff(db, items, MessageSubscriptions()) == 2  # not the ack
-        assert await queue_for_staff(db, items, MessageSubscriptions()) == 2  # a redelivery…
+        assert await queue_for_staff(db, items, message_subscriptions()) == 2  # not the ack
+        assert await queue_for_staff(db, items, message_subscriptions()) == 2  # a redelivery…
         rows = await _queued(db, subs)
     finally:
         await _forget(db, subs)
@@ -109,7 +109,7 @@ async def test_a_broken_template_skips_its_message_only(
     monkeypatch.setattr(staff, "render", render)
     try:
         items = _items(routed(dept, worker))
-        assert await queue_for_staff(db, items, MessageSubscriptions()) == 1
+        assert await queue_for_staff(db, items, message_subscriptions()) == 1
         assert [r["subscription_id"] for r in await _queued(db, subs)] == subs[:1]
     finally:
         await _forget(db, subs)
