@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, create_model
 
 from shared import topics
+from shared.directory import DepartmentEntry
 from shared.events import EVENT_TYPES, Envelope, Event
 from shared.settings import PROJECT_ROOT
 
@@ -96,6 +97,30 @@ def asyncapi() -> dict[str, Any]:
             "description": f"Poison messages of {topic}, unchanged, with the error in "
             "x-dlq-* headers.",
         }
+    channels["directory_departments"] = {
+        "address": topics.DEPARTMENTS,
+        "description": "The department directory: each department's name, keyed by its code; "
+        "compacted (cleanup.policy=compact), one partition; an empty value (tombstone) when a "
+        "department is removed. Readers follow it whole, without a consumer group.",
+        "messages": {"DepartmentEntry": {"$ref": "#/components/messages/DepartmentEntry"}},
+    }
+    messages["DepartmentEntry"] = {
+        "name": "DepartmentEntry",
+        "title": "DepartmentEntry",
+        "summary": "One department's entry in the directory.",
+        "contentType": "application/json",
+        "bindings": {"kafka": {"key": {"type": "string", "description": "department code"}}},
+        "payload": DepartmentEntry.model_json_schema(),
+    }
+    operations["router_sends_directory_departments"] = {
+        "action": "send",
+        "channel": {"$ref": "#/channels/directory_departments"},
+    }
+    for reader in ("router", "intake", "notifier"):
+        operations[f"{reader}_receives_directory_departments"] = {
+            "action": "receive",
+            "channel": {"$ref": "#/channels/directory_departments"},
+        }
     channels["dept"] = {
         "address": "dept.{code}",
         "description": "One feed per department: its cases, with personal data minimised.",
@@ -106,7 +131,8 @@ def asyncapi() -> dict[str, Any]:
         "info": {
             "title": "GridDispatch Kafka contract",
             "version": "1",
-            "description": "Every message is a JSON envelope keyed by case_id.",
+            "description": "Every case message is a JSON envelope keyed by case_id; the "
+            "department directory is keyed by department code.",
         },
         "defaultContentType": "application/json",
         "servers": {

@@ -412,6 +412,27 @@ async def ensure_topics(
         await admin.close()
 
 
+async def create_contract_topics(
+    connection: str | Mapping[str, Any], partitions: int, replication_factor: int = 1
+) -> list[str]:
+    """Create every contract topic that does not exist yet (the case topics with `partitions`
+    partitions, the compacted directory with one); returns the ones created."""
+    created = await ensure_topics(
+        connection,
+        topics.case_topics(),
+        partitions=partitions,
+        replication_factor=replication_factor,
+    )
+    created += await ensure_topics(
+        connection,
+        [topics.DEPARTMENTS],
+        partitions=1,
+        replication_factor=replication_factor,
+        configs=topics.DIRECTORY_CONFIG,
+    )
+    return created
+
+
 def records_of(msg: Any) -> Records:
     """The raw records of a FastStream Kafka message, batch or single."""
     raw = msg.raw_message

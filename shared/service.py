@@ -39,6 +39,7 @@ class KafkaAccess:
     more (checked by tests/ops/test_kubernetes.py)."""
 
     reads: tuple[tuple[str, str], ...] = ()  # (topic, consumer group)
+    follows: tuple[str, ...] = ()  # topics read whole, without a consumer group (the directory)
     writes: tuple[str, ...] = ()
     feeds: bool = False  # creates, writes and streams the department feeds `dept.*`
 

@@ -8,6 +8,10 @@ CASES_INTAKE = "cases.intake"
 CASES_LIFECYCLE = "cases.lifecycle"
 CONTRACT_TOPICS: tuple[str, ...] = (CASES_INTAKE, CASES_LIFECYCLE)
 DLQ_SUFFIX = ".dlq"
+# The department directory (shared/directory.py): keyed by department code, compacted, one
+# partition (a few dozen records, read whole by every reader).
+DEPARTMENTS = "directory.departments"
+DIRECTORY_CONFIG: dict[str, str] = {"cleanup.policy": "compact"}
 
 _DEPT_CODE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -24,6 +28,12 @@ def department_feed(code: str) -> str:
     return f"dept.{code}"
 
 
+def case_topics() -> list[str]:
+    """The topics keyed by case id, and their dead-letter topics: all with the configured
+    partition count."""
+    return [*CONTRACT_TOPICS, *(dlq(t) for t in CONTRACT_TOPICS)]
+
+
 def all_contract_topics() -> list[str]:
     """Every topic the local stack and the Kubernetes manifests must create up front."""
-    return [*CONTRACT_TOPICS, *(dlq(t) for t in CONTRACT_TOPICS)]
+    return [*case_topics(), DEPARTMENTS]

@@ -32,7 +32,8 @@ from services.intake.settings import MIGRATIONS, IntakeSettings
 from shared import topics
 from shared.catalogue import load_file
 from shared.db import create_pool, migrate
-from shared.kafka import make_broker, make_producer, watch_consumers
+from shared.directory import DepartmentDirectory
+from shared.kafka import connection_options, make_broker, make_producer, watch_consumers
 from shared.metrics import NO_OPENTELEMETRY, REGISTRY, health_routes
 from shared.outbox import OutboxRelay
 from shared.service import KafkaAccess, ServiceSpec, settle_heap, supervised
@@ -283,6 +284,13 @@ def create_app(
         producer = None
         broker = None
         if background:
+            directory = DepartmentDirectory(
+                connection_options(settings.kafka), client_id="intake-directory"
+            )
+            app.state.intake.directory = directory
+            tasks.append(
+                asyncio.create_task(supervised("department directory", directory.run, stop))
+            )
             producer = make_producer(settings.kafka, "intake-outbox")
             relay = OutboxRelay(
                 settings.database_url,
@@ -415,6 +423,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
 SERVICE = ServiceSpec(
     kafka=KafkaAccess(
         reads=((topics.CASES_LIFECYCLE, READ_MODEL_GROUP),),
+        follows=(topics.DEPARTMENTS,),
         writes=(topics.CASES_INTAKE, topics.CASES_LIFECYCLE, topics.dlq(topics.CASES_LIFECYCLE)),
     ),
     name="intake",

@@ -140,6 +140,9 @@ class CaseView(BaseModel):
     channel: Channel
     location: LocationIn | None
     department: str | None
+    department_name: str | None = Field(
+        default=None, description="the department's name, as the department directory says"
+    )
     grid_id: str | None
     district: str | None
     worker_id: str | None

@@ -53,6 +53,7 @@ def case_view(
     resident: bool,
     category: Category | None,
     timeline: list[Mapping[str, Any]] | None = None,
+    department_name: str | None = None,
 ) -> CaseView:
     reporter = row["reporter"]
     if isinstance(reporter, str):
@@ -76,6 +77,7 @@ def case_view(
         channel=Channel(row["channel"]),
         location=location,
         department=row["department"],
+        department_name=department_name,
         grid_id=row["grid_id"],
         district=row["district"],
         worker_id=row["worker_id"],

@@ -32,6 +32,7 @@ from services.notifier.subscriptions import (
 )
 from shared import topics
 from shared.db import create_pool, migrate
+from shared.directory import DepartmentDirectory
 from shared.kafka import (
     DeadLetters,
     Records,
@@ -185,6 +186,8 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     producer = make_producer(settings.kafka, "notifier")
     broker = make_broker(settings.kafka, "notifier")
     dead_letters = DeadLetters(broker, "notifier")
+    # department names for residents' messages
+    directory = DepartmentDirectory(connection_options(settings.kafka), client_id="notifier")
     feeds = FeedWriter(
         pool,
         producer,
@@ -193,6 +196,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         dead_letters,
         quiet=ns.quiet(),
         replication_factor=settings.kafka.replication_factor,
+        directory=directory,
     )
 
     @durable_subscriber(
@@ -234,6 +238,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         asyncio.create_task(supervised("webhook sender", sender.run, stop)),
         asyncio.create_task(supervised("resident sender", residents.run, stop)),
         asyncio.create_task(supervised("message sender", staff.run, stop)),
+        asyncio.create_task(supervised("department directory", directory.run, stop)),
         asyncio.create_task(server.serve()),
         asyncio.create_task(watch_consumers(broker, settings, stop)),
     ]
@@ -246,6 +251,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
 SERVICE = ServiceSpec(
     kafka=KafkaAccess(
         reads=((topics.CASES_INTAKE, RESIDENTS_GROUP), (topics.CASES_LIFECYCLE, FEEDS_GROUP)),
+        follows=(topics.DEPARTMENTS,),
         writes=(topics.dlq(topics.CASES_INTAKE), topics.dlq(topics.CASES_LIFECYCLE)),
         feeds=True,
     ),

@@ -10,6 +10,7 @@ residents — all in one transaction per batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -21,11 +22,12 @@ import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from services.notifier.delivery import DELIVERIES, DISPATCH_LATENCY
-from services.notifier.resident_delivery import queue_for_residents
+from services.notifier.resident_delivery import DepartmentName, no_names, queue_for_residents
 from services.notifier.staff import message_subscriptions, queue_for_staff
 from services.notifier.views import DEPARTMENT_EVENTS, department_view
 from shared import events, topics
 from shared.aio import Refreshed
+from shared.directory import DepartmentDirectory
 from shared.events import Envelope
 from shared.ids import derived_event_id
 from shared.kafka import DeadLetters, decode_records, ensure_topics
@@ -33,6 +35,7 @@ from shared.kafka import DeadLetters, decode_records, ensure_topics
 # How long the set of departments whose feed is switched off is trusted before it is read
 # again: a switch takes effect within this, at the cost of one small query per interval.
 FEED_SWITCH_TTL_S = 5.0
+DIRECTORY_WAIT_S = 10.0
 
 
 class FeedWriter:
@@ -45,8 +48,12 @@ class FeedWriter:
         dead_letters: DeadLetters | None,
         quiet: tuple[dtime, dtime] = (dtime(22), dtime(7)),
         replication_factor: int = 1,
+        directory: DepartmentDirectory | None = None,
     ) -> None:
         self.quiet = quiet
+        # department names for residents' messages; waited for once, at the first batch
+        self.department_name: DepartmentName = directory.name if directory else no_names
+        self._names_ready = directory.caught_up if directory else None
         self.replication_factor = replication_factor
         self.pool = pool
         self.producer = producer
@@ -82,6 +89,12 @@ class FeedWriter:
         ]
         if not items:
             return 0
+        if self._names_ready is not None:
+            # At start: give the directory a moment, or the first residents' messages would
+            # name departments by code. Once only: without it, messages still go out.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._names_ready.wait(), DIRECTORY_WAIT_S)
+            self._names_ready = None
         sends: list[tuple[str, bytes, bytes, str | None, datetime | None]] = []
         deliveries: list[tuple[uuid.UUID, bytes, str, datetime | None, str]] = []
         # A case whose first event in the batch routes it needs nothing from the database
@@ -161,7 +174,13 @@ class FeedWriter:
                         for col in zip(*(c.values() for c in routed.values()), strict=True)
                     ],
                 )
-            await queue_for_residents(conn, for_residents, quiet=self.quiet, now=now)
+            await queue_for_residents(
+                conn,
+                for_residents,
+                quiet=self.quiet,
+                now=now,
+                department_name=self.department_name,
+            )
             # e-mail and SMS subscriptions
             await queue_for_staff(conn, for_staff, self._message_subscriptions)
             # the delivery log's webhooks: one row per active endpoint of the department, of

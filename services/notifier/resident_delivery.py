@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
@@ -102,12 +102,21 @@ async def remember_contacts(
         )
 
 
+# A department's name by its code (the department directory), None when not known
+DepartmentName = Callable[[str | None], str | None]
+
+
+def no_names(code: str | None) -> str | None:
+    return None
+
+
 async def queue_for_residents(
     conn: asyncpg.Connection,
     items: Sequence[tuple[Envelope, events.Event, dict[str, Any]]],
     *,
     quiet: tuple[time, time],
     now: datetime,
+    department_name: DepartmentName = no_names,
 ) -> int:
     """Queue the residents' messages for a batch of (event, its case) — accepted, resolved —
     with three statements whatever the batch's size; returns how many messages."""
@@ -129,10 +138,10 @@ async def queue_for_residents(
         if person is None:
             # The contact may still be on its way (another consumer): keep what to say, to be
             # said in the resident's language once it is known.
-            context = orjson.dumps(_context(env, event, case)).decode()
+            context = orjson.dumps(_context(env, event, case, department_name)).decode()
             backlog.append((env.event_id, env.case_id, context, urgent))
         elif person["email"] or person["phone"]:
-            said = _texts(_context(env, event, case), person)
+            said = _texts(_context(env, event, case, department_name), person)
             messages += _messages(
                 str(env.event_id), env.case_id, said, urgent, person, quiet=quiet, now=now
             )
@@ -148,13 +157,18 @@ async def queue_for_residents(
     return len(messages)
 
 
-def _context(env: Envelope, event: events.Event, case: dict[str, Any]) -> dict[str, Any]:
+def _context(
+    env: Envelope, event: events.Event, case: dict[str, Any], department_name: DepartmentName
+) -> dict[str, Any]:
     """What a resident's message says, in no language yet (JSON: it may be kept)."""
     resolve_by = case.get("resolve_by")
+    department = case.get("department")
     return {
         "event_type": env.event_type,
         "category": case.get("category"),
-        "department": case.get("department"),
+        "department": department,
+        # its name as the directory says now; the code if the directory does not know it
+        "department_name": department_name(department) or department,
         "resolve_by": resolve_by.isoformat() if resolve_by else None,
         "note": getattr(event, "note", "") or "",
         "short_id": env.case_id[:8],
@@ -166,7 +180,8 @@ def _texts(context: dict[str, Any], person: asyncpg.Record) -> dict[str, Message
     locale = person["locale"]
     values = {
         "category_name": category_name(context["category"], locale),
-        "department_name": context["department"],
+        # contexts kept before names were known have the code only
+        "department_name": context.get("department_name") or context["department"],
         "resolve_by": local_time(context["resolve_by"]),
         "note": context["note"],
         "short_id": context["short_id"],

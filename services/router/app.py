@@ -22,10 +22,12 @@ from services.router.settings import MIGRATIONS, RouterSettings
 from shared import events, topics
 from shared.catalogue import load_file
 from shared.db import create_pool, migrate
+from shared.directory import DepartmentDirectory, DirectoryPublisher
 from shared.events import wrap
 from shared.kafka import (
     DeadLetters,
     Records,
+    connection_options,
     durable_subscriber,
     handle_isolating,
     make_broker,
@@ -42,9 +44,14 @@ LOAD_GROUP = "router-load"  # open cases per worker, counted in PostgreSQL
 
 
 async def reload_loop(
-    settings: Settings, rs: RouterSettings, state: RouterState, stop: asyncio.Event
+    settings: Settings,
+    rs: RouterSettings,
+    state: RouterState,
+    stop: asyncio.Event,
+    reloaded: asyncio.Event | None = None,
 ) -> None:
-    """Reload the snapshot when `refdata_version` moves (NOTIFY wakes us; polling backs it)."""
+    """Reload the snapshot when `refdata_version` moves (NOTIFY wakes us; polling backs it).
+    Sets `reloaded` after each reload (the department directory is published again)."""
     wake = asyncio.Event()
     conn: asyncpg.Connection | None = None
     while not stop.is_set():
@@ -59,6 +66,8 @@ async def reload_loop(
                 state.swap(ref)
                 settle_heap(collect=False)  # the new snapshot, out of the collector's passes
                 log.info("reference data version %s loaded: %s", ref.version, ref.stats())
+                if reloaded is not None:
+                    reloaded.set()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("reference data reload failed, will retry: %s", exc)
             conn = None
@@ -215,8 +224,14 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         async with pool.acquire() as conn:
             await fold_lifecycle(conn, state, records)
 
+    directory = DepartmentDirectory(connection_options(settings.kafka), client_id="router")
+    publisher = DirectoryPublisher(producer, directory, state.department_names)
     reloader = asyncio.create_task(
-        supervised("reference reloader", lambda s: reload_loop(settings, rs, state, s), stop)
+        supervised(
+            "reference reloader",
+            lambda s: reload_loop(settings, rs, state, s, publisher.wake),
+            stop,
+        )
     )
     server = uvicorn.Server(
         uvicorn.Config(
@@ -237,16 +252,24 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         broker=broker,
         producer=producer,
         pool=pool,
-        tasks=[reloader, serving, watching],
+        tasks=[
+            reloader,
+            serving,
+            watching,
+            asyncio.create_task(supervised("department directory", directory.run, stop)),
+            asyncio.create_task(supervised("directory publisher", publisher.run, stop)),
+        ],
     )
 
 
 SERVICE = ServiceSpec(
     kafka=KafkaAccess(
         reads=((topics.CASES_INTAKE, ROUTING_GROUP), (topics.CASES_LIFECYCLE, LOAD_GROUP)),
-        # decisions; reroutes asked by operators; poison messages of both inputs
+        follows=(topics.DEPARTMENTS,),
+        # decisions; reroutes asked by operators; the department directory; poison messages
         writes=(
             topics.CASES_LIFECYCLE,
+            topics.DEPARTMENTS,
             topics.CASES_INTAKE,
             topics.dlq(topics.CASES_INTAKE),
             topics.dlq(topics.CASES_LIFECYCLE),

@@ -95,6 +95,10 @@ class RouterState:
         GRIDS_LOADED.set(len(ref.grids))
         REFDATA_VERSION.set(ref.version)
 
+    def department_names(self) -> dict[str, str]:
+        """Code → name of every department: what the department directory should say."""
+        return {code: d.name for code, d in self.ref.departments.items()}
+
 
 def facts_from_report(env: Envelope, event: events.CaseReported) -> dict[str, Any]:
     """What the router keeps of a report (the facts a later reroute decides on)."""

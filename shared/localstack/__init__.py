@@ -7,12 +7,11 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.kafka import ensure_topics
+from shared.kafka import create_contract_topics
 from shared.localstack.kafka import KafkaNode
 from shared.localstack.postgres import PostgresNode
 from shared.localstack.process import Progress, StackError, free_port
 from shared.settings import Settings
-from shared.topics import all_contract_topics
 
 __all__ = ["KafkaNode", "LocalStack", "PostgresNode", "StackError", "free_port"]
 
@@ -72,11 +71,7 @@ class LocalStack:
         timings = {"postgres": self.postgres.start(progress)}
         try:
             timings["kafka"] = self.kafka.start(progress)
-            created = asyncio.run(
-                ensure_topics(
-                    self.kafka.bootstrap, all_contract_topics(), partitions=self.partitions
-                )
-            )
+            created = asyncio.run(create_contract_topics(self.kafka.bootstrap, self.partitions))
         except BaseException:
             self.down()
             raise

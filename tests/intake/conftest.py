@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 from services.intake import store
 from services.intake.auth import Role
 from shared import events, topics
+from shared.directory import DepartmentEntry
 from shared.events import wrap
 from shared.localstack import LocalStack, free_port
 from tests.helpers.services import running_service
@@ -100,6 +101,17 @@ async def publish_lifecycle(stack: LocalStack, *envelopes: events.Envelope) -> N
             await producer.send_and_wait(
                 topics.CASES_LIFECYCLE, env.to_json(), key=env.case_id.encode()
             )
+    finally:
+        await producer.stop()
+
+
+async def publish_department(stack: LocalStack, code: str, name: str) -> None:
+    """An entry of the department directory, as the router publishes it."""
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka.bootstrap)
+    await producer.start()
+    try:
+        entry = DepartmentEntry(code=code, name=name)
+        await producer.send_and_wait(topics.DEPARTMENTS, entry.to_json(), key=code.encode())
     finally:
         await producer.stop()
 

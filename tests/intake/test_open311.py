@@ -4,6 +4,7 @@ and two off-the-shelf client libraries from PyPI (civicbot's Open311Client, geor
 from __future__ import annotations
 
 import asyncio
+import uuid
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 
@@ -15,7 +16,14 @@ from civicbot.registry import Endpoint
 from georeport import GeoReport
 
 from shared.localstack import LocalStack
-from tests.intake.conftest import Keys, auth, publish_lifecycle, routed_event, wait_for
+from tests.intake.conftest import (
+    Keys,
+    auth,
+    publish_department,
+    publish_lifecycle,
+    routed_event,
+    wait_for,
+)
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 
@@ -83,12 +91,19 @@ async def test_post_and_read_back_in_json_and_xml(
     assert req["lat"] == pytest.approx(47.3421)
     assert "13800001111" not in str(req)  # no personal data
 
-    # the router's decision shows as agency_responsible and expected_datetime
-    await publish_lifecycle(stack, routed_event(rid, "streetlights"))
+    # the router's decision shows as agency_responsible and expected_datetime: the
+    # department's code while the department directory does not know it …
+    department = "lights-" + uuid.uuid4().hex[:6]
+    await publish_lifecycle(stack, routed_event(rid, department))
     await wait_for(client, rid, keys.operator, lambda c: c["status"] == "routed")
     [req] = (await client.get(f"/open311/v2/requests/{rid}.json")).json()
-    assert req["agency_responsible"] == "streetlights"
+    assert req["agency_responsible"] == department
     assert req["expected_datetime"] is not None
+    # … and its name once the router has published it there
+    await publish_department(stack, department, "市路灯管理处")
+    await wait_for(client, rid, keys.operator, lambda c: c["department_name"] == "市路灯管理处")
+    [req] = (await client.get(f"/open311/v2/requests/{rid}.json")).json()
+    assert req["agency_responsible"] == "市路灯管理处"
 
     xml = ET.fromstring((await client.get(f"/open311/v2/requests/{rid}.xml")).content)
     node = xml.find("request")

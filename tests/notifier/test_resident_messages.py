@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from shared import events, topics
+from shared.directory import DepartmentEntry
 from shared.events import wrap
 from shared.localstack import LocalStack, free_port
 from shared.settings import PROJECT_ROOT
@@ -59,14 +60,14 @@ def report(
     )
 
 
-def routed(case_id: str) -> events.Envelope:
+def routed(case_id: str, department: str = "heating") -> events.Envelope:
     now = datetime.now(UTC)
     return wrap(
         events.CaseRouted(
             category="heating.outage",
             grid_id="g-1",
             district="longsha",
-            department="heating",
+            department=department,
             worker_id="w-1",
             priority=events.Priority.HIGH,
             deadlines=events.Deadlines(
@@ -110,6 +111,13 @@ async def test_consenting_residents_are_told_by_email_and_sms(stack: LocalStack,
         "GRIDDISPATCH_NOTIFIER__SMS_GATEWAY_URL": f"http://127.0.0.1:{sms_port}/sms",
         "GRIDDISPATCH_NOTIFIER__QUIET_HOURS": "07:00-07:00",
     }  # none: the test runs any time
+    # a department of this test's own, named in the directory before the notifier starts
+    department = "heat-" + uuid.uuid4().hex[:6]
+    directory = AIOKafkaProducer(bootstrap_servers=stack.kafka.bootstrap)
+    await directory.start()
+    entry = DepartmentEntry(code=department, name="市供热公司")
+    await directory.send_and_wait(topics.DEPARTMENTS, entry.to_json(), key=department.encode())
+    await directory.stop()
     log = open(tmp_path / "notifier.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli.main", "serve", "notifier"],
@@ -130,7 +138,7 @@ async def test_consenting_residents_are_told_by_email_and_sms(stack: LocalStack,
         # order, and the resident must be told either way
         for cid in (yes.case_id, no.case_id, english.case_id):
             for e in (
-                routed(cid),
+                routed(cid, department),
                 wrap(
                     events.CaseResolved(by="w-1", note="阀门已更换"), case_id=cid, producer="intake"
                 ),
@@ -161,7 +169,8 @@ async def test_consenting_residents_are_told_by_email_and_sms(stack: LocalStack,
     emails = [(rcpt, body) for rcpt, body in inbox.messages if yes.case_id[:8] in body]
     assert [rcpt for rcpt, _ in emails] == [["wang@example.org"], ["wang@example.org"]]
     bodies = [body for _, body in emails]
-    assert any("已受理" in b for b in bodies)
+    # the department by the name the router published to the department directory
+    assert any("已受理" in b and "由市供热公司负责处理" in b for b in bodies)
     assert any("阀门已更换" in b for b in bodies)
     sms = [t for t in texts if yes.case_id[:8] in t["text"]]
     assert [t["to"] for t in sms] == ["13912345678", "13912345678"]

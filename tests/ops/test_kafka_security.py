@@ -35,9 +35,8 @@ from services.intake import store as intake_store
 from services.intake.auth import Role
 from services.router import democity
 from services.router import store as router_store
-from shared import topics
 from shared.db import migrate
-from shared.kafka import connection_options, ensure_topics, make_producer
+from shared.kafka import connection_options, create_contract_topics, ensure_topics, make_producer
 from shared.localstack import LocalStack, free_port
 from shared.localstack.kafka import ADMIN_USER, KafkaNode
 from shared.service import discover_services
@@ -212,7 +211,7 @@ async def test_every_service_runs_on_its_own_kafka_user(
     report from HTTP to the department's feed; the department reads it with its own login."""
     node, passwords = secured
     admin = login(node, passwords, ADMIN_USER)
-    await ensure_topics(connection_options(admin), topics.all_contract_topics(), partitions=1)
+    await create_contract_topics(connection_options(admin), partitions=1)
     url = await fresh_database(stack.postgres.url, "acl")
     conn = await asyncpg.connect(url)
     try:
@@ -259,7 +258,7 @@ async def test_every_service_runs_on_its_own_kafka_user(
                 },
             )
         assert r.status_code == 202, r.text
-        case_id = r.json()["case_id"]
+        case_id, token = r.json()["case_id"], r.json()["tracking_token"]
         roads = login(node, passwords, ROADS)
         seen: list[dict[str, Any]] = []
         deadline = time.monotonic() + 90
@@ -272,7 +271,19 @@ async def test_every_service_runs_on_its_own_kafka_user(
             if any(m["case_id"] == case_id for m in seen):
                 break
             await asyncio.sleep(1)
+        # the router published the department directory, and intake follows it, on their
+        # own logins: the resident reads the department's name
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['intake']}") as client:
+            for _ in range(300):
+                view = (
+                    await client.get(f"/v1/cases/{case_id}", headers={"X-Tracking-Token": token})
+                ).json()
+                if view.get("department_name"):
+                    break
+                await asyncio.sleep(0.1)
     assert [m["event_type"] for m in seen if m["case_id"] == case_id] == ["CaseRouted"]
+    assert view["department"] == "roads"
+    assert view["department_name"] == democity.DEPARTMENT_NAMES["roads"]
     for name in ports:
         log = (tmp_path / f"{name}.log").read_text()
         assert "AuthorizationFailed" not in log, f"{name} was refused something it needs"

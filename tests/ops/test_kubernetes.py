@@ -83,9 +83,13 @@ def test_validator_rejects_a_broken_custom_resource(built: dict[str, str]) -> No
 def test_every_contract_topic_has_a_kafka_topic(prod: list[dict[str, Any]]) -> None:
     declared = {t["spec"]["topicName"]: t["spec"] for t in of_kind(prod, "KafkaTopic").values()}
     assert set(declared) == set(topics.all_contract_topics())
-    for spec in declared.values():
-        assert spec["partitions"] == KafkaSettings().partitions
+    for name, spec in declared.items():
         assert spec["replicas"] == 3
+        if name in topics.case_topics():
+            assert spec["partitions"] == KafkaSettings().partitions
+        else:  # the directory: compacted, so that every department's latest entry stays
+            assert spec["partitions"] == 1
+            assert spec["config"]["cleanup.policy"] == "compact"
 
 
 def _granted(user: dict[str, Any]) -> set[Acl]:
@@ -102,6 +106,8 @@ def _needed(access: KafkaAccess) -> set[Acl]:
     for topic, group in access.reads:
         need |= {("topic", topic, "literal", "Read"), ("topic", topic, "literal", "Describe")}
         need.add(("group", group, "literal", "Read"))
+    for topic in access.follows:
+        need |= {("topic", topic, "literal", "Read"), ("topic", topic, "literal", "Describe")}
     for topic in access.writes:
         need |= {("topic", topic, "literal", "Write"), ("topic", topic, "literal", "Describe")}
     if access.feeds:

@@ -200,6 +200,7 @@ async def get_case(case_id: CaseId, request: Request) -> CaseView:
         resident=resident,
         category=categories.get(row["category"]),
         timeline=events,
+        department_name=st.department_name(row["department"]),
     )
 
 
@@ -260,7 +261,13 @@ async def list_cases(
     page = rows[:limit]
     return CasePage(
         items=[
-            case_view(r, viewer=principal, resident=False, category=categories.get(r["category"]))
+            case_view(
+                r,
+                viewer=principal,
+                resident=False,
+                category=categories.get(r["category"]),
+                department_name=st.department_name(r["department"]),
+            )
             for r in page
         ],
         next_cursor=store.encode_cursor(page[-1]["reported_at"], page[-1]["case_id"])

@@ -17,6 +17,7 @@ from services.intake.auth import Principal, RateLimiter
 from services.intake.reports import ReportWriter
 from services.intake.settings import IntakeSettings
 from shared.catalogue import Category
+from shared.directory import DepartmentDirectory
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,11 @@ class IntakeState:
     limiter: RateLimiter
     keys: KeyCache
     writer: ReportWriter
+    # department names from the department directory (replicas that follow it)
+    directory: DepartmentDirectory | None = None
+
+    def department_name(self, code: str | None) -> str | None:
+        return self.directory.name(code) if self.directory is not None else None
 
 
 def state(request: Request) -> IntakeState:

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from services.intake import store
 from services.intake.http.cases import accept_report
-from services.intake.http.deps import ApiError, State, client_address
+from services.intake.http.deps import ApiError, IntakeState, State, client_address
 from services.intake.lifecycle import Status
 from services.intake.models import ReportIn
 from shared.catalogue import Category
@@ -332,7 +332,11 @@ async def post_request(fmt: Format, request: Request, st: State) -> Response:
 
 
 def _open311_request(
-    row: Mapping[str, Any], category: Category | None, locale: str, notes: str | None
+    row: Mapping[str, Any],
+    category: Category | None,
+    locale: str,
+    notes: str | None,
+    st: IntakeState,
 ) -> dict[str, Any]:
     public = category is not None and category.group not in PRIVATE_GROUPS
     media = row["media_urls"]
@@ -345,7 +349,8 @@ def _open311_request(
         "service_name": _name(category, row["category"], locale),
         "service_code": row["category"],
         "description": row["description"] if public else None,
-        "agency_responsible": row["department"],
+        # the department's name, as the directory says; its code until the directory knows it
+        "agency_responsible": st.department_name(row["department"]) or row["department"],
         "service_notice": None,
         "requested_datetime": _iso(row["reported_at"]),
         "updated_datetime": _iso(row["updated_at"]),
@@ -432,7 +437,7 @@ async def get_requests(
         rows = await store.list_cases(conn, filters, limit=MAX_RESULTS)
         notes = await _latest_notes(conn, [r["case_id"] for r in rows])
     items = [
-        _open311_request(r, categories.get(r["category"]), locale, notes.get(r["case_id"]))
+        _open311_request(r, categories.get(r["category"]), locale, notes.get(r["case_id"]), st)
         for r in rows
     ]
     return render(fmt, "service_requests", "request", items)
@@ -457,7 +462,7 @@ async def get_request(
         fmt,
         "service_requests",
         "request",
-        [_open311_request(row, category, locale, notes.get(service_request_id))],
+        [_open311_request(row, category, locale, notes.get(service_request_id), st)],
     )
 
 
