@@ -75,6 +75,10 @@ class LocalStackSettings(BaseModel):
     prometheus_port: int = Field(
         default=19090, description="`griddispatch up`'s Prometheus; 0 = do not start one"
     )
+    mailbox_smtp_port: int = Field(
+        default=2525, description="`griddispatch up`'s local mailbox (SMTP); 0 = no mailbox"
+    )
+    mailbox_sms_port: int = Field(default=2526, description="its SMS gateway")
 
 
 class OutboxSettings(BaseModel):

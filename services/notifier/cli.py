@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
@@ -15,6 +16,7 @@ from services.notifier import webhooks
 from services.notifier.settings import MIGRATIONS, NotifierSettings
 from services.notifier.subscriptions import (
     SubscriptionIn,
+    add_demo_subscriptions,
     add_subscription,
     disable_subscription,
     list_subscriptions,
@@ -27,6 +29,10 @@ subscriptions_app = typer.Typer(
     help="Who is told what: webhooks, e-mail, SMS, feed topics.", no_args_is_help=True
 )
 deliveries_app = typer.Typer(help="The delivery log and its dead letters.", no_args_is_help=True)
+mailbox_app = typer.Typer(
+    help="A local SMTP server and SMS gateway that keep what they are sent in files "
+    "(for `griddispatch up`; not for production)."
+)
 T = TypeVar("T")
 
 
@@ -78,6 +84,47 @@ def _reason(exc: Exception) -> str:
             for e in exc.errors()
         )
     return str(exc)
+
+
+@subscriptions_app.command("demo")
+def demo() -> None:
+    """E-mail subscriptions for every department of the service catalogue
+    (`<code>@example.org`), for the demo city of `griddispatch up` (whose local mailbox shows
+    what they are sent). Adds only what is missing."""
+    from shared.catalogue import load_file
+
+    departments = sorted({c.department for c in load_file().categories})
+    added = _db(lambda c: add_demo_subscriptions(c, departments))
+    console.print(f"[green]✓[/green] demo e-mail subscriptions: {added} added")
+
+
+@mailbox_app.callback(invoke_without_command=True)
+def mailbox(
+    folder: Path | None = typer.Option(None, help="where mail.log and sms.log go"),
+    smtp_port: int = typer.Option(2525),
+    sms_port: int = typer.Option(2526),
+) -> None:
+    """Keep every e-mail and SMS the notifier sends, until interrupted."""
+    import asyncio
+    import signal
+
+    from services.notifier.mailbox import Mailbox
+    from shared.settings import get_settings
+
+    box = Mailbox(
+        folder or get_settings().local.home / "mailbox", smtp_port=smtp_port, sms_port=sms_port
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await box.run(stop)
+
+    console.print(
+        f"mailbox: SMTP 127.0.0.1:{smtp_port} → {box.mail_file}; SMS {box.sms_url} → {box.sms_file}"
+    )
+    asyncio.run(run())
 
 
 @subscriptions_app.command("list")

@@ -111,6 +111,33 @@ async def list_subscriptions(
     return [{**dict(r), "address": masked(r["address"])} for r in rows]
 
 
+DEMO_EMAIL_DOMAIN = "example.org"
+
+
+async def add_demo_subscriptions(conn: asyncpg.Connection, departments: list[str]) -> int:
+    """For the demo city: an e-mail subscription (`<code>@example.org`, zh-CN) for every
+    department that has no active e-mail subscription yet; returns how many were added."""
+    added = 0
+    async with conn.transaction():
+        have = {
+            r["owner"]
+            for r in await conn.fetch(
+                "SELECT owner FROM notifier.subscriptions WHERE owner_kind = 'department' "
+                "AND channel = 'email' AND active"
+            )
+        }
+        for code in sorted(set(departments) - have):
+            body = SubscriptionIn(
+                owner_kind="department",
+                owner=code,
+                channel="email",
+                address=f"{code}@{DEMO_EMAIL_DOMAIN}",
+            )
+            await add_subscription(conn, body, frozenset())
+            added += 1
+    return added
+
+
 async def disable_subscription(conn: asyncpg.Connection, sub_id: int) -> bool:
     done: str = await conn.execute(
         "UPDATE notifier.subscriptions SET active = false, disabled_reason = 'by an operator'"

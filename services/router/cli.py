@@ -327,17 +327,22 @@ def demo_reports(
             category, text, answers = rng.choice(samples)
             grid = rng.choice(city.grids)
             lat, lon = democity.point_in(grid, rng.uniform(0.05, 0.95), rng.uniform(0.05, 0.95))
+            report: dict[str, object] = {
+                "category": category,
+                "description": text,
+                "attributes": answers,
+                "location": {"lat": lat, "lon": lon},
+                "channel": rng.choice(["app", "wechat", "hotline"]),
+            }
+            if sent % 3 == 0:  # a resident who wants to be told (made-up number and address)
+                report["reporter"] = {
+                    "name": "居民",
+                    "phone": f"1390000{rng.randrange(10_000):04d}",
+                    "email": f"resident{sent}@example.org",
+                    "consent_to_notify": True,
+                }
             try:
-                r = client.post(
-                    "/v1/cases",
-                    json={
-                        "category": category,
-                        "description": text,
-                        "attributes": answers,
-                        "location": {"lat": lat, "lon": lon},
-                        "channel": rng.choice(["app", "wechat", "hotline"]),
-                    },
-                )
+                r = client.post("/v1/cases", json=report)
                 console.print(
                     f"reported {category:28} → {r.status_code} {r.json().get('case_id', '')}"
                 )

@@ -160,6 +160,14 @@ def up(
                 check=True,
             )
         _print_where(stack)
+        commands = {ep.name for ep in entry_points(group="griddispatch.commands")}
+        mailbox = _start_mailbox() if "mailbox" in commands else None
+        if mailbox is not None:
+            procs.append(("mailbox", mailbox))
+            if demo and "subscriptions" in commands:
+                subprocess.run(
+                    [sys.executable, "-m", "shared.cli.main", "subscriptions", "demo"], check=True
+                )
         for name in discover_services():
             proc = subprocess.Popen([sys.executable, "-m", "shared.cli.main", "serve", name])
             procs.append((name, proc))
@@ -167,7 +175,6 @@ def up(
         prometheus = _start_prometheus()
         if prometheus is not None:
             procs.append(("prometheus", prometheus))
-        commands = {ep.name for ep in entry_points(group="griddispatch.commands")}
         if demo and {"demo", "keys"} <= commands:
             key = subprocess.run(
                 [
@@ -209,6 +216,33 @@ def up(
         if not keep_stack:
             stopped = stack.down()
             _progress(f"stopped {', '.join(stopped)}")
+
+
+def _start_mailbox() -> subprocess.Popen[bytes] | None:
+    """A local SMTP server and SMS gateway (the notifier's `griddispatch mailbox`) that keep
+    what the services send in files, and the services pointed at it."""
+    local = get_settings().local
+    if not local.mailbox_smtp_port:
+        return None
+    folder = local.home / "mailbox"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "shared.cli.main", "mailbox", "--folder", str(folder)),
+            *("--smtp-port", str(local.mailbox_smtp_port)),
+            *("--sms-port", str(local.mailbox_sms_port)),
+        ]
+    )
+    # the services started after this send their e-mail and SMS there (unless told otherwise)
+    os.environ.setdefault("GRIDDISPATCH_NOTIFIER__SMTP_HOST", "127.0.0.1")
+    os.environ.setdefault("GRIDDISPATCH_NOTIFIER__SMTP_PORT", str(local.mailbox_smtp_port))
+    os.environ.setdefault(
+        "GRIDDISPATCH_NOTIFIER__SMS_GATEWAY_URL", f"http://127.0.0.1:{local.mailbox_sms_port}/sms"
+    )
+    console.print(
+        f"[green]✓[/green] Mailbox     e-mail → {folder / 'mail.log'}, SMS → {folder / 'sms.log'}"
+        "   (residents' messages wait out the quiet hours, 22:00–07:00 in the city)"
+    )
+    return proc
 
 
 def _start_prometheus() -> subprocess.Popen[bytes] | None:
