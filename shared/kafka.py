@@ -365,6 +365,23 @@ async def _leaders_elected(admin: AIOKafkaAdminClient, names: list[str]) -> bool
     )
 
 
+async def _leaders_serving(
+    connection: str | Mapping[str, Any], parts: list[TopicPartition], deadline: float
+) -> None:
+    """Wait until each new partition's leader answers for it. The metadata names a leader a
+    moment before that broker acts as one: a producer's first writes then met
+    NotLeaderForPartition (retried, but a WARNING per partition in the log). Asking the
+    leaders for the partitions' end offsets retries until they answer."""
+    consumer = AIOKafkaConsumer(**client_options(connection), group_id=None)
+    await consumer.start()
+    try:
+        left = deadline - asyncio.get_running_loop().time()
+        with contextlib.suppress(TimeoutError, KafkaError):
+            await asyncio.wait_for(consumer.end_offsets(parts), max(left, 0.1))
+    finally:
+        await consumer.stop()
+
+
 async def ensure_topics(
     connection: str | Mapping[str, Any],
     names: Iterable[str],
@@ -399,14 +416,20 @@ async def ensure_topics(
                     raise KafkaError(f"Kafka refused to create topics: {'; '.join(refused)}")
             # A new topic's partitions get leaders a moment later: wait, so that a consumer
             # starting on it at "latest" (the live stream) is assigned every partition at
-            # once. (A producer's first writes may still meet NotLeaderForPartition while the
-            # broker sets the partitions up; aiokafka retries them.)
+            # once, and the first writes are not refused.
             deadline = asyncio.get_running_loop().time() + LEADER_WAIT_S
             while not await _leaders_elected(admin, missing):
                 if asyncio.get_running_loop().time() > deadline:
                     log.warning("topics %s have no leaders yet; going on", missing)
                     break
                 await asyncio.sleep(0.1)
+            else:
+                parts = [
+                    TopicPartition(t["topic"], p["partition"])
+                    for t in await admin.describe_topics(missing)
+                    for p in t["partitions"]
+                ]
+                await _leaders_serving(connection, parts, deadline)
         return missing
     finally:
         await admin.close()

@@ -85,6 +85,32 @@ async def test_new_topics_have_leaders_and_impossible_ones_are_refused_loudly(
         )
 
 
+async def test_the_first_writes_to_new_topics_are_not_refused(
+    stack: LocalStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The notifier creates a department's feed topic and writes to it at once. Before
+    ensure_topics waited for the leaders to serve, ~8 of 12 such first writes met
+    NotLeaderForPartition (retried by aiokafka, with a WARNING each)."""
+    import asyncio
+    import uuid
+
+    from shared.kafka import ensure_topics, make_producer
+
+    producer = make_producer(KafkaSettings(bootstrap_servers=stack.kafka.bootstrap), "t")
+    await producer.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="aiokafka"):
+            for _ in range(3):
+                name = f"dept.test-{uuid.uuid4().hex[:8]}"
+                await ensure_topics(stack.kafka.bootstrap, [name], partitions=12)
+                await asyncio.gather(
+                    *(producer.send_and_wait(name, b"x", partition=p) for p in range(12))
+                )
+    finally:
+        await producer.stop()
+    assert not [r for r in caplog.records if "NotLeader" in r.getMessage()]
+
+
 def test_the_broker_logger_drops_only_faststreams_topic_creation_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
