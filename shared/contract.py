@@ -15,6 +15,7 @@ from pydantic import BaseModel, create_model
 from shared import topics
 from shared.directory import DepartmentEntry
 from shared.events import EVENT_TYPES, Envelope, Event
+from shared.feed import feed_message_schema
 from shared.settings import PROJECT_ROOT
 
 DOCS = PROJECT_ROOT / "docs"
@@ -123,8 +124,24 @@ def asyncapi() -> dict[str, Any]:
         }
     channels["dept"] = {
         "address": "dept.{code}",
-        "description": "One feed per department: its cases, with personal data minimised.",
+        "description": "One feed per department: its cases, with personal data minimised. "
+        "The same message is the body of the department's webhooks.",
         "parameters": {"code": {"description": "department code"}},
+        "messages": {
+            "DepartmentFeedMessage": {"$ref": "#/components/messages/DepartmentFeedMessage"}
+        },
+    }
+    messages["DepartmentFeedMessage"] = {
+        "name": "DepartmentFeedMessage",
+        "title": "DepartmentFeedMessage",
+        "summary": "One lifecycle event of a case assigned to the department.",
+        "contentType": "application/json",
+        "bindings": {"kafka": {"key": {"type": "string", "description": "case_id"}}},
+        "payload": {"$ref": "schemas/DepartmentFeedMessage.json"},
+    }
+    operations["notifier_sends_dept"] = {
+        "action": "send",
+        "channel": {"$ref": "#/channels/dept"},
     }
     return {
         "asyncapi": "3.0.0",
@@ -150,6 +167,9 @@ def render() -> dict[str, str]:
         f"schemas/{name}": json.dumps(schema, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
         for name, schema in event_schemas().items()
     }
+    files["schemas/DepartmentFeedMessage.json"] = (
+        json.dumps(feed_message_schema(), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    )
     files["asyncapi.json"] = json.dumps(asyncapi(), indent=2, ensure_ascii=False) + "\n"
     return files
 

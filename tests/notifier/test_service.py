@@ -27,6 +27,7 @@ from services.notifier.subscriptions import SubscriptionIn, add_subscription
 from shared import events, topics
 from shared.db import migrate
 from shared.events import wrap
+from shared.feed import FEED_MESSAGE
 from shared.localstack import LocalStack, free_port
 from shared.settings import PROJECT_ROOT
 from tests.helpers.http import receiving
@@ -202,6 +203,10 @@ async def test_feeds_and_webhooks(stack: LocalStack, receiver: Receiver, tmp_pat
     assert b.case_id not in out.stdout
     assert "13900000000" not in out.stdout  # no phone numbers in a feed
     assert feed[0]["details"]["priority"] == "high"
+    # each is the published feed message (docs/schemas/DepartmentFeedMessage.json) …
+    for line in out.stdout.splitlines():
+        if line.startswith("{"):
+            FEED_MESSAGE.validate_json(line)
 
     # signed webhooks: both events to the healthy endpoint, verifiable by the receiver
     ok = receiver.calls["ok"]
@@ -211,6 +216,8 @@ async def test_feeds_and_webhooks(stack: LocalStack, receiver: Receiver, tmp_pat
         "CaseRouted",
     ]
     assert all(verify(SECRET_A, headers, body) for headers, body in ok)
+    for _, body in ok:  # … and so is each webhook's body
+        FEED_MESSAGE.validate_json(body)
     # the case's grid worker hears of its case only; a gateway hears of every worker's cases
     worker_calls = [json.loads(body) for _, body in receiver.calls["worker"]]
     assert sorted((m["case_id"], m["event_type"]) for m in worker_calls) == [

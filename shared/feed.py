@@ -1,0 +1,158 @@
+"""What a department's systems receive: the message on its feed topic `dept.<code>`, which is
+also the body of its webhooks and the data of its live stream.
+
+These models are the published form of that message (`docs/schemas/DepartmentFeedMessage.json`,
+the `dept` channel of `docs/asyncapi.json`). The notifier writes the message as a plain dict
+(`services/notifier/views.py`, on the hot path); a test holds every kind it writes to these
+models, which forbid fields they do not name: personal data cannot slip in unseen.
+
+One message per lifecycle event of a case assigned to the department. `event_type` says which
+`details` it carries. Never in a message: care flags, community-correction status, reporter
+contacts, the escalation chain's phone numbers (read a case's reporter through intake's case
+API with the department's key, where the catalogue decides what is masked).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+from shared.events import Priority
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RoutedDetails(_Strict):
+    grid_id: str
+    district: str
+    worker_id: str | None = Field(description="the grid worker assigned, if any is on duty")
+    priority: Priority
+    acknowledge_by: AwareDatetime
+    resolve_by: AwareDatetime
+    mediate_in_grid_first: bool = Field(
+        description="a dispute: the grid mediates first, the department stands by"
+    )
+
+
+class EscalatedTo(_Strict):
+    role: Literal["worker", "grid_leader", "community", "street_office", "district", "city"]
+    name: str
+
+
+class EscalatedDetails(_Strict):
+    deadline: Literal["acknowledge", "resolve"]
+    due_at: AwareDatetime
+    level: int = Field(ge=0)
+    to: EscalatedTo
+    repeat: int = Field(ge=0, description="reminders at the top of the ladder")
+
+
+class WarnedDetails(_Strict):
+    deadline: Literal["acknowledge", "resolve"]
+    due_at: AwareDatetime
+
+
+class NoteDetails(_Strict):
+    note: str
+
+
+class ReopenedDetails(_Strict):
+    reason: str
+
+
+class RatedDetails(_Strict):
+    rating: int = Field(ge=1, le=5)
+
+
+class NoDetails(_Strict):
+    pass
+
+
+class _Message(_Strict):
+    event_id: UUID = Field(description="the lifecycle event's id")
+    feed_id: UUID = Field(
+        description="this message's id, the same on every redelivery: deduplicate by it"
+    )
+    case_id: str
+    occurred_at: AwareDatetime
+    department: str | None
+    category: str | None = Field(description="service code of the catalogue")
+    reported_at: AwareDatetime | None
+
+
+class CaseRoutedMessage(_Message):
+    """A new case for the department (or one transferred or rerouted to it)."""
+
+    event_type: Literal["CaseRouted"]
+    details: RoutedDetails
+
+
+class CaseAcknowledgedMessage(_Message):
+    event_type: Literal["CaseAcknowledged"]
+    details: NoDetails
+
+
+class CaseProgressedMessage(_Message):
+    event_type: Literal["CaseProgressed"]
+    details: NoteDetails
+
+
+class CaseResolvedMessage(_Message):
+    event_type: Literal["CaseResolved"]
+    details: NoteDetails
+
+
+class CaseClosedMessage(_Message):
+    event_type: Literal["CaseClosed"]
+    details: NoDetails
+
+
+class CaseReopenedMessage(_Message):
+    event_type: Literal["CaseReopened"]
+    details: ReopenedDetails
+
+
+class CaseRatedMessage(_Message):
+    event_type: Literal["CaseRated"]
+    details: RatedDetails
+
+
+class CaseWarnedMessage(_Message):
+    """A deadline of the case is near."""
+
+    event_type: Literal["CaseWarned"]
+    details: WarnedDetails
+
+
+class CaseEscalatedMessage(_Message):
+    """A deadline passed: the case went one level up the ladder."""
+
+    event_type: Literal["CaseEscalated"]
+    details: EscalatedDetails
+
+
+DepartmentFeedMessage = Annotated[
+    CaseRoutedMessage
+    | CaseAcknowledgedMessage
+    | CaseProgressedMessage
+    | CaseResolvedMessage
+    | CaseClosedMessage
+    | CaseReopenedMessage
+    | CaseRatedMessage
+    | CaseWarnedMessage
+    | CaseEscalatedMessage,
+    Field(discriminator="event_type"),
+]
+FEED_MESSAGE: TypeAdapter[DepartmentFeedMessage] = TypeAdapter(DepartmentFeedMessage)
+
+
+def feed_message_schema() -> dict[str, object]:
+    schema = FEED_MESSAGE.json_schema(mode="serialization")
+    schema["title"] = "DepartmentFeedMessage"
+    schema["description"] = (__doc__ or "").strip().split("\n\n")[0]
+    schema["$id"] = "griddispatch:DepartmentFeedMessage:v1"
+    return schema

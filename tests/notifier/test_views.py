@@ -1,0 +1,66 @@
+"""The department's view of each lifecycle event is exactly the published feed message
+(`shared/feed.py`, `docs/schemas/DepartmentFeedMessage.json`): every kind the notifier writes
+validates, and nothing the model does not name (personal data) can be in it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from services.notifier.views import DEPARTMENT_EVENTS, department_view
+from shared import events
+from shared.events import wrap
+from shared.feed import FEED_MESSAGE, DepartmentFeedMessage
+from shared.ids import derived_event_id
+from tests.notifier.test_texts import ESCALATED, REOPENED, ROUTED, WARNED
+
+AT = datetime(2026, 1, 10, 1, 30, tzinfo=UTC)
+ONE_OF_EACH: list[events.Event] = [
+    ROUTED,
+    events.CaseAcknowledged(by="w-7"),
+    events.CaseProgressed(by="w-7", note="已联系维修"),
+    events.CaseResolved(by="w-7", note="阀门已更换", photo_urls=("https://x.example/1.jpg",)),
+    events.CaseClosed(by="operator", note="居民确认"),
+    REOPENED,
+    events.CaseRated(rating=4, comment="师傅很负责，电话13912345678"),
+    WARNED,
+    ESCALATED,
+]
+
+
+def _view(event: events.Event) -> dict[str, Any]:
+    """As the feed writer builds it: the view, then its feed id."""
+    env = wrap(event, case_id=str(uuid.uuid4()), producer="test")
+    case = {"department": "heating", "category": "heating.outage", "reported_at": AT}
+    view = department_view(env, event, case)
+    view["feed_id"] = str(derived_event_id(env.event_id, "dept-feed"))
+    return view
+
+
+def test_the_model_names_every_event_a_department_hears() -> None:
+    assert {type(e) for e in ONE_OF_EACH} == set(DEPARTMENT_EVENTS)
+    schema = FEED_MESSAGE.json_schema()
+    assert set(schema["discriminator"]["mapping"]) == {e.EVENT_TYPE for e in DEPARTMENT_EVENTS}
+
+
+@pytest.mark.parametrize("event", ONE_OF_EACH, ids=lambda e: e.EVENT_TYPE)
+def test_every_view_is_a_valid_feed_message(event: events.Event) -> None:
+    view = _view(event)
+    # as it travels: JSON, read back by a department's system
+    message: DepartmentFeedMessage = FEED_MESSAGE.validate_json(json.dumps(view))
+    assert message.event_type == event.EVENT_TYPE
+    text = json.dumps(view, ensure_ascii=False)
+    for personal in ("13900000001", "13900000002", "13912345678", "contact", "comment"):
+        assert personal not in text
+
+
+def test_a_field_the_model_does_not_name_is_refused() -> None:
+    view = _view(ROUTED)
+    view["details"]["escalation_chain"] = [{"name": "张三", "contact": "13900000001"}]
+    with pytest.raises(ValidationError, match="escalation_chain"):
+        FEED_MESSAGE.validate_python(view)
