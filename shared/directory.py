@@ -90,22 +90,25 @@ class DepartmentDirectory:
     def name(self, code: str | None) -> str | None:
         return self.names.get(code) if code else None
 
-    def apply(self, key: bytes | None, value: bytes | None) -> None:
+    def apply(
+        self, key: bytes | None, value: bytes | None, into: dict[str, str] | None = None
+    ) -> None:
         """One record of the topic: a name, or a tombstone. A record that is not an entry is
         logged and skipped (there is no one to dead-letter it to: the directory is not ours)."""
+        names = self.names if into is None else into
         if key is None:
             log.warning("department directory: a record without a key, skipped")
             return
         code = key.decode(errors="replace")
         if value is None:
-            self.names.pop(code, None)
+            names.pop(code, None)
         else:
             try:
                 entry = DepartmentEntry.model_validate_json(value)
             except ValidationError as exc:
                 log.warning("department directory: record for %r skipped: %s", code, exc)
                 return
-            self.names[code] = entry.name
+            names[code] = entry.name
         DIRECTORY_ENTRIES.set(len(self.names))
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -131,17 +134,18 @@ class DepartmentDirectory:
 
     async def _follow(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         # Without a group, aiokafka assigns every partition of the topic once it exists, and
-        # starts at the beginning: what the topic says is all there is.
+        # starts at the beginning. The topic is read whole into a fresh map, which replaces
+        # the names once read (after a reconnection the old names serve meanwhile).
         consumer.subscribe([self.topic])
-        self.names.clear()
+        reading: dict[str, str] | None = {}
         ends: dict[TopicPartition, int] | None = None
-        waited_s = 0.0
+        waited_s = 0
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=1000)
             for records in batch.values():
                 for record in records:
-                    self.apply(record.key, record.value)
-            if self.caught_up.is_set():
+                    self.apply(record.key, record.value, into=reading)
+            if reading is None:
                 continue
             parts = sorted(consumer.assignment())
             if not parts:
@@ -157,6 +161,8 @@ class DepartmentDirectory:
                 ends = await consumer.end_offsets(parts)
             positions = [await consumer.position(tp) for tp in ends]
             if all(at >= end for at, end in zip(positions, ends.values(), strict=True)):
+                self.names, reading = reading, None
+                DIRECTORY_ENTRIES.set(len(self.names))
                 self.caught_up.set()
 
 

@@ -35,6 +35,7 @@ from shared.kafka import DeadLetters, decode_records, ensure_topics
 # How long the set of departments whose feed is switched off is trusted before it is read
 # again: a switch takes effect within this, at the cost of one small query per interval.
 FEED_SWITCH_TTL_S = 5.0
+# How long the first batch waits for the department directory (names for residents' messages)
 DIRECTORY_WAIT_S = 10.0
 
 
