@@ -456,6 +456,28 @@ async def create_contract_topics(
     return created
 
 
+async def wait_for_group_coordinator(
+    connection: str | Mapping[str, Any], timeout_s: float = 30.0
+) -> None:
+    """On a new cluster, ask for a group coordinator until there is one. Kafka creates its
+    offsets topic at the first such request; until then every consumer group's first join
+    fails once and aiokafka logs it (two WARNINGs per group at the first `make up`)."""
+    admin = AIOKafkaAdminClient(**client_options(connection))
+    await admin.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            try:
+                await admin.find_coordinator("griddispatch-warm-up")
+                return
+            except KafkaError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
 def records_of(msg: Any) -> Records:
     """The raw records of a FastStream Kafka message, batch or single."""
     raw = msg.raw_message

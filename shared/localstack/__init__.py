@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.kafka import create_contract_topics
+from shared.kafka import create_contract_topics, wait_for_group_coordinator
 from shared.localstack.kafka import KafkaNode
 from shared.localstack.postgres import PostgresNode
 from shared.localstack.process import Progress, StackError, free_port
@@ -71,13 +71,18 @@ class LocalStack:
         timings = {"postgres": self.postgres.start(progress)}
         try:
             timings["kafka"] = self.kafka.start(progress)
-            created = asyncio.run(create_contract_topics(self.kafka.bootstrap, self.partitions))
+            created = asyncio.run(self._topics_and_groups())
         except BaseException:
             self.down()
             raise
         if created:
             progress(f"created topics: {', '.join(created)}")
         return timings
+
+    async def _topics_and_groups(self) -> list[str]:
+        created = await create_contract_topics(self.kafka.bootstrap, self.partitions)
+        await wait_for_group_coordinator(self.kafka.bootstrap)
+        return created
 
     def down(self) -> list[str]:
         stopped = []
