@@ -25,6 +25,14 @@ def derived_event_id(source: uuid.UUID | str, purpose: str) -> uuid.UUID:
     return uuid_utils.uuid5(_DERIVED, f"{source}/{purpose}")  # the standard UUIDv5, in Rust
 
 
+def case_reference(case_id: str) -> str:
+    """The short reference a resident is given (SMS, e-mail) and can quote to the hotline,
+    where `GET /v1/cases?reference=` finds the case: the last 8 hex digits of the case id,
+    upper case. Not the first 8: those of a UUIDv7 are its time, the same for every case
+    reported within ~65 s."""
+    return case_id[-8:].upper()
+
+
 def new_case_id() -> str:
     """Case ids are UUIDv7 strings: unique across intake replicas and ordered by report time."""
     return str(new_event_id())

@@ -98,6 +98,7 @@ class ReportAccepted(BaseModel):
     status: Status
     status_url: str
     possible_duplicate_of: str | None = None
+    reference: str = Field(description="a short reference to quote to the hotline")
 
 
 class StepIn(Strict):
@@ -134,6 +135,7 @@ class TimelineEntry(BaseModel):
 
 class CaseView(BaseModel):
     case_id: str
+    reference: str = Field(description="the short reference in the resident's messages")
     status: Status
     category: str
     description: str

@@ -440,6 +440,7 @@ class CaseFilter:
     updated_before: datetime | None = None
     min_escalation_level: int | None = None
     case_ids: list[str] | None = None
+    reference: str | None = None  # shared.ids.case_reference
 
 
 def encode_cursor(reported_at: datetime, case_id: str) -> str:
@@ -495,6 +496,8 @@ async def list_cases(
         add("escalation_level >= {}", f.min_escalation_level)
     if f.case_ids is not None:
         add("case_id = ANY({})", f.case_ids)
+    if f.reference is not None:  # the expression of the index cases_reference
+        add("upper(right(case_id, 8)) = {}", f.reference.upper())
     if cursor is not None:
         args.extend(cursor)
         where.append(f"(reported_at, case_id) < (${len(args) - 1}, ${len(args)})")

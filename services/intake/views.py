@@ -17,6 +17,7 @@ from services.intake.lifecycle import Status
 from services.intake.models import CaseView, LocationIn, TimelineEntry
 from shared.catalogue import Category
 from shared.events import Channel, Priority
+from shared.ids import case_reference
 
 
 def mask_phone(phone: str) -> str:
@@ -71,6 +72,7 @@ def case_view(
         )
     return CaseView(
         case_id=row["case_id"],
+        reference=case_reference(row["case_id"]),
         status=Status(row["status"]),
         category=row["category"],
         description=row["description"],

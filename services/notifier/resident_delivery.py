@@ -21,6 +21,7 @@ from shared import events
 from shared.aio import until_set
 from shared.db import with_own_pool
 from shared.events import DecodeError, Envelope, decode
+from shared.ids import case_reference
 from shared.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def _context(
         "department_name": department_name(department) or department,
         "resolve_by": resolve_by.isoformat() if resolve_by else None,
         "note": getattr(event, "note", "") or "",
-        "short_id": env.case_id[:8],
+        "reference": case_reference(env.case_id),
     }
 
 
@@ -184,7 +185,8 @@ def _texts(context: dict[str, Any], person: asyncpg.Record) -> dict[str, Message
         "department_name": context.get("department_name") or context["department"],
         "resolve_by": local_time(context["resolve_by"]),
         "note": context["note"],
-        "short_id": context["short_id"],
+        # (contexts kept before references were case-id suffixes: as kept)
+        "reference": context.get("reference") or context["short_id"],
     }
     return {
         channel: render("resident", context["event_type"], channel, locale, values)

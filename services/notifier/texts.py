@@ -21,6 +21,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from services.notifier.residents import SHANGHAI
 from shared.catalogue import load_file
+from shared.ids import case_reference
 
 TEMPLATES = Path(__file__).parent / "templates"
 LOCALES = ("zh-CN", "en")
@@ -135,7 +136,7 @@ def staff_context(view: dict[str, Any], locale: str | None) -> dict[str, Any]:
     to = details.get("to") or {}
     return {
         "case_id": view["case_id"],
-        "short_id": view["case_id"][:8],
+        "reference": case_reference(view["case_id"]),
         "category_name": category_name(view.get("category"), locale),
         "priority_name": words.get(details.get("priority", ""), details.get("priority", "")),
         "grid_id": details.get("grid_id") or "",

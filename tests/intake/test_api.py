@@ -360,6 +360,30 @@ async def test_listing_filters_and_cursor_pagination(client: httpx.AsyncClient, 
     assert bad.status_code == 422
 
 
+async def test_the_hotline_finds_a_case_by_its_reference(
+    client: httpx.AsyncClient, keys: Keys
+) -> None:
+    made = [
+        (await client.post("/v1/cases", json=report_body(), headers=auth(keys.resident_app))).json()
+        for _ in range(3)
+    ]
+    # reported within one second: distinct references all the same
+    assert len({m["reference"] for m in made}) == 3
+    wanted = made[1]
+    assert wanted["reference"] == wanted["case_id"][-8:].upper()
+    for asked in (wanted["reference"], wanted["reference"].lower()):
+        page = (
+            await client.get("/v1/cases", params={"reference": asked}, headers=auth(keys.operator))
+        ).json()
+        assert [c["case_id"] for c in page["items"]] == [wanted["case_id"]]
+        assert page["items"][0]["reference"] == wanted["reference"]
+    bad = await client.get(
+        "/v1/cases", params={"reference": "not-hex!"}, headers=auth(keys.operator)
+    )
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["field"] == "reference"
+
+
 async def test_possible_duplicates_are_named_but_accepted(
     client: httpx.AsyncClient, keys: Keys
 ) -> None:

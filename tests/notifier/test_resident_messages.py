@@ -23,6 +23,7 @@ from starlette.routing import Route
 from shared import events, topics
 from shared.directory import DepartmentEntry
 from shared.events import wrap
+from shared.ids import case_reference
 from shared.localstack import LocalStack, free_port
 from shared.settings import PROJECT_ROOT
 
@@ -147,13 +148,13 @@ async def test_consenting_residents_are_told_by_email_and_sms(stack: LocalStack,
         await producer.stop()
 
         def mine(items: list[str]) -> list[str]:
-            return [t for t in items if yes.case_id[:8] in t]
+            return [t for t in items if case_reference(yes.case_id) in t]
 
         for _ in range(600):
             if (
                 len(mine([b for _, b in inbox.messages])) >= 2
                 and len(mine([t["text"] for t in texts])) >= 2
-                and len([b for _, b in inbox.messages if english.case_id[:8] in b]) >= 2
+                and len([b for _, b in inbox.messages if case_reference(english.case_id) in b]) >= 2
             ):
                 break
             await asyncio.sleep(0.1)
@@ -166,22 +167,22 @@ async def test_consenting_residents_are_told_by_email_and_sms(stack: LocalStack,
         server.should_exit = True
         await serving
     # (other tests' residents may be told too: this notifier reads cases.intake from the start)
-    emails = [(rcpt, body) for rcpt, body in inbox.messages if yes.case_id[:8] in body]
+    emails = [(rcpt, body) for rcpt, body in inbox.messages if case_reference(yes.case_id) in body]
     assert [rcpt for rcpt, _ in emails] == [["wang@example.org"], ["wang@example.org"]]
     bodies = [body for _, body in emails]
     # the department by the name the router published to the department directory
     assert any("已受理" in b and "由市供热公司负责处理" in b for b in bodies)
     assert any("阀门已更换" in b for b in bodies)
-    sms = [t for t in texts if yes.case_id[:8] in t["text"]]
+    sms = [t for t in texts if case_reference(yes.case_id) in t["text"]]
     assert [t["to"] for t in sms] == ["13912345678", "13912345678"]
     # a resident who asked for English gets English
-    in_english = [body for _, body in inbox.messages if english.case_id[:8] in body]
+    in_english = [body for _, body in inbox.messages if case_reference(english.case_id) in body]
     assert len(in_english) == 2
     assert any("has been resolved" in b for b in in_english)
     assert not [b for b in in_english if "已受理" in b or "已处理完毕" in b]
     # the resident who did not consent hears nothing
-    assert not [b for _, b in inbox.messages if no.case_id[:8] in b]
-    assert not [t for t in texts if no.case_id[:8] in t["text"]]
+    assert not [b for _, b in inbox.messages if case_reference(no.case_id) in b]
+    assert not [t for t in texts if case_reference(no.case_id) in t["text"]]
     logged = (tmp_path / "notifier.log").read_text()
     assert "13912345678" not in logged  # personal data stays out of the logs
     assert "wang@example.org" not in logged

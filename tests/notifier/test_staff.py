@@ -20,6 +20,7 @@ from services.notifier.views import department_view
 from shared import events
 from shared.db import migrate
 from shared.events import Envelope, wrap
+from shared.ids import case_reference
 from tests.notifier.test_service import routed
 
 
@@ -90,7 +91,7 @@ async def test_each_event_is_queued_once_per_subscription_that_hears_it(
     mail, sms = (orjson.loads(r["payload"]) for r in rows)
     assert mail["subject"].startswith("[GridDispatch] New case: ")
     assert sms["subject"] is None
-    assert sms["text"].startswith(f"【网格通】新派单{case.case_id[:8]}")
+    assert sms["text"].startswith(f"【网格通】新派单{case_reference(case.case_id)}")
 
 
 async def test_a_broken_template_skips_its_message_only(

@@ -23,6 +23,7 @@ from starlette.responses import Response
 from services.notifier.delivery import replay
 from shared import events, topics
 from shared.events import wrap
+from shared.ids import case_reference
 from shared.localstack import LocalStack, free_port
 from tests.helpers.http import receiving
 from tests.helpers.services import running_service
@@ -169,12 +170,14 @@ async def test_departments_get_email_and_grid_workers_sms(stack: LocalStack, tmp
     subjects = sorted(subject for _, subject, _ in mails)
     assert subjects[0].startswith("[GridDispatch] Deadline near: ")
     assert subjects[1].startswith("[GridDispatch] New case: ")
-    assert case.case_id[:8] in subjects[1]
+    assert case_reference(case.case_id) in subjects[1]
     # the case's grid worker: two SMS in Chinese; the first text posted was refused and sent
     # again (like webhooks, the messages of one case promise no order between them)
-    texts = [t for t in gateway.to(phone) if case.case_id[:8] in t]
-    new_case = [t for t in texts if t.startswith(f"【网格通】新派单{case.case_id[:8]}：")]
-    warned = [t for t in texts if t.startswith(f"【网格通】案件{case.case_id[:8]}（")]
+    texts = [t for t in gateway.to(phone) if case_reference(case.case_id) in t]
+    new_case = [
+        t for t in texts if t.startswith(f"【网格通】新派单{case_reference(case.case_id)}：")
+    ]
+    warned = [t for t in texts if t.startswith(f"【网格通】案件{case_reference(case.case_id)}（")]
     assert len(texts) == len(new_case) + len(warned) == 3
     assert texts.count(texts[0]) == 2
     refused_and_retried = [c["id"] for c in gateway.calls if c["text"] == texts[0]]

@@ -20,12 +20,12 @@ RESIDENT = {
     "department_name": "heating",
     "note": "阀门已更换",
     "resolve_by": "2026-01-10 20:00",
-    "short_id": "01a21d85",
+    "reference": "0A1B2C3D",
 }
 ROUTED_AT = datetime(2026, 1, 10, 1, 30, tzinfo=UTC)  # 09:30 in the city
 
 
-def _case(event: events.Event, case_id: str = "01a21d85-0000-4000-8000-000000000000") -> dict:
+def _case(event: events.Event, case_id: str = "01a21d85-0000-7000-8000-00000a1b2c3d") -> dict:
     env = wrap(event, case_id=case_id, producer="test")
     case = {"department": "heating", "category": "heating.outage", "reported_at": ROUTED_AT}
     return department_view(env, event, case)
@@ -108,9 +108,9 @@ def test_languages_and_the_fallback() -> None:
     zh = render("resident", "CaseResolved", "sms", "zh-CN", RESIDENT)
     assert zh.text.startswith("【网格通】")
     assert "阀门已更换" in zh.text
-    assert "01a21d85" in zh.text
+    assert "0A1B2C3D" in zh.text
     en = render("resident", "CaseResolved", "email", "en", {**RESIDENT, "category_name": "Cold"})
-    assert en.subject == "[GridDispatch] Your report has been resolved (reference 01a21d85)"
+    assert en.subject == "[GridDispatch] Your report has been resolved (reference 0A1B2C3D)"
     assert "Your report (Cold) has been resolved: 阀门已更换." in en.text
     assert render("resident", "CaseRouted", "sms", "fr", RESIDENT) == render(
         "resident", "CaseRouted", "sms", "zh-CN", RESIDENT
@@ -127,7 +127,7 @@ def test_an_audience_is_told_only_what_it_is_promised() -> None:
 def test_staff_messages_speak_the_city_s_time_and_words() -> None:
     zh = render("worker", "CaseRouted", "sms", "zh-CN", staff_context(_case(ROUTED), "zh-CN"))
     assert zh.text == (
-        "【网格通】新派单01a21d85：暖气不热/停暖（特急），网格g-0042。请先在网格内调解。"
+        "【网格通】新派单0A1B2C3D：暖气不热/停暖（特急），网格g-0042。请先在网格内调解。"
         "请于2026-01-10 10:30前受理，2026-01-10 21:30前办结。"
     )
     en = render("department", "CaseEscalated", "email", "en", staff_context(_case(ESCALATED), "en"))

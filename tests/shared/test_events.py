@@ -132,3 +132,15 @@ def test_first_seen_keeps_the_new_events_once_in_order() -> None:
     items = [(e, e.event()) for e in (a, b, a, c, b)]
     fresh = first_seen(items, {a.event_id, b.event_id})
     assert [env for env, _ in fresh] == [a, b]
+
+
+def test_case_references_tell_cases_of_the_same_minute_apart() -> None:
+    from shared.ids import case_reference, new_case_id
+
+    ids = [new_case_id() for _ in range(1000)]
+    # the first 8 digits of a UUIDv7 are its time: all alike here
+    assert len({i[:8] for i in ids}) <= 2
+    refs = {case_reference(i) for i in ids}
+    assert len(refs) >= 999  # 32 random bits each
+    assert all(len(r) == 8 and r == r.upper() for r in refs)
+    assert case_reference("01a21d85-0000-7000-8000-00000a1b2c3d") == "0A1B2C3D"

@@ -32,6 +32,7 @@ from services.intake.models import (
 )
 from services.intake.views import case_view
 from shared.catalogue import check_attributes
+from shared.ids import case_reference
 from shared.metrics import REGISTRY
 
 router = APIRouter(prefix="/v1", tags=["cases"])
@@ -164,6 +165,7 @@ async def report_case(body: ReportIn, request: Request) -> Response:
                 "status": Status.REPORTED.value,
                 "status_url": f"{base}/v1/cases/{accepted.case_id}",
                 "possible_duplicate_of": accepted.possible_duplicate_of,
+                "reference": case_reference(accepted.case_id),
             }
         ),
         status_code=202,
@@ -219,6 +221,14 @@ async def list_cases(
     updated_after: datetime | None = None,
     updated_before: datetime | None = None,
     escalation_level: Annotated[int | None, Query(ge=0, le=10, description="at least")] = None,
+    reference: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[0-9A-Fa-f]{8}$",
+            description="the short reference in the resident's messages (last 8 hex digits "
+            "of the case id)",
+        ),
+    ] = None,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> CasePage:
@@ -254,6 +264,7 @@ async def list_cases(
         updated_after=updated_after,
         updated_before=updated_before,
         min_escalation_level=escalation_level,
+        reference=reference,
     )
     async with st.pool.acquire() as conn:
         rows = await store.list_cases(conn, filters, limit=limit + 1, cursor=after)
