@@ -19,7 +19,9 @@ from services.notifier.subscriptions import (
     add_demo_subscriptions,
     add_subscription,
     disable_subscription,
+    import_subscriptions,
     list_subscriptions,
+    read_csv,
     switch_feed,
 )
 from shared.db import run_in_schema
@@ -84,6 +86,30 @@ def _reason(exc: Exception) -> str:
             for e in exc.errors()
         )
     return str(exc)
+
+
+@subscriptions_app.command("import")
+def import_file(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="a CSV file"),
+    dry_run: bool = typer.Option(False, help="check the file, change nothing"),
+) -> None:
+    """Add many subscriptions at once, e.g. every grid worker's SMS. The CSV's header names
+    its columns: owner_kind, owner, channel, and address and locale (e-mail, SMS) or url and
+    secrets (webhooks; several secrets separated by spaces). Every row is checked first, and
+    nothing is added if any row is wrong; rows already active are skipped, so a file can be
+    imported again."""
+    subs, errors = read_csv(path.read_text(encoding="utf-8-sig"), NotifierSettings().allow())
+    for error in errors[:50]:
+        console.print(f"[red]{error}[/red]")
+    if errors:
+        more = f" ({len(errors) - 50} more not shown)" if len(errors) > 50 else ""
+        console.print(f"[red]✗[/red] {len(errors)} problem(s){more}; nothing imported")
+        raise typer.Exit(2)
+    if dry_run:
+        console.print(f"[green]✓[/green] {len(subs)} subscription(s) are valid; nothing changed")
+        return
+    added, there = _db(lambda c: import_subscriptions(c, subs))
+    console.print(f"[green]✓[/green] {added} subscription(s) added, {there} already there")
 
 
 @subscriptions_app.command("demo")

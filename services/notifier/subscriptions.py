@@ -3,13 +3,15 @@ statements that keep them (used by the HTTP API and the command line)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from services.notifier import webhooks
 from shared import topics
@@ -66,16 +68,22 @@ class FeedSwitch(BaseModel):
     enabled: bool
 
 
-async def add_subscription(
-    conn: asyncpg.Connection, body: SubscriptionIn, allow: frozenset[str]
-) -> int:
+def check_webhook(body: SubscriptionIn, allow: frozenset[str]) -> None:
+    """A webhook's destination (no loopback or private addresses unless allowed) and its
+    secrets (a malformed one fails here, before it is stored)."""
     if body.channel == "webhook":
         webhooks.check_destination(body.url or "", allow)
-        # a malformed secret fails here, before it is stored
         webhooks.sign(body.secrets or [], "check", datetime.now(UTC), "")
-    sub_id: int = await conn.fetchval(
-        "INSERT INTO notifier.subscriptions (owner_kind, owner, channel, url, secrets, address,"
-        " locale) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+
+
+_INSERT_SQL = (
+    "INSERT INTO notifier.subscriptions (owner_kind, owner, channel, url, secrets, address,"
+    " locale) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id"
+)
+
+
+def _row(body: SubscriptionIn) -> tuple[Any, ...]:
+    return (
         body.owner_kind,
         body.owner,
         body.channel,
@@ -84,7 +92,76 @@ async def add_subscription(
         body.address,
         body.locale,
     )
+
+
+async def add_subscription(
+    conn: asyncpg.Connection, body: SubscriptionIn, allow: frozenset[str]
+) -> int:
+    check_webhook(body, allow)
+    sub_id: int = await conn.fetchval(_INSERT_SQL, *_row(body))
     return sub_id
+
+
+CSV_COLUMNS = ("owner_kind", "owner", "channel", "address", "locale", "url", "secrets")
+
+
+def read_csv(text: str, allow: frozenset[str]) -> tuple[list[SubscriptionIn], list[str]]:
+    """The subscriptions of a CSV file (a header naming some of `CSV_COLUMNS`; several
+    secrets separated by spaces), each checked as `POST /v1/subscriptions` checks it, and
+    what is wrong, by line and field. Pure."""
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    unknown = [c for c in header if c not in CSV_COLUMNS]
+    missing = [c for c in ("owner_kind", "owner", "channel") if c not in header]
+    if unknown or missing:
+        return [], [
+            f"line 1: the header must name {', '.join(CSV_COLUMNS)} (owner_kind, owner and "
+            f"channel at least); unknown: {', '.join(unknown) or '-'}; "
+            f"missing: {', '.join(missing) or '-'}"
+        ]
+    subs: list[SubscriptionIn] = []
+    errors: list[str] = []
+    for line, row in enumerate(reader, start=2):
+        values: dict[str, Any] = {k: v.strip() for k, v in row.items() if k and v and v.strip()}
+        if "secrets" in values:
+            values["secrets"] = values["secrets"].split()
+        try:
+            body = SubscriptionIn.model_validate(values)
+            check_webhook(body, allow)
+        except ValidationError as exc:
+            errors += [
+                f"line {line}: {'.'.join(str(p) for p in e['loc']) or 'row'}: {e['msg']}"
+                for e in exc.errors()
+            ]
+            continue
+        except ValueError as exc:  # a forbidden destination, a malformed secret
+            errors.append(f"line {line}: url or secrets: {exc}")
+            continue
+        subs.append(body)
+    return subs, errors
+
+
+async def import_subscriptions(
+    conn: asyncpg.Connection, subs: list[SubscriptionIn]
+) -> tuple[int, int]:
+    """Add the subscriptions that are not active already (the same owner, channel and address
+    or URL), all in one transaction; returns (added, already there). Checked by `read_csv`."""
+    async with conn.transaction():
+        have = {
+            (r["owner_kind"], r["owner"], r["channel"], r["target"])
+            for r in await conn.fetch(
+                "SELECT owner_kind, owner, channel, coalesce(address, url) AS target "
+                "FROM notifier.subscriptions WHERE active"
+            )
+        }
+        new: list[SubscriptionIn] = []
+        for body in subs:
+            key = (body.owner_kind, body.owner, body.channel, body.address or body.url)
+            if key not in have:
+                have.add(key)
+                new.append(body)
+        await conn.executemany(_INSERT_SQL.removesuffix(" RETURNING id"), [_row(b) for b in new])
+    return len(new), len(subs) - len(new)
 
 
 def masked(address: str | None) -> str | None:
@@ -117,24 +194,23 @@ DEMO_EMAIL_DOMAIN = "example.org"
 async def add_demo_subscriptions(conn: asyncpg.Connection, departments: list[str]) -> int:
     """For the demo city: an e-mail subscription (`<code>@example.org`, zh-CN) for every
     department that has no active e-mail subscription yet; returns how many were added."""
-    added = 0
-    async with conn.transaction():
-        have = {
-            r["owner"]
-            for r in await conn.fetch(
-                "SELECT owner FROM notifier.subscriptions WHERE owner_kind = 'department' "
-                "AND channel = 'email' AND active"
-            )
-        }
-        for code in sorted(set(departments) - have):
-            body = SubscriptionIn(
-                owner_kind="department",
-                owner=code,
-                channel="email",
-                address=f"{code}@{DEMO_EMAIL_DOMAIN}",
-            )
-            await add_subscription(conn, body, frozenset())
-            added += 1
+    have = {
+        r["owner"]
+        for r in await conn.fetch(
+            "SELECT owner FROM notifier.subscriptions WHERE owner_kind = 'department' "
+            "AND channel = 'email' AND active"
+        )
+    }
+    subs = [
+        SubscriptionIn(
+            owner_kind="department",
+            owner=code,
+            channel="email",
+            address=f"{code}@{DEMO_EMAIL_DOMAIN}",
+        )
+        for code in sorted(set(departments) - have)
+    ]
+    added, _ = await import_subscriptions(conn, subs)
     return added
 
 
