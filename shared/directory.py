@@ -121,7 +121,10 @@ class DepartmentDirectory:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 # a topic created after we started is found within seconds, not minutes
-                metadata_max_age_ms=5000,
+                metadata_max_age_ms=10_000,
+                # an idle directory: one long poll every 5 s, not two fetches a second (a
+                # record still arrives at once)
+                fetch_max_wait_ms=5000,
             )
             try:
                 await consumer.start()
