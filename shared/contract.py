@@ -62,37 +62,48 @@ def event_schemas() -> dict[str, dict[str, Any]]:
     return out
 
 
+def _message(name: str, summary: str, key: str, payload: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "title": name,
+        "summary": summary,
+        "contentType": "application/json",
+        "bindings": {"kafka": {"key": {"type": "string", "description": key}}},
+        "payload": payload,
+    }
+
+
+def _operation(action: str, channel_id: str) -> dict[str, Any]:
+    return {"action": action, "channel": {"$ref": f"#/channels/{channel_id}"}}
+
+
+def _refs(*names: str) -> dict[str, Any]:
+    return {n: {"$ref": f"#/components/messages/{n}"} for n in names}
+
+
 def asyncapi() -> dict[str, Any]:
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}
     for name, cls in sorted(EVENT_TYPES.items()):
-        messages[name] = {
-            "name": name,
-            "title": name,
-            "summary": (cls.__doc__ or name).strip().splitlines()[0],
-            "contentType": "application/json",
-            "bindings": {"kafka": {"key": {"type": "string", "description": "case_id"}}},
-            "payload": {"$ref": f"schemas/{name}.v{cls.SCHEMA_VERSION}.json"},
-        }
+        messages[name] = _message(
+            name,
+            (cls.__doc__ or name).strip().splitlines()[0],
+            "case_id",
+            {"$ref": f"schemas/{name}.v{cls.SCHEMA_VERSION}.json"},
+        )
     for topic, role in TOPIC_ROLES.items():
         names = sorted(n for n, c in EVENT_TYPES.items() if topic == c.TOPIC)
         channel_id = topic.replace(".", "_")
         channels[channel_id] = {
             "address": topic,
             "description": role["description"],
-            "messages": {n: {"$ref": f"#/components/messages/{n}"} for n in names},
+            "messages": _refs(*names),
         }
         for producer in role["producers"]:
-            operations[f"{producer}_sends_{channel_id}"] = {
-                "action": "send",
-                "channel": {"$ref": f"#/channels/{channel_id}"},
-            }
+            operations[f"{producer}_sends_{channel_id}"] = _operation("send", channel_id)
         for consumer in role["consumers"]:
-            operations[f"{consumer}_receives_{channel_id}"] = {
-                "action": "receive",
-                "channel": {"$ref": f"#/channels/{channel_id}"},
-            }
+            operations[f"{consumer}_receives_{channel_id}"] = _operation("receive", channel_id)
         channels[f"{channel_id}_dlq"] = {
             "address": topics.dlq(topic),
             "description": f"Poison messages of {topic}, unchanged, with the error in "
@@ -103,46 +114,33 @@ def asyncapi() -> dict[str, Any]:
         "description": "The department directory: each department's name, keyed by its code; "
         "compacted (cleanup.policy=compact), one partition; an empty value (tombstone) when a "
         "department is removed. Readers follow it whole, without a consumer group.",
-        "messages": {"DepartmentEntry": {"$ref": "#/components/messages/DepartmentEntry"}},
+        "messages": _refs("DepartmentEntry"),
     }
-    messages["DepartmentEntry"] = {
-        "name": "DepartmentEntry",
-        "title": "DepartmentEntry",
-        "summary": "One department's entry in the directory.",
-        "contentType": "application/json",
-        "bindings": {"kafka": {"key": {"type": "string", "description": "department code"}}},
-        "payload": DepartmentEntry.model_json_schema(),
-    }
-    operations["router_sends_directory_departments"] = {
-        "action": "send",
-        "channel": {"$ref": "#/channels/directory_departments"},
-    }
+    messages["DepartmentEntry"] = _message(
+        "DepartmentEntry",
+        "One department's entry in the directory.",
+        "department code",
+        DepartmentEntry.model_json_schema(),
+    )
+    operations["router_sends_directory_departments"] = _operation("send", "directory_departments")
     for reader in ("router", "intake", "notifier"):
-        operations[f"{reader}_receives_directory_departments"] = {
-            "action": "receive",
-            "channel": {"$ref": "#/channels/directory_departments"},
-        }
+        operations[f"{reader}_receives_directory_departments"] = _operation(
+            "receive", "directory_departments"
+        )
     channels["dept"] = {
         "address": "dept.{code}",
         "description": "One feed per department: its cases, with personal data minimised. "
         "The same message is the body of the department's webhooks.",
         "parameters": {"code": {"description": "department code"}},
-        "messages": {
-            "DepartmentFeedMessage": {"$ref": "#/components/messages/DepartmentFeedMessage"}
-        },
+        "messages": _refs("DepartmentFeedMessage"),
     }
-    messages["DepartmentFeedMessage"] = {
-        "name": "DepartmentFeedMessage",
-        "title": "DepartmentFeedMessage",
-        "summary": "One lifecycle event of a case assigned to the department.",
-        "contentType": "application/json",
-        "bindings": {"kafka": {"key": {"type": "string", "description": "case_id"}}},
-        "payload": {"$ref": "schemas/DepartmentFeedMessage.json"},
-    }
-    operations["notifier_sends_dept"] = {
-        "action": "send",
-        "channel": {"$ref": "#/channels/dept"},
-    }
+    messages["DepartmentFeedMessage"] = _message(
+        "DepartmentFeedMessage",
+        "One lifecycle event of a case assigned to the department.",
+        "case_id",
+        {"$ref": "schemas/DepartmentFeedMessage.json"},
+    )
+    operations["notifier_sends_dept"] = _operation("send", "dept")
     return {
         "asyncapi": "3.0.0",
         "info": {
