@@ -78,7 +78,7 @@ def check_webhook(body: SubscriptionIn, allow: frozenset[str]) -> None:
 
 _INSERT_SQL = (
     "INSERT INTO notifier.subscriptions (owner_kind, owner, channel, url, secrets, address,"
-    " locale) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id"
+    " locale) VALUES ($1, $2, $3, $4, $5, $6, $7)"
 )
 
 
@@ -98,7 +98,7 @@ async def add_subscription(
     conn: asyncpg.Connection, body: SubscriptionIn, allow: frozenset[str]
 ) -> int:
     check_webhook(body, allow)
-    sub_id: int = await conn.fetchval(_INSERT_SQL, *_row(body))
+    sub_id: int = await conn.fetchval(_INSERT_SQL + " RETURNING id", *_row(body))
     return sub_id
 
 
@@ -160,7 +160,7 @@ async def import_subscriptions(
             if key not in have:
                 have.add(key)
                 new.append(body)
-        await conn.executemany(_INSERT_SQL.removesuffix(" RETURNING id"), [_row(b) for b in new])
+        await conn.executemany(_INSERT_SQL, [_row(b) for b in new])
     return len(new), len(subs) - len(new)
 
 
