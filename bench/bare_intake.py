@@ -32,4 +32,5 @@ async def report_case(body: ReportIn) -> ReportAccepted:
         status=Status.REPORTED,
         status_url="/v1/cases/0",
         possible_duplicate_of=None,
+        reference="00000000",
     )
