@@ -5,7 +5,6 @@ counts), the reference-data reloader, and a small HTTP API (explain, triage, hea
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 from typing import Annotated, Any
@@ -20,6 +19,7 @@ from services.router.decide import CaseFacts, decide
 from services.router.dispatch import Dispatcher, RouterState, fold_lifecycle
 from services.router.settings import MIGRATIONS, RouterSettings
 from shared import events, topics
+from shared.aio import until_set
 from shared.catalogue import load_file
 from shared.db import create_pool, migrate
 from shared.directory import DepartmentDirectory, DirectoryPublisher
@@ -71,19 +71,9 @@ async def reload_loop(
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("reference data reload failed, will retry: %s", exc)
             conn = None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(_either(wake, stop), rs.reload_poll_s)
+        await until_set(wake, stop, at_most_s=rs.reload_poll_s)
     if conn is not None:
         await conn.close()
-
-
-async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
-    tasks = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
 
 
 class ExplainOut(BaseModel):
