@@ -179,7 +179,7 @@ async def lease_cost(dsn: str, subscriptions: int) -> None:
             tx = conn.transaction()  # rolled back: every round leases the same rows
             await tx.start()
             t = time.perf_counter()
-            await conn.fetch(LEASE_SQL, 100, datetime.now(UTC), 32, [], [], [], ["webhook"])
+            await conn.fetch(LEASE_SQL, 100, datetime.now(UTC), 32, [], [], [], ["webhook"], 60.0)
             times.append(time.perf_counter() - t)
             await tx.rollback()
         return sorted(times)[10] * 1000

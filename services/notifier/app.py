@@ -218,6 +218,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         schedule=ns.schedule(),
         timeout_s=ns.webhook_timeout_s,
         per_endpoint=ns.per_endpoint_concurrency,
+        lease_s=ns.delivery_lease_s,
     )
     server = uvicorn.Server(
         uvicorn.Config(
@@ -232,8 +233,10 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             access_log=False,
         )
     )
-    residents = ResidentSender(settings.database_url, ns.channels())
-    staff = MessageSender(settings.database_url, ns.channels(), schedule=ns.schedule())
+    residents = ResidentSender(settings.database_url, ns.channels(), lease_s=ns.delivery_lease_s)
+    staff = MessageSender(
+        settings.database_url, ns.channels(), schedule=ns.schedule(), lease_s=ns.delivery_lease_s
+    )
     tasks = [
         asyncio.create_task(supervised("webhook sender", sender.run, stop)),
         asyncio.create_task(supervised("resident sender", residents.run, stop)),

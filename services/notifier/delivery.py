@@ -86,6 +86,8 @@ class Breaker:
             self.open_until[endpoint] = time.monotonic() + self.cooldown_s
 
 
+# A lease ($8 seconds) is how long the rows are the sender's: should it die before recording an
+# attempt, another sender (or itself, restarted) takes them again once the lease ends.
 # Each subscription of the sender's channels ($7) gets at most its share of the lease ($3 minus
 # what the sender already has in flight for it; $4/$5), and an endpoint whose circuit breaker
 # is open gets none ($6): one endpoint's backlog cannot fill the sender while the others wait.
@@ -99,7 +101,7 @@ WITH RECURSIVE pending(sub_id) AS (
             WHERE d3.state = 'pending' AND d3.subscription_id > p.sub_id)
     FROM pending p WHERE p.sub_id IS NOT NULL
 )
-UPDATE notifier.deliveries d SET lease_until = $2 + interval '60 seconds'
+UPDATE notifier.deliveries d SET lease_until = $2 + make_interval(secs => $8)
 FROM (
     SELECT due.id FROM pending p
     JOIN notifier.subscriptions s ON s.id = p.sub_id AND s.channel = ANY($7::text[])
@@ -136,9 +138,11 @@ class WebhookSender:
         batch: int = 100,
         breaker: Breaker | None = None,
         idle_poll_s: float = 1.0,
+        lease_s: float = 60.0,
     ) -> None:
         self.dsn = dsn
         self.allow = allow
+        self.lease_s = lease_s
         self.schedule = schedule
         self.timeout_s = timeout_s
         self.per_endpoint = per_endpoint
@@ -259,6 +263,7 @@ class WebhookSender:
             list(busy.values()),
             open_endpoints,
             ["webhook"],
+            self.lease_s,
         )
         # one queued here past its lease (now renewed) is not sent twice
         return [row for row in rows if row["id"] not in sending]

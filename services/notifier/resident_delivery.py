@@ -243,10 +243,13 @@ async def _insert_messages(conn: asyncpg.Connection, rows: list[_Row]) -> None:
 
 
 class ResidentSender:
-    def __init__(self, dsn: str, channels: dict[str, Channel], *, batch: int = 50) -> None:
+    def __init__(
+        self, dsn: str, channels: dict[str, Channel], *, batch: int = 50, lease_s: float = 60.0
+    ) -> None:
         self.dsn = dsn
         self.channels = channels
         self.batch = batch
+        self.lease_s = lease_s  # a message not sent or failed by then is taken again
 
     async def run(self, stop: asyncio.Event) -> None:
         async def sending(pool: asyncpg.Pool) -> None:
@@ -263,7 +266,7 @@ class ResidentSender:
     async def work_once(self, pool: asyncpg.Pool) -> int:
         now = datetime.now(UTC)
         rows = await pool.fetch(
-            """UPDATE notifier.resident_messages m SET lease_until = $2 + interval '60 seconds'
+            """UPDATE notifier.resident_messages m SET lease_until = $2 + make_interval(secs => $3)
                FROM (SELECT id FROM notifier.resident_messages
                      WHERE state = 'pending' AND send_after <= $2
                        AND (lease_until IS NULL OR lease_until < $2)
@@ -272,6 +275,7 @@ class ResidentSender:
                RETURNING m.id, m.channel, m.address, m.body, m.subject, m.attempts""",
             self.batch,
             now,
+            self.lease_s,
         )
         await asyncio.gather(*(self._send(pool, r) for r in rows))
         return len(rows)

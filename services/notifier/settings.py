@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from datetime import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.notifier import webhooks
@@ -33,6 +33,12 @@ class NotifierSettings(BaseSettings):
         description="seconds before each retry, comma-separated",
     )
     webhook_timeout_s: float = 15.0
+    delivery_lease_s: float = Field(
+        default=60.0,
+        description="how long a sender holds a delivery it took; if it dies before recording "
+        "the attempt, the delivery is sent again (with the same id) once this has passed. "
+        "Longer than webhook_timeout_s",
+    )
     per_endpoint_concurrency: int = 4
     quiet_hours: str = Field(default="22:00-07:00", description="residents' quiet hours, local")
     smtp_host: str = "127.0.0.1"
@@ -43,6 +49,15 @@ class NotifierSettings(BaseSettings):
     stream_recheck_s: float = Field(
         default=60.0, description="how often an open stream checks its token is not revoked"
     )
+
+    @model_validator(mode="after")
+    def _lease_outlives_an_attempt(self) -> Self:
+        if self.delivery_lease_s <= self.webhook_timeout_s:
+            raise ValueError(
+                "delivery_lease_s must be longer than webhook_timeout_s: a delivery still "
+                "waiting for its endpoint would be taken and sent a second time"
+            )
+        return self
 
     def quiet(self) -> tuple[time, time]:
         start, end = self.quiet_hours.split("-")

@@ -137,9 +137,11 @@ class MessageSender:
         batch: int = 50,
         per_subscription: int = 10,
         idle_poll_s: float = 1.0,
+        lease_s: float = 60.0,
     ) -> None:
         self.dsn = dsn
         self.channels = channels
+        self.lease_s = lease_s
         self.schedule = schedule
         self.batch = batch
         self.per_subscription = per_subscription
@@ -184,6 +186,7 @@ class MessageSender:
             [],
             [],
             list(MESSAGE_CHANNELS),
+            self.lease_s,
         )
         await asyncio.gather(*(self._send(pool, row) for row in rows))
         return len(rows)

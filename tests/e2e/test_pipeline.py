@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 import asyncpg
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -27,10 +26,10 @@ from services.notifier.subscriptions import SubscriptionIn, add_subscription
 from services.router import democity, store
 from services.router.rules import Rule
 from services.router.settings import MIGRATIONS as ROUTER_MIGRATIONS
-from shared import topics
 from shared.db import migrate
 from shared.localstack import LocalStack, free_port
 from tests.helpers.http import receiving
+from tests.helpers.kafka import read_feed
 from tests.helpers.prometheus import Prometheus, running_prometheus
 from tests.helpers.services import running_service
 from tests.notifier.test_webhooks import SECRET_A, verify
@@ -56,30 +55,6 @@ async def hook() -> AsyncIterator[tuple[str, list[tuple[dict[str, str], str]]]]:
 
     async with receiving("/", receive) as port:
         yield f"http://127.0.0.1:{port}/", calls
-
-
-async def _feed(
-    stack: LocalStack, department: str, case_ids: set[str], until: int, timeout_s: float = 40
-) -> list[dict]:
-    consumer = AIOKafkaConsumer(
-        topics.department_feed(department),
-        bootstrap_servers=stack.kafka.bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        metadata_max_age_ms=1000,
-    )
-    await consumer.start()
-    seen: list[dict] = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for recs in (await consumer.getmany(timeout_ms=300)).values():
-                seen += [json.loads(r.value) for r in recs if r.key.decode() in case_ids]
-            if until(seen):
-                break
-    finally:
-        await consumer.stop()
-    return seen
 
 
 async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalation(
@@ -192,7 +167,7 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
                 types = {(m["case_id"], m["event_type"]) for m in seen}
                 return bool(later) and (stalled, "CaseEscalated") in types
 
-            feed = await _feed(stack, "roads", set(ids), until=complete)
+            feed = await read_feed(stack.kafka.bootstrap, "roads", set(ids), until=complete)
             by_case: dict[str, list[dict]] = {}
             for m in feed:
                 by_case.setdefault(m["case_id"], []).append(m)

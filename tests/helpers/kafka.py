@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
+from shared import topics
 from shared.events import Envelope
 
 
@@ -46,3 +50,34 @@ async def read_topic(
     finally:
         await consumer.stop()
     return records
+
+
+async def read_feed(
+    bootstrap: str,
+    department: str,
+    case_ids: set[str],
+    until: Callable[[list[dict[str, Any]]], bool],
+    timeout_s: float = 40,
+) -> list[dict[str, Any]]:
+    """The messages about `case_ids` on a department's feed, from its beginning, until
+    `until(messages so far)` holds or `timeout_s` passed. The feed topic may not exist yet
+    (the notifier creates it on demand)."""
+    consumer = AIOKafkaConsumer(
+        topics.department_feed(department),
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        metadata_max_age_ms=1000,
+    )
+    await consumer.start()
+    seen: list[dict[str, Any]] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for recs in (await consumer.getmany(timeout_ms=300)).values():
+                seen += [json.loads(r.value) for r in recs if r.key.decode() in case_ids]
+            if until(seen):
+                break
+    finally:
+        await consumer.stop()
+    return seen
