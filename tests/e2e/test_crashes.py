@@ -1,7 +1,8 @@
-"""Nothing lost, nothing doubled: the whole pipeline while its parts crash.
+"""Nothing lost, nothing doubled, nothing leaked: the whole pipeline while its parts crash.
 
 Reports flow in over HTTP, as a resident app sends them (each with its own Idempotency-Key,
-retried on any failure until answered). Meanwhile, one after the other:
+retried on any failure until answered); every fourth is a grid worker's proxy report with a
+resident's contact details and care flags. Meanwhile, one after the other:
 - the router is killed (SIGKILL: no shutdown hook runs) in the middle of a batch — it has
   consumed and decided reports, and waits to record them (the test holds a lock on its
   decisions table) — and started again;
@@ -11,7 +12,8 @@ retried on any failure until answered). Meanwhile, one after the other:
 - intake is killed with requests in flight, and started again.
 In the end every accepted report is one case, routed once, on its department's feed under one
 id, and delivered by webhook under one webhook-id. Duplicates on the wire are allowed only as
-the same message again (same ids), which a receiver drops."""
+the same message again (same ids), which a receiver drops. And no contact detail or care flag
+of the proxy reports is on the feed, in a webhook, in a service's log or in its metrics."""
 
 from __future__ import annotations
 
@@ -33,17 +35,13 @@ from starlette.responses import Response
 
 from services.intake import store as intake_store
 from services.intake.auth import Role
-from services.intake.settings import MIGRATIONS as INTAKE_MIGRATIONS
-from services.notifier.settings import MIGRATIONS as NOTIFIER_MIGRATIONS
 from services.notifier.subscriptions import SubscriptionIn, add_subscription
 from services.router import democity, store
-from services.router.settings import MIGRATIONS as ROUTER_MIGRATIONS
 from shared import topics
-from shared.db import migrate
 from shared.localstack import LocalStack, free_port
 from tests.helpers.http import receiving
 from tests.helpers.kafka import read_feed, read_topic
-from tests.helpers.services import ServiceProcess, fresh_database
+from tests.helpers.services import ServiceProcess, fresh_database, migrate_services
 from tests.notifier.test_webhooks import SECRET_A, verify
 
 CITY = democity.generate(seed=33, scale="small")
@@ -79,16 +77,12 @@ async def receiver() -> AsyncIterator[tuple[str, Receiver]]:
         receiver.release.set()
 
 
-async def _prepare(db_url: str, webhook_url: str) -> str:
-    """The city, a resident app's key and the roads department's webhook; returns the key."""
+async def _prepare(db_url: str, webhook_url: str) -> tuple[str, str]:
+    """The city, the roads department's webhook, and the keys of a resident app and of a grid
+    worker's patrol app."""
     conn = await asyncpg.connect(db_url)
     try:
-        for schema, migrations in (
-            ("intake", INTAKE_MIGRATIONS),
-            ("router", ROUTER_MIGRATIONS),
-            ("notifier", NOTIFIER_MIGRATIONS),
-        ):
-            await migrate(conn, schema, migrations)
+        await migrate_services(conn)
         await store.load_city(conn, CITY)
         await store.replace_rules(conn, democity.default_rules())
         await add_subscription(
@@ -98,24 +92,42 @@ async def _prepare(db_url: str, webhook_url: str) -> str:
             ),
             frozenset({"127.0.0.1"}),
         )
-        return (await intake_store.create_key(conn, "app", Role.RESIDENT_APP, None)).token
+        app = await intake_store.create_key(conn, "app", Role.RESIDENT_APP, None)
+        patrol = await intake_store.create_key(conn, "patrol", Role.WORKER, "w-patrol")
+        return app.token, patrol.token
     finally:
         await conn.close()
+
+
+def _personal(i: int) -> dict[str, Any]:
+    """What a grid worker's proxy report for an elderly resident carries: the resident's contact
+    and care flags. None of it may leave GridDispatch."""
+    return {
+        "reporter": {"name": f"王秀英{i}", "phone": f"139{i:08d}", "email": f"wang{i}@example.cn"},
+        "on_behalf_of": f"CARD-{i:06d}",
+        "sensitivity": {
+            "care_groups": ["very_old", "lost_only_child"],
+            "community_correction": True,
+        },
+    }
 
 
 class ResidentApp:
     """Sends reports as a phone app does: a fresh Idempotency-Key per report, and the same
     request again, with the same key, after any failure (connection refused or reset, 429,
-    503) until it is answered 202."""
+    503) until it is answered 202. Every fourth report is a grid worker's proxy report with
+    personal data (`_personal`)."""
 
-    def __init__(self, base_url: str, key: str) -> None:
+    def __init__(self, base_url: str, key: str, worker_key: str) -> None:
         self.base_url = base_url
         self.key = key
+        self.worker_key = worker_key
+        self.personal: list[dict[str, Any]] = []  # what the proxy reports carried
         self.case_of: dict[str, str] = {}  # idempotency key → the case id answered
         self.retries = 0
         self.sent = 0  # reports started so far
 
-    async def report(self, client: httpx.AsyncClient, body: dict[str, Any]) -> None:
+    async def report(self, client: httpx.AsyncClient, body: dict[str, Any], token: str) -> None:
         key = str(uuid.uuid4())
         self.sent += 1
         deadline = time.monotonic() + 90
@@ -124,7 +136,7 @@ class ResidentApp:
                 r = await client.post(
                     "/v1/cases",
                     json=body,
-                    headers={"Authorization": f"Bearer {self.key}", "Idempotency-Key": key},
+                    headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key},
                 )
                 if r.status_code == 202:
                     self.case_of[key] = r.json()["case_id"]
@@ -145,13 +157,19 @@ class ResidentApp:
             while not until.is_set():
                 i += 1
                 lat, lon = democity.point_in(grids[i % len(grids)], 0.4, 0.6)
-                body = {
+                body: dict[str, Any] = {
                     "category": "roads.pothole",
                     "description": f"路面坑洼 {i}",
                     "location": {"lat": lat, "lon": lon},
                     "channel": "app",
                 }
-                pending.append(asyncio.create_task(self.report(client, body)))
+                token = self.key
+                if i % 4 == 0:
+                    personal = _personal(i)
+                    self.personal.append(personal)
+                    body |= personal | {"channel": "proxy"}
+                    token = self.worker_key
+                pending.append(asyncio.create_task(self.report(client, body, token)))
                 await asyncio.sleep(1 / rate)
             await asyncio.gather(*pending)
 
@@ -239,13 +257,13 @@ def _ids_by_case(messages: list[dict[str, Any]], id_field: str) -> dict[str, set
     return ids
 
 
-async def test_nothing_is_lost_or_doubled_when_services_crash_and_the_broker_stops(
+async def test_nothing_is_lost_doubled_or_leaked_when_services_crash_and_the_broker_stops(
     stack: LocalStack, receiver: tuple[str, Receiver], tmp_path: Path
 ) -> None:
     webhook_url, hook = receiver
     calls = hook.calls
     db_url = await fresh_database(stack.postgres.url, "crashes")
-    key = await _prepare(db_url, webhook_url)
+    key, worker_key = await _prepare(db_url, webhook_url)
     ports = {name: free_port() for name in ("intake", "router", "escalation", "notifier")}
     env = {
         **stack.env(),
@@ -267,7 +285,7 @@ async def test_nothing_is_lost_or_doubled_when_services_crash_and_the_broker_sto
         )
         for name, port in ports.items()
     }
-    app = ResidentApp(f"http://127.0.0.1:{ports['intake']}", key)
+    app = ResidentApp(f"http://127.0.0.1:{ports['intake']}", key, worker_key)
     with contextlib.ExitStack() as running:
         for service in services.values():
             running.callback(service.stop)
@@ -308,6 +326,11 @@ async def test_nothing_is_lost_or_doubled_when_services_crash_and_the_broker_sto
         feed = await read_feed(stack.kafka.bootstrap, "roads", cases, complete, timeout_s=180)
         await asyncio.sleep(3)  # a late repeat would show now
         feed = await read_feed(stack.kafka.bootstrap, "roads", cases, complete, timeout_s=30)
+        async with httpx.AsyncClient(follow_redirects=True) as client:
+            metrics = {
+                f"{name} /metrics": (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+                for name, port in ports.items()
+            }
 
     # routed once each: one CaseRouted event per case on the lifecycle topic, whatever was
     # published again after a crash
@@ -348,3 +371,24 @@ async def test_nothing_is_lost_or_doubled_when_services_crash_and_the_broker_sto
         f"{len(routed)} CaseRouted records for {len(cases)} cases on the lifecycle topic; "
         f"{len(feed_routed)} feed messages; {len(calls)} webhooks"
     )
+
+    # nothing personal of the proxy reports left GridDispatch (feed, webhooks) or reached a log
+    # line or a metric, faults and retries included
+    personal = {"very_old", "lost_only_child", "community_correction"}
+    for p in app.personal:
+        personal |= {p["on_behalf_of"], *p["reporter"].values()}
+    assert len(personal) > 3 * 4
+    outputs = {
+        **metrics,
+        **{f"{name}.log": (tmp_path / f"{name}.log").read_text() for name in ports},
+        "feed": json.dumps(feed, ensure_ascii=False),
+        "webhooks": "\n".join(body for _, body in calls),
+    }
+    assert all(outputs.values())
+    leaks = [
+        (where, value)
+        for where, text in outputs.items()
+        for value in personal
+        if value in text or json.dumps(value)[1:-1] in text  # also as escaped JSON
+    ]
+    assert not leaks, leaks[:10]

@@ -20,18 +20,14 @@ from starlette.responses import Response
 
 from services.intake import store as intake_store
 from services.intake.auth import Role
-from services.intake.settings import MIGRATIONS as INTAKE_MIGRATIONS
-from services.notifier.settings import MIGRATIONS as NOTIFIER_MIGRATIONS
 from services.notifier.subscriptions import SubscriptionIn, add_subscription
 from services.router import democity, store
 from services.router.rules import Rule
-from services.router.settings import MIGRATIONS as ROUTER_MIGRATIONS
-from shared.db import migrate
 from shared.localstack import LocalStack, free_port
 from tests.helpers.http import receiving
 from tests.helpers.kafka import read_feed
 from tests.helpers.prometheus import Prometheus, running_prometheus
-from tests.helpers.services import running_service
+from tests.helpers.services import migrate_services, running_service
 from tests.notifier.test_webhooks import SECRET_A, verify
 from tests.ops import monitoring
 
@@ -63,12 +59,7 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
     url, calls = hook
     conn = await asyncpg.connect(stack.postgres.url)
     try:
-        for schema, migrations in (
-            ("intake", INTAKE_MIGRATIONS),
-            ("router", ROUTER_MIGRATIONS),
-            ("notifier", NOTIFIER_MIGRATIONS),
-        ):
-            await migrate(conn, schema, migrations)
+        await migrate_services(conn)
         await store.load_city(conn, CITY)
         await store.replace_rules(conn, [FAST_RULE, *democity.default_rules()])
         key = (await intake_store.create_key(conn, "e2e", Role.RESIDENT_APP, None)).token

@@ -16,6 +16,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from shared.db import migrate
+from shared.service import discover_services
 from shared.settings import PROJECT_ROOT
 
 
@@ -103,3 +105,11 @@ async def fresh_database(stack_url: str, prefix: str) -> str:
     finally:
         await admin.close()
     return stack_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+async def migrate_services(conn: asyncpg.Connection) -> None:
+    """Every service's schema, as `griddispatch migrate` makes them (a test loads its data
+    before it starts the services)."""
+    for spec in discover_services().values():
+        if spec.schema:
+            await migrate(conn, spec.schema, spec.migrations)
