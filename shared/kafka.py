@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import random
@@ -41,6 +42,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from shared import topics
 from shared.events import DecodeError, Envelope, Event, decode
+from shared.logging import COLLAPSE
 from shared.metrics import REGISTRY, sample_every
 from shared.settings import KafkaSettings, Settings
 
@@ -217,11 +219,24 @@ async def undecoded(msg: StreamMessage[Any]) -> Records:
     return records_of(msg)
 
 
+# How long a subscriber waits before a failed message or batch is delivered again.
+RETRY_PAUSE_S = 1.0
+
+
 def durable_subscriber(
-    broker: KafkaBroker, *topic_names: str, group_id: str, **options: Any
+    broker: KafkaBroker,
+    *topic_names: str,
+    group_id: str,
+    retry_pause_s: float = RETRY_PAUSE_S,
+    **options: Any,
 ) -> Callable[[Callable[..., Awaitable[None]]], object]:
     """`broker.subscriber` with commit-after-effect semantics and a start from the earliest
-    offset for new groups (a new consumer must not skip reports that were already accepted)."""
+    offset for new groups (a new consumer must not skip reports that were already accepted).
+
+    A handler that raises (the database is away, say: poison messages never get here, see
+    `handle_isolating`) gets the same records again after `retry_pause_s`. Without the pause a
+    database outage was a hot loop: the batch fetched, failed and logged with its traceback ~50
+    times a second per consumer."""
     options.setdefault("auto_offset_reset", "earliest")
     # The broker may hold a fetch up to `fetch_max_wait_ms` until `fetch_min_bytes` are there,
     # and the consumer sends no other fetch meanwhile: at aiokafka's default wait (500 ms) a
@@ -234,12 +249,32 @@ def durable_subscriber(
     options.setdefault("decoder", undecoded)
     if options.get("batch"):
         options.setdefault("batch_timeout_ms", BATCH_TIMEOUT_MS)
-    decorator: Callable[[Callable[..., Awaitable[None]]], object] = broker.subscriber(
+    subscriber: Callable[[Callable[..., Awaitable[None]]], object] = broker.subscriber(
         *topic_names, group_id=group_id, ack_policy=AckPolicy.NACK_ON_ERROR, **options
     )
-    if isinstance(decorator, BatchSubscriber):
-        decorator.get_msg = types.MethodType(poll_batch, decorator)  # type: ignore[method-assign]
-    return decorator
+    if isinstance(subscriber, BatchSubscriber):
+        subscriber.get_msg = types.MethodType(poll_batch, subscriber)  # type: ignore[method-assign]
+
+    def register(handler: Callable[..., Awaitable[None]]) -> object:
+        @functools.wraps(handler)
+        async def pausing_before_a_retry(*args: Any, **kwargs: Any) -> None:
+            try:
+                await handler(*args, **kwargs)
+            except Exception as exc:
+                log.warning(
+                    "%s: will retry in %.0f s: %s: %s",
+                    group_id,
+                    retry_pause_s,
+                    type(exc).__name__,
+                    exc,
+                    extra=COLLAPSE,
+                )
+                await asyncio.sleep(retry_pause_s)
+                raise
+
+        return subscriber(pausing_before_a_retry)
+
+    return register
 
 
 async def poll_batch(
@@ -280,10 +315,9 @@ def _text(value: str) -> str:
 class DeadLetters:
     """Moves poison messages of one consumer to `<topic>.dlq`."""
 
-    def __init__(self, broker: KafkaBroker, consumer: str, *, retry_delay_s: float = 1.0) -> None:
+    def __init__(self, broker: KafkaBroker, consumer: str) -> None:
         self._broker = broker
         self.consumer = consumer
-        self.retry_delay_s = retry_delay_s
 
     async def publish(self, record: ConsumerRecord[Any, Any], error: BaseException) -> None:
         """Copy `record` (key, value, headers untouched) to its DLQ, adding the error."""
@@ -323,8 +357,8 @@ class DeadLetters:
 
     def guard(self, record: ConsumerRecord[Any, Any]) -> _Guard:
         """`async with dead_letters.guard(record): ...` — a non-transient exception inside
-        sends `record` to the DLQ and is swallowed; a transient one propagates (after a short
-        pause) so the subscriber's NACK policy redelivers the message."""
+        sends `record` to the DLQ and is swallowed; a transient one propagates, so the
+        subscriber redelivers the message (after its pause)."""
         return _Guard(self, record)
 
 
@@ -345,8 +379,6 @@ class _Guard:
         if exc is None or not isinstance(exc, Exception):
             return False  # success, or cancellation: let it through
         if is_transient(exc):
-            log.warning("transient failure, will retry: %s", exc)
-            await asyncio.sleep(self._owner.retry_delay_s)
             return False
         await self._owner.publish(self._record, exc)
         return True

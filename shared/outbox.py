@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaProducer
 from shared.aio import until_set
 from shared.db import check_schema_name
 from shared.events import Envelope
+from shared.logging import COLLAPSE
 from shared.metrics import (
     OUTBOX_BACKLOG,
     OUTBOX_BATCH_SECONDS,
@@ -136,7 +137,9 @@ class OutboxRelay:
                 await self._run_connected(stop)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self.is_leader = False
-                log.warning("outbox relay lost its database connection: %s", exc)
+                log.warning(  # each attempt while the database is away
+                    "outbox relay lost its database connection: %s", exc, extra=COLLAPSE
+                )
                 await _wait(stop, self.poll_interval_s)
 
     async def _run_connected(self, stop: asyncio.Event) -> None:

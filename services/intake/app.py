@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 import asyncpg
 import uvicorn
@@ -23,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.intake import store
 from services.intake.auth import RateLimiter
-from services.intake.http import cases, open311
+from services.intake.http import cases, open311, text
 from services.intake.http.deps import ApiError, CatalogueCache, IntakeState, KeyCache
 from services.intake.readmodel import GROUP_ID as READ_MODEL_GROUP
 from services.intake.readmodel import OpenCaseGauge, attach_read_model
@@ -34,6 +35,7 @@ from shared.catalogue import load_file
 from shared.db import create_pool, migrate
 from shared.directory import DepartmentDirectory
 from shared.kafka import connection_options, make_broker, make_producer, watch_consumers
+from shared.logging import COLLAPSE, configure_logging
 from shared.metrics import NO_OPENTELEMETRY, REGISTRY, health_routes
 from shared.outbox import OutboxRelay
 from shared.service import KafkaAccess, ServiceSpec, settle_heap, supervised
@@ -115,6 +117,34 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+class RefuseNulInQuery:
+    """A query parameter holding a NUL character (`%00`) gets 422 naming it (Open311: 400), on
+    every route: PostgreSQL cannot store or compare one (see `http.text`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query = scope.get("query_string", b"") if scope["type"] == "http" else b""
+        name = (
+            text.nul_in_pairs(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+            if b"%00" in query
+            else None
+        )
+        if name is None:
+            await self.app(scope, receive, send)
+            return
+        message = f"{name}: {text.REASON}"
+        path = scope["path"]
+        response: Response
+        if path.startswith("/open311/"):
+            fmt = "xml" if path.endswith(".xml") else "json"
+            response = open311.error_response(open311.Open311Error(400, message, fmt))
+        else:
+            response = _error(422, "invalid_text", message, [{"field": name, "reason": message}])
+        await response(scope, receive, send)
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -231,7 +261,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TimeoutError)
     async def unavailable(request: Request, exc: Exception) -> Response:
         # Nothing was stored: the client may safely retry (with its Idempotency-Key).
-        log.warning("database unavailable: %s", exc)
+        log.warning("database unavailable: %s", exc, extra=COLLAPSE)  # one per request
         if _is_open311(request):
             return open311.error_response(
                 open311.Open311Error(503, "temporarily unavailable", _open311_format(request))
@@ -242,6 +272,17 @@ def install_error_handlers(app: FastAPI) -> None:
             "the case store is unavailable; retry shortly",
             headers={"Retry-After": "2"},
         )
+
+    @app.exception_handler(asyncpg.CharacterNotInRepertoireError)
+    @app.exception_handler(asyncpg.UntranslatableCharacterError)
+    async def unstorable_text(request: Request, exc: Exception) -> Response:
+        # The routes refuse a NUL where they take text; this is the net for any they miss.
+        log.warning("text the database cannot store: %s", type(exc).__name__)
+        if _is_open311(request):
+            return open311.error_response(
+                open311.Open311Error(400, text.REASON, _open311_format(request))
+            )
+        return _error(422, "invalid_text", f"the request's text {text.REASON}")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -349,6 +390,7 @@ def create_app(
     app.router.routes.extend(health_routes({"database": db_ready}))
 
     app.add_middleware(RequestMetrics, service="intake")
+    app.add_middleware(RefuseNulInQuery)
     app.add_middleware(BodyLimit, limit=isettings.max_body_bytes)
     return app
 
@@ -380,8 +422,11 @@ async def _start_broker(broker: Any, stop: asyncio.Event) -> None:
 
 
 def asgi() -> FastAPI:
-    """Factory for `uvicorn --factory services.intake.app:asgi`."""
-    return create_app()
+    """The app of one of several server processes (`services.intake.workers`), each a fresh
+    interpreter: it logs as the service does, then builds the app."""
+    settings = get_settings()
+    configure_logging("intake", level=settings.log_level, json=settings.log_json)
+    return create_app(settings)
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
@@ -400,21 +445,8 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         server.should_exit = True
         await serving
         return
-    # Several server processes: uvicorn's own supervisor forks and watches them.
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "services.intake.app:asgi",
-        "--host",
-        isettings.host,
-        "--port",
-        str(isettings.port),
-        "--workers",
-        str(isettings.workers),
-        "--no-access-log",
-    )
+    # Several server processes: uvicorn's own supervisor starts and watches them.
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.intake.workers")
     await stop.wait()
     proc.terminate()
     await proc.wait()

@@ -9,7 +9,8 @@ resident's contact details and care flags. Meanwhile, one after the other:
 - the notifier is killed while webhooks are in flight (the receiver holds them unanswered),
   and started again: those webhooks are sent again, once their lease ends, with the same ids;
 - the broker is killed, and started again after a few seconds;
-- intake is killed with requests in flight, and started again.
+- intake is killed with requests in flight, and started again;
+- PostgreSQL is killed, and started again after a few seconds.
 In the end every accepted report is one case, routed once, on its department's feed under one
 id, and delivered by webhook under one webhook-id. Duplicates on the wire are allowed only as
 the same message again (same ids), which a receiver drops. And no contact detail or care flag
@@ -247,6 +248,10 @@ async def _faults(
     at["intake killed"] = await _after(app, 2)
     services["intake"].crash()
     await restart("intake")
+    at["database killed"] = await _after(app, 2)
+    await asyncio.to_thread(stack.postgres.process.stop, 0)  # crash recovery at the restart
+    await asyncio.sleep(3)
+    await asyncio.to_thread(stack.postgres.start, lambda _: None)
     await asyncio.sleep(2)  # and more reports after the last fault
     return at
 
@@ -258,7 +263,7 @@ def _ids_by_case(messages: list[dict[str, Any]], id_field: str) -> dict[str, set
     return ids
 
 
-async def test_nothing_is_lost_doubled_or_leaked_when_services_and_the_broker_crash(
+async def test_nothing_is_lost_doubled_or_leaked_when_services_broker_and_database_crash(
     stack: LocalStack, receiver: tuple[str, Receiver], tmp_path: Path
 ) -> None:
     webhook_url, hook = receiver
@@ -372,6 +377,11 @@ async def test_nothing_is_lost_doubled_or_leaked_when_services_and_the_broker_cr
         f"{len(routed)} CaseRouted records for {len(cases)} cases on the lifecycle topic; "
         f"{len(feed_routed)} feed messages; {len(calls)} webhooks"
     )
+
+    # every line each service wrote, faults included, is a JSON log record of that service
+    for name in ports:
+        for line in (tmp_path / f"{name}.log").read_text().splitlines():
+            assert json.loads(line)["service"] == name, line
 
     # nothing personal of the proxy reports left GridDispatch (feed, webhooks) or reached a log
     # line or a metric, faults and retries included

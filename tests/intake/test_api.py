@@ -94,6 +94,12 @@ async def test_idempotent_retry_returns_the_first_answer_and_creates_nothing(
         (report_body(channel="pigeon"), "channel", "Input should be"),
         (report_body(reporter={"phone": "call me"}), "reporter.phone", "pattern"),
         (report_body(unexpected=1), "unexpected", "Extra inputs"),
+        # PostgreSQL cannot store a NUL character: said at the door, not a 500 from the database
+        (report_body(description="暖气\x00不热"), "description", "NUL"),
+        (report_body(reporter={"name": "王\x00"}), "reporter.name", "NUL"),
+        (report_body(location={"address": "龙沙区\x00"}), "location.address", "NUL"),
+        (report_body(attributes={"whole_building": "\x00"}), "attributes.whole_building", "NUL"),
+        (report_body(on_behalf_of="\x00card"), "on_behalf_of", "NUL"),
     ],
 )
 async def test_bad_input_gets_422_naming_the_field(
@@ -103,6 +109,16 @@ async def test_bad_input_gets_422_naming_the_field(
     assert r.status_code == 422, r.text
     errors = r.json()["errors"]
     assert any(e["field"] == field and reason in e["reason"] for e in errors), errors
+
+
+@pytest.mark.parametrize("param", ["district", "grid", "department", "category", "cursor"])
+async def test_a_nul_character_in_a_filter_gets_422_naming_it(
+    client: httpx.AsyncClient, keys: Keys, param: str
+) -> None:
+    r = await client.get("/v1/cases", params={param: "a\x00b"}, headers=auth(keys.operator))
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == param
+    assert "NUL" in r.json()["errors"][0]["reason"]
 
 
 async def test_malformed_and_oversized_bodies(client: httpx.AsyncClient, keys: Keys) -> None:

@@ -227,6 +227,13 @@ async def test_open311_errors_use_the_spec_body(
     assert long_text.status_code == 400
     assert "description" in errors(long_text)[0][1]
 
+    nul = await client.post(f"/open311/v2/requests.{fmt}", data=_form(keys, description="a\x00"))
+    assert nul.status_code == 400
+    assert "description" in errors(nul)[0][1]
+    nul_filter = await client.get(f"/open311/v2/requests.{fmt}", params={"service_code": "\x00"})
+    assert nul_filter.status_code == 400
+    assert "service_code" in errors(nul_filter)[0][1]
+
     missing = await client.get(f"/open311/v2/requests/0190aaaa-0000-7000-8000-000000000000.{fmt}")
     assert missing.status_code == 404
     assert errors(missing)[0][0] == 404

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -85,15 +87,17 @@ async def test_a_transient_failure_is_retried_not_dead_lettered(
 ) -> None:
     await ensure_topics(stack.kafka.bootstrap, [topic, dlq(topic)], partitions=1)
     broker = make_broker(KafkaSettings(bootstrap_servers=stack.kafka.bootstrap), "test")
-    dead = DeadLetters(broker, "test-consumer", retry_delay_s=0.1)
+    dead = DeadLetters(broker, "test-consumer")
     attempts: list[int] = []
+    times: list[float] = []
     done = asyncio.Event()
 
-    @durable_subscriber(broker, topic, group_id="g-" + uuid.uuid4().hex[:8])
+    @durable_subscriber(broker, topic, group_id="g-" + uuid.uuid4().hex[:8], retry_pause_s=0.1)
     async def handle(records: Records) -> None:
         [record] = records
         async with dead.guard(record):
             attempts.append(record.offset)
+            times.append(time.monotonic())
             if len(attempts) < 3:
                 raise ConnectionError("database went away")
             done.set()
@@ -104,4 +108,6 @@ async def test_a_transient_failure_is_retried_not_dead_lettered(
         await broker.start()
         await asyncio.wait_for(done.wait(), 30)
     assert attempts == [0, 0, 0]
+    # each retry after the subscriber's pause, not in a hot loop
+    assert all(later - earlier >= 0.1 for earlier, later in itertools.pairwise(times))
     assert await read_topic(stack.kafka.bootstrap, dlq(topic), expected=1, timeout_s=2) == []

@@ -11,6 +11,7 @@ from prometheus_client import Counter
 
 from services.intake import reports, store
 from services.intake.auth import Principal, Role
+from services.intake.http import text
 from services.intake.http.deps import (
     CREDENTIALS,
     ApiError,
@@ -73,6 +74,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody},
     429: {"model": ErrorBody},
 }
+
+
+def refuse_nul(raw: bytes) -> None:
+    """422 naming the field of a JSON body whose text holds a NUL character (see `text`)."""
+    at = text.nul_in_json(raw)
+    if at is not None:
+        raise ApiError(422, "invalid_text", f"{at}: {text.REASON}", field=at)
 
 
 @router.get("/categories", response_model=list[CategoryView])
@@ -152,9 +160,9 @@ async def report_case(body: ReportIn, request: Request) -> Response:
     """Report an issue. Answers 202 once the case is durably stored; a retry with the same
     `Idempotency-Key` returns the first answer and creates nothing."""
     principal = await caller(request, required=True)
-    accepted = await accept_report(
-        request, body, principal, IDEMPOTENCY_KEY.read(request), await request.body()
-    )
+    raw = await request.body()
+    refuse_nul(raw)
+    accepted = await accept_report(request, body, principal, IDEMPOTENCY_KEY.read(request), raw)
     base = state(request).settings.public_base_url
     # Built by hand: validating our own answer against the response model costs CPU per request.
     return Response(
@@ -297,6 +305,7 @@ async def list_cases(
 async def take_step(case_id: CaseId, body: StepIn, request: Request) -> StepAccepted:
     """Acknowledge, add a progress note, resolve, request a transfer, verify and close
     (departments, workers, operators); reopen or rate (the resident, with the tracking token)."""
+    refuse_nul(await request.body())
     st = state(request)
     principal = await caller(request, required=False)
     tracking_token = TRACKING_TOKEN.read(request)

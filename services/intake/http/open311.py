@@ -18,6 +18,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import ValidationError
 
 from services.intake import store
+from services.intake.http import text
 from services.intake.http.cases import accept_report
 from services.intake.http.deps import ApiError, IntakeState, State, client_address
 from services.intake.lifecycle import Status
@@ -279,6 +280,9 @@ async def post_request(fmt: Format, request: Request, st: State) -> Response:
         pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
     except UnicodeDecodeError as exc:
         raise Open311Error(400, "the form is not UTF-8", fmt) from exc
+    nul = text.nul_in_pairs(pairs)
+    if nul is not None:
+        raise Open311Error(400, f"{nul}: {text.REASON}", fmt)
     form: dict[str, str] = {}
     attributes: dict[str, str] = {}
     for key, value in pairs:
