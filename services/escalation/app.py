@@ -38,6 +38,7 @@ from shared.metrics import NO_OPENTELEMETRY, REGISTRY, health_routes
 from shared.outbox import OutboxRelay
 from shared.service import KafkaAccess, ServiceSpec, run_until_stopped, supervised
 from shared.settings import Settings
+from shared.text import refuse_unstorable_text
 
 log = logging.getLogger(__name__)
 GROUP_ID = "escalation"
@@ -119,6 +120,7 @@ class EmergencyIn(BaseModel):
 
 def http_app(pool: asyncpg.Pool, es: EscalationSettings, cfg: timers.Settings) -> FastAPI:
     app = FastAPI(title="GridDispatch escalation", version="1", telemetry=NO_OPENTELEMETRY)
+    refuse_unstorable_text(app)
 
     async def db_ok() -> bool:
         async with pool.acquire() as conn:

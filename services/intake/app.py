@@ -24,13 +24,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.intake import store
 from services.intake.auth import RateLimiter
-from services.intake.http import cases, open311, text
+from services.intake.http import cases, open311
 from services.intake.http.deps import ApiError, CatalogueCache, IntakeState, KeyCache
 from services.intake.readmodel import GROUP_ID as READ_MODEL_GROUP
 from services.intake.readmodel import OpenCaseGauge, attach_read_model
 from services.intake.reports import ReportWriter
 from services.intake.settings import MIGRATIONS, IntakeSettings
-from shared import topics
+from shared import text, topics
 from shared.catalogue import load_file
 from shared.db import create_pool, migrate
 from shared.directory import DepartmentDirectory

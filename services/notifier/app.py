@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 import uvicorn
-from fastapi import FastAPI, Header, HTTPException, Query
+from fastapi import FastAPI, Header, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
 
 from services.notifier import webhooks
@@ -48,6 +48,7 @@ from shared.kafka import (
 from shared.metrics import NO_OPENTELEMETRY, health_routes
 from shared.service import KafkaAccess, ServiceSpec, run_until_stopped, supervised
 from shared.settings import KafkaSettings, Settings
+from shared.text import refuse_unstorable_text
 
 log = logging.getLogger(__name__)
 FEEDS_GROUP = "notifier"
@@ -60,6 +61,7 @@ def http_app(
     kafka: KafkaSettings,
 ) -> FastAPI:
     app = FastAPI(title="GridDispatch notifier", version="1", telemetry=NO_OPENTELEMETRY)
+    refuse_unstorable_text(app)
 
     async def db_ok() -> bool:
         async with pool.acquire() as conn:
@@ -83,8 +85,8 @@ def http_app(
         except webhooks.ForbiddenDestination as exc:
             raise HTTPException(422, str(exc)) from exc
         except Exception as exc:  # a malformed secret
-            if is_transient(exc):
-                raise
+            if is_transient(exc) or isinstance(exc, asyncpg.PostgresError):
+                raise  # the database's errors are not the secrets' (a NUL: 422, see text)
             raise HTTPException(422, f"secrets: {exc}") from exc
         return {"id": sub_id}
 
@@ -99,7 +101,10 @@ def http_app(
             return await list_subscriptions(conn, owner_kind, owner)
 
     @app.delete("/v1/subscriptions/{sub_id}", status_code=204)
-    async def disable(sub_id: int, authorization: Annotated[str | None, Header()] = None) -> None:
+    async def disable(
+        sub_id: Annotated[int, Path(ge=1, le=2**63 - 1, description="a subscription's id")],
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> None:
         check(authorization)
         async with pool.acquire() as conn:
             if not await disable_subscription(conn, sub_id):

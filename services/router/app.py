@@ -37,6 +37,7 @@ from shared.kafka import (
 from shared.metrics import NO_OPENTELEMETRY, health_routes
 from shared.service import KafkaAccess, ServiceSpec, run_until_stopped, settle_heap, supervised
 from shared.settings import Settings
+from shared.text import refuse_unstorable_text
 
 log = logging.getLogger(__name__)
 ROUTING_GROUP = "router"
@@ -91,6 +92,7 @@ class TriageIn(BaseModel):
 
 def http_app(state: RouterState, rs: RouterSettings, pool: asyncpg.Pool, producer: Any) -> FastAPI:
     app = FastAPI(title="GridDispatch router", version="1", telemetry=NO_OPENTELEMETRY)
+    refuse_unstorable_text(app)
     app.router.routes.extend(health_routes({"reference data": _has_grids(state)}))
 
     def check(authorization: str | None) -> None:

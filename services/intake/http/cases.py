@@ -11,7 +11,6 @@ from prometheus_client import Counter
 
 from services.intake import reports, store
 from services.intake.auth import Principal, Role
-from services.intake.http import text
 from services.intake.http.deps import (
     CREDENTIALS,
     ApiError,
@@ -32,6 +31,7 @@ from services.intake.models import (
     StepIn,
 )
 from services.intake.views import case_view
+from shared import text
 from shared.catalogue import check_attributes
 from shared.ids import case_reference
 from shared.metrics import REGISTRY

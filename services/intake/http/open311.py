@@ -18,11 +18,11 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import ValidationError
 
 from services.intake import store
-from services.intake.http import text
 from services.intake.http.cases import accept_report
 from services.intake.http.deps import ApiError, IntakeState, State, client_address
 from services.intake.lifecycle import Status
 from services.intake.models import ReportIn
+from shared import text
 from shared.catalogue import Category
 from shared.events import Channel
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services.intake.http.text import nul_in_json, nul_in_pairs
+from shared.text import nul_in_json, nul_in_pairs
 
 
 @pytest.mark.parametrize(

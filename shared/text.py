@@ -1,13 +1,16 @@
 """PostgreSQL cannot store a NUL character (U+0000) in text. A request carrying one is refused
 at the door, naming where it is, instead of failing in the database (which answered 500).
-Pure functions: the routes and the app's middleware call them."""
+Pure functions; `refuse_unstorable_text` is the net every service's HTTP API has."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
+import asyncpg
 import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 REASON = "must not contain a NUL character (\\x00)"
 
@@ -52,3 +55,13 @@ def _path(value: Any) -> str | None:
         if inner is not None:
             return f"{key}.{inner}" if inner else key
     return None
+
+
+def refuse_unstorable_text(app: FastAPI) -> None:
+    """Text the database cannot store, wherever it came from (a query parameter, a body), is
+    answered 422, not 500. (Intake names the field before it gets that far.)"""
+
+    @app.exception_handler(asyncpg.CharacterNotInRepertoireError)
+    @app.exception_handler(asyncpg.UntranslatableCharacterError)
+    async def unstorable(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"text {REASON}"}, status_code=422)
