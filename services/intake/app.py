@@ -121,7 +121,7 @@ class _TooLarge(Exception):
 
 class RefuseNulInQuery:
     """A query parameter holding a NUL character (`%00`) gets 422 naming it (Open311: 400), on
-    every route: PostgreSQL cannot store or compare one (see `http.text`)."""
+    every route: PostgreSQL cannot store or compare one (see `shared.text`)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
