@@ -1,36 +1,24 @@
-"""Whatever an operator's tool sends to the escalation's HTTP API (emergency mode),
-it never answers 5xx: schemathesis against its own OpenAPI document."""
+"""Whatever an operator's tool sends to escalation's HTTP API (emergency mode), it never
+answers 5xx: schemathesis against its own OpenAPI document."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from pathlib import Path
 
 import httpx
 
-from shared.localstack import LocalStack, free_port
-from tests.helpers.fuzz import fuzz
-from tests.helpers.services import fresh_database, running_service
+from shared.localstack import LocalStack
+from tests.helpers.fuzz import fuzz, operator_api
 
 
-def test_no_generated_input_makes_the_escalation_fail(stack: LocalStack, tmp_path: Path) -> None:
-    token = "fuzz-" + uuid.uuid4().hex
-    port = free_port()
-    env = {
-        **stack.env(),
-        "GRIDDISPATCH_DATABASE_URL": asyncio.run(fresh_database(stack.postgres.url, "fuzz")),
-        "GRIDDISPATCH_ESCALATION__PORT": str(port),
-        "GRIDDISPATCH_ESCALATION__ADMIN_TOKEN": token,
-    }
-    url = f"http://127.0.0.1:{port}"
-    with running_service("escalation", env, ready_url=f"{url}/health/ready", log=tmp_path / "log"):
-        run = fuzz(url, {"Authorization": f"Bearer {token}"})
+def test_no_generated_input_makes_escalation_fail(stack: LocalStack, tmp_path: Path) -> None:
+    with operator_api(stack, "escalation", tmp_path / "escalation.log") as (url, headers):
+        run = fuzz(url, headers)
         # text the database cannot store (a NUL character) is the caller's error
         nul = httpx.post(
             f"{url}/v1/emergency",
             json={"area": "longsha\x00", "on": True, "factor": 0.5, "reason": "暴雪"},
-            headers={"Authorization": f"Bearer {token}"},
+            headers=headers,
         )
     run.check(min_operations=2, ok={200, 202})
     assert nul.status_code == 422, nul.text

@@ -3,10 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+
+from shared.localstack import LocalStack, free_port
+from tests.helpers.services import fresh_database, running_service
 
 
 @dataclass
@@ -58,3 +66,21 @@ def fuzz(
 
         check()
     return run
+
+
+@contextmanager
+def operator_api(stack: LocalStack, name: str, log: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """Service `name` running on a fresh database of the test stack, with an operator token:
+    yields its URL and the headers that carry the token."""
+    token = "fuzz-" + uuid.uuid4().hex
+    port = free_port()
+    prefix = f"GRIDDISPATCH_{name.upper()}__"
+    env = {
+        **stack.env(),
+        "GRIDDISPATCH_DATABASE_URL": asyncio.run(fresh_database(stack.postgres.url, "fuzz")),
+        f"{prefix}PORT": str(port),
+        f"{prefix}ADMIN_TOKEN": token,
+    }
+    url = f"http://127.0.0.1:{port}"
+    with running_service(name, env, ready_url=f"{url}/health/ready", log=log):
+        yield url, {"Authorization": f"Bearer {token}"}
