@@ -150,6 +150,7 @@ def up(
     os.environ.update(stack.env())
     get_settings.cache_clear()
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    demo_keys: list[str] = []  # prefixes of the keys made for this run
     try:
         if migrate_first:
             migrate()
@@ -175,23 +176,12 @@ def up(
         prometheus = _start_prometheus()
         if prometheus is not None:
             procs.append(("prometheus", prometheus))
+        operator = None
         if demo and {"demo", "keys"} <= commands:
-            key = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "shared.cli.main",
-                    "keys",
-                    "create",
-                    "--name",
-                    "demo reports",
-                    "--role",
-                    "resident_app",
-                ],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
+            operator = _demo_key("demo operator", "operator", demo_keys)
+        _print_services(operator)
+        if demo and {"demo", "keys"} <= commands:
+            key = _demo_key("demo reports", "resident_app", demo_keys)
             trickle = subprocess.Popen(
                 [sys.executable, "-m", "shared.cli.main", "demo", "reports"],
                 env={**os.environ, "GRIDDISPATCH_DEMO_API_KEY": key},
@@ -203,6 +193,9 @@ def up(
         console.print("[bold]running — press Ctrl-C to stop[/bold]")
         _wait_for_interrupt(procs)
     finally:
+        # the demo's keys live as long as the run that printed them
+        for prefix in demo_keys:
+            subprocess.run([sys.executable, "-m", "shared.cli.main", "keys", "revoke", prefix])
         for _, proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -216,6 +209,37 @@ def up(
         if not keep_stack:
             stopped = stack.down()
             _progress(f"stopped {', '.join(stopped)}")
+
+
+def _demo_key(name: str, role: str, made: list[str]) -> str:
+    """A fresh intake API key for the demo (printed once by `keys create`); its prefix goes to
+    `made`, so that the run revokes it when it stops."""
+    out = subprocess.run(
+        [sys.executable, "-m", "shared.cli.main", "keys", "create", "--name", name, "--role", role],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    made.append(out.split("_")[1])  # a key reads gd_<prefix>_<secret>
+    return out
+
+
+def _print_services(operator_key: str | None) -> None:
+    """Where each service answers, and one request to try with an operator's key."""
+    from shared.service import discover_services
+
+    urls = {
+        name: f"http://127.0.0.1:{spec.http_port()}"
+        for name, spec in discover_services().items()
+        if spec.http_port is not None
+    }
+    for name, url in urls.items():
+        console.print(f"[green]✓[/green] {name:11} {url}/docs   (its API; /metrics, /health)")
+    if operator_key and "intake" in urls:
+        console.print(
+            "  try it with an operator's key (revoked when this run stops):\n"
+            f"  curl -H 'Authorization: Bearer {operator_key}' '{urls['intake']}/v1/cases?limit=5'"
+        )
 
 
 def _start_mailbox() -> subprocess.Popen[bytes] | None:

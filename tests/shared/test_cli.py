@@ -4,6 +4,7 @@ where they are, and Ctrl-C leaves no process behind."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -54,6 +56,18 @@ def _processes_under(home: Path) -> list[psutil.Process]:
     return found
 
 
+def _get_when_up(url: str, headers: dict[str, str]) -> httpx.Response:
+    """GET once the service answers (`up` prints its addresses while the services start)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return httpx.get(url, headers=headers, timeout=5)
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def test_up_reports_where_things_are_and_ctrl_c_leaves_nothing_running(
     cli_env: tuple[dict[str, str], Path],
 ) -> None:
@@ -81,6 +95,14 @@ def test_up_reports_where_things_are_and_ctrl_c_leaves_nothing_running(
     assert f"127.0.0.1:{env['GRIDDISPATCH_LOCAL__KAFKA_PORT']}" in text
     assert f"127.0.0.1:{env['GRIDDISPATCH_LOCAL__POSTGRES_PORT']}/griddispatch" in text
     assert len(_processes_under(home)) >= 2  # the broker and the database server
+    # it says where each service answers, and gives a key that works there
+    for port in (8080, 8081, 8082, 8083):
+        assert f"http://127.0.0.1:{port}/docs" in text
+    try_it = re.search(r"curl -H 'Authorization: Bearer (gd_[\w-]+)' '(http://[^']+)'", text)
+    assert try_it, text
+    answer = _get_when_up(try_it[2], {"Authorization": f"Bearer {try_it[1]}"})
+    assert answer.status_code == 200, answer.text
+    assert "items" in answer.json()
 
     status = subprocess.run(
         [*CLI, "stack", "status"],
@@ -96,6 +118,7 @@ def test_up_reports_where_things_are_and_ctrl_c_leaves_nothing_running(
     rest, _ = proc.communicate(timeout=90)
     assert proc.returncode == 0, text + rest
     assert "stopped kafka, postgres" in rest
+    assert f"revoked {try_it[1].split('_')[1]}" in rest  # the demo's key dies with the run
     assert _processes_under(home) == []
 
 
