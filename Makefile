@@ -31,7 +31,7 @@ test: $(STAMP)  ## the whole suite; starts its own Kafka and PostgreSQL on free 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shared services bench deploy/grafana/dashboards.py deploy/k8s/departments.py
+	$(BIN)/mypy shared services bench tests deploy/grafana/dashboards.py deploy/k8s/departments.py
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 import httpx
@@ -137,10 +138,10 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
 
             grace = timedelta(seconds=5)  # the acknowledgement reaches escalation via Kafka
 
-            def at(m: dict) -> datetime:
+            def at(m: dict[str, Any]) -> datetime:
                 return datetime.fromisoformat(m["occurred_at"])
 
-            def complete(seen: list[dict]) -> bool:
+            def complete(seen: list[dict[str, Any]]) -> bool:
                 acks = [
                     m
                     for m in seen
@@ -159,7 +160,7 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
                 return bool(later) and (stalled, "CaseEscalated") in types
 
             feed = await read_feed(stack.kafka.bootstrap, "roads", set(ids), until=complete)
-            by_case: dict[str, list[dict]] = {}
+            by_case: dict[str, list[dict[str, Any]]] = {}
             for m in feed:
                 by_case.setdefault(m["case_id"], []).append(m)
             # each case's feed starts with its routing; unanswered cases keep climbing

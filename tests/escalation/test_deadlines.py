@@ -79,7 +79,7 @@ def test_the_ladder_climbs_then_repeats_up_to_the_cap() -> None:
     t0 = datetime(2026, 1, 10, tzinfo=UTC)
     policy = LadderPolicy(step_s=None, repeat_every_s=600, max_repeats=2)
     steps = []
-    state = (1, 0, t0)
+    state: tuple[int, int, datetime] | None = (1, 0, t0)
     while state is not None:
         steps.append(state[:2])
         state = next_escalation(state[0], 6, state[1], state[2], 3600, policy)

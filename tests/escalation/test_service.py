@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import httpx
@@ -64,7 +65,7 @@ async def publish(stack: LocalStack, *envs) -> None:
 
 async def escalations(
     stack: LocalStack, case_ids: set[str], *, until: int, timeout_s: float = 60
-) -> list[tuple[bytes, dict]]:
+) -> list[tuple[bytes, dict[str, Any]]]:
     consumer = AIOKafkaConsumer(
         topics.CASES_LIFECYCLE,
         bootstrap_servers=stack.kafka.bootstrap,
@@ -72,7 +73,7 @@ async def escalations(
         enable_auto_commit=False,
     )
     await consumer.start()
-    found: list[tuple[bytes, dict]] = []
+    found: list[tuple[bytes, dict[str, Any]]] = []
     try:
         deadline = time.monotonic() + timeout_s
         settle: float | None = None

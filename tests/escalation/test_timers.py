@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
@@ -24,7 +25,7 @@ async def _fold(conn: asyncpg.Connection, env, now: datetime) -> bool:
     return await timers.fold(conn, env, env.event(), now, CFG)
 
 
-async def _outbox(conn: asyncpg.Connection, case_id: str | None = None) -> list[dict]:
+async def _outbox(conn: asyncpg.Connection, case_id: str | None = None) -> list[dict[str, Any]]:
     rows = await conn.fetch("SELECT value FROM escalation.outbox ORDER BY id")
     out = [json.loads(bytes(r["value"])) for r in rows]
     return [e for e in out if case_id is None or e["case_id"] == case_id]
@@ -34,7 +35,7 @@ async def test_an_unacknowledged_case_climbs_the_whole_ladder(esc_db: asyncpg.Co
     env = routed(at=T0, ack_s=3600, resolve_s=86400, warn_s=900)
     assert await _fold(esc_db, env, T0)
     assert not await _fold(esc_db, env, T0)  # a redelivered event arms nothing twice
-    fired: list[dict] = []
+    fired: list[dict[str, Any]] = []
     clock = T0
     while clock < T0 + timedelta(hours=6):
         clock += timedelta(minutes=5)

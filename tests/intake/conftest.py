@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import httpx
@@ -145,9 +146,9 @@ def routed_event(
 
 async def wait_for(
     client: httpx.AsyncClient, case_id: str, key: str, predicate, timeout_s: float = 20
-) -> dict:
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
-    last: dict = {}
+    last: dict[str, Any] = {}
     while time.monotonic() < deadline:
         r = await client.get(f"/v1/cases/{case_id}", headers=auth(key))
         if r.status_code == 200:
@@ -164,12 +165,12 @@ async def reported_and_routed(
     keys: Keys,
     department: str = "heating",
     **overrides: object,
-) -> dict:
+) -> dict[str, Any]:
     r = await client.post(
         "/v1/cases", json=report_body(**overrides), headers=auth(keys.resident_app)
     )
     assert r.status_code == 202, r.text
-    accepted = r.json()
+    accepted: dict[str, Any] = r.json()
     await publish_lifecycle(stack, routed_event(accepted["case_id"], department))
     await wait_for(client, accepted["case_id"], keys.operator, lambda c: c["status"] == "routed")
     return accepted

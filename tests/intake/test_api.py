@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +23,7 @@ from tests.intake.conftest import (
 )
 
 
-def _for_case(records, case_id: str) -> list[dict]:
+def _for_case(records, case_id: str) -> list[dict[str, Any]]:
     return [json.loads(r.value) for r in records if r.key == case_id.encode()]
 
 
@@ -103,7 +104,7 @@ async def test_idempotent_retry_returns_the_first_answer_and_creates_nothing(
     ],
 )
 async def test_bad_input_gets_422_naming_the_field(
-    client: httpx.AsyncClient, keys: Keys, body: dict, field: str, reason: str
+    client: httpx.AsyncClient, keys: Keys, body: dict[str, Any], field: str, reason: str
 ) -> None:
     r = await client.post("/v1/cases", json=body, headers=auth(keys.resident_app))
     assert r.status_code == 422, r.text
@@ -362,7 +363,11 @@ async def test_listing_filters_and_cursor_pagination(client: httpx.AsyncClient, 
     seen: list[str] = []
     cursor = None
     while True:
-        params = {"category": "streetlight.out", "limit": 2, "status": "reported"}
+        params: dict[str, str | int] = {
+            "category": "streetlight.out",
+            "limit": 2,
+            "status": "reported",
+        }
         if cursor:
             params["cursor"] = cursor
         page = (await client.get("/v1/cases", params=params, headers=auth(keys.operator))).json()

@@ -19,7 +19,7 @@ async def test_feed_topics_get_the_configured_partitions_and_replicas(
         return names
 
     monkeypatch.setattr(feeds, "ensure_topics", ensure_topics)
-    writer = feeds.FeedWriter(None, None, "kafka:9092", 6, None, replication_factor=3)  # type: ignore[arg-type]
+    writer = feeds.FeedWriter(None, None, "kafka:9092", 6, None, replication_factor=3)
     assert await writer._topic("heating") == "dept.heating"
     assert await writer._topic("heating") == "dept.heating"  # once per topic
     assert created == [(["dept.heating"], {"partitions": 6, "replication_factor": 3})]

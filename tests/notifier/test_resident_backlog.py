@@ -4,6 +4,7 @@ order between them) is kept, and sent once the contact arrives — in the reside
 from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
+from typing import Any
 
 import asyncpg
 
@@ -68,7 +69,7 @@ async def test_a_report_without_a_consenting_contact_leaves_nothing_waiting(
     late = report("zhao@example.org", None, consent=False)
     case = {"category": "heating.outage", "department": "heating", "priority": "normal"}
 
-    def resolved(r: events.Envelope) -> tuple[events.Envelope, events.Event, dict]:
+    def resolved(r: events.Envelope) -> tuple[events.Envelope, events.Event, dict[str, Any]]:
         ev = events.CaseResolved(by="w-1", note="ok")
         return wrap(ev, case_id=r.case_id, producer="intake"), ev, case
 

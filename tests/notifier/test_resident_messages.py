@@ -11,6 +11,7 @@ import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
+from typing import Any
 
 import uvicorn
 from aiokafka import AIOKafkaProducer
@@ -26,6 +27,7 @@ from shared.events import wrap
 from shared.ids import case_reference
 from shared.localstack import LocalStack, free_port
 from shared.settings import PROJECT_ROOT
+from tests.helpers.mail import body_text
 
 
 class Inbox:
@@ -34,7 +36,7 @@ class Inbox:
 
     async def handle_DATA(self, server, session, envelope) -> str:
         msg = message_from_bytes(envelope.content)
-        self.messages.append((envelope.rcpt_tos, msg.get_payload(decode=True).decode()))
+        self.messages.append((envelope.rcpt_tos, body_text(msg)))
         return "250 OK"
 
 
@@ -89,7 +91,7 @@ async def test_consenting_residents_are_told_by_email_and_sms(stack: LocalStack,
     smtp_port = free_port()
     smtp = Controller(inbox, hostname="127.0.0.1", port=smtp_port)
     smtp.start()
-    texts: list[dict] = []
+    texts: list[dict[str, Any]] = []
 
     async def gateway(request: Request) -> Response:
         texts.append(await request.json())

@@ -12,7 +12,7 @@ import asyncpg
 import orjson
 import pytest
 
-from services.notifier import staff
+from services.notifier import staff, texts
 from services.notifier.settings import MIGRATIONS
 from services.notifier.staff import message_subscriptions, queue_for_staff
 from services.notifier.subscriptions import SubscriptionIn, add_subscription
@@ -100,9 +100,9 @@ async def test_a_broken_template_skips_its_message_only(
     await migrate(db, "notifier", MIGRATIONS)
     dept, worker = "q-" + uuid.uuid4().hex[:6], "w-" + uuid.uuid4().hex[:6]
     subs = await _subscribe(db, dept, worker)
-    real = staff.render
+    real = texts.render
 
-    def render(audience: Any, *args: Any) -> staff.Message:
+    def render(audience: Any, *args: Any) -> texts.Message:
         if audience == "worker":
             raise ValueError("a template edited into an error")
         return real(audience, *args)

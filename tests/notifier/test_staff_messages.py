@@ -26,6 +26,7 @@ from shared.events import wrap
 from shared.ids import case_reference
 from shared.localstack import LocalStack, free_port
 from tests.helpers.http import receiving
+from tests.helpers.mail import body_text
 from tests.helpers.services import running_service
 from tests.notifier.test_service import routed, wait_until
 
@@ -41,7 +42,7 @@ class Mailbox:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         msg = message_from_bytes(envelope.content)
         subject = str(make_header(decode_header(msg["Subject"])))
-        body = msg.get_payload(decode=True).decode()
+        body = body_text(msg)
         self.mails.append((envelope.rcpt_tos, subject, body))
         self.ids.append(msg["Message-ID"])
         return "250 OK"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from jinja2.exceptions import SecurityError
@@ -25,7 +26,9 @@ RESIDENT = {
 ROUTED_AT = datetime(2026, 1, 10, 1, 30, tzinfo=UTC)  # 09:30 in the city
 
 
-def _case(event: events.Event, case_id: str = "01a21d85-0000-7000-8000-00000a1b2c3d") -> dict:
+def _case(
+    event: events.Event, case_id: str = "01a21d85-0000-7000-8000-00000a1b2c3d"
+) -> dict[str, Any]:
     env = wrap(event, case_id=case_id, producer="test")
     case = {"department": "heating", "category": "heating.outage", "reported_at": ROUTED_AT}
     return department_view(env, event, case)

@@ -61,7 +61,7 @@ def kafka_users() -> dict[str, dict[str, Any]]:
     return found
 
 
-def acl_commands(user: str, spec: dict[str, Any], admin_config: Path, bootstrap: str) -> list:
+def acl_commands(user: str, spec: dict[str, Any], admin_config: Path, bootstrap: str) -> list[Any]:
     """kafka-acls invocations granting what the KafkaUser grants, one per kind of grant."""
     grants: dict[tuple[str, str, tuple[str, ...]], list[str]] = defaultdict(list)
     for acl in spec["spec"]["authorization"]["acls"]:

@@ -24,7 +24,7 @@ import services.router.app
 import services.router.dispatch  # noqa: F401  (the imports register every service's metrics)
 from shared import kafka
 from shared.metrics import REGISTRY
-from shared.settings import PROJECT_ROOT
+from shared.settings import PROJECT_ROOT, KafkaSettings
 from tests.helpers import ops_tools
 from tests.ops import monitoring
 
@@ -79,7 +79,7 @@ def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
 
 
 def test_every_metric_in_rules_and_dashboards_is_exported() -> None:
-    kafka.make_broker(kafka.KafkaSettings(), "metrics-check")  # registers FastStream's metrics
+    kafka.make_broker(KafkaSettings(), "metrics-check")  # registers FastStream's metrics
     exported = set(REGISTRY._names_to_collectors)
     named = set()
     for _, _, expr in monitoring.panel_queries():

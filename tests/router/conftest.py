@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import pytest
@@ -90,7 +91,7 @@ async def publish(stack: LocalStack, *envs: Envelope, raw: bytes | None = None) 
 
 async def decisions_for(
     stack: LocalStack, case_id: str, *, count: int = 1, timeout_s: float = 30
-) -> list[tuple[bytes, dict]]:
+) -> list[tuple[bytes, dict[str, Any]]]:
     """Messages on cases.lifecycle for `case_id` written by the router (raw bytes, parsed)."""
     consumer = AIOKafkaConsumer(
         topics.CASES_LIFECYCLE,
@@ -99,7 +100,7 @@ async def decisions_for(
         enable_auto_commit=False,
     )
     await consumer.start()
-    found: list[tuple[bytes, dict]] = []
+    found: list[tuple[bytes, dict[str, Any]]] = []
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and len(found) < count:

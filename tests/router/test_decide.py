@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -28,7 +29,7 @@ def ref() -> ReferenceData:
     return snapshot.from_city(CITY)
 
 
-def _grid(kind: str, dedicated_type: str | None = None) -> dict:
+def _grid(kind: str, dedicated_type: str | None = None) -> dict[str, Any]:
     return next(
         g
         for g in CITY.grids

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import asyncpg
 import httpx
@@ -20,7 +21,7 @@ from tests.router.conftest import ADMIN_TOKEN, CITY, decisions_for, publish, rep
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-def _comprehensive(n: int = 0) -> dict:
+def _comprehensive(n: int = 0) -> dict[str, Any]:
     return [g for g in CITY.grids if g["kind"] == "comprehensive"][n]
 
 

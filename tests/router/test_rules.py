@@ -1,4 +1,5 @@
 from datetime import date
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -6,8 +7,8 @@ from pydantic import ValidationError
 from services.router.rules import DateWindow, Facts, Rule, RuleTable
 
 
-def facts(**kw) -> Facts:
-    base = dict(
+def facts(**kw: Any) -> Facts:
+    base: dict[str, Any] = dict(
         category="heating.outage",
         grid_kind="comprehensive",
         dedicated_type=None,
@@ -99,7 +100,7 @@ def test_date_windows_are_validated(bad: str) -> None:
         {"category": "heating.noise", "dedicated_type": "hospital"},
     ],
 )
-def test_routing_without_a_trail_picks_the_rule_explaining_picks(case: dict) -> None:
+def test_routing_without_a_trail_picks_the_rule_explaining_picks(case: dict[str, Any]) -> None:
     """Routing tries only the rules that can match the category, and writes no trail."""
     f = facts(**case)
     for excluded in (frozenset(), frozenset({"heating"}), frozenset({"gas", "health"})):

@@ -1,5 +1,6 @@
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -117,7 +118,7 @@ def test_envelope_json_is_the_envelopes_own_json(
         at=datetime(2026, 1, 12, 8, 0, 0, 123456, tzinfo=UTC), ack_s=3600, resolve_s=7200
     ).event()
     for event in (_report(), routed_event, CaseAcknowledged(by="w-1", note="到了")):
-        kw = {
+        kw: dict[str, Any] = {
             "case_id": "c-7",
             "producer": "router",
             "event_id": new_event_id(),

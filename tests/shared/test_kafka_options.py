@@ -12,7 +12,7 @@ from shared.localstack import LocalStack
 from shared.settings import KafkaSettings
 
 
-def _options(monkeypatch: pytest.MonkeyPatch, settings: KafkaSettings, **kw: Any) -> dict:
+def _options(monkeypatch: pytest.MonkeyPatch, settings: KafkaSettings, **kw: Any) -> dict[str, Any]:
     broker = make_broker(settings, "test")
     seen: dict[str, Any] = {}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ from shared.text import nul_in_json, nul_in_pairs
         ({"count": 0, "flag": False, "nothing": None}, None),
     ],
 )
-def test_the_path_of_a_nul_in_a_json_body(body: dict, path: str | None) -> None:
+def test_the_path_of_a_nul_in_a_json_body(body: dict[str, Any], path: str | None) -> None:
     assert nul_in_json(json.dumps(body, ensure_ascii=False).encode()) == path
 
 
