@@ -16,6 +16,7 @@ import asyncpg
 import typer
 from rich.console import Console
 
+from shared.cli.dlq import dlq_app
 from shared.db import migrate as run_migrations
 from shared.settings import get_settings
 
@@ -34,6 +35,7 @@ stack_app = typer.Typer(
 app.add_typer(stack_app, name="stack")
 contract_app = typer.Typer(help="The Kafka contract's published schemas.", no_args_is_help=True)
 app.add_typer(contract_app, name="contract")
+app.add_typer(dlq_app, name="dlq")
 
 
 def _progress(message: str) -> None:
