@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared import topics
 from shared.kafka import client_options, make_producer
+from shared.service import KafkaAccess
 from shared.settings import KafkaSettings
 
 REPLAYED_FROM = "x-replayed-from"
@@ -124,6 +125,11 @@ class Selection:
 def dead_letter_topics() -> list[str]:
     """Every DLQ of the contract: `cases.intake.dlq`, `cases.lifecycle.dlq`."""
     return [topics.dlq(t) for t in topics.CONTRACT_TOPICS]
+
+
+# What the tool does on Kafka: the `griddispatch-operator` KafkaUser's ACLs (deploy/k8s), which
+# tests/ops compare with this.
+KAFKA_ACCESS = KafkaAccess(follows=tuple(dead_letter_topics()), writes=topics.CONTRACT_TOPICS)
 
 
 async def read_dead_letters(

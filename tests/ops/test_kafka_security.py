@@ -14,6 +14,7 @@ import secrets
 import shutil
 import tempfile
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,7 @@ from services.intake.auth import Role
 from services.router import democity
 from services.router import store as router_store
 from shared.db import migrate
+from shared.dlq import dead_letter_topics, read_dead_letters, replay
 from shared.kafka import connection_options, create_contract_topics, ensure_topics, make_producer
 from shared.localstack import LocalStack, free_port
 from shared.localstack.kafka import ADMIN_USER, KafkaNode
@@ -48,8 +50,9 @@ USERS_FILES = [
     PROJECT_ROOT / "deploy/k8s/base/kafka/departments.yaml",
 ]
 NOTIFIER, ROADS, WATER = "griddispatch-notifier", "dept-roads", "dept-water"
+OPERATOR = "griddispatch-operator"
 SERVICE_USERS = {name: f"griddispatch-{name}" for name in ("intake", "router", "escalation")}
-USERS = (NOTIFIER, ROADS, WATER, *SERVICE_USERS.values())
+USERS = (NOTIFIER, ROADS, WATER, OPERATOR, *SERVICE_USERS.values())
 
 
 def kafka_users() -> dict[str, dict[str, Any]]:
@@ -193,6 +196,52 @@ async def test_a_department_cannot_write_feeds_or_read_the_pipeline(secured, fee
         await producer.stop()
     with pytest.raises(TopicAuthorizationFailedError):
         await read(roads, "cases.lifecycle", None)
+
+
+async def test_an_operator_replays_dead_letters_and_can_do_nothing_else(secured) -> None:
+    """`griddispatch dlq` on the operator's own KafkaUser: reads a DLQ the router wrote and
+    sends the message back to its topic; reads no case topic, writes no feed."""
+    node, passwords = secured
+    await create_contract_topics(connection_options(login(node, passwords, ADMIN_USER)), 1)
+    router = login(node, passwords, SERVICE_USERS["router"])
+    key = f"case-{uuid.uuid4()}".encode()
+    producer = make_producer(router, "router")
+    await producer.start()
+    try:
+        headers = [("x-dlq-topic", b"cases.intake"), ("x-dlq-consumer", b"router")]
+        await producer.send_and_wait("cases.intake.dlq", b"{}", key=key, headers=headers)
+    finally:
+        await producer.stop()
+
+    operator = login(node, passwords, OPERATOR)
+    letters = await read_dead_letters(connection_options(operator), dead_letter_topics())
+    [mine] = [x for x in letters if x.key == key]
+    assert await replay(operator, [mine]) == 1
+    consumer = AIOKafkaConsumer(
+        "cases.intake", **connection_options(router), auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        seen: list[Any] = []
+        for _ in range(40):
+            batches = await consumer.getmany(timeout_ms=500)
+            seen += [r for recs in batches.values() for r in recs if r.key == key]
+            if seen:
+                break
+    finally:
+        await consumer.stop()
+    [back] = seen
+    assert dict(back.headers)["x-replayed-from"] == mine.position.encode()
+
+    with pytest.raises(TopicAuthorizationFailedError):
+        await read(operator, "cases.intake", None)
+    forger = AIOKafkaProducer(**connection_options(operator))
+    await forger.start()
+    try:
+        with pytest.raises(TopicAuthorizationFailedError):
+            await forger.send_and_wait("dept.roads", b"forged")
+    finally:
+        await forger.stop()
 
 
 async def test_a_wrong_password_is_refused(secured) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared import topics
+from shared import dlq, topics
 from shared.catalogue import load_file
 from shared.service import KafkaAccess, discover_services
 from shared.settings import PROJECT_ROOT, KafkaSettings
@@ -122,6 +122,7 @@ def test_kafka_users_grant_each_service_and_department_exactly_what_it_needs(
     expected: dict[str, set[Acl]] = {
         f"griddispatch-{name}": _needed(spec.kafka) for name, spec in SERVICES.items()
     }
+    expected["griddispatch-operator"] = _needed(dlq.KAFKA_ACCESS)  # `griddispatch dlq …`
     for code in {c.department for c in load_file().categories}:
         expected[f"dept-{code}"] = {
             ("topic", topics.department_feed(code), "literal", "Read"),
