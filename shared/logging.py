@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pythonjsonlogger.json import JsonFormatter
 
 # Loggers whose records come in bursts of the same line while the broker or the database is
-# away: the Kafka client's, and FastStream's for each service (a handler's error, each retry).
-CHATTY = re.compile(r"^(aiokafka|griddispatch\.[\w-]+\.broker)(\.|$)")
+# away: the Kafka client's, asyncpg's pool (each attempt to restore its connection floor, with
+# a traceback), and FastStream's for each service (a handler's error, each retry).
+CHATTY = re.compile(r"^(aiokafka|asyncpg|griddispatch\.[\w-]+\.broker)(\.|$)")
 # `log.warning(..., extra=COLLAPSE)`: a line of ours that repeats per request or per attempt
 # while something is away, and says nothing of its own (no id, no offset).
 COLLAPSE = {"collapse_repeats": True}

@@ -1,26 +1,13 @@
-import os
 import subprocess
-import sys
 import uuid
 
 from shared.localstack import LocalStack
-from shared.settings import PROJECT_ROOT
+from tests.helpers.cli import run_cli
 from tests.notifier.test_webhooks import SECRET_A
-
-CLI = [sys.executable, "-m", "shared.cli.main"]
 
 
 def run(stack: LocalStack, *args: str, allow: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **stack.env(), "GRIDDISPATCH_NOTIFIER__WEBHOOK_ALLOW": allow}
-    return subprocess.run(
-        [*CLI, *args],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(stack, *args, env={"GRIDDISPATCH_NOTIFIER__WEBHOOK_ALLOW": allow})
 
 
 def test_subscriptions_and_deliveries_from_the_command_line(stack: LocalStack) -> None:

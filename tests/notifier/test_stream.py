@@ -15,19 +15,13 @@ from aiokafka import AIOKafkaProducer
 from shared import topics
 from shared.localstack import LocalStack, free_port
 from shared.settings import PROJECT_ROOT
+from tests.helpers.cli import run_cli
 from tests.notifier.test_service import routed
 
 
 def cli(stack: LocalStack, *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "shared.cli.main", *args],
-        env={**os.environ, **stack.env()},
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    out = run_cli(stack, *args)
+    assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
 

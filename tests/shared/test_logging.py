@@ -73,6 +73,9 @@ def test_faststream_s_lines_and_ours_marked_collapse_are_collapsed_too() -> None
     assert repeats.filter(_record("griddispatch.intake.broker", error))
     assert not repeats.filter(_record("griddispatch.intake.broker", error))
     assert repeats.filter(_record("griddispatch.intake.broker", "assigned to partitions 1, 2"))
+    floor = "Failed to restore the pool connection floor; retrying"  # asyncpg, while PG is away
+    assert repeats.filter(_record("asyncpg.pool", floor))
+    assert not repeats.filter(_record("asyncpg.pool", floor))
     first = _record("services.intake.app", "database unavailable: %s", "refused", **COLLAPSE)
     assert repeats.filter(first)
     assert "collapse_repeats" not in first.__dict__  # the marker is not a field of the line
