@@ -127,7 +127,7 @@ def dead_letter_topics() -> list[str]:
     return [topics.dlq(t) for t in topics.CONTRACT_TOPICS]
 
 
-# What the tool does on Kafka: the `griddispatch-operator` KafkaUser's ACLs (deploy/k8s), which
+# What the tool does on Kafka: the `griddispatch-dlq` KafkaUser's ACLs (deploy/k8s), which
 # tests/ops compare with this.
 KAFKA_ACCESS = KafkaAccess(follows=tuple(dead_letter_topics()), writes=topics.CONTRACT_TOPICS)
 

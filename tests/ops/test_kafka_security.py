@@ -50,7 +50,7 @@ USERS_FILES = [
     PROJECT_ROOT / "deploy/k8s/base/kafka/departments.yaml",
 ]
 NOTIFIER, ROADS, WATER = "griddispatch-notifier", "dept-roads", "dept-water"
-OPERATOR = "griddispatch-operator"
+OPERATOR = "griddispatch-dlq"
 SERVICE_USERS = {name: f"griddispatch-{name}" for name in ("intake", "router", "escalation")}
 USERS = (NOTIFIER, ROADS, WATER, OPERATOR, *SERVICE_USERS.values())
 

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -45,6 +46,9 @@ def built() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def prod(built: dict[str, str]) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(built["prod"]) if d]
+
+
+STRIMZI_USER_KEYS = {"password", "sasl.jaas.config"}  # what the User Operator writes
 
 
 def of_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
@@ -122,7 +126,7 @@ def test_kafka_users_grant_each_service_and_department_exactly_what_it_needs(
     expected: dict[str, set[Acl]] = {
         f"griddispatch-{name}": _needed(spec.kafka) for name, spec in SERVICES.items()
     }
-    expected["griddispatch-operator"] = _needed(dlq.KAFKA_ACCESS)  # `griddispatch dlq …`
+    expected["griddispatch-dlq"] = _needed(dlq.KAFKA_ACCESS)  # `griddispatch dlq …`
     for code in {c.department for c in load_file().categories}:
         expected[f"dept-{code}"] = {
             ("topic", topics.department_feed(code), "literal", "Read"),
@@ -135,6 +139,27 @@ def test_kafka_users_grant_each_service_and_department_exactly_what_it_needs(
         assert _granted(user) == expected[name], name
     # every service reads something and the declarations are not empty by accident
     assert all(spec.kafka.reads for spec in SERVICES.values())
+
+
+def _secret_refs(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        if "secretKeyRef" in node:
+            yield node["secretKeyRef"]
+        for value in node.values():
+            yield from _secret_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _secret_refs(value)
+
+
+def test_no_secret_of_ours_shares_a_name_with_a_kafka_users(prod: list[dict[str, Any]]) -> None:
+    """Strimzi writes each KafkaUser's password into a Secret of the user's name: a Secret we
+    make by hand under such a name (a token, say) would be taken over, or would block it."""
+    users = set(of_kind(prod, "KafkaUser"))
+    refs = [ref for o in prod for ref in _secret_refs(o)]
+    assert refs
+    clashing = [r for r in refs if r["name"] in users and r["key"] not in STRIMZI_USER_KEYS]
+    assert not clashing
 
 
 def test_department_group_prefixes_cannot_overlap() -> None:
