@@ -13,6 +13,10 @@ DLQ_SUFFIX = ".dlq"
 DEPARTMENTS = "directory.departments"
 DIRECTORY_CONFIG: dict[str, str] = {"cleanup.policy": "compact"}
 
+# A department feed keeps what the contract topics keep (deploy/k8s/base/kafka/topics.yaml), so a
+# department's system that was down for a week still finds everything when it is back.
+FEED_CONFIG: dict[str, str] = {"retention.ms": str(14 * 24 * 3600 * 1000)}
+
 _DEPT_CODE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 

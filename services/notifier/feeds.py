@@ -74,6 +74,7 @@ class FeedWriter:
                 [name],
                 partitions=self.partitions,
                 replication_factor=self.replication_factor,
+                configs=topics.FEED_CONFIG,
             )
             self._topics.add(name)
         return name

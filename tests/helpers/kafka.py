@@ -81,3 +81,18 @@ async def read_feed(
     finally:
         await consumer.stop()
     return seen
+
+
+async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
+    """The topic's configuration as the broker reports it (defaults included)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        [resource] = response.resources
+        return {entry[0]: entry[1] for entry in resource[4]}
+    finally:
+        await admin.close()

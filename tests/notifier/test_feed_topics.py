@@ -1,4 +1,5 @@
-"""Department feed topics are created with the cluster's replication factor."""
+"""Department feed topics are created with the cluster's replication factor, and keep 14 days
+like the contract's topics."""
 
 from __future__ import annotations
 
@@ -22,4 +23,9 @@ async def test_feed_topics_get_the_configured_partitions_and_replicas(
     writer = feeds.FeedWriter(None, None, "kafka:9092", 6, None, replication_factor=3)
     assert await writer._topic("heating") == "dept.heating"
     assert await writer._topic("heating") == "dept.heating"  # once per topic
-    assert created == [(["dept.heating"], {"partitions": 6, "replication_factor": 3})]
+    assert created == [
+        (
+            ["dept.heating"],
+            {"partitions": 6, "replication_factor": 3, "configs": {"retention.ms": "1209600000"}},
+        )
+    ]

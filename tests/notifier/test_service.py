@@ -31,6 +31,7 @@ from shared.feed import FEED_MESSAGE
 from shared.localstack import LocalStack, free_port
 from shared.settings import PROJECT_ROOT
 from tests.helpers.http import receiving
+from tests.helpers.kafka import topic_config
 from tests.notifier.test_webhooks import SECRET_A, verify
 
 
@@ -202,6 +203,8 @@ async def test_feeds_and_webhooks(stack: LocalStack, receiver: Receiver, tmp_pat
     ]
     assert b.case_id not in out.stdout
     assert "13900000000" not in out.stdout  # no phone numbers in a feed
+    feed_config = await topic_config(stack.kafka.bootstrap, topics.department_feed(dept_a))
+    assert feed_config["retention.ms"] == topics.FEED_CONFIG["retention.ms"]  # 14 days
     assert feed[0]["details"]["priority"] == "high"
     # each is the published feed message (docs/schemas/DepartmentFeedMessage.json) …
     for line in out.stdout.splitlines():
