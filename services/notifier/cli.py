@@ -134,8 +134,16 @@ def mailbox(
     import asyncio
     import signal
 
-    from services.notifier.mailbox import Mailbox
     from shared.settings import get_settings
+
+    try:
+        from services.notifier.mailbox import Mailbox
+    except ImportError as exc:  # aiosmtpd is a development dependency, not in the image
+        console.print(
+            f"[red]griddispatch mailbox is a development tool and needs {exc.name}[/red]: "
+            "install the development extras (`make install`, or pip install '.[dev]')"
+        )
+        raise typer.Exit(2) from exc
 
     box = Mailbox(
         folder or get_settings().local.home / "mailbox", smtp_port=smtp_port, sms_port=sms_port

@@ -11,7 +11,10 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import pytest
+from typer.testing import CliRunner
 
+from services.notifier import cli
 from services.notifier.channels import EmailChannel, SmsGatewayChannel
 from services.notifier.mailbox import Mailbox
 from services.notifier.settings import MIGRATIONS
@@ -97,3 +100,15 @@ async def test_demo_subscriptions_add_what_is_missing_once(stack: LocalStack) ->
         ("roads", "roads@example.org"),
         ("water", "ops@water.example.org"),  # its own subscription stays the only one
     ]
+
+
+def test_without_the_development_extras_the_mailbox_says_what_it_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The image has no aiosmtpd: `griddispatch mailbox` there explains, with no traceback."""
+    monkeypatch.setitem(sys.modules, "aiosmtpd.smtp", None)  # as if it were not installed
+    monkeypatch.delitem(sys.modules, "services.notifier.mailbox", raising=False)
+    result = CliRunner().invoke(cli.mailbox_app, [])
+    assert result.exit_code == 2
+    assert "development tool and needs aiosmtpd" in result.output
+    assert "Traceback" not in result.output
