@@ -24,6 +24,15 @@ import orjson
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# What a loop that holds a connection of its own (a relay, a scheduler, a reloader) survives by
+# connecting again: the server away or restarting, a failed statement, a connection cut. asyncpg
+# may report a cut mid-statement as an InternalClientError (MagicStack/asyncpg#1069).
+CONNECTION_LOST: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -88,7 +97,7 @@ async def with_own_pool(
                 await work(pool)
             finally:
                 await pool.close()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except CONNECTION_LOST as exc:
             log.warning("%s lost the database: %s", what, exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1)

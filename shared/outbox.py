@@ -28,7 +28,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from shared.aio import until_set
-from shared.db import check_schema_name
+from shared.db import CONNECTION_LOST, check_schema_name
 from shared.events import Envelope
 from shared.logging import COLLAPSE
 from shared.metrics import (
@@ -135,7 +135,7 @@ class OutboxRelay:
         while not stop.is_set():
             try:
                 await self._run_connected(stop)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except CONNECTION_LOST as exc:
                 self.is_leader = False
                 log.warning(  # each attempt while the database is away
                     "outbox relay lost its database connection: %s", exc, extra=COLLAPSE

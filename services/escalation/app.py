@@ -22,7 +22,7 @@ from services.escalation import timers
 from services.escalation.settings import MIGRATIONS, EscalationSettings
 from shared import topics
 from shared.aio import until_set
-from shared.db import create_pool, migrate
+from shared.db import CONNECTION_LOST, create_pool, migrate
 from shared.kafka import (
     DeadLetters,
     Records,
@@ -39,6 +39,7 @@ from shared.outbox import OutboxRelay
 from shared.service import KafkaAccess, ServiceSpec, run_until_stopped, supervised
 from shared.settings import Settings
 from shared.text import refuse_unstorable_text
+from shared.web import answer_database_outages
 
 log = logging.getLogger(__name__)
 GROUP_ID = "escalation"
@@ -90,7 +91,7 @@ class Scheduler:
                 finally:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(conn.close(), 5)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except CONNECTION_LOST as exc:
                 log.warning("scheduler lost the database, retrying: %s", exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1)
@@ -121,6 +122,7 @@ class EmergencyIn(BaseModel):
 def http_app(pool: asyncpg.Pool, es: EscalationSettings, cfg: timers.Settings) -> FastAPI:
     app = FastAPI(title="GridDispatch escalation", version="1", telemetry=NO_OPENTELEMETRY)
     refuse_unstorable_text(app)
+    answer_database_outages(app)
 
     async def db_ok() -> bool:
         async with pool.acquire() as conn:

@@ -40,6 +40,7 @@ from shared.metrics import NO_OPENTELEMETRY, REGISTRY, health_routes
 from shared.outbox import OutboxRelay
 from shared.service import KafkaAccess, ServiceSpec, settle_heap, supervised
 from shared.settings import Settings, get_settings
+from shared.web import DATABASE_AWAY, RETRY_AFTER_S
 
 log = logging.getLogger(__name__)
 
@@ -252,26 +253,24 @@ def install_error_handlers(app: FastAPI) -> None:
     async def open311_error(request: Request, exc: open311.Open311Error) -> Response:
         return open311.error_response(exc)
 
-    @app.exception_handler(asyncpg.PostgresConnectionError)
-    @app.exception_handler(asyncpg.InterfaceError)
-    @app.exception_handler(asyncpg.CannotConnectNowError)
-    @app.exception_handler(asyncpg.TooManyConnectionsError)
-    @app.exception_handler(ConnectionError)
-    @app.exception_handler(OSError)
-    @app.exception_handler(TimeoutError)
     async def unavailable(request: Request, exc: Exception) -> Response:
         # Nothing was stored: the client may safely retry (with its Idempotency-Key).
         log.warning("database unavailable: %s", exc, extra=COLLAPSE)  # one per request
         if _is_open311(request):
-            return open311.error_response(
+            response = open311.error_response(
                 open311.Open311Error(503, "temporarily unavailable", _open311_format(request))
             )
+            response.headers["Retry-After"] = RETRY_AFTER_S
+            return response
         return _error(
             503,
             "unavailable",
             "the case store is unavailable; retry shortly",
-            headers={"Retry-After": "2"},
+            headers={"Retry-After": RETRY_AFTER_S},
         )
+
+    for error in DATABASE_AWAY:  # the same net as every service's (shared.web), in our format
+        app.add_exception_handler(error, unavailable)
 
     @app.exception_handler(asyncpg.CharacterNotInRepertoireError)
     @app.exception_handler(asyncpg.UntranslatableCharacterError)

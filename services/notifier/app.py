@@ -49,6 +49,7 @@ from shared.metrics import NO_OPENTELEMETRY, health_routes
 from shared.service import KafkaAccess, ServiceSpec, run_until_stopped, supervised
 from shared.settings import KafkaSettings, Settings
 from shared.text import refuse_unstorable_text
+from shared.web import answer_database_outages
 
 log = logging.getLogger(__name__)
 FEEDS_GROUP = "notifier"
@@ -62,6 +63,7 @@ def http_app(
 ) -> FastAPI:
     app = FastAPI(title="GridDispatch notifier", version="1", telemetry=NO_OPENTELEMETRY)
     refuse_unstorable_text(app)
+    answer_database_outages(app)
 
     async def db_ok() -> bool:
         async with pool.acquire() as conn:

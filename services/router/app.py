@@ -21,7 +21,7 @@ from services.router.settings import MIGRATIONS, RouterSettings
 from shared import events, topics
 from shared.aio import until_set
 from shared.catalogue import load_file
-from shared.db import create_pool, migrate
+from shared.db import CONNECTION_LOST, create_pool, migrate
 from shared.directory import DepartmentDirectory, DirectoryPublisher
 from shared.events import wrap
 from shared.kafka import (
@@ -38,6 +38,7 @@ from shared.metrics import NO_OPENTELEMETRY, health_routes
 from shared.service import KafkaAccess, ServiceSpec, run_until_stopped, settle_heap, supervised
 from shared.settings import Settings
 from shared.text import refuse_unstorable_text
+from shared.web import answer_database_outages
 
 log = logging.getLogger(__name__)
 ROUTING_GROUP = "router"
@@ -69,7 +70,7 @@ async def reload_loop(
                 log.info("reference data version %s loaded: %s", ref.version, ref.stats())
                 if reloaded is not None:
                     reloaded.set()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except CONNECTION_LOST as exc:
             log.warning("reference data reload failed, will retry: %s", exc)
             conn = None
         await until_set(wake, stop, at_most_s=rs.reload_poll_s)
@@ -93,6 +94,7 @@ class TriageIn(BaseModel):
 def http_app(state: RouterState, rs: RouterSettings, pool: asyncpg.Pool, producer: Any) -> FastAPI:
     app = FastAPI(title="GridDispatch router", version="1", telemetry=NO_OPENTELEMETRY)
     refuse_unstorable_text(app)
+    answer_database_outages(app)
     app.router.routes.extend(health_routes({"reference data": _has_grids(state)}))
 
     def check(authorization: str | None) -> None:

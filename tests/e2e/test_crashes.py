@@ -127,6 +127,7 @@ class ResidentApp:
         self.case_of: dict[str, str] = {}  # idempotency key → the case id answered
         self.retries = 0
         self.sent = 0  # reports started so far
+        self.refused: dict[int, int] = {}  # answers other than 202, by status
 
     async def report(self, client: httpx.AsyncClient, body: dict[str, Any], token: str) -> None:
         key = str(uuid.uuid4())
@@ -143,6 +144,8 @@ class ResidentApp:
                     self.case_of[key] = r.json()["case_id"]
                     return
                 assert r.status_code in (429, 503), r.text  # anything else is a bug
+                assert int(r.headers["Retry-After"]) >= 1  # says when to come back
+                self.refused[r.status_code] = self.refused.get(r.status_code, 0) + 1
             except httpx.TransportError:
                 pass  # intake is down or was killed mid-request: was it stored? ask again
             assert time.monotonic() < deadline, f"report {key} never accepted"
@@ -316,6 +319,7 @@ async def test_nothing_is_lost_doubled_or_leaked_when_services_broker_and_databa
             assert await conn.fetchval("SELECT count(*) FROM intake.cases") == total
         finally:
             await conn.close()
+        assert app.refused.get(503)  # the database's outage was answered, with a Retry-After
 
         def webhooks_by_case() -> dict[str, set[str]]:
             by_case: dict[str, set[str]] = collections.defaultdict(set)
@@ -373,7 +377,7 @@ async def test_nothing_is_lost_doubled_or_leaked_when_services_broker_and_databa
     assert hook.held
     assert all(sent[held] >= 2 for held in hook.held), [sent[h] for h in hook.held]
     print(  # what the run went through, for the log
-        f"faults at {fault_at}; {app.retries} retried requests; "
+        f"faults at {fault_at}; {app.retries} retried requests ({app.refused} answered); "
         f"{len(routed)} CaseRouted records for {len(cases)} cases on the lifecycle topic; "
         f"{len(feed_routed)} feed messages; {len(calls)} webhooks"
     )
