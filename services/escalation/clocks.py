@@ -119,6 +119,11 @@ def apply(
     """The change `event` makes to `clock` (None: the case has none yet); None if the event
     changes nothing (not one escalation follows, or about a case it does not know)."""
     if isinstance(event, events.CaseRouted):
+        if clock is not None and clock.phase == "done":
+            # No flow routes a resolved or closed case (a reopened one resumes its clock
+            # itself): an old routing delivered late, a dead letter replayed after the case
+            # moved on. Arming its deadlines now would escalate a finished case.
+            return None
         return _routed(clock, case_id, event, now, cal, emergency_factor)
     if clock is None:
         return None

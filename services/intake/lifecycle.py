@@ -156,6 +156,17 @@ def decide(current: Status, actor: Actor, step: Step, *, already_rated: bool = F
     return Decision(status=target, event=event, also_reroute=reroute)
 
 
+FINISHED = frozenset({Status.RESOLVED, Status.CLOSED})
+
+
+def arrives_late(current: Status, event: events.Event) -> bool:
+    """A routing outcome for a case already resolved or closed: no flow routes a finished case
+    (a reopened one goes back to `routed` itself), so it is an old event delivered late — a dead
+    letter replayed after the case moved on. It joins the timeline; it must not re-open the
+    case or re-assign it."""
+    return current in FINISHED and isinstance(event, events.CaseRouted | events.CaseUnroutable)
+
+
 def status_after_event(current: Status, event: events.Event) -> Status:
     """How the read model moves on events that other services emit."""
     match event:

@@ -329,6 +329,8 @@ async def apply_lifecycle_events(
                 change = changes.get(env.case_id) or CaseChange(
                     Status(cases[env.case_id]["status"])
                 )
+                if lifecycle.arrives_late(change.status, ev):
+                    continue  # in the timeline, as history; the case has moved on
                 changes[env.case_id] = change.after(ev, env.occurred_at)
         if changes:
             await conn.execute(

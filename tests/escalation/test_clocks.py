@@ -118,3 +118,24 @@ def test_the_clock_keeps_the_chain_as_its_models_write_it_and_gives_its_columns(
         a is b for a, b in zip(change.clock.columns(), vars(change.clock).values(), strict=True)
     )
     assert [t.columns() for t in change.arm] == [dataclasses.astuple(t) for t in change.arm]
+
+
+def test_a_routing_replayed_after_the_case_was_resolved_arms_nothing() -> None:
+    """A CaseRouted delivered late (a dead letter replayed after the case moved on) would
+    escalate a finished case; a reroute after a transfer still re-arms."""
+    case_id, clock = _routed_clock()
+    resolved = apply(clock, case_id, events.CaseResolved(by="w", note="n"), T0, CHINA_2026)
+    assert resolved is not None
+    stale = routed(at=T0, ack_s=3600, resolve_s=7200).event()
+    assert apply(resolved.clock, case_id, stale, T0 + timedelta(hours=3), CHINA_2026) is None
+    paused = apply(
+        clock,
+        case_id,
+        events.CaseTransferRequested(by="d", department="roads", reason="x"),
+        T0,
+        CHINA_2026,
+    )
+    assert paused is not None
+    again = apply(paused.clock, case_id, stale, T0 + timedelta(minutes=5), CHINA_2026)
+    assert again is not None
+    assert again.arm

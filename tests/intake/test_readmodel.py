@@ -113,3 +113,29 @@ async def test_a_batch_folds_in_order_and_only_once(intake_db: asyncpg.Connectio
         "SELECT status, department FROM intake.cases WHERE case_id = $1", acked
     )
     assert (row["status"], row["department"]) == ("resolved", "heating")
+
+
+async def test_a_routing_replayed_after_the_case_was_resolved_is_history(
+    intake_db: asyncpg.Connection,
+) -> None:
+    """A dead letter replayed late (`griddispatch dlq replay`): the CaseRouted this read model
+    once failed on comes back after the case was resolved. It joins the timeline; the case
+    stays resolved, with its department and its time of last change."""
+    case_id = await _new_case(intake_db)
+    routed = routed_event(case_id, "heating")
+    done = [routed, _step(events.CaseResolved(by="w-1", note="修好了"), case_id)]
+    await store.apply_lifecycle_events(intake_db, [(e, e.event()) for e in done])
+    before = await intake_db.fetchrow(
+        "SELECT status, department, updated_at FROM intake.cases WHERE case_id = $1", case_id
+    )
+    stale = routed_event(case_id, "water")  # an older decision, delivered now
+    assert await store.apply_lifecycle_events(intake_db, [(stale, stale.event())]) == 1
+    after = await intake_db.fetchrow(
+        "SELECT status, department, updated_at FROM intake.cases WHERE case_id = $1", case_id
+    )
+    assert dict(after) == dict(before)
+    assert dict(before)["status"] == "resolved"
+    types = await intake_db.fetch(
+        "SELECT event_type FROM intake.case_events WHERE case_id = $1", case_id
+    )
+    assert sorted(r["event_type"] for r in types) == ["CaseResolved", "CaseRouted", "CaseRouted"]
