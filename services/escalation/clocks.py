@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -101,6 +102,23 @@ def timers_for(
     if warn_before_s > 0 and warn_at > now:
         armed.append(NewTimer("warn", deadline, level - 1, deadline_at, warn_at))
     return tuple(armed)
+
+
+def catch_up(
+    change: Change,
+    case_id: str,
+    earlier: Sequence[events.Event],
+    now: datetime,
+    cal: WorkCalendar,
+) -> Change:
+    """A case's routing arrived after events that follow it (its routing was a dead letter
+    here, replayed later): the clock as if they had come in order. The last event's timers
+    replace the routing's, as they would have."""
+    for event in earlier:
+        nxt = apply(change.clock, case_id, event, now, cal)
+        if nxt is not None:
+            change = nxt
+    return change
 
 
 def routed_areas(event: events.CaseRouted) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ The history of firings is the event stream (and the outbox), not old timer rows.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,14 @@ from typing import Any
 import asyncpg
 from prometheus_client import Counter, Histogram
 
-from services.escalation.clocks import FOLLOWED, CaseClock, NewTimer, apply, routed_areas
+from services.escalation.clocks import (
+    FOLLOWED,
+    CaseClock,
+    NewTimer,
+    apply,
+    catch_up,
+    routed_areas,
+)
 from services.escalation.deadlines import (
     CHINA_2026,
     LadderPolicy,
@@ -136,17 +144,63 @@ async def fold_batch(
                     list(areas),
                 )
             }
+        # Events that came before their case's routing (see migration 0002), for the cases
+        # this batch routes for the first time: usually none, one indexed lookup.
+        first_routed = [
+            env.case_id
+            for env, ev in fresh
+            if isinstance(ev, events.CaseRouted) and clocks.get(env.case_id) is None
+        ]
+        early: dict[str, list[events.Event]] = collections.defaultdict(list)
+        if first_routed:
+            for r in await conn.fetch(
+                "SELECT case_id, event_type, payload::text AS payload FROM escalation.early_events "
+                "WHERE case_id = ANY($1) ORDER BY occurred_at, id",
+                first_routed,
+            ):
+                early[r["case_id"]].append(
+                    events.EVENT_TYPES[r["event_type"]].model_validate_json(r["payload"])
+                )
+        caught_up: set[str] = set()
+        new_early: list[tuple[str, datetime, str, str]] = []
         changed: dict[str, CaseClock] = {}
         armed: dict[str, tuple[NewTimer, ...]] = {}
         for env, ev in fresh:
             factor = None
             if isinstance(ev, events.CaseRouted):
                 factor = min((factors[a] for a in routed_areas(ev) if a in factors), default=None)
-            change = apply(clocks.get(env.case_id), env.case_id, ev, now, cfg.calendar, factor)
+            clock = clocks.get(env.case_id)
+            if clock is None and not isinstance(ev, events.CaseRouted):
+                # before its routing: kept until the routing comes (a dead letter replayed)
+                early[env.case_id].append(ev)
+                new_early.append(
+                    (env.case_id, env.occurred_at, env.event_type, ev.model_dump_json())
+                )
+                continue
+            change = apply(clock, env.case_id, ev, now, cfg.calendar, factor)
             if change is None:
                 continue
+            if clock is None and early.get(env.case_id):
+                change = catch_up(change, env.case_id, early.pop(env.case_id), now, cfg.calendar)
+                caught_up.add(env.case_id)
             clocks[env.case_id] = changed[env.case_id] = change.clock
             armed[env.case_id] = change.arm  # replaces what the events before armed
+        new_early = [row for row in new_early if row[0] not in caught_up]
+        if new_early:
+            await conn.execute(
+                "INSERT INTO escalation.early_events (case_id, occurred_at, event_type, payload) "
+                "SELECT c, o, t, p::jsonb FROM unnest($1::text[], $2::timestamptz[], "
+                "$3::text[], $4::text[]) AS x(c, o, t, p)",
+                *[list(col) for col in zip(*new_early, strict=True)],
+            )
+            # kept as long as a dead letter is (30 days): a routing that never comes is gone
+            await conn.execute(
+                "DELETE FROM escalation.early_events WHERE kept_at < now() - interval '30 days'"
+            )
+        if caught_up:
+            await conn.execute(
+                "DELETE FROM escalation.early_events WHERE case_id = ANY($1)", list(caught_up)
+            )
         if not changed:
             return len(fresh)
         # Only a case escalation knew before this batch can have pending timers (they are

@@ -28,7 +28,8 @@ async def esc_db(stack: LocalStack) -> AsyncIterator[asyncpg.Connection]:
     await migrate(conn, "escalation", MIGRATIONS)
     await conn.execute(
         "TRUNCATE escalation.cases, escalation.timers, escalation.seen_events, "
-        "escalation.emergency_areas, escalation.emergency_log, escalation.outbox"
+        "escalation.emergency_areas, escalation.emergency_log, escalation.outbox, "
+        "escalation.early_events"
     )
     try:
         yield conn

@@ -222,3 +222,36 @@ async def test_a_batch_folds_like_the_same_events_one_by_one(esc_db: asyncpg.Con
     assert sorted((e.case_id, e.event_type) for e in fired) == sorted(
         [(waiting.case_id, "CaseWarned"), (waiting.case_id, "CaseEscalated")]
     )
+
+
+async def test_a_routing_replayed_after_its_case_moved_on_escalates_only_what_is_left(
+    esc_db: asyncpg.Connection,
+) -> None:
+    """Escalation dead-lettered two cases' routings (a rollout, say) and then saw one case
+    acknowledged and the other resolved. When the routings are replayed, the acknowledged case
+    races only its resolve deadline, and the resolved one nothing."""
+    acked = routed(at=T0, ack_s=3600, resolve_s=7200)
+    resolved = routed(at=T0, ack_s=3600, resolve_s=7200)
+    later = T0 + timedelta(minutes=20)
+    assert await _fold(esc_db, step(events.CaseAcknowledged(by="w-1"), acked.case_id, later), later)
+    assert await _fold(
+        esc_db, step(events.CaseResolved(by="w-1", note="好了"), resolved.case_id, later), later
+    )
+    assert await esc_db.fetchval("SELECT count(*) FROM escalation.early_events") == 2
+
+    replayed_at = T0 + timedelta(hours=3)  # both deadlines of the first rung are past by now
+    assert await _fold(esc_db, acked, replayed_at)
+    assert await _fold(esc_db, resolved, replayed_at)
+    phases = {
+        r["case_id"]: r["phase"]
+        for r in await esc_db.fetch("SELECT case_id, phase FROM escalation.cases")
+    }
+    assert phases == {acked.case_id: "resolve", resolved.case_id: "done"}
+    pending = await esc_db.fetch(
+        "SELECT case_id, deadline FROM escalation.timers WHERE state = 'pending'"
+    )
+    assert {(r["case_id"], r["deadline"]) for r in pending} == {(acked.case_id, "resolve")}
+    assert await esc_db.fetchval("SELECT count(*) FROM escalation.early_events") == 0
+    fired = await timers.fire_due(esc_db, replayed_at, CFG)
+    assert [(e.case_id, e.event_type) for e in fired] == [(acked.case_id, "CaseEscalated")]
+    assert fired[0].payload["deadline"] == "resolve"  # never the acknowledgement it made
