@@ -6,7 +6,7 @@ import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 
-from services.escalation.clocks import CaseClock, apply
+from services.escalation.clocks import CaseClock, apply, catch_up
 from services.escalation.deadlines import CHINA_2026
 from shared import events
 from tests.escalation.conftest import routed
@@ -139,3 +139,24 @@ def test_a_routing_replayed_after_the_case_was_resolved_arms_nothing() -> None:
     again = apply(paused.clock, case_id, stale, T0 + timedelta(minutes=5), CHINA_2026)
     assert again is not None
     assert again.arm
+
+
+def test_catching_up_applies_what_came_before_the_routing_in_order() -> None:
+    env = routed(at=T0, ack_s=3600, resolve_s=7200, warn_s=600)
+    routing = apply(None, env.case_id, env.event(), T0 + timedelta(hours=3), CHINA_2026)
+    assert routing is not None
+    assert routing.clock.phase == "acknowledge"  # on its own: the acknowledge deadline, past
+    acked = catch_up(
+        routing, env.case_id, [events.CaseAcknowledged(by="w")], T0 + timedelta(hours=3), CHINA_2026
+    )
+    assert (acked.clock.phase, acked.clock.due_at) == ("resolve", T0 + timedelta(hours=2))
+    assert {t.deadline for t in acked.arm} == {"resolve"}
+    done = catch_up(
+        routing,
+        env.case_id,
+        [events.CaseAcknowledged(by="w"), events.CaseResolved(by="w", note="n")],
+        T0 + timedelta(hours=3),
+        CHINA_2026,
+    )
+    assert (done.clock.phase, done.arm) == ("done", ())
+    assert catch_up(routing, env.case_id, [], T0, CHINA_2026) is routing
