@@ -24,15 +24,24 @@ import orjson
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# What a loop that holds a connection of its own (a relay, a scheduler, a reloader) survives by
-# connecting again: the server away or restarting, a failed statement, a connection cut. asyncpg
-# may report a cut mid-statement as an InternalClientError (MagicStack/asyncpg#1069).
-CONNECTION_LOST: tuple[type[Exception], ...] = (
-    OSError,
-    asyncpg.PostgresError,
+# The database went away, or the connection broke under a statement: says nothing of the work
+# itself, which may be tried again. asyncpg may report a connection cut mid-statement as an
+# InternalClientError ("cannot switch to state …; another operation is in progress",
+# MagicStack/asyncpg#1069). HTTP answers these 503 (shared.web), consumers retry them
+# (shared.kafka.TRANSIENT_ERRORS).
+DATABASE_AWAY: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
     asyncpg.InternalClientError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
 )
+# What a loop that holds a connection of its own (a relay, a scheduler, a reloader) survives by
+# connecting again: the database away, or any failed statement.
+CONNECTION_LOST: tuple[type[Exception], ...] = (*DATABASE_AWAY, asyncpg.PostgresError)
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 

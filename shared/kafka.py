@@ -41,6 +41,7 @@ from faststream.security import BaseSecurity, SASLScram512
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from shared import topics
+from shared.db import DATABASE_AWAY
 from shared.events import DecodeError, Envelope, Event, decode
 from shared.logging import COLLAPSE
 from shared.metrics import REGISTRY, sample_every
@@ -64,15 +65,7 @@ CONSUMER_LAG = Gauge(
 
 # Failures that say nothing about the message itself: retry it, never dead-letter it.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    ConnectionError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    # a connection cut mid-statement, as asyncpg may report it (see shared.web.DATABASE_AWAY)
-    asyncpg.InternalClientError,
+    *DATABASE_AWAY,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
     KafkaError,

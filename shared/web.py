@@ -6,29 +6,16 @@ from __future__ import annotations
 
 import logging
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from shared.db import DATABASE_AWAY
 from shared.logging import COLLAPSE
 
 log = logging.getLogger(__name__)
 
 # How long a 503 asks clients to wait: the pool reconnects within a second or two.
 RETRY_AFTER_S = "2"
-# The database went away, or the connection broke under a statement. asyncpg may report a
-# connection cut mid-statement as an InternalClientError ("cannot switch to state …; another
-# operation is in progress", MagicStack/asyncpg#1069): it is the connection, not the request.
-DATABASE_AWAY: tuple[type[Exception], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.InternalClientError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-)
 
 
 def answer_database_outages(app: FastAPI) -> None:

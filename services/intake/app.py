@@ -32,7 +32,7 @@ from services.intake.reports import ReportWriter
 from services.intake.settings import MIGRATIONS, IntakeSettings
 from shared import text, topics
 from shared.catalogue import load_file
-from shared.db import create_pool, migrate
+from shared.db import DATABASE_AWAY, create_pool, migrate
 from shared.directory import DepartmentDirectory
 from shared.kafka import connection_options, make_broker, make_producer, watch_consumers
 from shared.logging import COLLAPSE, configure_logging
@@ -40,7 +40,7 @@ from shared.metrics import NO_OPENTELEMETRY, REGISTRY, health_routes
 from shared.outbox import OutboxRelay
 from shared.service import KafkaAccess, ServiceSpec, settle_heap, supervised
 from shared.settings import Settings, get_settings
-from shared.web import DATABASE_AWAY, RETRY_AFTER_S
+from shared.web import RETRY_AFTER_S
 
 log = logging.getLogger(__name__)
 
