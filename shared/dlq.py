@@ -20,12 +20,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared import topics
-from shared.kafka import client_options, make_producer
+from shared.kafka import DLQ_HEADER_PREFIX, client_options, make_producer
 from shared.service import KafkaAccess
 from shared.settings import KafkaSettings
 
 REPLAYED_FROM = "x-replayed-from"
-_DLQ_HEADER = "x-dlq-"
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class DeadLetter:
     @property
     def origin(self) -> str:
         """The topic it was read from (the DLQ's name without `.dlq` if the header is lost)."""
-        return self._header(_DLQ_HEADER + "topic") or self.dlq.removesuffix(topics.DLQ_SUFFIX)
+        return self._header(DLQ_HEADER_PREFIX + "topic") or self.dlq.removesuffix(topics.DLQ_SUFFIX)
 
     @property
     def target(self) -> str:
@@ -65,19 +64,19 @@ class DeadLetter:
 
     @property
     def consumer(self) -> str:
-        return self._header(_DLQ_HEADER + "consumer")
+        return self._header(DLQ_HEADER_PREFIX + "consumer")
 
     @property
     def error_type(self) -> str:
-        return self._header(_DLQ_HEADER + "error-type")
+        return self._header(DLQ_HEADER_PREFIX + "error-type")
 
     @property
     def error(self) -> str:
-        return self._header(_DLQ_HEADER + "error")
+        return self._header(DLQ_HEADER_PREFIX + "error")
 
     @property
     def dead_at(self) -> datetime | None:
-        text = self._header(_DLQ_HEADER + "at")
+        text = self._header(DLQ_HEADER_PREFIX + "at")
         try:
             return datetime.fromisoformat(text) if text else None
         except ValueError:
@@ -92,7 +91,9 @@ class DeadLetter:
         """The original message's headers (trace context and the like), without the DLQ's,
         and where the replay came from."""
         kept = [
-            (k, v) for k, v in self.headers if not k.startswith(_DLQ_HEADER) and k != REPLAYED_FROM
+            (k, v)
+            for k, v in self.headers
+            if not k.startswith(DLQ_HEADER_PREFIX) and k != REPLAYED_FROM
         ]
         return [*kept, (REPLAYED_FROM, self.position.encode())]
 
@@ -122,14 +123,11 @@ class Selection:
         return not self.positions or letter.position in self.positions
 
 
-def dead_letter_topics() -> list[str]:
-    """Every DLQ of the contract: `cases.intake.dlq`, `cases.lifecycle.dlq`."""
-    return [topics.dlq(t) for t in topics.CONTRACT_TOPICS]
-
-
 # What the tool does on Kafka: the `griddispatch-dlq` KafkaUser's ACLs (deploy/k8s), which
 # tests/ops compare with this.
-KAFKA_ACCESS = KafkaAccess(follows=tuple(dead_letter_topics()), writes=topics.CONTRACT_TOPICS)
+KAFKA_ACCESS = KafkaAccess(
+    follows=tuple(topics.dead_letter_topics()), writes=topics.CONTRACT_TOPICS
+)
 
 
 async def read_dead_letters(

@@ -307,6 +307,10 @@ def _text(value: str) -> str:
     return value[:2000]
 
 
+# The headers a dead letter carries beside the message's own: `x-dlq-topic`, `x-dlq-error`, …
+DLQ_HEADER_PREFIX = "x-dlq-"
+
+
 class DeadLetters:
     """Moves poison messages of one consumer to `<topic>.dlq`."""
 
@@ -319,7 +323,7 @@ class DeadLetters:
         headers = {
             k: v.decode("utf-8", "replace")
             for k, v in (record.headers or ())
-            if not k.startswith("x-dlq-")
+            if not k.startswith(DLQ_HEADER_PREFIX)
         }
         headers.update(
             {

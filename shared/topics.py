@@ -25,6 +25,11 @@ def dlq(topic: str) -> str:
     return topic + DLQ_SUFFIX
 
 
+def dead_letter_topics() -> list[str]:
+    """Every DLQ of the contract: `cases.intake.dlq`, `cases.lifecycle.dlq`."""
+    return [dlq(t) for t in CONTRACT_TOPICS]
+
+
 def department_feed(code: str) -> str:
     """The feed topic of one department, `dept.<code>`; codes are lower-case slugs."""
     if not _DEPT_CODE.match(code):
@@ -35,7 +40,7 @@ def department_feed(code: str) -> str:
 def case_topics() -> list[str]:
     """The topics keyed by case id, and their dead-letter topics: all with the configured
     partition count."""
-    return [*CONTRACT_TOPICS, *(dlq(t) for t in CONTRACT_TOPICS)]
+    return [*CONTRACT_TOPICS, *dead_letter_topics()]
 
 
 def all_contract_topics() -> list[str]:

@@ -45,10 +45,11 @@ def _after(text: str | None) -> datetime | None:
 
 
 def _read(topic: list[str] | None, selection: Selection) -> list[DeadLetter]:
-    from shared.dlq import dead_letter_topics, read_dead_letters
+    from shared import topics
+    from shared.dlq import read_dead_letters
     from shared.kafka import connection_options
 
-    dlqs = topic or dead_letter_topics()
+    dlqs = topic or topics.dead_letter_topics()
     letters = asyncio.run(read_dead_letters(connection_options(get_settings().kafka), dlqs))
     return [letter for letter in letters if selection(letter)]
 

@@ -37,12 +37,13 @@ from services.intake.auth import Role
 from services.router import democity
 from services.router import store as router_store
 from shared.db import migrate
-from shared.dlq import dead_letter_topics, read_dead_letters, replay
+from shared.dlq import read_dead_letters, replay
 from shared.kafka import connection_options, create_contract_topics, ensure_topics, make_producer
 from shared.localstack import LocalStack, free_port
 from shared.localstack.kafka import ADMIN_USER, KafkaNode
 from shared.service import discover_services
 from shared.settings import PROJECT_ROOT, KafkaSettings
+from shared.topics import dead_letter_topics
 from tests.helpers.services import fresh_database, running_service
 
 USERS_FILES = [

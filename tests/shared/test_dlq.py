@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.dlq import REPLAYED_FROM, DeadLetter, Selection, dead_letter_topics
+from shared.dlq import REPLAYED_FROM, DeadLetter, Selection
+from shared.topics import dead_letter_topics
 
 AT = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
 
