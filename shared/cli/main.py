@@ -178,11 +178,10 @@ def up(
         prometheus = _start_prometheus()
         if prometheus is not None:
             procs.append(("prometheus", prometheus))
-        operator = None
-        if demo and {"demo", "keys"} <= commands:
-            operator = _demo_key("demo operator", "operator", demo_keys)
+        with_keys = demo and {"demo", "keys"} <= commands
+        operator = _demo_key("demo operator", "operator", demo_keys) if with_keys else None
         _print_services(operator)
-        if demo and {"demo", "keys"} <= commands:
+        if with_keys:
             key = _demo_key("demo reports", "resident_app", demo_keys)
             trickle = subprocess.Popen(
                 [sys.executable, "-m", "shared.cli.main", "demo", "reports"],
