@@ -39,7 +39,17 @@ def trusted(cls: type[M], **values: Any) -> M:
 
 
 class ContractModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Base of the envelope, the events and their parts.
+
+    Tolerant reader: a field this release does not know is dropped when a message is read,
+    not refused. Adding an optional field is therefore a compatible change, and a service can
+    be upgraded before or after the services that read its events. A change that old readers
+    would misread (a field removed, renamed or retyped, a meaning changed) raises the event's
+    `SCHEMA_VERSION` instead; `decode` refuses versions newer than it knows. (Our own code
+    cannot misspell a field when it builds an event: mypy's pydantic plugin, with
+    `init_forbid_extra`, checks every constructor call.)"""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 # --- value objects ------------------------------------------------------------------------
@@ -302,6 +312,8 @@ class Envelope(ContractModel):
         cls = EVENT_TYPES.get(self.event_type)
         if cls is None:
             raise UnknownEventType(self.event_type)
+        if self.schema_version > cls.SCHEMA_VERSION:
+            raise NewerSchemaVersion(self.event_type, self.schema_version, cls.SCHEMA_VERSION)
         return cls.model_validate(self.payload)
 
     def to_json(self) -> bytes:
@@ -312,6 +324,17 @@ class UnknownEventType(ValueError):
     def __init__(self, event_type: str) -> None:
         super().__init__(f"unknown event_type {event_type!r}")
         self.event_type = event_type
+
+
+class NewerSchemaVersion(ValueError):
+    """An event written by a newer release in a way this one would misread: dead-letter it,
+    and replay it once this consumer is upgraded (`griddispatch dlq replay`)."""
+
+    def __init__(self, event_type: str, version: int, known: int) -> None:
+        super().__init__(
+            f"{event_type} schema_version {version} is newer than this release reads "
+            f"({known}): upgrade this consumer, then replay its dead letters"
+        )
 
 
 class DecodeError(ValueError):
@@ -435,5 +458,5 @@ def decode(raw: bytes | str) -> tuple[Envelope, Event]:
     try:
         env = Envelope.model_validate_json(raw)
         return env, env.event()
-    except (ValidationError, UnknownEventType) as exc:
+    except (ValidationError, UnknownEventType, NewerSchemaVersion) as exc:
         raise DecodeError(str(exc)) from exc

@@ -14,7 +14,7 @@ API with the department's key, where the catalogue decides what is masked).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
@@ -151,8 +151,23 @@ FEED_MESSAGE: TypeAdapter[DepartmentFeedMessage] = TypeAdapter(DepartmentFeedMes
 
 
 def feed_message_schema() -> dict[str, object]:
-    schema = FEED_MESSAGE.json_schema(mode="serialization")
+    """The published schema. It leaves out the models' `additionalProperties: false`: that
+    strictness holds *our* writer to the models (a test), while a department's reader must
+    accept fields a later release adds (docs/departments.md, "Ignore what you do not know")."""
+    schema: dict[str, object] = _open_content(FEED_MESSAGE.json_schema(mode="serialization"))
     schema["title"] = "DepartmentFeedMessage"
     schema["description"] = (__doc__ or "").strip().split("\n\n")[0]
     schema["$id"] = "griddispatch:DepartmentFeedMessage:v1"
+    return schema
+
+
+def _open_content(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {
+            k: _open_content(v)
+            for k, v in schema.items()
+            if not (k == "additionalProperties" and v is False)
+        }
+    if isinstance(schema, list):
+        return [_open_content(v) for v in schema]
     return schema

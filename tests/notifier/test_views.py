@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 from services.notifier.views import DEPARTMENT_EVENTS, department_view
 from shared import events
 from shared.events import wrap
-from shared.feed import FEED_MESSAGE, DepartmentFeedMessage
+from shared.feed import FEED_MESSAGE, DepartmentFeedMessage, feed_message_schema
 from shared.ids import derived_event_id
 from tests.notifier.test_texts import ESCALATED, REOPENED, ROUTED, WARNED
 
@@ -64,3 +65,24 @@ def test_a_field_the_model_does_not_name_is_refused() -> None:
     view["details"]["escalation_chain"] = [{"name": "张三", "contact": "13900000001"}]
     with pytest.raises(ValidationError, match="escalation_chain"):
         FEED_MESSAGE.validate_python(view)
+
+
+def test_the_published_schema_lets_departments_read_fields_added_later() -> None:
+    """Our writer is held to the strict models (above); the schema departments validate with
+    must not turn a field a later release adds into a failure on their side."""
+
+    def walk(node: Any) -> Iterator[tuple[str, Any]]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield key, value
+                yield from walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from walk(value)
+
+    strict = FEED_MESSAGE.json_schema(mode="serialization")
+    published = feed_message_schema()
+    assert ("additionalProperties", False) in walk(strict)
+    assert ("additionalProperties", False) not in walk(published)
+    routed = published["$defs"]["CaseRoutedMessage"]  # type: ignore[index]
+    assert set(routed["required"]) >= {"case_id", "feed_id", "event_type", "details"}

@@ -1,7 +1,12 @@
+import subprocess
+import sys
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from shared.events import (
@@ -18,6 +23,7 @@ from shared.events import (
     wrap,
 )
 from shared.ids import derived_event_id, new_event_id
+from shared.settings import PROJECT_ROOT
 
 
 def _report() -> CaseReported:
@@ -145,3 +151,64 @@ def test_case_references_tell_cases_of_the_same_minute_apart() -> None:
     assert len(refs) >= 999  # 32 random bits each
     assert all(len(r) == 8 and r == r.upper() for r in refs)
     assert case_reference("01a21d85-0000-7000-8000-00000a1b2c3d") == "0A1B2C3D"
+
+
+def _with(raw: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
+    message = orjson.loads(raw)
+    edit(message)
+    return orjson.dumps(message)
+
+
+def test_fields_a_newer_release_added_are_ignored_not_refused() -> None:
+    """Tolerant reader: adding an optional field is a compatible change, whichever service is
+    upgraded first; the unknown fields are dropped, never passed on."""
+    env = wrap(_report(), case_id="c-1", producer="intake")
+
+    def newer(message: dict[str, Any]) -> None:
+        message["tenant"] = "qiqihar"
+        message["payload"]["urgency_hint"] = "high"
+        message["payload"]["location"]["floor"] = 3
+
+    env2, event = decode(_with(env.to_json(), newer))
+    assert (env2.event_id, env2.case_id, env2.occurred_at) == (
+        env.event_id,
+        env.case_id,
+        env.occurred_at,
+    )
+    assert not hasattr(env2, "tenant")
+    assert event == _report()
+    written = envelope_json(event, case_id="c-1", producer="p")
+    assert b"floor" not in written
+    assert b"urgency_hint" not in written
+
+
+def test_a_schema_version_newer_than_this_release_is_refused() -> None:
+    """A new schema version means old readers would misread the event: it is a poison message
+    for them (dead-lettered, replayed once they are upgraded), never guessed at."""
+    raw = wrap(CaseAcknowledged(by="w"), case_id="c", producer="p").to_json()
+    assert decode(_with(raw, lambda m: m.update(schema_version=1)))[0].schema_version == 1
+    with pytest.raises(DecodeError, match="schema_version 2 is newer than this release reads"):
+        decode(_with(raw, lambda m: m.update(schema_version=2)))
+
+
+def test_our_own_code_cannot_misspell_a_field(tmp_path: Path) -> None:
+    """Reading ignores unknown fields, so building an event with a misspelt one would lose it
+    silently at run time: the type checker refuses it (pydantic's mypy plugin,
+    `init_forbid_extra` in pyproject.toml)."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from shared.events import CaseAcknowledged\n"
+        'CaseAcknowledged(by="w-1", note="ok")\n'
+        'CaseAcknowledged(by="w-1", nota="typo")\n'
+    )
+    checked = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-error-summary", str(probe)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    errors = [line for line in checked.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 1, checked.stdout + checked.stderr
+    assert 'Unexpected keyword argument "nota"' in errors[0]
+    assert "probe.py:3:" in errors[0]
