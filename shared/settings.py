@@ -86,6 +86,29 @@ class OutboxSettings(BaseModel):
     poll_interval_s: float = Field(default=1.0, gt=0, description="fallback when no NOTIFY arrives")
 
 
+class RetentionSettings(BaseModel):
+    """How long records are kept. Each service prunes its own tables (`shared.retention`)."""
+
+    personal_data_days: int = Field(
+        default=180,
+        ge=1,
+        description="reporters' and residents' contacts, care flags and community-correction "
+        "status are erased this many days after their case closed",
+    )
+    dedup_days: int = Field(
+        default=35,
+        ge=31,
+        description="what recognises a message delivered again (seen events, the router's "
+        "decision log, delivered webhooks): longer than any topic keeps a message (the "
+        "dead-letter topics, 30 days), so a replay is still recognised",
+    )
+    idempotency_hours: int = Field(
+        default=24, ge=1, description="how long intake answers a retried Idempotency-Key"
+    )
+    check_s: float = Field(default=3600.0, gt=0, description="how often each service prunes")
+    batch_size: int = Field(default=1000, ge=1, description="rows per pruning statement")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GRIDDISPATCH_",
@@ -97,6 +120,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     local: LocalStackSettings = LocalStackSettings()
     outbox: OutboxSettings = OutboxSettings()
+    retention: RetentionSettings = RetentionSettings()
     log_level: str = "INFO"
     log_json: bool | None = Field(
         default=None, description="JSON logs; by default on when stderr is not a terminal"

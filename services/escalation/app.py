@@ -19,6 +19,7 @@ from prometheus_client import Gauge
 from pydantic import BaseModel, Field
 
 from services.escalation import timers
+from services.escalation.retention import purges
 from services.escalation.settings import MIGRATIONS, EscalationSettings
 from shared import topics
 from shared.aio import until_set
@@ -36,6 +37,7 @@ from shared.kafka import (
 )
 from shared.metrics import NO_OPENTELEMETRY, REGISTRY, health_routes
 from shared.outbox import OutboxRelay
+from shared.retention import Retention
 from shared.service import KafkaAccess, ServiceSpec, run_until_stopped, supervised
 from shared.settings import Settings
 from shared.text import refuse_unstorable_text
@@ -210,6 +212,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     scheduler = Scheduler(
         settings.database_url, cfg, batch=es.batch_size, max_sleep_s=es.max_sleep_s
     )
+    retention = Retention(pool, "escalation", purges(settings.retention), settings.retention)
     server = uvicorn.Server(
         uvicorn.Config(
             http_app(pool, es, cfg), host=es.host, port=es.port, log_config=None, access_log=False
@@ -219,6 +222,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         asyncio.create_task(supervised("deadline scheduler", scheduler.run, stop)),
         asyncio.create_task(server.serve()),
         asyncio.create_task(watch_consumers(broker, settings, stop)),
+        asyncio.create_task(supervised("retention", retention.run, stop)),
     ]
     await start_when_reachable(producer, broker, stop=stop, what="escalation")
     tasks.append(asyncio.create_task(supervised("outbox relay", relay.run, stop)))

@@ -29,6 +29,7 @@ from services.intake.http.deps import ApiError, CatalogueCache, IntakeState, Key
 from services.intake.readmodel import GROUP_ID as READ_MODEL_GROUP
 from services.intake.readmodel import OpenCaseGauge, attach_read_model
 from services.intake.reports import ReportWriter
+from services.intake.retention import purges
 from services.intake.settings import MIGRATIONS, IntakeSettings
 from shared import text, topics
 from shared.catalogue import load_file
@@ -38,6 +39,7 @@ from shared.kafka import connection_options, make_broker, make_producer, watch_c
 from shared.logging import COLLAPSE, configure_logging
 from shared.metrics import NO_OPENTELEMETRY, REGISTRY, health_routes
 from shared.outbox import OutboxRelay
+from shared.retention import Retention
 from shared.service import KafkaAccess, ServiceSpec, settle_heap, supervised
 from shared.settings import Settings, get_settings
 from shared.web import RETRY_AFTER_S
@@ -344,6 +346,8 @@ def create_app(
             attach_read_model(broker, pool)
             tasks.append(asyncio.create_task(_start_broker(broker, stop)))
             tasks.append(asyncio.create_task(watch_consumers(broker, settings, stop)))
+            retention = Retention(pool, "intake", purges(settings.retention), settings.retention)
+            tasks.append(asyncio.create_task(supervised("retention", retention.run, stop)))
             tasks.append(
                 asyncio.create_task(
                     supervised(

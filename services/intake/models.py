@@ -160,6 +160,11 @@ class CaseView(BaseModel):
     reporter: dict[str, object] | None = Field(
         default=None, description="contact details; shown to operators and the resident only"
     )
+    personal_data_erased_at: datetime | None = Field(
+        default=None,
+        description="when the reporter's contact and the care flags were erased, as the "
+        "retention after closing has it (the case itself stays)",
+    )
     timeline: list[TimelineEntry] = []
 
 

@@ -93,6 +93,7 @@ def case_view(
         updated_at=row["updated_at"],
         media_urls=list(media or []),
         reporter=reporter_for(reporter, viewer, resident, category),
+        personal_data_erased_at=row.get("personal_data_erased_at"),
         timeline=[
             TimelineEntry(
                 event_id=str(t["event_id"]),

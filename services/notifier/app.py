@@ -19,6 +19,7 @@ from services.notifier import webhooks
 from services.notifier.delivery import WebhookSender
 from services.notifier.feeds import FeedWriter
 from services.notifier.resident_delivery import ResidentSender, remember_contacts
+from services.notifier.retention import purges
 from services.notifier.settings import MIGRATIONS, NotifierSettings
 from services.notifier.staff import MessageSender
 from services.notifier.stream import department_events
@@ -46,6 +47,7 @@ from shared.kafka import (
     watch_consumers,
 )
 from shared.metrics import NO_OPENTELEMETRY, health_routes
+from shared.retention import Retention
 from shared.service import KafkaAccess, ServiceSpec, run_until_stopped, supervised
 from shared.settings import KafkaSettings, Settings
 from shared.text import refuse_unstorable_text
@@ -244,11 +246,13 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     staff = MessageSender(
         settings.database_url, ns.channels(), schedule=ns.schedule(), lease_s=ns.delivery_lease_s
     )
+    retention = Retention(pool, "notifier", purges(settings.retention), settings.retention)
     tasks = [
         asyncio.create_task(supervised("webhook sender", sender.run, stop)),
         asyncio.create_task(supervised("resident sender", residents.run, stop)),
         asyncio.create_task(supervised("message sender", staff.run, stop)),
         asyncio.create_task(supervised("department directory", directory.run, stop)),
+        asyncio.create_task(supervised("retention", retention.run, stop)),
         asyncio.create_task(server.serve()),
         asyncio.create_task(watch_consumers(broker, settings, stop)),
     ]

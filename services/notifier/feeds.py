@@ -176,6 +176,21 @@ class FeedWriter:
                         for col in zip(*(c.values() for c in routed.values()), strict=True)
                     ],
                 )
+            # when each case closed (None: reopened), for the retention of residents' contacts
+            closings: dict[str, datetime | None] = {}
+            for env, event in items:
+                if isinstance(event, events.CaseClosed | events.CaseReopened):
+                    closings[env.case_id] = (
+                        env.occurred_at if isinstance(event, events.CaseClosed) else None
+                    )
+            if closings:
+                await conn.execute(
+                    "UPDATE notifier.cases c SET closed_at = x.closed_at "
+                    "FROM unnest($1::text[], $2::timestamptz[]) AS x(case_id, closed_at) "
+                    "WHERE c.case_id = x.case_id",
+                    list(closings),
+                    list(closings.values()),
+                )
             await queue_for_residents(
                 conn,
                 for_residents,

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from services.router import store
 from services.router.decide import CaseFacts, decide
 from services.router.dispatch import Dispatcher, RouterState, fold_lifecycle
+from services.router.retention import purges
 from services.router.settings import MIGRATIONS, RouterSettings
 from shared import events, topics
 from shared.aio import until_set
@@ -35,6 +36,7 @@ from shared.kafka import (
     watch_consumers,
 )
 from shared.metrics import NO_OPENTELEMETRY, health_routes
+from shared.retention import Retention
 from shared.service import KafkaAccess, ServiceSpec, run_until_stopped, settle_heap, supervised
 from shared.settings import Settings
 from shared.text import refuse_unstorable_text
@@ -236,6 +238,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             access_log=False,
         )
     )
+    retention = Retention(pool, "router", purges(settings.retention), settings.retention)
     serving = asyncio.create_task(server.serve())
     await broker.start()
     watching = asyncio.create_task(watch_consumers(broker, settings, stop))
@@ -252,6 +255,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             watching,
             asyncio.create_task(supervised("department directory", directory.run, stop)),
             asyncio.create_task(supervised("directory publisher", publisher.run, stop)),
+            asyncio.create_task(supervised("retention", retention.run, stop)),
         ],
     )
 

@@ -1,0 +1,143 @@
+"""Intake's retention on the real service, broker and database: a case closed longer ago than
+the retention keeps its history but loses its reporter's contact, whom it was reported for and
+its care flags; an open or recently closed case keeps them; a retried Idempotency-Key past its
+retention is a new request."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+
+from services.intake.retention import purges
+from shared import events
+from shared.db import create_pool
+from shared.events import wrap
+from shared.localstack import LocalStack
+from shared.retention import Retention
+from shared.settings import RetentionSettings
+from tests.intake.conftest import (
+    Keys,
+    auth,
+    publish_lifecycle,
+    report_body,
+    routed_event,
+    wait_for,
+)
+
+PROXY_REPORT = report_body(
+    channel="patrol",
+    on_behalf_of="QQHR-CARD-0042",
+    sensitivity={"care_groups": ["elderly_alone"], "community_correction": True},
+)
+
+
+async def _closed_case(client: httpx.AsyncClient, stack: LocalStack, keys: Keys) -> dict[str, Any]:
+    r = await client.post("/v1/cases", json=PROXY_REPORT, headers=auth(keys.worker))
+    assert r.status_code == 202, r.text
+    case_id = r.json()["case_id"]
+    await publish_lifecycle(
+        stack,
+        routed_event(case_id, "heating"),
+        wrap(events.CaseResolved(by="w-1", note="修好了"), case_id=case_id, producer="intake"),
+        wrap(events.CaseClosed(by="op-1"), case_id=case_id, producer="intake"),
+    )
+    await wait_for(client, case_id, keys.operator, lambda c: c["status"] == "closed")
+    return dict(r.json())
+
+
+async def _age(stack: LocalStack, sql: str, *args: object) -> None:
+    conn = await asyncpg.connect(stack.postgres.url)
+    try:
+        await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def _purge(stack: LocalStack) -> dict[str, int]:
+    pool = await create_pool(stack.postgres.url, "intake", max_size=2)
+    try:
+        settings = RetentionSettings(personal_data_days=180, batch_size=2)
+        return await Retention(pool, "intake", purges(settings), settings).purge()
+    finally:
+        await pool.close()
+
+
+async def test_personal_data_of_long_closed_cases_is_erased(
+    client: httpx.AsyncClient, stack: LocalStack, keys: Keys
+) -> None:
+    old = await _closed_case(client, stack, keys)
+    recent = await _closed_case(client, stack, keys)
+    r = await client.post("/v1/cases", json=PROXY_REPORT, headers=auth(keys.worker))
+    still_open = r.json()["case_id"]
+    await _age(
+        stack,
+        "UPDATE intake.cases SET updated_at = now() - interval '200 days' WHERE case_id = ANY($1)",
+        [old["case_id"], still_open],
+    )
+    await _age(
+        stack,
+        "UPDATE intake.cases SET updated_at = now() - interval '170 days' WHERE case_id = $1",
+        recent["case_id"],
+    )
+
+    assert (await _purge(stack))["personal data"] >= 1
+
+    erased = (await client.get(f"/v1/cases/{old['case_id']}", headers=auth(keys.operator))).json()
+    assert erased["reporter"] is None
+    assert erased["personal_data_erased_at"] is not None
+    assert erased["status"] == "closed"  # the case and its history stay
+    assert erased["description"] == PROXY_REPORT["description"]
+    assert [e["event_type"] for e in erased["timeline"]][-1] == "CaseClosed"
+    by_token = await client.get(
+        f"/v1/cases/{old['case_id']}", headers={"X-Tracking-Token": old["tracking_token"]}
+    )
+    assert by_token.json()["reporter"] is None
+    conn = await asyncpg.connect(stack.postgres.url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT reporter, on_behalf_of, sensitivity::text AS s FROM intake.cases "
+            "WHERE case_id = $1",
+            old["case_id"],
+        )
+        kept = await conn.fetch(
+            "SELECT reporter, on_behalf_of, sensitivity::text AS s, personal_data_erased_at "
+            "FROM intake.cases WHERE case_id = ANY($1)",
+            [recent["case_id"], still_open],
+        )
+    finally:
+        await conn.close()
+    assert (row["reporter"], row["on_behalf_of"], row["s"]) == (None, None, "{}")
+    assert len(kept) == 2
+    for k in kept:
+        assert k["on_behalf_of"] == "QQHR-CARD-0042"
+        assert "13912345678" in k["reporter"]
+        assert "community_correction" in k["s"]
+        assert k["personal_data_erased_at"] is None
+
+    for case_id in (recent["case_id"], still_open):
+        view = (await client.get(f"/v1/cases/{case_id}", headers=auth(keys.operator))).json()
+        assert view["reporter"]["phone"] == "13912345678"
+        assert view["personal_data_erased_at"] is None
+
+
+async def test_an_idempotency_key_past_its_retention_is_a_new_request(
+    client: httpx.AsyncClient, stack: LocalStack, keys: Keys
+) -> None:
+    key = {"Idempotency-Key": f"retry-{uuid.uuid4()}", **auth(keys.resident_app)}
+    first = await client.post("/v1/cases", json=report_body(), headers=key)
+    again = await client.post("/v1/cases", json=report_body(), headers=key)
+    assert again.json()["case_id"] == first.json()["case_id"]
+
+    await _age(
+        stack,
+        "UPDATE intake.idempotency_keys SET created_at = now() - interval '25 hours' "
+        "WHERE idem_key = $1",
+        key["Idempotency-Key"],
+    )
+    assert (await _purge(stack))["idempotency keys"] >= 1
+    later = await client.post("/v1/cases", json=report_body(), headers=key)
+    assert later.status_code == 202
+    assert later.json()["case_id"] != first.json()["case_id"]

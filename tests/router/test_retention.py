@@ -1,0 +1,91 @@
+"""The router's retention on the real database: the decision log and the folded lifecycle
+events go after the dedup period; the care groups kept in a case's facts go after the
+personal-data period once the case is resolved or closed, and a reroute still decides on
+what is left."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import orjson
+
+from services.router.dispatch import case_facts
+from services.router.retention import purges
+from services.router.settings import MIGRATIONS
+from shared.db import create_pool, migrate
+from shared.localstack import LocalStack
+from shared.retention import Retention
+from shared.settings import RetentionSettings
+from tests.helpers.services import fresh_database
+
+NOW = datetime.now(UTC)
+FACTS = {
+    "category": "heating.outage",
+    "description": "暖气不热",
+    "location": {"lat": 47.35, "lon": 123.92, "address": None, "building_code": None},
+    "reported_at": NOW.isoformat(),
+    "care_groups": ["elderly_alone"],
+    "excluded": [],
+}
+
+
+async def test_the_router_forgets_what_it_no_longer_needs(stack: LocalStack) -> None:
+    url = await fresh_database(stack.postgres.url, "router_retention")
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn, "router", MIGRATIONS)
+        cases = {  # case id: (open, days since its last change)
+            "closed-long-ago": (False, 200),
+            "closed-lately": (False, 100),
+            "open-long": (True, 200),
+        }
+        for case_id, (is_open, days) in cases.items():
+            await conn.execute(
+                "INSERT INTO router.cases (case_id, facts, status, open, updated_at) "
+                "VALUES ($1, $2::jsonb, 'routed', $3, $4)",
+                case_id,
+                orjson.dumps(FACTS).decode(),
+                is_open,
+                NOW - timedelta(days=days),
+            )
+        ages = {uuid.uuid4(): days for days in (40, 36, 34, 1)}
+        for event_id, days in ages.items():
+            at = NOW - timedelta(days=days)
+            await conn.execute(
+                "INSERT INTO router.decisions (source_event_id, case_id, envelope, decided_at) "
+                "VALUES ($1, 'c', '\\x00', $2)",
+                event_id,
+                at,
+            )
+            await conn.execute(
+                "INSERT INTO router.seen_events (event_id, seen_at) VALUES ($1, $2)", event_id, at
+            )
+
+        pool = await create_pool(url, "router", max_size=2)
+        try:
+            settings = RetentionSettings(personal_data_days=180, dedup_days=35, batch_size=1)
+            done = await Retention(pool, "router", purges(settings), settings).purge()
+        finally:
+            await pool.close()
+
+        assert done == {"decision log": 2, "seen events": 2, "care flags": 1}
+        young = {e for e, days in ages.items() if days < 35}
+        decisions = await conn.fetch("SELECT source_event_id FROM router.decisions")
+        assert {r["source_event_id"] for r in decisions} == young
+        seen = await conn.fetch("SELECT event_id FROM router.seen_events")
+        assert {r["event_id"] for r in seen} == young
+        facts = {
+            r["case_id"]: orjson.loads(r["facts"])
+            for r in await conn.fetch("SELECT case_id, facts::text FROM router.cases")
+        }
+    finally:
+        await conn.close()
+
+    assert "care_groups" not in facts["closed-long-ago"]
+    assert facts["closed-long-ago"]["description"] == "暖气不热"
+    assert facts["closed-lately"]["care_groups"] == ["elderly_alone"]
+    assert facts["open-long"]["care_groups"] == ["elderly_alone"]
+    # a reroute of the erased case (reopened, say) decides without the care groups
+    assert case_facts("closed-long-ago", facts["closed-long-ago"], None).care_groups == ()
