@@ -10,15 +10,22 @@ import subprocess
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel
+from pydantic_settings import BaseSettings
 
+from services.escalation.settings import EscalationSettings
+from services.intake.settings import IntakeSettings
+from services.notifier.settings import NotifierSettings
+from services.router.settings import RouterSettings
 from shared import dlq, topics
 from shared.catalogue import load_file
 from shared.service import KafkaAccess, discover_services
-from shared.settings import PROJECT_ROOT, KafkaSettings
+from shared.settings import PROJECT_ROOT, KafkaSettings, Settings
 from tests.helpers import ops_tools
 
 OVERLAYS = ("dev", "prod")
@@ -255,3 +262,43 @@ def test_topics_the_services_create_are_replicated_as_the_cluster_expects(
         if "broker" in pool["spec"]["roles"]
     )
     assert factor <= brokers
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_config_map_is_settings_the_services_accept(
+    built: dict[str, str], overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every name in the shared ConfigMap is a setting the services read (a misspelt one would
+    be ignored without a word) and every value valid (a bad one would stop every pod)."""
+    objects = [d for d in yaml.safe_load_all(built[overlay]) if d]
+    config = of_kind(objects, "ConfigMap")["griddispatch-config"]["data"]
+    services: list[type[BaseSettings]] = [
+        IntakeSettings,
+        RouterSettings,
+        EscalationSettings,
+        NotifierSettings,
+    ]
+    for name, value in config.items():
+        monkeypatch.setenv(name, value)
+        model: type[BaseModel] = Settings
+        path = name.removeprefix("GRIDDISPATCH_").lower().split("__")
+        for cls in services:
+            prefix = str(cls.model_config.get("env_prefix", "")).lower()
+            if name.lower().startswith(prefix):
+                model, path = cls, [name.lower().removeprefix(prefix)]
+        for part in path:
+            assert part in model.model_fields, f"{name}: no setting {part!r} in {model.__name__}"
+            annotation = model.model_fields[part].annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                model = annotation
+    settings = Settings()
+    for cls in services:
+        cls()
+    longest_ms = max(
+        int(t["spec"]["config"].get("retention.ms", 0))
+        for t in of_kind(objects, "KafkaTopic").values()
+    )
+    assert timedelta(days=settings.retention.dedup_days) > timedelta(milliseconds=longest_ms)
+    assert settings.retention.personal_data_days == int(
+        config["GRIDDISPATCH_RETENTION__PERSONAL_DATA_DAYS"]
+    )
