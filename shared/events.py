@@ -235,6 +235,18 @@ class CaseRated(Event):
     comment: str | None = Field(default=None, max_length=1000)
 
 
+class PersonalDataErased(Event):
+    """At a resident's request, an operator erased the personal data of their report: every
+    service erases its copy (the reporter's contact, on-behalf-of id, care and
+    community-correction flags). The case itself stays. (Retention erases the same after a
+    closed case's personal-data period, without an event: each service counts that itself.)"""
+
+    EVENT_TYPE: ClassVar[str] = "PersonalDataErased"
+
+    by: str = Field(min_length=1, max_length=64, description="the operator")
+    reason: str = Field(min_length=1, max_length=500, description="the request, for the audit")
+
+
 class CaseWarned(Event):
     """A deadline is near."""
 
@@ -288,6 +300,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         CaseWarned,
         CaseEscalated,
         EmergencyModeChanged,
+        PersonalDataErased,
     )
 }
 

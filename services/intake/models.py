@@ -119,6 +119,18 @@ class StepIn(Strict):
         return self
 
 
+class ErasureIn(Strict):
+    reason: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)
+    ] = Field(description="the resident's request, for the audit (when, through which channel)")
+
+
+class ErasureAccepted(BaseModel):
+    case_id: str
+    erased_at: datetime
+    event_id: str = Field(description="the PersonalDataErased event the other services follow")
+
+
 class StepAccepted(BaseModel):
     case_id: str
     status: Status

@@ -265,6 +265,28 @@ async def apply_step(
     )
 
 
+async def erase_personal_data(
+    pool: asyncpg.Pool, case_id: str, *, by: str, reason: str
+) -> Envelope:
+    """Erase the case's personal data now (a resident asked) and announce it, so that every
+    service erases its copy. The case and its timeline stay. Raises CaseNotFound."""
+    event = events.PersonalDataErased(by=by, reason=reason)
+    async with pool.acquire() as conn, conn.transaction():
+        env = wrap(event, case_id=case_id, producer=PRODUCER)
+        found = await conn.fetchval(
+            "UPDATE intake.cases SET reporter = NULL, on_behalf_of = NULL, "
+            "sensitivity = '{}'::jsonb, personal_data_erased_at = $2, updated_at = $2 "
+            "WHERE case_id = $1 RETURNING 1",
+            case_id,
+            env.occurred_at,
+        )
+        if found is None:
+            raise CaseNotFound(case_id)
+        await _record_event(conn, env, _timeline_details(event))
+        await outbox.add_many(conn, [(env, topics.CASES_LIFECYCLE)])
+    return env
+
+
 # --- read model ---------------------------------------------------------------------------
 
 

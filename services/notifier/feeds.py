@@ -22,7 +22,12 @@ import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from services.notifier.delivery import DELIVERIES, DISPATCH_LATENCY
-from services.notifier.resident_delivery import DepartmentName, no_names, queue_for_residents
+from services.notifier.resident_delivery import (
+    DepartmentName,
+    forget_residents,
+    no_names,
+    queue_for_residents,
+)
 from services.notifier.staff import message_subscriptions, queue_for_staff
 from services.notifier.views import DEPARTMENT_EVENTS, department_view
 from shared import events, topics
@@ -84,11 +89,12 @@ class FeedWriter:
         told to a department. The database work is set-based (a handful of statements and one
         commit per batch, not per event), while each event still sees the case as the events
         before it left it."""
-        items = [
-            (env, event)
-            for env, event in await decode_records(records, self.dead_letters)
-            if isinstance(event, DEPARTMENT_EVENTS)
-        ]
+        decoded = await decode_records(records, self.dead_letters)
+        erased = [env.case_id for env, ev in decoded if isinstance(ev, events.PersonalDataErased)]
+        if erased:  # before anything of this batch could queue a message to them
+            async with self.pool.acquire() as conn:
+                await forget_residents(conn, erased)
+        items = [(env, event) for env, event in decoded if isinstance(event, DEPARTMENT_EVENTS)]
         if not items:
             return 0
         if self._names_ready is not None:

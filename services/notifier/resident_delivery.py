@@ -103,6 +103,25 @@ async def remember_contacts(
         )
 
 
+async def forget_residents(conn: asyncpg.Connection, case_ids: Sequence[str]) -> None:
+    """The residents of these cases asked for their personal data to be erased: their contact
+    goes (the row stays, empty, so a contact read later from `cases.intake` is not taken
+    again: `remember_contacts` keeps the first row) and so does every message to them,
+    pending ones too."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO notifier.residents (case_id) SELECT unnest($1::text[]) "
+            "ON CONFLICT (case_id) DO UPDATE SET email = NULL, phone = NULL",
+            list(case_ids),
+        )
+        await conn.execute(
+            "DELETE FROM notifier.resident_messages WHERE case_id = ANY($1)", list(case_ids)
+        )
+        await conn.execute(
+            "DELETE FROM notifier.resident_backlog WHERE case_id = ANY($1)", list(case_ids)
+        )
+
+
 # A department's name by its code (the department directory), None when not known
 DepartmentName = Callable[[str | None], str | None]
 

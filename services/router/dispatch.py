@@ -403,6 +403,7 @@ class Dispatcher:
 
 
 _OPEN_OR_CLOSED = frozenset({"CaseResolved", "CaseClosed", "CaseReopened"})
+_FOLLOWED = _OPEN_OR_CLOSED | {events.PersonalDataErased.EVENT_TYPE}
 
 
 # One statement for a batch: the events not seen before set their case's open flag, the last
@@ -431,10 +432,12 @@ async def fold_lifecycle(
     conn: asyncpg.Connection, state: RouterState, records: Sequence[ConsumerRecord[Any, Any]]
 ) -> None:
     """Keep open-case counts per worker from lifecycle events (resolved and closed cases stop
-    counting; reopened ones count again). Idempotent by event id."""
+    counting; reopened ones count again), and erase the care groups of a case whose resident
+    asked (`PersonalDataErased`). Idempotent by event id."""
     changes: list[tuple[Any, str, bool]] = []
+    erased: list[str] = []
     for record in records:
-        if peek_event_type(record.value) not in _OPEN_OR_CLOSED:
+        if peek_event_type(record.value) not in _FOLLOWED:
             continue  # most events (routed, escalated, …) do not change the counts
         try:
             env, event = decode(record.value)
@@ -444,6 +447,13 @@ async def fold_lifecycle(
             changes.append((env.event_id, env.case_id, False))
         elif isinstance(event, events.CaseReopened):
             changes.append((env.event_id, env.case_id, True))
+        elif isinstance(event, events.PersonalDataErased):
+            erased.append(env.case_id)
+    if erased:  # a resident asked: the care groups kept for a reroute go (idempotent)
+        await conn.execute(
+            "UPDATE router.cases SET facts = facts - 'care_groups' WHERE case_id = ANY($1)",
+            erased,
+        )
     if not changes:
         return
     rows = await conn.fetch(_FOLD_SQL, *(list(col) for col in zip(*changes, strict=True)))

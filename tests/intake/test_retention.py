@@ -1,18 +1,22 @@
-"""Intake's retention on the real service, broker and database: a case closed longer ago than
-the retention keeps its history but loses its reporter's contact, whom it was reported for and
-its care flags; an open or recently closed case keeps them; a retried Idempotency-Key past its
-retention is a new request."""
+"""Personal data at intake, on the real service, broker and database: a case closed longer ago
+than the retention keeps its history but loses its reporter's contact, whom it was reported for
+and its care flags; an open or recently closed case keeps them; a retried Idempotency-Key past
+its retention is a new request; an operator erases a resident's data on request, and the other
+services are told."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
 import asyncpg
 import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer
 
 from services.intake.retention import purges
-from shared import events
+from shared import events, topics
 from shared.db import create_pool
 from shared.events import wrap
 from shared.localstack import LocalStack
@@ -141,3 +145,74 @@ async def test_an_idempotency_key_past_its_retention_is_a_new_request(
     later = await client.post("/v1/cases", json=report_body(), headers=key)
     assert later.status_code == 202
     assert later.json()["case_id"] != first.json()["case_id"]
+
+
+async def _announced(stack: LocalStack, case_id: str, timeout_s: float = 30) -> dict[str, Any]:
+    """The PersonalDataErased event of `case_id` on cases.lifecycle."""
+    consumer = AIOKafkaConsumer(
+        topics.CASES_LIFECYCLE,
+        bootstrap_servers=stack.kafka.bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for recs in (await consumer.getmany(timeout_ms=300)).values():
+                for r in recs:
+                    message = orjson.loads(r.value)
+                    if r.key == case_id.encode() and message["event_type"] == "PersonalDataErased":
+                        return dict(message)
+    finally:
+        await consumer.stop()
+    raise AssertionError(f"no PersonalDataErased for {case_id}")
+
+
+async def test_an_operator_erases_a_residents_personal_data_on_request(
+    client: httpx.AsyncClient, stack: LocalStack, keys: Keys
+) -> None:
+    r = await client.post("/v1/cases", json=PROXY_REPORT, headers=auth(keys.worker))
+    case_id = r.json()["case_id"]
+    await publish_lifecycle(stack, routed_event(case_id, "heating"))
+    await wait_for(client, case_id, keys.operator, lambda c: c["status"] == "routed")
+    url = f"/v1/cases/{case_id}/erasure"
+    body = {"reason": "资料删除申请：12345热线，2026-11-29"}
+
+    assert (await client.post(url, json=body)).status_code == 401
+    for key in (keys.heating, keys.worker, keys.resident_app):
+        refused = await client.post(url, json=body, headers=auth(key))
+        assert refused.status_code == 403, refused.text
+    unknown = await client.post(
+        "/v1/cases/no-such-case/erasure", json=body, headers=auth(keys.operator)
+    )
+    assert unknown.status_code == 404
+    blank = await client.post(url, json={"reason": "  "}, headers=auth(keys.operator))
+    assert blank.status_code == 422
+    assert blank.json()["errors"][0]["field"] == "reason"
+    view = (await client.get(f"/v1/cases/{case_id}", headers=auth(keys.operator))).json()
+    assert view["reporter"]["phone"] == "13912345678"  # nothing erased by the refusals
+
+    accepted = await client.post(url, json=body, headers=auth(keys.operator))
+    assert accepted.status_code == 202, accepted.text
+    view = (await client.get(f"/v1/cases/{case_id}", headers=auth(keys.operator))).json()
+    assert view["reporter"] is None
+    assert view["personal_data_erased_at"] == accepted.json()["erased_at"]
+    assert view["status"] == "routed"  # the case goes on
+    last = view["timeline"][-1]
+    assert last["event_type"] == "PersonalDataErased"
+    assert last["details"]["reason"] == body["reason"]
+    conn = await asyncpg.connect(stack.postgres.url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT on_behalf_of, sensitivity::text AS s FROM intake.cases WHERE case_id = $1",
+            case_id,
+        )
+    finally:
+        await conn.close()
+    assert (row["on_behalf_of"], row["s"]) == (None, "{}")
+    # the other services' copies follow the event
+    event = await _announced(stack, case_id)
+    assert event["event_id"] == accepted.json()["event_id"]
+    assert event["payload"]["by"]
+    assert "13912345678" not in orjson.dumps(event).decode()

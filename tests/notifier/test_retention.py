@@ -154,3 +154,59 @@ async def test_contacts_messages_and_deliveries_are_kept_only_as_long_as_needed(
         await producer.stop()
         await pool.close()
         await conn.close()
+
+
+async def test_a_resident_who_asked_to_be_erased_is_told_nothing_more(stack: LocalStack) -> None:
+    url = await fresh_database(stack.postgres.url, "notifier_erasure")
+    conn = await asyncpg.connect(url)
+    await migrate(conn, "notifier", MIGRATIONS)
+    pool = await create_pool(url, "notifier", max_size=2)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka.bootstrap)
+    await producer.start()
+    try:
+        writer = FeedWriter(pool, producer, stack.kafka.bootstrap, 1, None)
+        dept = "heating-" + uuid.uuid4().hex[:6]
+        asked, other, unseen = routed(dept), routed(dept), routed(dept)
+        await writer.handle(_records(asked, other))
+        await remember_contacts(conn, _records(_report(asked.case_id), _report(other.case_id)))
+        pending = await conn.fetchval(
+            "SELECT count(*) FROM notifier.resident_messages WHERE case_id = $1", asked.case_id
+        )
+        assert pending >= 1  # "your case went to …", waiting to be sent
+
+        def erased(case_id: str) -> Envelope:
+            return wrap(
+                events.PersonalDataErased(by="op-1", reason="12345热线申请"),
+                case_id=case_id,
+                producer="intake",
+            )
+
+        # the erasure, then an event that would tell the resident, in one batch; and the
+        # erasure of a case whose contact has not been read yet (that consumer lags)
+        await writer.handle(
+            _records(
+                erased(asked.case_id),
+                _closed(asked.case_id, 0),
+                _closed(other.case_id, 0),
+                erased(unseen.case_id),
+            )
+        )
+        await remember_contacts(conn, _records(_report(unseen.case_id)))
+
+        residents = {
+            r["case_id"]: (r["email"], r["phone"])
+            for r in await conn.fetch("SELECT * FROM notifier.residents")
+        }
+        assert residents[asked.case_id] == (None, None)
+        assert residents[unseen.case_id] == (None, None)  # the late contact was not taken
+        assert residents[other.case_id] == ("wang@example.org", "13912345678")
+        messages = {
+            r["case_id"] for r in await conn.fetch("SELECT case_id FROM notifier.resident_messages")
+        }
+        assert asked.case_id not in messages
+        assert unseen.case_id not in messages
+        assert other.case_id in messages
+    finally:
+        await producer.stop()
+        await pool.close()
+        await conn.close()

@@ -1,7 +1,7 @@
 """The router's retention on the real database: the decision log and the folded lifecycle
 events go after the dedup period; the care groups kept in a case's facts go after the
-personal-data period once the case is resolved or closed, and a reroute still decides on
-what is left."""
+personal-data period once the case is resolved or closed (or at once when the resident asks),
+and a reroute still decides on what is left."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import orjson
 
-from services.router.dispatch import case_facts
+from services.router.dispatch import RouterState, case_facts, fold_lifecycle
 from services.router.retention import purges
 from services.router.settings import MIGRATIONS
+from shared import events, topics
 from shared.db import create_pool, migrate
+from shared.events import wrap
 from shared.localstack import LocalStack
 from shared.retention import Retention
 from shared.settings import RetentionSettings
+from tests.helpers.kafka import record_of
 from tests.helpers.services import fresh_database
 
 NOW = datetime.now(UTC)
@@ -89,3 +92,34 @@ async def test_the_router_forgets_what_it_no_longer_needs(stack: LocalStack) -> 
     assert facts["open-long"]["care_groups"] == ["elderly_alone"]
     # a reroute of the erased case (reopened, say) decides without the care groups
     assert case_facts("closed-long-ago", facts["closed-long-ago"], None).care_groups == ()
+
+
+async def test_a_residents_erasure_request_drops_the_care_groups(stack: LocalStack) -> None:
+    url = await fresh_database(stack.postgres.url, "router_erasure")
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn, "router", MIGRATIONS)
+        for case_id in ("asked", "other"):
+            await conn.execute(
+                "INSERT INTO router.cases (case_id, facts, status) "
+                "VALUES ($1, $2::jsonb, 'routed')",
+                case_id,
+                orjson.dumps(FACTS).decode(),
+            )
+        erasure = wrap(
+            events.PersonalDataErased(by="op-1", reason="申请"), case_id="asked", producer="intake"
+        )
+        state = RouterState(ref=None)  # type: ignore[arg-type]  # the fold reads no reference data
+        await fold_lifecycle(conn, state, [record_of(erasure, topics.CASES_LIFECYCLE)])
+        await fold_lifecycle(
+            conn, state, [record_of(erasure, topics.CASES_LIFECYCLE)]
+        )  # delivered again: the same
+        facts = {
+            r["case_id"]: orjson.loads(r["facts"])
+            for r in await conn.fetch("SELECT case_id, facts::text FROM router.cases")
+        }
+    finally:
+        await conn.close()
+    assert "care_groups" not in facts["asked"]
+    assert facts["asked"]["category"] == "heating.outage"
+    assert facts["other"]["care_groups"] == ["elderly_alone"]

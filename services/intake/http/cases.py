@@ -24,6 +24,8 @@ from services.intake.models import (
     CasePage,
     CaseView,
     CategoryView,
+    ErasureAccepted,
+    ErasureIn,
     ErrorBody,
     ReportAccepted,
     ReportIn,
@@ -333,6 +335,34 @@ async def take_step(case_id: CaseId, body: StepIn, request: Request) -> StepAcce
         raise ApiError(409, "illegal_transition", str(exc), field="action") from exc
     _count_step(body.action, body.rating, taken)
     return StepAccepted(case_id=case_id, status=taken.status, event_id=str(taken.envelope.event_id))
+
+
+@router.post(
+    "/cases/{case_id}/erasure",
+    status_code=202,
+    response_model=ErasureAccepted,
+    responses=ERRORS,
+    openapi_extra=documented(*CREDENTIALS),
+)
+async def erase_personal_data(
+    case_id: CaseId, body: ErasureIn, request: Request
+) -> ErasureAccepted:
+    """A resident's request to erase their personal data (operators only): the reporter's
+    contact, whom it was reported for and the care flags are erased here at once, and by the
+    other services when they read the `PersonalDataErased` event. The case stays."""
+    refuse_nul(await request.body())
+    st = state(request)
+    principal = await caller(request, required=True)
+    assert principal is not None
+    if not principal.sees_everything:
+        raise ApiError(403, "forbidden", "only operators may erase personal data")
+    try:
+        env = await store.erase_personal_data(
+            st.pool, case_id, by=principal.name[:64] or str(principal.key_id), reason=body.reason
+        )
+    except store.CaseNotFound as exc:
+        raise ApiError(404, "not_found", f"no case {case_id}") from exc
+    return ErasureAccepted(case_id=case_id, erased_at=env.occurred_at, event_id=str(env.event_id))
 
 
 def _count_step(action: Action, rating: int | None, taken: store.StepTaken) -> None:
