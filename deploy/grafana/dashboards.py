@@ -234,6 +234,16 @@ PIPELINE = [
         ],
     ),
     Panel(
+        "Rows pruned by retention",
+        [
+            (
+                "sum by (service, purge) "
+                "(increase(griddispatch_retention_pruned_total[$__rate_interval]))",
+                "{{service}} {{purge}}",
+            )
+        ],
+    ),
+    Panel(
         "Webhook endpoints",
         [
             ("max(griddispatch_webhook_breakers_open)", "breaker open (cooling down)"),
