@@ -135,6 +135,14 @@ class CaseEscalatedMessage(_Message):
     details: EscalatedDetails
 
 
+class PersonalDataErasedMessage(_Message):
+    """The resident asked for their personal data to be erased: delete every copy of this
+    case's reporter contact your systems keep (the case goes on)."""
+
+    event_type: Literal["PersonalDataErased"]
+    details: NoDetails
+
+
 DepartmentFeedMessage = Annotated[
     CaseRoutedMessage
     | CaseAcknowledgedMessage
@@ -144,7 +152,8 @@ DepartmentFeedMessage = Annotated[
     | CaseReopenedMessage
     | CaseRatedMessage
     | CaseWarnedMessage
-    | CaseEscalatedMessage,
+    | CaseEscalatedMessage
+    | PersonalDataErasedMessage,
     Field(discriminator="event_type"),
 ]
 FEED_MESSAGE: TypeAdapter[DepartmentFeedMessage] = TypeAdapter(DepartmentFeedMessage)

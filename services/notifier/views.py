@@ -22,6 +22,9 @@ DEPARTMENT_EVENTS = (
     events.CaseRated,
     events.CaseWarned,
     events.CaseEscalated,
+    # the department deletes its copies of the reporter's contact (the reason is not passed:
+    # it is the resident's request, and may name them)
+    events.PersonalDataErased,
 )
 
 

@@ -1,7 +1,8 @@
 """The notifier's retention on the real broker and database: it learns from the lifecycle when
 each case closed (and reopened); a resident's contact is erased the personal-data period after
 the closing, and their sent messages after it; delivered entries of the delivery log go after
-the dedup period, while pending and dead ones stay."""
+the dedup period, while pending and dead ones stay. A resident who asked to be erased is told
+nothing more, and the department hears of it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaProducer
 
 from services.notifier.feeds import FeedWriter
@@ -21,6 +23,7 @@ from shared.events import Envelope, wrap
 from shared.localstack import LocalStack
 from shared.retention import Retention
 from shared.settings import RetentionSettings
+from tests.helpers.kafka import read_feed
 from tests.helpers.services import fresh_database
 from tests.notifier.test_feed_writer import _records
 from tests.notifier.test_service import routed
@@ -206,6 +209,16 @@ async def test_a_resident_who_asked_to_be_erased_is_told_nothing_more(stack: Loc
         assert asked.case_id not in messages
         assert unseen.case_id not in messages
         assert other.case_id in messages
+        # the department hears of it, to delete its copies; not why (the request may name them)
+        feed = await read_feed(
+            stack.kafka.bootstrap,
+            dept,
+            {asked.case_id},
+            lambda seen: any(m["event_type"] == "PersonalDataErased" for m in seen),
+        )
+        [told] = [m for m in feed if m["event_type"] == "PersonalDataErased"]
+        assert told["details"] == {}
+        assert "申请" not in orjson.dumps(told).decode()
     finally:
         await producer.stop()
         await pool.close()

@@ -31,6 +31,7 @@ ONE_OF_EACH: list[events.Event] = [
     events.CaseRated(rating=4, comment="师傅很负责，电话13912345678"),
     WARNED,
     ESCALATED,
+    events.PersonalDataErased(by="op-1", reason="王阿姨来电13900000002申请删除个人信息"),
 ]
 
 
