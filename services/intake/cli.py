@@ -1,7 +1,8 @@
-"""`griddispatch keys …` and `griddispatch catalogue …`: intake's command groups."""
+"""`griddispatch keys …`, `catalogue …` and `privacy …`: intake's command groups."""
 
 from __future__ import annotations
 
+import getpass
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -20,6 +21,7 @@ from shared.db import run_in_schema
 console = Console(stderr=True, soft_wrap=True)
 keys_app = typer.Typer(help="API keys of intake (stored hashed).", no_args_is_help=True)
 catalogue_app = typer.Typer(help="The service catalogue.", no_args_is_help=True)
+privacy_app = typer.Typer(help="Residents' personal data.", no_args_is_help=True)
 T = TypeVar("T")
 
 
@@ -79,3 +81,25 @@ def catalogue_import(
         raise typer.Exit(2) from exc
     n = _with_db(lambda c: store.import_catalogue(c, catalogue, replace=True))
     console.print(f"imported {n} categories from {path}")
+
+
+@privacy_app.command("erase")
+def privacy_erase(
+    case_id: str = typer.Argument(..., help="the case whose reporter asked"),
+    reason: str = typer.Option(
+        ..., help="the request, for the audit (when, through which channel)"
+    ),
+) -> None:
+    """Erase a resident's personal data at their request: intake's copy at once, the other
+    services' when they read the PersonalDataErased event (as POST /v1/cases/{id}/erasure)."""
+    reason = reason.strip()
+    if not 1 <= len(reason) <= 500:
+        console.print("[red]--reason: 1 to 500 characters[/red]")
+        raise typer.Exit(2)
+    by = f"cli:{getpass.getuser()}"[:64]
+    try:
+        env = _with_db(lambda c: store.erase_personal_data(c, case_id, by=by, reason=reason))
+    except store.CaseNotFound:
+        console.print(f"[red]no case {case_id}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"erased the personal data of {case_id} (event {env.event_id})")

@@ -266,12 +266,12 @@ async def apply_step(
 
 
 async def erase_personal_data(
-    pool: asyncpg.Pool, case_id: str, *, by: str, reason: str
+    conn: asyncpg.Connection, case_id: str, *, by: str, reason: str
 ) -> Envelope:
     """Erase the case's personal data now (a resident asked) and announce it, so that every
     service erases its copy. The case and its timeline stay. Raises CaseNotFound."""
     event = events.PersonalDataErased(by=by, reason=reason)
-    async with pool.acquire() as conn, conn.transaction():
+    async with conn.transaction():
         env = wrap(event, case_id=case_id, producer=PRODUCER)
         found = await conn.fetchval(
             "UPDATE intake.cases SET reporter = NULL, on_behalf_of = NULL, "

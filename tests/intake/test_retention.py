@@ -22,6 +22,7 @@ from shared.events import wrap
 from shared.localstack import LocalStack
 from shared.retention import Retention
 from shared.settings import RetentionSettings
+from tests.helpers.cli import run_cli
 from tests.intake.conftest import (
     Keys,
     auth,
@@ -216,3 +217,24 @@ async def test_an_operator_erases_a_residents_personal_data_on_request(
     assert event["event_id"] == accepted.json()["event_id"]
     assert event["payload"]["by"]
     assert "13912345678" not in orjson.dumps(event).decode()
+
+
+async def test_griddispatch_privacy_erase_does_the_same_from_the_command_line(
+    client: httpx.AsyncClient, stack: LocalStack, keys: Keys
+) -> None:
+    r = await client.post("/v1/cases", json=PROXY_REPORT, headers=auth(keys.worker))
+    case_id = r.json()["case_id"]
+
+    missing = run_cli(stack, "privacy", "erase", "no-such-case", "--reason", "申请")
+    assert missing.returncode == 1
+    assert "no case no-such-case" in missing.stderr
+    blank = run_cli(stack, "privacy", "erase", case_id, "--reason", " ")
+    assert blank.returncode == 2
+
+    done = run_cli(stack, "privacy", "erase", case_id, "--reason", "窗口申请, 2026-11-29")
+    assert done.returncode == 0, done.stderr
+    view = (await client.get(f"/v1/cases/{case_id}", headers=auth(keys.operator))).json()
+    assert view["reporter"] is None
+    assert view["timeline"][-1]["details"]["by"].startswith("cli:")
+    event = await _announced(stack, case_id)
+    assert event["payload"]["reason"] == "窗口申请, 2026-11-29"

@@ -357,9 +357,10 @@ async def erase_personal_data(
     if not principal.sees_everything:
         raise ApiError(403, "forbidden", "only operators may erase personal data")
     try:
-        env = await store.erase_personal_data(
-            st.pool, case_id, by=principal.name[:64] or str(principal.key_id), reason=body.reason
-        )
+        async with st.pool.acquire() as conn:
+            env = await store.erase_personal_data(
+                conn, case_id, by=principal.name[:64] or str(principal.key_id), reason=body.reason
+            )
     except store.CaseNotFound as exc:
         raise ApiError(404, "not_found", f"no case {case_id}") from exc
     return ErasureAccepted(case_id=case_id, erased_at=env.occurred_at, event_id=str(env.event_id))
