@@ -12,7 +12,7 @@ The top half is plain data (parse, select); `read_dead_letters` and `replay` are
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -131,10 +131,15 @@ KAFKA_ACCESS = KafkaAccess(
 
 
 async def read_dead_letters(
-    connection: str | dict[str, Any], dlqs: Sequence[str], timeout_s: float = 30.0
+    connection: str | dict[str, Any],
+    dlqs: Sequence[str],
+    timeout_s: float = 30.0,
+    keep: Callable[[DeadLetter], bool] | None = None,
 ) -> list[DeadLetter]:
-    """Every record now in `dlqs`, oldest first per partition. Reads up to the end offsets
-    seen at the start, without a consumer group: reading commits nothing and moves nothing."""
+    """Every record now in `dlqs` (that `keep` selects), oldest first per partition. Reads up
+    to the end offsets seen at the start, without a consumer group: reading commits nothing
+    and moves nothing. What `keep` refuses is dropped as it is read: a DLQ filled by a bad
+    release can hold millions of records, and a selection is usually a few of them."""
     consumer = AIOKafkaConsumer(
         **client_options(connection), enable_auto_commit=False, auto_offset_reset="earliest"
     )
@@ -159,7 +164,9 @@ async def read_dead_letters(
             for tp, records in batch.items():
                 for r in records:
                     if r.offset < end[tp]:
-                        letters.append(_letter(r))
+                        letter = _letter(r)
+                        if keep is None or keep(letter):
+                            letters.append(letter)
             for tp in list(todo):
                 if await consumer.position(tp) >= end[tp]:
                     todo.discard(tp)

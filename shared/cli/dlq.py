@@ -50,8 +50,9 @@ def _read(topic: list[str] | None, selection: Selection) -> list[DeadLetter]:
     from shared.kafka import connection_options
 
     dlqs = topic or topics.dead_letter_topics()
-    letters = asyncio.run(read_dead_letters(connection_options(get_settings().kafka), dlqs))
-    return [letter for letter in letters if selection(letter)]
+    return asyncio.run(
+        read_dead_letters(connection_options(get_settings().kafka), dlqs, keep=selection)
+    )
 
 
 @dlq_app.command("list")

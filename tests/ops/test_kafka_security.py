@@ -215,8 +215,15 @@ async def test_an_operator_replays_dead_letters_and_can_do_nothing_else(secured)
         await producer.stop()
 
     operator = login(node, passwords, OPERATOR)
-    letters = await read_dead_letters(connection_options(operator), dead_letter_topics())
-    [mine] = [x for x in letters if x.key == key]
+    everything = await read_dead_letters(connection_options(operator), dead_letter_topics())
+    assert key in {x.key for x in everything}
+    none = await read_dead_letters(
+        connection_options(operator), dead_letter_topics(), keep=lambda x: x.key != key
+    )
+    assert key not in {x.key for x in none}
+    [mine] = await read_dead_letters(
+        connection_options(operator), dead_letter_topics(), keep=lambda x: x.key == key
+    )
     assert await replay(operator, [mine]) == 1
     consumer = AIOKafkaConsumer(
         "cases.intake", **connection_options(router), auto_offset_reset="earliest"
