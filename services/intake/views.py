@@ -47,6 +47,22 @@ def reporter_for(
     return None
 
 
+# Timeline entries whose details only operators and the resident see: an erasure's reason is
+# the resident's request, and may name them.
+_PRIVATE_DETAILS = frozenset({"PersonalDataErased"})
+
+
+def timeline_details(
+    entry: Mapping[str, Any], viewer: Principal | None, resident: bool
+) -> dict[str, Any]:
+    if entry["event_type"] in _PRIVATE_DETAILS and not (
+        resident or (viewer is not None and viewer.sees_everything)
+    ):
+        return {}
+    details: dict[str, Any] = orjson.loads(entry["payload"])
+    return details
+
+
 def case_view(
     row: Mapping[str, Any],
     *,
@@ -100,7 +116,7 @@ def case_view(
                 event_type=t["event_type"],
                 occurred_at=t["occurred_at"],
                 producer=t["producer"],
-                details=orjson.loads(t["payload"]),
+                details=timeline_details(t, viewer, resident),
             )
             for t in (timeline or [])
         ],

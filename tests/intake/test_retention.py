@@ -203,6 +203,11 @@ async def test_an_operator_erases_a_residents_personal_data_on_request(
     last = view["timeline"][-1]
     assert last["event_type"] == "PersonalDataErased"
     assert last["details"]["reason"] == body["reason"]
+    # the department sees that it happened, not the request's words
+    seen = (await client.get(f"/v1/cases/{case_id}", headers=auth(keys.heating))).json()
+    assert seen["timeline"][-1]["event_type"] == "PersonalDataErased"
+    assert seen["timeline"][-1]["details"] == {}
+    assert seen["reporter"] is None
     conn = await asyncpg.connect(stack.postgres.url)
     try:
         row = await conn.fetchrow(
