@@ -52,6 +52,31 @@ async def read_topic(
     return records
 
 
+async def first_on_topic(
+    bootstrap: str,
+    topic: str,
+    match: Callable[[ConsumerRecord[bytes, bytes]], bool],
+    *,
+    timeout_s: float = 30,
+) -> ConsumerRecord[bytes, bytes]:
+    """The first record of `topic`, from its beginning, that `match`es (AssertionError if
+    none came within `timeout_s`)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for recs in (await consumer.getmany(timeout_ms=300)).values():
+                for r in recs:
+                    if match(r):
+                        return r
+    finally:
+        await consumer.stop()
+    raise AssertionError(f"nothing on {topic} matched in {timeout_s} s")
+
+
 async def read_feed(
     bootstrap: str,
     department: str,

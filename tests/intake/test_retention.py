@@ -6,14 +6,12 @@ services are told."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
 import asyncpg
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer
 
 from services.intake.retention import purges
 from shared import events, topics
@@ -23,6 +21,7 @@ from shared.localstack import LocalStack
 from shared.retention import Retention
 from shared.settings import RetentionSettings
 from tests.helpers.cli import run_cli
+from tests.helpers.kafka import first_on_topic
 from tests.intake.conftest import (
     Keys,
     auth,
@@ -148,26 +147,17 @@ async def test_an_idempotency_key_past_its_retention_is_a_new_request(
     assert later.json()["case_id"] != first.json()["case_id"]
 
 
-async def _announced(stack: LocalStack, case_id: str, timeout_s: float = 30) -> dict[str, Any]:
+async def _announced(stack: LocalStack, case_id: str) -> dict[str, Any]:
     """The PersonalDataErased event of `case_id` on cases.lifecycle."""
-    consumer = AIOKafkaConsumer(
+    record = await first_on_topic(
+        stack.kafka.bootstrap,
         topics.CASES_LIFECYCLE,
-        bootstrap_servers=stack.kafka.bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
+        lambda r: (
+            r.key == case_id.encode()
+            and orjson.loads(r.value)["event_type"] == "PersonalDataErased"
+        ),
     )
-    await consumer.start()
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for recs in (await consumer.getmany(timeout_ms=300)).values():
-                for r in recs:
-                    message = orjson.loads(r.value)
-                    if r.key == case_id.encode() and message["event_type"] == "PersonalDataErased":
-                        return dict(message)
-    finally:
-        await consumer.stop()
-    raise AssertionError(f"no PersonalDataErased for {case_id}")
+    return dict(orjson.loads(record.value))
 
 
 async def test_an_operator_erases_a_residents_personal_data_on_request(
