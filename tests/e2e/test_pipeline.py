@@ -1,6 +1,7 @@
 """The whole pipeline: intake, router, escalation and notifier as separate processes on the
 real broker and database, with a generated city. Reports go in over HTTP; the department's
-feed and signed webhooks come out; a stalled case escalates; acknowledging stops it."""
+feed and signed webhooks come out; a stalled case escalates; acknowledging stops it; a
+resident's erasure request reaches the notifier and the department."""
 
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
         await store.load_city(conn, CITY)
         await store.replace_rules(conn, [FAST_RULE, *democity.default_rules()])
         key = (await intake_store.create_key(conn, "e2e", Role.RESIDENT_APP, None)).token
+        operator_key = (await intake_store.create_key(conn, "ops", Role.OPERATOR, None)).token
         roads_key = (await intake_store.create_key(conn, "roads", Role.DEPARTMENT, "roads")).token
         await add_subscription(
             conn,
@@ -111,6 +113,7 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
                         "category": "roads.pothole",
                         "description": f"路面坑洼 {uuid.uuid4()}",
                         "location": {"lat": lat, "lon": lon},
+                        "reporter": {"phone": f"1391234567{i}", "consent_to_notify": True},
                     },
                 )
                 assert r.status_code == 202, r.text
@@ -190,6 +193,25 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
                     break
                 await asyncio.sleep(0.1)
             assert level >= 1
+
+            # a resident asks for their data to be erased: every service's copy goes, and the
+            # department is told on its feed
+            r = await client.post(
+                f"/v1/cases/{other}/erasure",
+                json={"reason": "12345热线申请"},
+                headers={"Authorization": f"Bearer {operator_key}"},
+            )
+            assert r.status_code == 202, r.text
+            erased = await read_feed(
+                stack.kafka.bootstrap,
+                "roads",
+                {other},
+                until=lambda seen: any(m["event_type"] == "PersonalDataErased" for m in seen),
+            )
+            assert [m for m in erased if m["event_type"] == "PersonalDataErased"]
+            contacts = await _resident_contacts(stack, ids)
+            assert contacts[other] == (None, None)
+            assert contacts[handled][1] == "13912345671"
         # signed webhooks for every case
         for _ in range(100):
             if {json.loads(b)["case_id"] for _, b in calls} >= set(ids):
@@ -200,6 +222,21 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
         await asyncio.to_thread(assert_monitoring_sees_the_run, prometheus)
     assert {json.loads(b)["case_id"] for _, b in calls} >= {stalled, handled, other}
     assert all(verify(SECRET_A, h, b) for h, b in calls)
+
+
+async def _resident_contacts(
+    stack: LocalStack, case_ids: list[str]
+) -> dict[str, tuple[str | None, str | None]]:
+    """The notifier's copy of each case's resident contact (email, phone)."""
+    conn = await asyncpg.connect(stack.postgres.url)
+    try:
+        rows = await conn.fetch(
+            "SELECT case_id, email, phone FROM notifier.residents WHERE case_id = ANY($1)",
+            case_ids,
+        )
+    finally:
+        await conn.close()
+    return {r["case_id"]: (r["email"], r["phone"]) for r in rows}
 
 
 # Panels that must show data after the run above (the others need ratings, resolutions,
