@@ -266,22 +266,33 @@ async def apply_step(
 
 
 async def erase_personal_data(
-    conn: asyncpg.Connection, case_id: str, *, by: str, reason: str
+    conn: asyncpg.Connection,
+    case_id: str,
+    *,
+    by: str,
+    reason: str,
+    tracking_token: str | None = None,
 ) -> Envelope:
     """Erase the case's personal data now (a resident asked) and announce it, so that every
-    service erases its copy. The case and its timeline stay. Raises CaseNotFound."""
+    service erases its copy. The case and its timeline stay. With `tracking_token`, the
+    resident asks themselves: it must be their case's. Raises CaseNotFound, Forbidden."""
     event = events.PersonalDataErased(by=by, reason=reason)
     async with conn.transaction():
+        token = await conn.fetchval(
+            "SELECT tracking_token FROM intake.cases WHERE case_id = $1 FOR UPDATE", case_id
+        )
+        if token is None:
+            raise CaseNotFound(case_id)
+        if tracking_token is not None and not secrets.compare_digest(tracking_token, token):
+            raise Forbidden(case_id)
         env = wrap(event, case_id=case_id, producer=PRODUCER)
-        found = await conn.fetchval(
+        await conn.execute(
             "UPDATE intake.cases SET reporter = NULL, on_behalf_of = NULL, "
             "sensitivity = '{}'::jsonb, personal_data_erased_at = $2, updated_at = $2 "
-            "WHERE case_id = $1 RETURNING 1",
+            "WHERE case_id = $1",
             case_id,
             env.occurred_at,
         )
-        if found is None:
-            raise CaseNotFound(case_id)
         await _record_event(conn, env, _timeline_details(event))
         await outbox.add_many(conn, [(env, topics.CASES_LIFECYCLE)])
     return env

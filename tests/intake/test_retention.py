@@ -171,6 +171,10 @@ async def test_an_operator_erases_a_residents_personal_data_on_request(
     body = {"reason": "资料删除申请：12345热线，2026-11-29"}
 
     assert (await client.post(url, json=body)).status_code == 401
+    wrong_token = await client.post(
+        url, json=body, headers={"X-Tracking-Token": "not-the-right-token-0000"}
+    )
+    assert wrong_token.status_code == 403
     for key in (keys.heating, keys.worker, keys.resident_app):
         refused = await client.post(url, json=body, headers=auth(key))
         assert refused.status_code == 403, refused.text
@@ -233,3 +237,37 @@ async def test_griddispatch_privacy_erase_does_the_same_from_the_command_line(
     assert view["timeline"][-1]["details"]["by"].startswith("cli:")
     event = await _announced(stack, case_id)
     assert event["payload"]["reason"] == "窗口申请, 2026-11-29"
+
+
+async def test_a_resident_erases_their_own_data_with_the_tracking_token(
+    client: httpx.AsyncClient, stack: LocalStack, keys: Keys
+) -> None:
+    r = await client.post("/v1/cases", json=report_body(), headers=auth(keys.resident_app))
+    case_id, token = r.json()["case_id"], r.json()["tracking_token"]
+    other = await client.post("/v1/cases", json=report_body(), headers=auth(keys.resident_app))
+    body = {"reason": "在应用内申请删除"}
+    # another case's token erases nothing
+    refused = await client.post(
+        f"/v1/cases/{other.json()['case_id']}/erasure",
+        json=body,
+        headers={"X-Tracking-Token": token},
+    )
+    assert refused.status_code == 403
+    department = await client.post(
+        f"/v1/cases/{case_id}/erasure",
+        json=body,
+        headers={"X-Tracking-Token": token, **auth(keys.heating)},
+    )
+    assert department.status_code == 403  # a department's key is no resident's
+    done = await client.post(  # through the resident's app, which passes the token on
+        f"/v1/cases/{case_id}/erasure",
+        json=body,
+        headers={"X-Tracking-Token": token, **auth(keys.resident_app)},
+    )
+    assert done.status_code == 202, done.text
+    mine = (await client.get(f"/v1/cases/{case_id}", headers={"X-Tracking-Token": token})).json()
+    assert mine["reporter"] is None
+    assert mine["timeline"][-1]["details"]["by"] == "resident"
+    theirs = await client.get(f"/v1/cases/{other.json()['case_id']}", headers=auth(keys.operator))
+    assert theirs.json()["reporter"]["phone"] == "13912345678"
+    assert (await _announced(stack, case_id))["payload"]["by"] == "resident"

@@ -342,27 +342,38 @@ async def take_step(case_id: CaseId, body: StepIn, request: Request) -> StepAcce
     status_code=202,
     response_model=ErasureAccepted,
     responses=ERRORS,
-    openapi_extra=documented(*CREDENTIALS),
+    openapi_extra=documented(*CREDENTIALS, TRACKING_TOKEN),
 )
 async def erase_personal_data(
     case_id: CaseId, body: ErasureIn, request: Request
 ) -> ErasureAccepted:
-    """A resident's request to erase their personal data (operators only): the reporter's
-    contact, whom it was reported for and the care flags are erased here at once, and by the
-    other services when they read the `PersonalDataErased` event. The case stays."""
+    """Erase the reporter's personal data at their request: the resident themselves (with the
+    case's tracking token) or an operator acting on it. The contact, whom it was reported for
+    and the care flags are erased here at once, and by the other services when they read the
+    `PersonalDataErased` event. The case stays."""
     refuse_nul(await request.body())
     st = state(request)
-    principal = await caller(request, required=True)
-    assert principal is not None
-    if not principal.sees_everything:
-        raise ApiError(403, "forbidden", "only operators may erase personal data")
+    principal = await caller(request, required=False)
+    tracking_token = TRACKING_TOKEN.read(request)
+    if principal is not None and principal.sees_everything:
+        by, tracking_token = principal.name[:64] or str(principal.key_id), None
+    elif tracking_token is not None and (principal is None or principal.role is Role.RESIDENT_APP):
+        by = "resident"  # a resident app passes its resident's token on, as for other steps
+    elif principal is not None:
+        raise ApiError(403, "forbidden", "only the resident or an operator may erase it")
+    else:
+        raise ApiError(
+            401, "missing_api_key", "an operator's API key or a tracking token is needed"
+        )
     try:
         async with st.pool.acquire() as conn:
             env = await store.erase_personal_data(
-                conn, case_id, by=principal.name[:64] or str(principal.key_id), reason=body.reason
+                conn, case_id, by=by, reason=body.reason, tracking_token=tracking_token
             )
     except store.CaseNotFound as exc:
         raise ApiError(404, "not_found", f"no case {case_id}") from exc
+    except store.Forbidden as exc:
+        raise ApiError(403, "forbidden", "the tracking token is not this case's") from exc
     return ErasureAccepted(case_id=case_id, erased_at=env.occurred_at, event_id=str(env.event_id))
 
 
