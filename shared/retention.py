@@ -99,6 +99,32 @@ class Retention:
             await until_set(stop, at_most_s=self.check_s)
 
 
+# Contacts that residents write into free text themselves ("联系电话139…", an e-mail address):
+# mainland mobile numbers, landlines with their area code, e-mail addresses. A PostgreSQL
+# regular expression; digits just before or after keep longer numbers (order numbers,
+# building codes) whole. Erasing a resident's personal data masks these where it erases.
+CONTACTS_IN_TEXT = (
+    r"(?<![0-9])(1[3-9][0-9]{9}|0[0-9]{2,3}-?[0-9]{7,8})(?![0-9])"
+    r"|[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
+)
+MASK = "***"
+
+
+def masked(sql_text: str) -> str:
+    """SQL for the text `sql_text` (an expression) with `CONTACTS_IN_TEXT` masked."""
+    return f"regexp_replace({sql_text}, '{CONTACTS_IN_TEXT}', '{MASK}', 'g')"
+
+
+def masked_fields(sql_json: str, fields: Sequence[str]) -> str:
+    """SQL for the jsonb object `sql_json` with contacts masked in its text `fields` (those
+    it has; the others as they are)."""
+    pairs = []
+    for field in fields:
+        value = f"({sql_json}) ->> '{field}'"
+        pairs.append(f"'{field}', {masked(value)}")
+    return f"({sql_json}) || jsonb_strip_nulls(jsonb_build_object({', '.join(pairs)}))"
+
+
 def personal_data(settings: RetentionSettings) -> timedelta:
     return timedelta(days=settings.personal_data_days)
 

@@ -1,10 +1,11 @@
 """What intake keeps, and for how long (run by `shared.retention.Retention`).
 
 - A closed case's personal data — the reporter's contact, whom it was reported on behalf of,
-  the care and community-correction flags — is erased `personal_data_days` after the case's
-  last change; the case itself (what, where, when, who handled it, the timeline) stays for the
-  city's statistics. `personal_data_erased_at` records when. A reopened case is not closed,
-  so its data stays while it is open again.
+  the care and community-correction flags, and phone numbers and e-mail addresses written
+  into its description and its timeline's notes — is erased `personal_data_days` after the
+  case's last change; the case itself (what, where, when, who handled it, the timeline)
+  stays for the city's statistics. `personal_data_erased_at` records when. A reopened case
+  is not closed, so its data stays while it is open again.
 - The answers kept for retried `Idempotency-Key`s go after `idempotency_hours`: a retry after
   that is a new request.
 """
@@ -13,8 +14,31 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from shared.retention import Purge, personal_data
+from shared.retention import Purge, masked, masked_fields, personal_data
 from shared.settings import RetentionSettings
+
+# Free-text fields of the timeline that residents (or staff quoting them) write.
+TIMELINE_TEXTS = ("note", "reason", "comment")
+
+
+def erasing(cases: str, at: str, *, touch: bool = False) -> str:
+    """One statement erasing the personal data of the cases the subquery `cases` selects (at
+    the SQL time `at`; `touch`: it also counts as the case's latest change): the reporter's
+    contact, whom it was reported for, the care flags, and contacts written into the
+    description and the timeline's texts. One row per case."""
+    updated = f", updated_at = {at}" if touch else ""
+    return f"""WITH erased AS (
+            UPDATE intake.cases SET reporter = NULL, on_behalf_of = NULL,
+                sensitivity = '{{}}'::jsonb, description = {masked("description")},
+                personal_data_erased_at = {at}{updated}
+            WHERE case_id IN ({cases})
+            RETURNING case_id
+        ), timeline AS (
+            UPDATE intake.case_events e SET payload = {masked_fields("e.payload", TIMELINE_TEXTS)}
+            FROM erased WHERE e.case_id = erased.case_id
+            RETURNING 1
+        )
+        SELECT case_id FROM erased"""
 
 
 def purges(settings: RetentionSettings) -> list[Purge]:
@@ -22,14 +46,13 @@ def purges(settings: RetentionSettings) -> list[Purge]:
         Purge(
             "personal data",
             personal_data(settings),
-            """UPDATE intake.cases SET reporter = NULL, on_behalf_of = NULL,
-                   sensitivity = '{}'::jsonb, personal_data_erased_at = now()
-               WHERE case_id IN (
-                   SELECT case_id FROM intake.cases
+            erasing(
+                """SELECT case_id FROM intake.cases
                    WHERE status = 'closed' AND personal_data_erased_at IS NULL
                      AND updated_at < $1
-                   LIMIT $2 FOR UPDATE SKIP LOCKED)
-               RETURNING 1""",
+                   LIMIT $2 FOR UPDATE SKIP LOCKED""",
+                "now()",
+            ),
         ),
         Purge(
             "idempotency keys",

@@ -18,13 +18,14 @@ from typing import Any
 import asyncpg
 import orjson
 
-from services.intake import lifecycle
+from services.intake import lifecycle, retention
 from services.intake.auth import NewKey, Principal, Role, generate_key, secret_matches, split_token
 from services.intake.lifecycle import Action, Actor, Status, Step
 from shared import events, topics
 from shared.catalogue import Catalogue, Category
 from shared.events import Envelope, first_seen, wrap
 from shared.outbox import Outbox
+from shared.retention import masked
 
 PRODUCER = "intake"
 SCHEMA = "intake"
@@ -265,6 +266,10 @@ async def apply_step(
     )
 
 
+_ERASE_ONE = retention.erasing("$1", "$2", touch=True)
+_MASKED = f"SELECT {masked('$1::text')}"
+
+
 async def erase_personal_data(
     conn: asyncpg.Connection,
     case_id: str,
@@ -276,7 +281,6 @@ async def erase_personal_data(
     """Erase the case's personal data now (a resident asked) and announce it, so that every
     service erases its copy. The case and its timeline stay. With `tracking_token`, the
     resident asks themselves: it must be their case's. Raises CaseNotFound, Forbidden."""
-    event = events.PersonalDataErased(by=by, reason=reason)
     async with conn.transaction():
         token = await conn.fetchval(
             "SELECT tracking_token FROM intake.cases WHERE case_id = $1 FOR UPDATE", case_id
@@ -285,15 +289,11 @@ async def erase_personal_data(
             raise CaseNotFound(case_id)
         if tracking_token is not None and not secrets.compare_digest(tracking_token, token):
             raise Forbidden(case_id)
+        # the request's own words may quote the contact it asks to erase
+        event = events.PersonalDataErased(by=by, reason=await conn.fetchval(_MASKED, reason))
         env = wrap(event, case_id=case_id, producer=PRODUCER)
-        await conn.execute(
-            "UPDATE intake.cases SET reporter = NULL, on_behalf_of = NULL, "
-            "sensitivity = '{}'::jsonb, personal_data_erased_at = $2, updated_at = $2 "
-            "WHERE case_id = $1",
-            case_id,
-            env.occurred_at,
-        )
         await _record_event(conn, env, _timeline_details(event))
+        await conn.execute(_ERASE_ONE, case_id, env.occurred_at)
         await outbox.add_many(conn, [(env, topics.CASES_LIFECYCLE)])
     return env
 

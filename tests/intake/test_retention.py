@@ -32,6 +32,7 @@ from tests.intake.conftest import (
 )
 
 PROXY_REPORT = report_body(
+    description="暖气不热，室温只有12度。女儿电话13900000007，楼号2026112913912345678",
     channel="patrol",
     on_behalf_of="QQHR-CARD-0042",
     sensitivity={"care_groups": ["elderly_alone"], "community_correction": True},
@@ -45,7 +46,11 @@ async def _closed_case(client: httpx.AsyncClient, stack: LocalStack, keys: Keys)
     await publish_lifecycle(
         stack,
         routed_event(case_id, "heating"),
-        wrap(events.CaseResolved(by="w-1", note="修好了"), case_id=case_id, producer="intake"),
+        wrap(
+            events.CaseResolved(by="w-1", note="修好了，回访 wang@example.org"),
+            case_id=case_id,
+            producer="intake",
+        ),
         wrap(events.CaseClosed(by="op-1"), case_id=case_id, producer="intake"),
     )
     await wait_for(client, case_id, keys.operator, lambda c: c["status"] == "closed")
@@ -93,8 +98,11 @@ async def test_personal_data_of_long_closed_cases_is_erased(
     assert erased["reporter"] is None
     assert erased["personal_data_erased_at"] is not None
     assert erased["status"] == "closed"  # the case and its history stay
-    assert erased["description"] == PROXY_REPORT["description"]
+    # contacts the resident wrote into the texts go too; other numbers stay
+    assert erased["description"] == "暖气不热，室温只有12度。女儿电话***，楼号2026112913912345678"
     assert [e["event_type"] for e in erased["timeline"]][-1] == "CaseClosed"
+    [resolved] = [e for e in erased["timeline"] if e["event_type"] == "CaseResolved"]
+    assert resolved["details"]["note"] == "修好了，回访 ***"
     by_token = await client.get(
         f"/v1/cases/{old['case_id']}", headers={"X-Tracking-Token": old["tracking_token"]}
     )
@@ -125,6 +133,11 @@ async def test_personal_data_of_long_closed_cases_is_erased(
         view = (await client.get(f"/v1/cases/{case_id}", headers=auth(keys.operator))).json()
         assert view["reporter"]["phone"] == "13912345678"
         assert view["personal_data_erased_at"] is None
+        assert "13900000007" in view["description"]
+    kept_notes = (
+        await client.get(f"/v1/cases/{recent['case_id']}", headers=auth(keys.operator))
+    ).json()["timeline"]
+    assert any("wang@example.org" in str(e["details"]) for e in kept_notes)
 
 
 async def test_an_idempotency_key_past_its_retention_is_a_new_request(
@@ -168,7 +181,7 @@ async def test_an_operator_erases_a_residents_personal_data_on_request(
     await publish_lifecycle(stack, routed_event(case_id, "heating"))
     await wait_for(client, case_id, keys.operator, lambda c: c["status"] == "routed")
     url = f"/v1/cases/{case_id}/erasure"
-    body = {"reason": "资料删除申请：12345热线，2026-11-29"}
+    body = {"reason": "王阿姨（13900000002）经12345热线申请删除，2026-11-29"}
 
     assert (await client.post(url, json=body)).status_code == 401
     wrong_token = await client.post(
@@ -196,7 +209,8 @@ async def test_an_operator_erases_a_residents_personal_data_on_request(
     assert view["status"] == "routed"  # the case goes on
     last = view["timeline"][-1]
     assert last["event_type"] == "PersonalDataErased"
-    assert last["details"]["reason"] == body["reason"]
+    assert last["details"]["reason"] == "王阿姨（***）经12345热线申请删除，2026-11-29"
+    assert "13900000007" not in view["description"]
     # the department sees that it happened, not the request's words
     seen = (await client.get(f"/v1/cases/{case_id}", headers=auth(keys.heating))).json()
     assert seen["timeline"][-1]["event_type"] == "PersonalDataErased"
@@ -216,6 +230,7 @@ async def test_an_operator_erases_a_residents_personal_data_on_request(
     assert event["event_id"] == accepted.json()["event_id"]
     assert event["payload"]["by"]
     assert "13912345678" not in orjson.dumps(event).decode()
+    assert "13900000002" not in orjson.dumps(event).decode()  # the request quoted it
 
 
 async def test_griddispatch_privacy_erase_does_the_same_from_the_command_line(

@@ -8,13 +8,14 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import orjson
 import pytest
 import yaml
 
 from shared.db import create_pool
 from shared.localstack import LocalStack
 from shared.metrics import REGISTRY
-from shared.retention import Purge, Retention
+from shared.retention import Purge, Retention, masked, masked_fields
 from shared.settings import PROJECT_ROOT, RetentionSettings
 from tests.helpers.services import fresh_database
 
@@ -166,3 +167,29 @@ def test_what_recognises_a_redelivery_outlives_every_topic() -> None:
     assert timedelta(days=14) < timedelta(milliseconds=longest_ms)  # the DLQs' 30 days, read
     with pytest.raises(ValueError, match="dedup_days"):
         RetentionSettings(dedup_days=30)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("联系电话13912345678，谢谢", "联系电话***，谢谢"),
+        ("座机0452-2712345或04522712345", "座机***或***"),
+        ("wang.ayi+x@example.org 写信", "*** 写信"),
+        # longer numbers (an order number, a building code) and times stay whole
+        ("订单号2026112913912345678, 楼栋Q-0452-12345678901", None),
+        ("2026-11-29T04:43:28.834780Z", None),
+    ],
+)
+async def test_contacts_written_into_text_are_masked(
+    stack: LocalStack, text: str, expected: str | None
+) -> None:
+    conn = await asyncpg.connect(stack.postgres.url)
+    try:
+        assert await conn.fetchval(f"SELECT {masked('$1::text')}", text) == (expected or text)
+        payload = orjson.dumps({"note": text, "rating": 13912345678, "by": "w-1"}).decode()
+        fields = await conn.fetchval(
+            f"SELECT ({masked_fields('$1::jsonb', ['note', 'reason'])})::text", payload
+        )
+    finally:
+        await conn.close()
+    assert orjson.loads(fields) == {"note": expected or text, "rating": 13912345678, "by": "w-1"}
