@@ -30,6 +30,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.router import store
 from services.router.decide import CaseFacts, Decision, decide
 from services.router.refdata import ReferenceData
+from services.router.retention import FORGET_PERSONAL_FACTS
 from shared import events, topics
 from shared.events import DecodeError, Envelope, decode, envelope_json, peek_event_type
 from shared.ids import derived_event_id
@@ -451,7 +452,7 @@ async def fold_lifecycle(
             erased.append(env.case_id)
     if erased:  # a resident asked: the care groups kept for a reroute go (idempotent)
         await conn.execute(
-            "UPDATE router.cases SET facts = facts - 'care_groups' WHERE case_id = ANY($1)",
+            f"UPDATE router.cases SET facts = {FORGET_PERSONAL_FACTS} WHERE case_id = ANY($1)",
             erased,
         )
     if not changes:

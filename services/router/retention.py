@@ -3,14 +3,18 @@
 - The decision log and the lifecycle events folded into the open-case counts recognise a
   message delivered again; no topic keeps a message longer than its dead-letter topic
   (30 days), so after `dedup_days` they can go.
-- A case's facts keep the care groups of its reporter (they raise the priority of a reroute);
-  `personal_data_days` after the case was resolved or closed they are erased.
+- A case's facts keep the care groups of its reporter (they raise the priority of a reroute)
+  and the description; `personal_data_days` after the case was resolved or closed the care
+  groups are erased and contacts written into the description masked.
 """
 
 from __future__ import annotations
 
-from shared.retention import Purge, dedup, personal_data, seen_events_purge
+from shared.retention import Purge, dedup, masked_fields, personal_data, seen_events_purge
 from shared.settings import RetentionSettings
+
+# A case's facts without the care groups, and with contacts masked in the description.
+FORGET_PERSONAL_FACTS = masked_fields("facts - 'care_groups'", ["description"])
 
 
 def purges(settings: RetentionSettings) -> list[Purge]:
@@ -27,7 +31,7 @@ def purges(settings: RetentionSettings) -> list[Purge]:
         Purge(
             "care flags",
             personal_data(settings),
-            """UPDATE router.cases SET facts = facts - 'care_groups'
+            f"""UPDATE router.cases SET facts = {FORGET_PERSONAL_FACTS}
                WHERE case_id IN (
                    SELECT case_id FROM router.cases
                    WHERE NOT open AND facts ? 'care_groups' AND updated_at < $1

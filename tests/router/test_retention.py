@@ -26,7 +26,7 @@ from tests.helpers.services import fresh_database
 NOW = datetime.now(UTC)
 FACTS = {
     "category": "heating.outage",
-    "description": "暖气不热",
+    "description": "暖气不热，电话13900000007",
     "location": {"lat": 47.35, "lon": 123.92, "address": None, "building_code": None},
     "reported_at": NOW.isoformat(),
     "care_groups": ["elderly_alone"],
@@ -87,7 +87,8 @@ async def test_the_router_forgets_what_it_no_longer_needs(stack: LocalStack) -> 
         await conn.close()
 
     assert "care_groups" not in facts["closed-long-ago"]
-    assert facts["closed-long-ago"]["description"] == "暖气不热"
+    assert facts["closed-long-ago"]["description"] == "暖气不热，电话***"
+    assert facts["closed-lately"]["description"] == "暖气不热，电话13900000007"
     assert facts["closed-lately"]["care_groups"] == ["elderly_alone"]
     assert facts["open-long"]["care_groups"] == ["elderly_alone"]
     # a reroute of the erased case (reopened, say) decides without the care groups
@@ -121,5 +122,7 @@ async def test_a_residents_erasure_request_drops_the_care_groups(stack: LocalSta
     finally:
         await conn.close()
     assert "care_groups" not in facts["asked"]
+    assert facts["asked"]["description"] == "暖气不热，电话***"
+    assert facts["other"]["description"] == "暖气不热，电话13900000007"
     assert facts["asked"]["category"] == "heating.outage"
     assert facts["other"]["care_groups"] == ["elderly_alone"]
