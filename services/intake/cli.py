@@ -98,7 +98,7 @@ def privacy_erase(
         raise typer.Exit(2)
     by = f"cli:{getpass.getuser()}"[:64]
     try:
-        env = _with_db(lambda c: store.erase_personal_data(c, case_id, by=by, reason=reason))
+        env = _with_db(lambda c: store.erase_personal_data(c, case_id, reason=reason, by=by))
     except store.CaseNotFound:
         console.print(f"[red]no case {case_id}[/red]")
         raise typer.Exit(1) from None

@@ -183,6 +183,23 @@ def may_see(principal: Principal | None, case: asyncpg.Record, tracking_token: s
     return False
 
 
+def who_acts(
+    principal: Principal | None, tracking_token: str | None, case: asyncpg.Record
+) -> tuple[Actor, str]:
+    """Who takes a step on `case`, and the id the event names them by. A key speaks for its
+    holder, who must be able to see the case; a resident app's key, or none, for the resident
+    whose tracking token comes with it. Raises Forbidden."""
+    if principal is not None and principal.role is not Role.RESIDENT_APP:
+        if not may_see(principal, case, None):
+            raise Forbidden(case["case_id"])
+        return actor_for(principal), principal.scope or principal.name or str(principal.key_id)
+    if tracking_token is not None and secrets.compare_digest(
+        tracking_token, case["tracking_token"]
+    ):
+        return Actor.RESIDENT, "resident"
+    raise Forbidden(case["case_id"])
+
+
 @dataclass(frozen=True, slots=True)
 class StepTaken:
     status: Status
@@ -210,16 +227,7 @@ async def apply_step(
         )
         if case is None:
             raise CaseNotFound(case_id)
-        if principal is not None and principal.role is not Role.RESIDENT_APP:
-            if not may_see(principal, case, None):
-                raise Forbidden(case_id)
-            actor, by = actor_for(principal), principal.scope or principal.name
-        elif tracking_token is not None and secrets.compare_digest(
-            tracking_token, case["tracking_token"]
-        ):
-            actor, by = Actor.RESIDENT, "resident"
-        else:
-            raise Forbidden(case_id)
+        actor, by = who_acts(principal, tracking_token, case)
         decision = lifecycle.decide(
             Status(case["status"]),
             actor,
@@ -274,23 +282,27 @@ async def erase_personal_data(
     conn: asyncpg.Connection,
     case_id: str,
     *,
-    by: str,
     reason: str,
+    principal: Principal | None = None,
     tracking_token: str | None = None,
+    by: str | None = None,
 ) -> Envelope:
     """Erase the case's personal data now (a resident asked) and announce it, so that every
-    service erases its copy. The case and its timeline stay. With `tracking_token`, the
-    resident asks themselves: it must be their case's. Raises CaseNotFound, Forbidden."""
+    service erases its copy. The case and its timeline stay. Over HTTP the resident asks
+    themselves (their case's tracking token) or an operator does (`who_acts`); `by` names
+    an operator at the command line instead. Raises CaseNotFound, Forbidden, NotPermitted."""
     async with conn.transaction():
-        token = await conn.fetchval(
-            "SELECT tracking_token FROM intake.cases WHERE case_id = $1 FOR UPDATE", case_id
+        case = await conn.fetchrow(
+            "SELECT * FROM intake.cases WHERE case_id = $1 FOR UPDATE", case_id
         )
-        if token is None:
+        if case is None:
             raise CaseNotFound(case_id)
-        if tracking_token is not None and not secrets.compare_digest(tracking_token, token):
-            raise Forbidden(case_id)
+        if by is None:
+            actor, by = who_acts(principal, tracking_token, case)
+            if actor not in (Actor.RESIDENT, Actor.OPERATOR):
+                raise lifecycle.NotPermitted("only the resident or an operator may erase it")
         # the request's own words may quote the contact it asks to erase
-        event = events.PersonalDataErased(by=by, reason=await conn.fetchval(_MASKED, reason))
+        event = events.PersonalDataErased(by=by[:64], reason=await conn.fetchval(_MASKED, reason))
         env = wrap(event, case_id=case_id, producer=PRODUCER)
         await _record_event(conn, env, _timeline_details(event))
         await conn.execute(_ERASE_ONE, case_id, env.occurred_at)

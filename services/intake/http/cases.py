@@ -355,25 +355,25 @@ async def erase_personal_data(
     st = state(request)
     principal = await caller(request, required=False)
     tracking_token = TRACKING_TOKEN.read(request)
-    if principal is not None and principal.sees_everything:
-        by, tracking_token = principal.name[:64] or str(principal.key_id), None
-    elif tracking_token is not None and (principal is None or principal.role is Role.RESIDENT_APP):
-        by = "resident"  # a resident app passes its resident's token on, as for other steps
-    elif principal is not None:
-        raise ApiError(403, "forbidden", "only the resident or an operator may erase it")
-    else:
+    if principal is None and tracking_token is None:
         raise ApiError(
             401, "missing_api_key", "an operator's API key or a tracking token is needed"
         )
     try:
         async with st.pool.acquire() as conn:
             env = await store.erase_personal_data(
-                conn, case_id, by=by, reason=body.reason, tracking_token=tracking_token
+                conn,
+                case_id,
+                reason=body.reason,
+                principal=principal,
+                tracking_token=tracking_token,
             )
     except store.CaseNotFound as exc:
         raise ApiError(404, "not_found", f"no case {case_id}") from exc
     except store.Forbidden as exc:
-        raise ApiError(403, "forbidden", "the tracking token is not this case's") from exc
+        raise ApiError(403, "forbidden", "this case is not yours") from exc
+    except NotPermitted as exc:
+        raise ApiError(403, "forbidden", str(exc)) from exc
     return ErasureAccepted(case_id=case_id, erased_at=env.occurred_at, event_id=str(env.event_id))
 
 
