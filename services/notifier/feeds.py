@@ -89,12 +89,11 @@ class FeedWriter:
         told to a department. The database work is set-based (a handful of statements and one
         commit per batch, not per event), while each event still sees the case as the events
         before it left it."""
-        decoded = await decode_records(records, self.dead_letters)
-        erased = [env.case_id for env, ev in decoded if isinstance(ev, events.PersonalDataErased)]
-        if erased:  # before anything of this batch could queue a message to them
-            async with self.pool.acquire() as conn:
-                await forget_residents(conn, erased)
-        items = [(env, event) for env, event in decoded if isinstance(event, DEPARTMENT_EVENTS)]
+        items = [
+            (env, event)
+            for env, event in await decode_records(records, self.dead_letters)
+            if isinstance(event, DEPARTMENT_EVENTS)
+        ]
         if not items:
             return 0
         if self._names_ready is not None:
@@ -111,7 +110,10 @@ class FeedWriter:
         for env, event in items:
             routed_first.setdefault(env.case_id, isinstance(event, events.CaseRouted))
         lookup = [case_id for case_id, first in routed_first.items() if not first]
+        erased = [env.case_id for env, ev in items if isinstance(ev, events.PersonalDataErased)]
         async with self.pool.acquire() as conn, conn.transaction():
+            if erased:  # before anything of this batch could queue a message to them
+                await forget_residents(conn, erased)
             rows = (
                 await conn.fetch("SELECT * FROM notifier.cases WHERE case_id = ANY($1)", lookup)
                 if lookup
