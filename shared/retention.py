@@ -125,19 +125,11 @@ def masked_fields(sql_json: str, fields: Sequence[str]) -> str:
     return f"({sql_json}) || jsonb_strip_nulls(jsonb_build_object({', '.join(pairs)}))"
 
 
-def personal_data(settings: RetentionSettings) -> timedelta:
-    return timedelta(days=settings.personal_data_days)
-
-
-def dedup(settings: RetentionSettings) -> timedelta:
-    return timedelta(days=settings.dedup_days)
-
-
 def seen_events_purge(schema: str, settings: RetentionSettings) -> Purge:
     """The ids a consumer keeps to drop a message delivered twice (`<schema>.seen_events`)."""
     return Purge(
         "seen events",
-        dedup(settings),
+        settings.dedup_kept,
         f"""DELETE FROM {schema}.seen_events WHERE event_id IN (
                SELECT event_id FROM {schema}.seen_events WHERE seen_at < $1
                LIMIT $2 FOR UPDATE SKIP LOCKED)

@@ -6,6 +6,7 @@ Nested values use a double underscore: `GRIDDISPATCH_KAFKA__BOOTSTRAP_SERVERS=..
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -107,6 +108,18 @@ class RetentionSettings(BaseModel):
     )
     check_s: float = Field(default=3600.0, gt=0, description="how often each service prunes")
     batch_size: int = Field(default=1000, ge=1, description="rows per pruning statement")
+
+    @property
+    def personal_data_kept(self) -> timedelta:
+        return timedelta(days=self.personal_data_days)
+
+    @property
+    def dedup_kept(self) -> timedelta:
+        return timedelta(days=self.dedup_days)
+
+    @property
+    def idempotency_kept(self) -> timedelta:
+        return timedelta(hours=self.idempotency_hours)
 
 
 class Settings(BaseSettings):

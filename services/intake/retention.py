@@ -12,9 +12,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from shared.retention import Purge, masked, masked_fields, personal_data
+from shared.retention import Purge, masked, masked_fields
 from shared.settings import RetentionSettings
 
 # Free-text fields of the timeline that residents (or staff quoting them) write.
@@ -45,7 +43,7 @@ def purges(settings: RetentionSettings) -> list[Purge]:
     return [
         Purge(
             "personal data",
-            personal_data(settings),
+            settings.personal_data_kept,
             erasing(
                 """SELECT case_id FROM intake.cases
                    WHERE status = 'closed' AND personal_data_erased_at IS NULL
@@ -56,7 +54,7 @@ def purges(settings: RetentionSettings) -> list[Purge]:
         ),
         Purge(
             "idempotency keys",
-            timedelta(hours=settings.idempotency_hours),
+            settings.idempotency_kept,
             """DELETE FROM intake.idempotency_keys WHERE (key_owner, idem_key) IN (
                    SELECT key_owner, idem_key FROM intake.idempotency_keys
                    WHERE created_at < $1

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from shared.retention import Purge, dedup, personal_data
+from shared.retention import Purge
 from shared.settings import RetentionSettings
 
 
@@ -20,7 +20,7 @@ def purges(settings: RetentionSettings) -> list[Purge]:
     return [
         Purge(
             "resident contacts",
-            personal_data(settings),
+            settings.personal_data_kept,
             """UPDATE notifier.residents SET email = NULL, phone = NULL
                WHERE case_id IN (
                    SELECT r.case_id FROM notifier.residents r
@@ -31,7 +31,7 @@ def purges(settings: RetentionSettings) -> list[Purge]:
         ),
         Purge(
             "resident messages",
-            personal_data(settings),
+            settings.personal_data_kept,
             """DELETE FROM notifier.resident_messages WHERE id IN (
                    SELECT id FROM notifier.resident_messages
                    WHERE state <> 'pending' AND send_after < $1
@@ -40,7 +40,7 @@ def purges(settings: RetentionSettings) -> list[Purge]:
         ),
         Purge(
             "delivery log",
-            dedup(settings),
+            settings.dedup_kept,
             """DELETE FROM notifier.deliveries WHERE id IN (
                    SELECT id FROM notifier.deliveries
                    WHERE state IN ('delivered', 'disabled') AND created_at < $1

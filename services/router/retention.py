@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from shared.retention import Purge, dedup, masked_fields, personal_data, seen_events_purge
+from shared.retention import Purge, masked_fields, seen_events_purge
 from shared.settings import RetentionSettings
 
 # A case's facts without the care groups, and with contacts masked in the description.
@@ -21,7 +21,7 @@ def purges(settings: RetentionSettings) -> list[Purge]:
     return [
         Purge(
             "decision log",
-            dedup(settings),
+            settings.dedup_kept,
             """DELETE FROM router.decisions WHERE source_event_id IN (
                    SELECT source_event_id FROM router.decisions WHERE decided_at < $1
                    LIMIT $2 FOR UPDATE SKIP LOCKED)
@@ -30,7 +30,7 @@ def purges(settings: RetentionSettings) -> list[Purge]:
         seen_events_purge("router", settings),
         Purge(
             "care flags",
-            personal_data(settings),
+            settings.personal_data_kept,
             f"""UPDATE router.cases SET facts = {FORGET_PERSONAL_FACTS}
                WHERE case_id IN (
                    SELECT case_id FROM router.cases
