@@ -219,6 +219,11 @@ class CaseClosed(Event):
 
     by: str
     note: str | None = Field(default=None, max_length=4000)
+    automatic: bool = Field(
+        default=False,
+        description="closed by GridDispatch because nobody verified the resolution in time "
+        "(CaseVerificationLapsed), not by a person",
+    )
 
 
 class CaseReopened(Event):
@@ -269,6 +274,18 @@ class CaseEscalated(Event):
     repeat: int = Field(default=0, ge=0, description="reminders at the top of the ladder")
 
 
+class CaseVerificationLapsed(Event):
+    """Nobody verified or reopened a resolved case within the verification window: escalation's
+    timer says so, and intake closes the case (`CaseClosed` with `automatic`) if it is still
+    resolved by that same resolution. Intake decides, not escalation, because only intake
+    serialises a case's steps: a resident reopening at the same moment wins or loses cleanly."""
+
+    EVENT_TYPE: ClassVar[str] = "CaseVerificationLapsed"
+
+    resolved_at: AwareDatetime = Field(description="when the resolution the window began with was")
+    due_at: AwareDatetime = Field(description="when the window ended")
+
+
 class EmergencyModeChanged(Event):
     """An operator switched an area into or out of emergency ("wartime") mode. Keyed by the
     area instead of a case."""
@@ -299,6 +316,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         CaseRated,
         CaseWarned,
         CaseEscalated,
+        CaseVerificationLapsed,
         EmergencyModeChanged,
         PersonalDataErased,
     )

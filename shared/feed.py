@@ -68,6 +68,13 @@ class RatedDetails(_Strict):
     rating: int = Field(ge=1, le=5)
 
 
+class ClosedDetails(_Strict):
+    automatic: bool = Field(
+        description="closed by GridDispatch because the resident neither verified nor reopened "
+        "the resolution within the verification window (they may still reopen it)"
+    )
+
+
 class NoDetails(_Strict):
     pass
 
@@ -108,7 +115,7 @@ class CaseResolvedMessage(_Message):
 
 class CaseClosedMessage(_Message):
     event_type: Literal["CaseClosed"]
-    details: NoDetails
+    details: ClosedDetails
 
 
 class CaseReopenedMessage(_Message):

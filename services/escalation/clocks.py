@@ -21,7 +21,7 @@ from pydantic import TypeAdapter
 from services.escalation.deadlines import WorkCalendar, after_pause, due, with_factor
 from shared import events
 
-Phase = Literal["acknowledge", "resolve", "paused", "done"]
+Phase = Literal["acknowledge", "resolve", "paused", "verify", "done"]
 
 FOLLOWED = (
     events.CaseRouted,
@@ -73,14 +73,17 @@ _clock_columns = operator.attrgetter(*(f.name for f in dataclasses.fields(CaseCl
 
 @dataclass(frozen=True)
 class NewTimer:
-    kind: Literal["warn", "escalate"]
-    deadline: Literal["acknowledge", "resolve"]
+    kind: Literal["warn", "escalate", "close"]
+    deadline: Literal["acknowledge", "resolve", "verify"]
     level: int
     deadline_at: datetime
     due_at: datetime
+    started_at: datetime | None = None  # "close" timers: the resolution the window began with
 
-    def columns(self) -> tuple[str, str, int, datetime, datetime]:
-        return (self.kind, self.deadline, self.level, self.deadline_at, self.due_at)
+    def columns(self) -> tuple[str, str, int, datetime, datetime, datetime | None]:
+        return (
+            self.kind, self.deadline, self.level, self.deadline_at, self.due_at, self.started_at
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -104,18 +107,34 @@ def timers_for(
     return tuple(armed)
 
 
+def verification_timer(resolved_at: datetime, window_s: float) -> NewTimer:
+    """The timer that closes a resolved case nobody verified or reopened within the window."""
+    close_at = resolved_at + timedelta(seconds=window_s)
+    return NewTimer("close", "verify", 0, close_at, close_at, started_at=resolved_at)
+
+
 def catch_up(
     change: Change,
     case_id: str,
-    earlier: Sequence[events.Event],
+    earlier: Sequence[tuple[datetime, events.Event]],
     now: datetime,
     cal: WorkCalendar,
+    *,
+    verify_window_s: float = 0.0,
 ) -> Change:
     """A case's routing arrived after events that follow it (its routing was a dead letter
     here, replayed later): the clock as if they had come in order. The last event's timers
     replace the routing's, as they would have."""
-    for event in earlier:
-        nxt = apply(change.clock, case_id, event, now, cal)
+    for occurred_at, event in earlier:
+        nxt = apply(
+            change.clock,
+            case_id,
+            event,
+            now,
+            cal,
+            verify_window_s=verify_window_s,
+            occurred_at=occurred_at,
+        )
         if nxt is not None:
             change = nxt
     return change
@@ -133,11 +152,18 @@ def apply(
     now: datetime,
     cal: WorkCalendar,
     emergency_factor: float | None = None,
+    *,
+    verify_window_s: float = 0.0,
+    occurred_at: datetime | None = None,
 ) -> Change | None:
     """The change `event` makes to `clock` (None: the case has none yet); None if the event
-    changes nothing (not one escalation follows, or about a case it does not know)."""
+    changes nothing (not one escalation follows, or about a case it does not know).
+
+    A resolution starts the verification window (`verify_window_s`, from the event's
+    `occurred_at`; 0: none): the resident may verify or reopen until it ends, and then a
+    "close" timer fires `CaseVerificationLapsed`."""
     if isinstance(event, events.CaseRouted):
-        if clock is not None and clock.phase == "done":
+        if clock is not None and clock.phase in ("verify", "done"):
             # No flow routes a resolved or closed case (a reopened one resumes its clock
             # itself): an old routing delivered late, a dead letter replayed after the case
             # moved on. Arming its deadlines now would escalate a finished case.
@@ -154,6 +180,9 @@ def apply(
                 dataclasses.replace(clock, phase="resolve", due_at=res_due),
                 timers_for("resolve", res_due, clock.warn_before_s, now),
             )
+        case events.CaseResolved() if verify_window_s > 0:
+            timer = verification_timer(occurred_at or now, verify_window_s)
+            return Change(dataclasses.replace(clock, phase="verify", due_at=timer.due_at), (timer,))
         case events.CaseResolved() | events.CaseClosed():
             return Change(dataclasses.replace(clock, phase="done"), ())
         case events.CaseReopened():

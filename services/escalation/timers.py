@@ -70,6 +70,9 @@ LATENESS = Histogram(
 class Settings:
     calendar: WorkCalendar = CHINA_2026
     ladder: LadderPolicy = field(default_factory=LadderPolicy)
+    # after a resolution, how long the resident has to verify or reopen before the case is
+    # closed for them (0: never; the service's setting is `verify_window_s`)
+    verify_window_s: float = 0.0
 
 
 # --- arming from lifecycle events -----------------------------------------------------------
@@ -151,15 +154,18 @@ async def fold_batch(
             for env, ev in fresh
             if isinstance(ev, events.CaseRouted) and clocks.get(env.case_id) is None
         ]
-        early: dict[str, list[events.Event]] = collections.defaultdict(list)
+        early: dict[str, list[tuple[datetime, events.Event]]] = collections.defaultdict(list)
         if first_routed:
             for r in await conn.fetch(
-                "SELECT case_id, event_type, payload::text AS payload FROM escalation.early_events "
-                "WHERE case_id = ANY($1) ORDER BY occurred_at, id",
+                "SELECT case_id, occurred_at, event_type, payload::text AS payload "
+                "FROM escalation.early_events WHERE case_id = ANY($1) ORDER BY occurred_at, id",
                 first_routed,
             ):
                 early[r["case_id"]].append(
-                    events.EVENT_TYPES[r["event_type"]].model_validate_json(r["payload"])
+                    (
+                        r["occurred_at"],
+                        events.EVENT_TYPES[r["event_type"]].model_validate_json(r["payload"]),
+                    )
                 )
         caught_up: set[str] = set()
         new_early: list[tuple[str, datetime, str, str]] = []
@@ -172,16 +178,32 @@ async def fold_batch(
             clock = clocks.get(env.case_id)
             if clock is None and not isinstance(ev, events.CaseRouted):
                 # before its routing: kept until the routing comes (a dead letter replayed)
-                early[env.case_id].append(ev)
+                early[env.case_id].append((env.occurred_at, ev))
                 new_early.append(
                     (env.case_id, env.occurred_at, env.event_type, ev.model_dump_json())
                 )
                 continue
-            change = apply(clock, env.case_id, ev, now, cfg.calendar, factor)
+            change = apply(
+                clock,
+                env.case_id,
+                ev,
+                now,
+                cfg.calendar,
+                factor,
+                verify_window_s=cfg.verify_window_s,
+                occurred_at=env.occurred_at,
+            )
             if change is None:
                 continue
             if clock is None and early.get(env.case_id):
-                change = catch_up(change, env.case_id, early.pop(env.case_id), now, cfg.calendar)
+                change = catch_up(
+                    change,
+                    env.case_id,
+                    early.pop(env.case_id),
+                    now,
+                    cfg.calendar,
+                    verify_window_s=cfg.verify_window_s,
+                )
                 caught_up.add(env.case_id)
             clocks[env.case_id] = changed[env.case_id] = change.clock
             armed[env.case_id] = change.arm  # replaces what the events before armed
@@ -221,8 +243,8 @@ async def fold_batch(
         if rows:
             await conn.execute(
                 "INSERT INTO escalation.timers (case_id, kind, deadline, level, deadline_at, "
-                "due_at) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], "
-                "$5::timestamptz[], $6::timestamptz[])",
+                "due_at, started_at) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], "
+                "$4::int[], $5::timestamptz[], $6::timestamptz[], $7::timestamptz[])",
                 *[list(col) for col in zip(*rows, strict=True)],
             )
             # Wake the schedulers: these timers may be earlier than the one they sleep for.
@@ -234,7 +256,8 @@ async def fold_batch(
 
 _CLAIM = """
 SELECT t.id, t.case_id, t.kind, t.deadline, t.level, t.repeat, t.deadline_at, t.due_at,
-       t.version, c.chain::text AS chain, c.department, c.ack_window_s, c.resolve_window_s
+       t.started_at, t.version, c.chain::text AS chain, c.department, c.ack_window_s,
+       c.resolve_window_s
 FROM escalation.timers t JOIN escalation.cases c USING (case_id)
 WHERE t.state = 'pending' AND t.due_at <= $1
 ORDER BY t.due_at
@@ -252,6 +275,11 @@ def timer_payload(
     """The event of a firing timer, as its type and JSON payload, built straight from our own
     validated rows (the hot path of firing; tests hold it to the models' own dump)."""
     due_at = json_time(row["deadline_at"])
+    if row["kind"] == "close":
+        return events.CaseVerificationLapsed, {
+            "resolved_at": json_time(row["started_at"]),
+            "due_at": due_at,
+        }
     if row["kind"] == "warn":
         return events.CaseWarned, {
             "deadline": row["deadline"],
@@ -305,7 +333,7 @@ async def fire_due(
                     occurred_at=now,
                 )
             )
-            key = (row["kind"], str(payload["level"]))
+            key = (row["kind"], str(payload.get("level", row["level"])))
             fired[key] = fired.get(key, 0) + 1
             LATENESS.observe(max(0.0, (now - row["due_at"]).total_seconds()))
             if row["kind"] == "escalate":
@@ -397,6 +425,7 @@ async def set_emergency(
                 """SELECT t.id, t.due_at, t.deadline_at, c.working_time FROM escalation.timers t
                    JOIN escalation.cases c USING (case_id)
                    WHERE t.state = 'pending' AND $1 IN (c.district, c.street_office, c.grid_id)
+                     AND t.kind <> 'close'  -- a resident's verification window stays as it is
                    FOR UPDATE OF t""",
                 area,
             )

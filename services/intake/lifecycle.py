@@ -3,6 +3,7 @@
     reported → routed → acknowledged → in_progress → resolved → closed (→ rated)
     routed | acknowledged | in_progress → transfer_requested → (router) → routed | unroutable
     resolved | closed → reopened → routed          unroutable → (operator) → routed
+    resolved → (nobody verified within the window: CaseVerificationLapsed) → closed
 
 No I/O here: `decide` answers with the next state and the event to emit, or raises.
 """
@@ -188,6 +189,21 @@ def status_after_event(current: Status, event: events.Event) -> Status:
             return Status.TRANSFER_REQUESTED
         case _:
             return current  # warnings, escalations, ratings: attributes, not states
+
+
+CLOSED_BY_SYSTEM = "griddispatch"
+
+
+def close_unverified(
+    current: Status, lapse: events.CaseVerificationLapsed, last_resolved_at: datetime | None
+) -> events.CaseClosed | None:
+    """The closing a lapsed verification window brings: only while the case is still resolved,
+    and by the resolution the window began with (`last_resolved_at`: the case's latest
+    `CaseResolved`). A case reopened meanwhile, or reopened and resolved again (a new window),
+    is left alone: the lapse arrived after the resident had spoken."""
+    if current is not Status.RESOLVED or last_resolved_at != lapse.resolved_at:
+        return None
+    return events.CaseClosed(by=CLOSED_BY_SYSTEM, automatic=True)
 
 
 def met_deadline(

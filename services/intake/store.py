@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from prometheus_client import Counter
 
 from services.intake import lifecycle, retention
 from services.intake.auth import NewKey, Principal, Role, generate_key, secret_matches, split_token
@@ -24,6 +25,8 @@ from services.intake.lifecycle import Action, Actor, Status, Step
 from shared import events, topics
 from shared.catalogue import Catalogue, Category
 from shared.events import Envelope, first_seen, wrap
+from shared.ids import derived_event_id
+from shared.metrics import REGISTRY
 from shared.outbox import Outbox
 from shared.retention import masked
 
@@ -31,6 +34,13 @@ PRODUCER = "intake"
 SCHEMA = "intake"
 
 outbox = Outbox(SCHEMA)
+
+CLOSED_UNVERIFIED = Counter(
+    "griddispatch_cases_closed_unverified_total",
+    "Resolved cases closed by GridDispatch because nobody verified or reopened them in time",
+    ["department"],
+    registry=REGISTRY,
+)
 
 
 # --- catalogue ----------------------------------------------------------------------------
@@ -362,13 +372,15 @@ async def apply_lifecycle_events(
         cases = {
             r["case_id"]: r
             for r in await conn.fetch(
-                "SELECT case_id, status FROM intake.cases WHERE case_id = ANY($1) "
+                "SELECT case_id, status, department FROM intake.cases WHERE case_id = ANY($1) "
                 "ORDER BY case_id FOR UPDATE",
                 list({env.case_id for env, _ in fresh}),
             )
         }
+        last_resolved = await _last_resolutions(conn, fresh, cases)
         # A case this intake never saw (another city's, or a test) gets its timeline only.
         changes: dict[str, CaseChange] = {}
+        closings: list[tuple[Envelope, events.CaseClosed]] = []
         for env, ev in fresh:
             if env.case_id in cases:
                 change = changes.get(env.case_id) or CaseChange(
@@ -376,7 +388,30 @@ async def apply_lifecycle_events(
                 )
                 if lifecycle.arrives_late(change.status, ev):
                     continue  # in the timeline, as history; the case has moved on
-                changes[env.case_id] = change.after(ev, env.occurred_at)
+                change = change.after(ev, env.occurred_at)
+                if isinstance(ev, events.CaseVerificationLapsed):
+                    closed = lifecycle.close_unverified(
+                        change.status, ev, last_resolved.get(env.case_id)
+                    )
+                    if closed is not None:
+                        # a step of intake's own, like a person's: in the timeline and the
+                        # outbox now, its id fixed by the lapse's (a redelivered lapse is a
+                        # duplicate above and never gets here)
+                        closing = wrap(
+                            closed,
+                            case_id=env.case_id,
+                            producer=PRODUCER,
+                            event_id=derived_event_id(env.event_id, "close-unverified"),
+                        )
+                        closings.append((closing, closed))
+                        change = change.after(closed, closing.occurred_at)
+                changes[env.case_id] = change
+        if closings:
+            for closing, closed in closings:
+                await _record_event(conn, closing, _timeline_details(closed))
+            await outbox.add_many(conn, [(e, topics.CASES_LIFECYCLE) for e, _ in closings])
+            for case_id in {e.case_id for e, _ in closings}:
+                CLOSED_UNVERIFIED.labels(cases[case_id]["department"] or "none").inc()
         if changes:
             await conn.execute(
                 """UPDATE intake.cases c SET status = u.status,
@@ -401,6 +436,30 @@ async def apply_lifecycle_events(
                 ),
             )
     return len(fresh)
+
+
+async def _last_resolutions(
+    conn: asyncpg.Connection,
+    items: Sequence[tuple[Envelope, events.Event]],
+    cases: dict[str, asyncpg.Record],
+) -> dict[str, datetime]:
+    """When each case a verification lapse is about was last resolved (usually no lapse in a
+    batch, and no statement)."""
+    lapsed = [
+        env.case_id
+        for env, ev in items
+        if isinstance(ev, events.CaseVerificationLapsed) and env.case_id in cases
+    ]
+    if not lapsed:
+        return {}
+    return {
+        r["case_id"]: r["at"]
+        for r in await conn.fetch(
+            "SELECT case_id, max(occurred_at) AS at FROM intake.case_events "
+            "WHERE case_id = ANY($1) AND event_type = 'CaseResolved' GROUP BY case_id",
+            lapsed,
+        )
+    }
 
 
 @dataclass(frozen=True)

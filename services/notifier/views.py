@@ -58,6 +58,8 @@ def department_view(env: Envelope, event: events.Event, case: dict[str, Any]) ->
             details = {"note": event.note}
         case events.CaseReopened():
             details = {"reason": event.reason}
+        case events.CaseClosed():
+            details = {"automatic": event.automatic}
     return {
         "event_id": str(env.event_id),
         "event_type": env.event_type,

@@ -84,6 +84,7 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
         "GRIDDISPATCH_ESCALATION__STEP_S": "1",
         "GRIDDISPATCH_ESCALATION__MAX_REPEATS": "1000",  # an unanswered case never goes quiet
         "GRIDDISPATCH_ESCALATION__REPEAT_EVERY_S": "0.5",
+        "GRIDDISPATCH_ESCALATION__VERIFY_WINDOW_S": "2",
         "GRIDDISPATCH_OUTBOX__POLL_INTERVAL_S": "0.2",
     }
     base = f"http://127.0.0.1:{intake_port}"
@@ -212,6 +213,30 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
             contacts = await _resident_contacts(stack, ids)
             assert contacts[other] == (None, None)
             assert contacts[handled][1] == "13912345671"
+
+            # the department resolves the acknowledged case and nobody verifies it: when the
+            # verification window ends (2 s here) escalation says so, intake closes the case,
+            # and the department's feed carries the closing, marked automatic
+            r = await client.post(
+                f"/v1/cases/{handled}/events",
+                json={"action": "resolve", "note": "已修补"},
+                headers={"Authorization": f"Bearer {roads_key}"},
+            )
+            assert r.status_code == 202, r.text
+            closed = await read_feed(
+                stack.kafka.bootstrap,
+                "roads",
+                {handled},
+                until=lambda seen: any(m["event_type"] == "CaseClosed" for m in seen),
+            )
+            [closing] = [m for m in closed if m["event_type"] == "CaseClosed"]
+            assert closing["details"] == {"automatic": True}
+            resolved_at = next(at(m) for m in closed if m["event_type"] == "CaseResolved")
+            assert at(closing) >= resolved_at + timedelta(seconds=2)
+            view = await client.get(
+                f"/v1/cases/{handled}", headers={"Authorization": f"Bearer {roads_key}"}
+            )
+            assert view.json()["status"] == "closed"
         # signed webhooks for every case
         for _ in range(100):
             if {json.loads(b)["case_id"] for _, b in calls} >= set(ids):

@@ -146,17 +146,75 @@ def test_catching_up_applies_what_came_before_the_routing_in_order() -> None:
     routing = apply(None, env.case_id, env.event(), T0 + timedelta(hours=3), CHINA_2026)
     assert routing is not None
     assert routing.clock.phase == "acknowledge"  # on its own: the acknowledge deadline, past
+    t = T0 + timedelta(minutes=10)
     acked = catch_up(
-        routing, env.case_id, [events.CaseAcknowledged(by="w")], T0 + timedelta(hours=3), CHINA_2026
+        routing,
+        env.case_id,
+        [(t, events.CaseAcknowledged(by="w"))],
+        T0 + timedelta(hours=3),
+        CHINA_2026,
     )
     assert (acked.clock.phase, acked.clock.due_at) == ("resolve", T0 + timedelta(hours=2))
     assert {t.deadline for t in acked.arm} == {"resolve"}
     done = catch_up(
         routing,
         env.case_id,
-        [events.CaseAcknowledged(by="w"), events.CaseResolved(by="w", note="n")],
+        [(t, events.CaseAcknowledged(by="w")), (t, events.CaseResolved(by="w", note="n"))],
         T0 + timedelta(hours=3),
         CHINA_2026,
     )
     assert (done.clock.phase, done.arm) == ("done", ())
+    # with a verification window, from the resolution's own time
+    verifying = catch_up(
+        routing,
+        env.case_id,
+        [(t, events.CaseAcknowledged(by="w")), (t, events.CaseResolved(by="w", note="n"))],
+        T0 + timedelta(hours=3),
+        CHINA_2026,
+        verify_window_s=3600,
+    )
+    assert [(x.kind, x.due_at) for x in verifying.arm] == [("close", t + timedelta(hours=1))]
     assert catch_up(routing, env.case_id, [], T0, CHINA_2026) is routing
+
+
+def test_a_resolution_starts_the_verification_window_from_when_it_happened() -> None:
+    case_id, clock = _routed_clock()
+    resolved_at = T0 + timedelta(minutes=40)
+    change = apply(
+        clock,
+        case_id,
+        events.CaseResolved(by="w", note="n"),
+        T0 + timedelta(minutes=45),  # folded five minutes late
+        CHINA_2026,
+        verify_window_s=3 * 86400,
+        occurred_at=resolved_at,
+    )
+    assert change is not None
+    assert (change.clock.phase, change.clock.due_at) == ("verify", resolved_at + timedelta(days=3))
+    [timer] = change.arm
+    assert (timer.kind, timer.deadline, timer.due_at, timer.started_at) == (
+        "close",
+        "verify",
+        resolved_at + timedelta(days=3),
+        resolved_at,
+    )
+
+
+def test_closing_or_reopening_ends_the_verification_window() -> None:
+    case_id, clock = _routed_clock()
+    verifying = apply(
+        clock, case_id, events.CaseResolved(by="w", note="n"), T0, CHINA_2026, verify_window_s=60
+    )
+    assert verifying is not None
+    closed = apply(verifying.clock, case_id, events.CaseClosed(by="d"), T0, CHINA_2026)
+    assert closed is not None
+    assert (closed.clock.phase, closed.arm) == ("done", ())
+    reopened = apply(
+        verifying.clock, case_id, events.CaseReopened(by="resident", reason="x"), T0, CHINA_2026
+    )
+    assert reopened is not None
+    assert reopened.clock.phase == "resolve"
+    assert {t.kind for t in reopened.arm} == {"escalate", "warn"}  # the resolve deadline
+    # a routing replayed late while the resident verifies arms nothing either
+    late = routed(case_id, at=T0, ack_s=3600, resolve_s=7200)
+    assert apply(verifying.clock, case_id, late.event(), T0, CHINA_2026) is None

@@ -20,7 +20,7 @@ CHAIN = [
 
 
 @given(
-    kind=st.sampled_from(["warn", "escalate"]),
+    kind=st.sampled_from(["warn", "escalate", "close"]),
     deadline=st.sampled_from(["acknowledge", "resolve"]),
     level=st.integers(0, 5),
     repeat=st.integers(0, 3),
@@ -33,12 +33,22 @@ CHAIN = [
 def test_timer_payloads_are_the_models_own_dump(
     kind: str, deadline: str, level: int, repeat: int, at: datetime
 ) -> None:
-    row = {"kind": kind, "deadline": deadline, "level": level, "repeat": repeat, "deadline_at": at}
+    row = {
+        "kind": kind,
+        "deadline": "verify" if kind == "close" else deadline,
+        "level": 0 if kind == "close" else level,
+        "repeat": repeat,
+        "deadline_at": at,
+        "started_at": at - timedelta(days=3) if kind == "close" else None,
+    }
     model, payload = timer_payload(row, [s.model_dump(mode="json") for s in CHAIN])
     validated = model.model_validate(payload)  # valid against the contract's model …
     assert validated.model_dump(mode="json") == payload  # … and exactly its JSON form
     if kind == "warn":
         assert model is events.CaseWarned
+    elif kind == "close":
+        assert model is events.CaseVerificationLapsed
+        assert validated == events.CaseVerificationLapsed(resolved_at=row["started_at"], due_at=at)
     else:
         assert model is events.CaseEscalated
         assert payload["to"] == CHAIN[min(level, 2)].model_dump(mode="json")

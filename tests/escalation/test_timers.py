@@ -255,3 +255,40 @@ async def test_a_routing_replayed_after_its_case_moved_on_escalates_only_what_is
     fired = await timers.fire_due(esc_db, replayed_at, CFG)
     assert [(e.case_id, e.event_type) for e in fired] == [(acked.case_id, "CaseEscalated")]
     assert fired[0].payload["deadline"] == "resolve"  # never the acknowledgement it made
+
+
+async def test_a_resolution_nobody_verifies_lapses_once_and_emergency_mode_leaves_it(
+    esc_db: asyncpg.Connection,
+) -> None:
+    """A resolved case waits for the resident for the verification window; then one
+    `CaseVerificationLapsed` names the resolution it was about. A reopening in the window
+    ends it, and emergency mode (a department's deadlines) does not shorten it."""
+    cfg = timers.Settings(verify_window_s=3 * 86400)
+    lapsing = routed(at=T0, ack_s=3600, resolve_s=7200, district="longsha")
+    reopened = routed(at=T0, ack_s=3600, resolve_s=7200, district="longsha")
+    resolved_at = T0 + timedelta(minutes=30)
+    for env in (lapsing, reopened):
+        assert await timers.fold(esc_db, env, env.event(), T0, cfg)
+        fix = step(events.CaseResolved(by="w-1", note="修好了"), env.case_id, resolved_at)
+        assert await timers.fold(esc_db, fix, fix.event(), resolved_at, cfg)
+    await timers.set_emergency(
+        esc_db, "longsha", on=True, factor=0.1, reason="flood", by="ops", now=resolved_at, cfg=cfg
+    )
+    back = step(events.CaseReopened(by="resident", reason="还是坏的"), reopened.case_id, T0)
+    assert await timers.fold(esc_db, back, back.event(), resolved_at + timedelta(days=1), cfg)
+
+    window_end = resolved_at + timedelta(days=3)
+    assert [
+        e.event_type
+        for e in await timers.fire_due(esc_db, window_end - timedelta(seconds=1), cfg)
+        if e.case_id == lapsing.case_id
+    ] == []
+    fired = [
+        e for e in await timers.fire_due(esc_db, window_end, cfg) if e.case_id == lapsing.case_id
+    ]
+    assert [e.event_type for e in fired] == ["CaseVerificationLapsed"]
+    lapse = fired[0].event()
+    assert isinstance(lapse, events.CaseVerificationLapsed)
+    assert (lapse.resolved_at, lapse.due_at) == (resolved_at, window_end)
+    later = await timers.fire_due(esc_db, window_end + timedelta(days=30), cfg)
+    assert "CaseVerificationLapsed" not in {e.event_type for e in later}

@@ -3,6 +3,7 @@ applied in order with set-based statements; redelivery changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -16,13 +17,21 @@ from services.intake.settings import MIGRATIONS
 from shared import events
 from shared.db import migrate
 from shared.events import wrap
+from shared.ids import derived_event_id
 from shared.localstack import LocalStack
+from tests.helpers.services import fresh_database
 from tests.intake.conftest import routed_event
 
 
+@pytest.fixture(scope="module")
+def readmodel_url(stack: LocalStack) -> str:
+    """A database of its own: no intake server's relay drains its outbox under the tests."""
+    return asyncio.run(fresh_database(stack.postgres.url, "readmodel"))
+
+
 @pytest.fixture
-async def intake_db(stack: LocalStack) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(stack.postgres.url)
+async def intake_db(readmodel_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(readmodel_url)
     await migrate(conn, "intake", MIGRATIONS)
     try:
         yield conn
@@ -139,3 +148,58 @@ async def test_a_routing_replayed_after_the_case_was_resolved_is_history(
         "SELECT event_type FROM intake.case_events WHERE case_id = $1", case_id
     )
     assert sorted(r["event_type"] for r in types) == ["CaseResolved", "CaseRouted", "CaseRouted"]
+
+
+def _lapse(case_id: str, resolution: events.Envelope) -> events.Envelope:
+    return wrap(
+        events.CaseVerificationLapsed(resolved_at=resolution.occurred_at, due_at=datetime.now(UTC)),
+        case_id=case_id,
+        producer="escalation",
+    )
+
+
+async def test_a_lapsed_verification_closes_the_case_it_was_about_once(
+    intake_db: asyncpg.Connection,
+) -> None:
+    """Escalation says nobody verified a resolution in time: intake closes the case itself,
+    through its outbox, with an id fixed by the lapse — unless the resident spoke first."""
+    lapsing, reopened, resolved_twice = [await _new_case(intake_db) for _ in range(3)]
+    first: dict[str, events.Envelope] = {}
+    for case_id in (lapsing, reopened, resolved_twice):
+        first[case_id] = _step(events.CaseResolved(by="w-1", note="修好了"), case_id)
+        steps = [routed_event(case_id, "heating"), first[case_id]]
+        await store.apply_lifecycle_events(intake_db, [(e, e.event()) for e in steps])
+    again = [
+        _step(events.CaseReopened(by="resident", reason="还是不热"), resolved_twice),
+        _step(events.CaseResolved(by="w-1", note="换了阀门"), resolved_twice),
+        _step(events.CaseReopened(by="resident", reason="还是不热"), reopened),
+    ]
+    await store.apply_lifecycle_events(intake_db, [(e, e.event()) for e in again])
+    outbox_before = await intake_db.fetchval("SELECT count(*) FROM intake.outbox")
+
+    lapses = [_lapse(case_id, first[case_id]) for case_id in (lapsing, reopened, resolved_twice)]
+    items = [(e, e.event()) for e in lapses]
+    assert await store.apply_lifecycle_events(intake_db, items) == 3
+    assert await store.apply_lifecycle_events(intake_db, items) == 0  # redelivered
+    status = dict(
+        await intake_db.fetch(
+            "SELECT case_id, status FROM intake.cases WHERE case_id = ANY($1)",
+            [lapsing, reopened, resolved_twice],
+        )
+    )
+    assert status == {lapsing: "closed", reopened: "routed", resolved_twice: "resolved"}
+    published = await intake_db.fetch(
+        "SELECT value FROM intake.outbox ORDER BY id OFFSET $1", outbox_before
+    )
+    [closing] = [events.Envelope.model_validate_json(bytes(r["value"])) for r in published]
+    assert (closing.case_id, closing.event_type) == (lapsing, "CaseClosed")
+    assert closing.event() == events.CaseClosed(by="griddispatch", automatic=True)
+    assert closing.event_id == derived_event_id(lapses[0].event_id, "close-unverified")
+    timeline = await intake_db.fetch(
+        "SELECT event_id, event_type FROM intake.case_events WHERE case_id = $1 "
+        "ORDER BY occurred_at",
+        lapsing,
+    )
+    assert [r["event_type"] for r in timeline][-2:] == ["CaseVerificationLapsed", "CaseClosed"]
+    # the closing comes back on the topic: a duplicate, recorded when it was written
+    assert await store.apply_lifecycle_events(intake_db, [(closing, closing.event())]) == 0
