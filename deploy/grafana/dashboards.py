@@ -140,6 +140,19 @@ OVERVIEW = [
         ],
     ),
     Panel(
+        "Resolved cases closed unverified",
+        [
+            (
+                f"sum by (department) "
+                f"(increase(griddispatch_cases_closed_unverified_total{{{DEPT}}}[$__rate_interval]))",
+                "{{department}}",
+            )
+        ],
+        description="Resolutions that neither the resident verified nor reopened within the "
+        "verification window, so GridDispatch closed them: a department with many rarely hears "
+        "back from its residents",
+    ),
+    Panel(
         "Open backlog per department",
         [(f"max by (department) (griddispatch_cases_open{{{DEPT}}})", "{{department}}")],
         width=24,

@@ -264,9 +264,10 @@ async def _resident_contacts(
     return {r["case_id"]: (r["email"], r["phone"]) for r in rows}
 
 
-# Panels that must show data after the run above (the others need ratings, resolutions,
-# dead letters or failures, which this run does not produce).
+# Panels that must show data after the run above (the others need ratings, resolutions in
+# time, dead letters or failures, which this run does not produce).
 KEY_PANELS = {
+    "Resolved cases closed unverified",
     "Response rate",
     "Reports per minute by channel",
     "Routing outcomes per minute",
