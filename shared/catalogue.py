@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.events import Priority
 
 SEED_FILE = Path(__file__).parent / "data" / "catalogue.yaml"
+# Categories of this group are for grid tasks (POST /v1/tasks), which operators issue to every
+# grid of an area; residents do not report them (not offered over Open311, refused as reports).
+TASK_GROUP = "grid-tasks"
 
 
 class AttributeValue(BaseModel):

@@ -63,6 +63,7 @@ class Channel(StrEnum):
     PROXY = "proxy"
     OPEN311 = "open311"
     API = "api"
+    TASK = "task"  # a grid task's case (GridTaskIssued): made by GridDispatch, not reported
 
 
 class Priority(StrEnum):
@@ -159,6 +160,33 @@ class RerouteRequested(Event):
     department: str | None = Field(default=None, description="manual triage: this department")
 
 
+class GridTaskIssued(Event):
+    """An operator gave every grid of an area the same task at once — the "wartime" side of
+    the grid (door-to-door checks, a notice to pass on to every household). The router makes
+    one case per grid of the area, routed to that grid's worker like any case (`CaseRouted`
+    with `task_id`, the case id a UUIDv5 of the task and the grid), so deadlines, escalation
+    and feeds work as for reports. Keyed `task:<task_id>`."""
+
+    EVENT_TYPE: ClassVar[str] = "GridTaskIssued"
+    TOPIC: ClassVar[str] = topics.CASES_INTAKE
+
+    task_id: str
+    category: str = Field(description="service code: its deadlines and department apply")
+    title: str = Field(min_length=1, max_length=200)
+    instructions: str = Field(default="", max_length=4000)
+    area: str = Field(
+        min_length=1,
+        max_length=64,
+        description="a district, street office, community or grid code, or `city`",
+    )
+    grid_kinds: tuple[Literal["comprehensive", "dedicated"], ...] = Field(
+        default=("comprehensive",), min_length=1, description="which grids of the area"
+    )
+    department: str | None = Field(default=None, description="default: the category's rules")
+    issued_by: str = Field(min_length=1, max_length=64)
+    issued_at: AwareDatetime
+
+
 class CaseRouted(Event):
     EVENT_TYPE: ClassVar[str] = "CaseRouted"
 
@@ -174,6 +202,7 @@ class CaseRouted(Event):
     reported_at: AwareDatetime
     rule_id: str | None = None
     mediate_in_grid_first: bool = False
+    task_id: str | None = Field(default=None, description="a grid task's case (GridTaskIssued)")
 
 
 class CaseUnroutable(Event):
@@ -305,6 +334,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     for cls in (
         CaseReported,
         RerouteRequested,
+        GridTaskIssued,
         CaseRouted,
         CaseUnroutable,
         CaseAcknowledged,

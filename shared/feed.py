@@ -36,6 +36,10 @@ class RoutedDetails(_Strict):
     mediate_in_grid_first: bool = Field(
         description="a dispute: the grid mediates first, the department stands by"
     )
+    task_id: str | None = Field(
+        default=None,
+        description="one grid's case of a grid task: every grid of an area got the same task",
+    )
 
 
 class EscalatedTo(_Strict):

@@ -1,27 +1,35 @@
-"""`griddispatch keys …`, `catalogue …` and `privacy …`: intake's command groups."""
+"""`griddispatch keys …`, `catalogue …`, `privacy …` and `tasks …`: intake's command groups."""
 
 from __future__ import annotations
 
 import getpass
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
+import pydantic
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from services.intake import store
 from services.intake.auth import SCOPED_ROLES, Role
+from services.intake.models import TaskIn
 from services.intake.settings import MIGRATIONS
-from shared.catalogue import SEED_FILE, load_file
+from shared import events
+from shared.catalogue import SEED_FILE, TASK_GROUP, load_file
 from shared.db import run_in_schema
+from shared.ids import new_event_id
 
 console = Console(stderr=True, soft_wrap=True)
 keys_app = typer.Typer(help="API keys of intake (stored hashed).", no_args_is_help=True)
 catalogue_app = typer.Typer(help="The service catalogue.", no_args_is_help=True)
 privacy_app = typer.Typer(help="Residents' personal data.", no_args_is_help=True)
+tasks_app = typer.Typer(
+    help="Grid tasks: the same task for every grid of an area at once.", no_args_is_help=True
+)
 T = TypeVar("T")
 
 
@@ -103,3 +111,74 @@ def privacy_erase(
         console.print(f"[red]no case {case_id}[/red]")
         raise typer.Exit(1) from None
     console.print(f"erased the personal data of {case_id} (event {env.event_id})")
+
+
+@tasks_app.command("issue")
+def tasks_issue(
+    area: str = typer.Option(..., help="a district, street office, community or grid, or city"),
+    category: str = typer.Option(..., help="e.g. task.door-to-door or task.notice"),
+    title: str = typer.Option(..., help="what every grid is to do, in a line"),
+    instructions: str = typer.Option("", help="the details the workers need"),
+    kind: list[str] = typer.Option(
+        ["comprehensive"], help="comprehensive and/or dedicated grids (repeat the option)"
+    ),
+    department: str | None = typer.Option(None, help="default: the category's department"),
+) -> None:
+    """Give every grid of an area the same task (as POST /v1/tasks): the router makes one case
+    per grid, routed to its worker; follow it with `griddispatch tasks show`."""
+    try:
+        body = TaskIn.model_validate(
+            {
+                "area": area,
+                "category": category,
+                "title": title,
+                "instructions": instructions,
+                "grid_kinds": kind,
+                "department": department,
+            }
+        )
+    except pydantic.ValidationError as exc:
+        for err in exc.errors():
+            console.print(f"[red]--{'.'.join(map(str, err['loc']))}: {err['msg']}[/red]")
+        raise typer.Exit(2) from None
+    categories = _with_db(store.load_categories)
+    if body.category not in categories:
+        console.print(f"[red]--category: unknown category {body.category}[/red]")
+        raise typer.Exit(2)
+    if categories[body.category].group != TASK_GROUP:
+        console.print(f"[yellow]{body.category} is not in the {TASK_GROUP} group[/yellow]")
+    task = events.GridTaskIssued(
+        task_id=str(new_event_id()),
+        category=body.category,
+        title=body.title,
+        instructions=body.instructions,
+        area=body.area,
+        grid_kinds=tuple(dict.fromkeys(body.grid_kinds)),
+        department=body.department,
+        issued_by=f"cli:{getpass.getuser()}"[:64],
+        issued_at=datetime.now(UTC),
+    )
+    _with_db(lambda c: store.issue_task(c, task))
+    console.print(f"issued grid task {task.task_id} to {body.area}")
+    print(task.task_id)
+
+
+@tasks_app.command("show")
+def tasks_show(task_id: str = typer.Argument(..., help="the task's id")) -> None:
+    """A task and how far its grids got."""
+    progress = _with_db(lambda c: store.task_progress(c, task_id))
+    if progress is None:
+        console.print(f"[red]no task {task_id}[/red]")
+        raise typer.Exit(1)
+    t = progress.task
+    out = Console()
+    out.print(
+        f"[bold]{t['title']}[/bold] ({t['category']}) in {t['area']}, "
+        f"{t['issued_at']:%Y-%m-%d %H:%M} by {t['issued_by']}"
+    )
+    table = Table("status", "cases")
+    for status, n in sorted(progress.by_status.items()):
+        table.add_row(status, str(n))
+    table.add_row("[bold]all[/bold]", str(sum(progress.by_status.values())))
+    table.add_row("overdue", str(progress.overdue))
+    out.print(table)

@@ -91,6 +91,55 @@ class ReportIn(Strict):
     ] = Field(default={}, max_length=30, description="answers to the category's questions")
     sensitivity: SensitivityIn | None = None
 
+    @model_validator(mode="after")
+    def _reported(self) -> ReportIn:
+        if self.channel is Channel.TASK:
+            raise ValueError("channel task is for grid tasks' cases: issue one with POST /v1/tasks")
+        return self
+
+
+GridKind = Literal["comprehensive", "dedicated"]
+
+
+class TaskIn(Strict):
+    """A task for every grid of an area at once (an emergency, a campaign)."""
+
+    category: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{0,63}$")] = Field(
+        description="a service code (the `grid-tasks` group: door-to-door checks, notices); "
+        "its deadlines and department apply"
+    )
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    instructions: Annotated[str, StringConstraints(strip_whitespace=True, max_length=4000)] = ""
+    area: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = Field(
+        description="a district, street office, community or grid code, or `city`"
+    )
+    grid_kinds: list[GridKind] = Field(
+        default=["comprehensive"], min_length=1, max_length=2, description="which grids of it"
+    )
+    department: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")] | None = (
+        Field(default=None, description="default: the category's department (and rules)")
+    )
+
+
+class TaskAccepted(BaseModel):
+    task_id: str
+    status_url: str
+
+
+class TaskView(BaseModel):
+    task_id: str
+    category: str
+    title: str
+    instructions: str
+    area: str
+    grid_kinds: list[str]
+    department: str | None
+    issued_by: str
+    issued_at: datetime
+    cases: int = Field(description="the grids' cases made so far (one per grid)")
+    by_status: dict[str, int] = Field(description="those cases by status")
+    overdue: int = Field(description="open cases past their resolve deadline")
+
 
 class ReportAccepted(BaseModel):
     case_id: str
@@ -172,6 +221,7 @@ class CaseView(BaseModel):
     reporter: dict[str, object] | None = Field(
         default=None, description="contact details; shown to operators and the resident only"
     )
+    task_id: str | None = Field(default=None, description="a grid task's case: the task")
     personal_data_erased_at: datetime | None = Field(
         default=None,
         description="when the reporter's contact and the care flags were erased, as the "

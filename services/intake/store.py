@@ -320,6 +320,96 @@ async def erase_personal_data(
     return env
 
 
+# --- grid tasks ---------------------------------------------------------------------------
+
+
+class IdempotencyKeyReused(Exception):
+    """The Idempotency-Key came with a different request before."""
+
+
+async def issue_task(
+    conn: asyncpg.Connection,
+    task: events.GridTaskIssued,
+    *,
+    idempotency: tuple[str, str, str] | None = None,
+) -> str:
+    """Keep the task and announce it: the router makes its cases, one per grid. Returns the
+    task id — the first one's, for a retry with the same `idempotency` (owner, key, request
+    fingerprint); raises IdempotencyKeyReused for the same key with another request."""
+    async with conn.transaction():
+        if idempotency is not None:
+            owner, key, fingerprint = idempotency
+            first = await conn.fetchrow(
+                "INSERT INTO intake.idempotency_keys (key_owner, idem_key, request_hash, "
+                "status_code, response) VALUES ($1, $2, $3, 202, $4::text::jsonb) "
+                "ON CONFLICT DO NOTHING RETURNING 1",
+                owner,
+                key,
+                fingerprint,
+                orjson.dumps({"task_id": task.task_id}).decode(),
+            )
+            if first is None:
+                kept = await conn.fetchrow(
+                    "SELECT request_hash, response::text AS response FROM intake.idempotency_keys"
+                    " WHERE key_owner = $1 AND idem_key = $2",
+                    owner,
+                    key,
+                )
+                if kept["request_hash"] != fingerprint:
+                    raise IdempotencyKeyReused(key)
+                return str(orjson.loads(kept["response"])["task_id"])
+        await conn.execute(
+            "INSERT INTO intake.tasks (task_id, category, title, instructions, area, grid_kinds, "
+            "department, issued_by, issued_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            task.task_id,
+            task.category,
+            task.title,
+            task.instructions,
+            task.area,
+            list(task.grid_kinds),
+            task.department,
+            task.issued_by,
+            task.issued_at,
+        )
+        env = wrap(
+            task,
+            case_id=f"task:{task.task_id}",
+            producer=PRODUCER,
+            occurred_at=task.issued_at,
+        )
+        await outbox.add_many(conn, [(env, topics.CASES_INTAKE)])
+    return task.task_id
+
+
+@dataclass(frozen=True)
+class TaskProgress:
+    task: asyncpg.Record
+    by_status: dict[str, int]
+    overdue: int
+
+
+async def task_progress(conn: asyncpg.Connection, task_id: str) -> TaskProgress | None:
+    task = await conn.fetchrow("SELECT * FROM intake.tasks WHERE task_id = $1", task_id)
+    if task is None:
+        return None
+    rows = await conn.fetch(
+        "SELECT status, count(*) AS n, count(*) FILTER (WHERE status NOT IN "
+        "('resolved', 'closed') AND resolve_by < now()) AS overdue "
+        "FROM intake.cases WHERE task_id = $1 GROUP BY status",
+        task_id,
+    )
+    return TaskProgress(task, {r["status"]: r["n"] for r in rows}, sum(r["overdue"] for r in rows))
+
+
+async def recent_tasks(conn: asyncpg.Connection, limit: int) -> list[str]:
+    return [
+        r["task_id"]
+        for r in await conn.fetch(
+            "SELECT task_id FROM intake.tasks ORDER BY issued_at DESC LIMIT $1", limit
+        )
+    ]
+
+
 # --- read model ---------------------------------------------------------------------------
 
 
@@ -369,6 +459,7 @@ async def apply_lifecycle_events(
         fresh = first_seen(items, new_ids)
         if not fresh:
             return 0
+        await _create_task_cases(conn, fresh)
         cases = {
             r["case_id"]: r
             for r in await conn.fetch(
@@ -436,6 +527,37 @@ async def apply_lifecycle_events(
                 ),
             )
     return len(fresh)
+
+
+_CREATE_TASK_CASES = """
+INSERT INTO intake.cases (case_id, tracking_token, status, category, description, channel,
+                          reported_at, updated_at, task_id)
+SELECT x.case_id, x.token, 'reported', t.category,
+       t.title || CASE WHEN t.instructions <> '' THEN E'\n\n' || t.instructions ELSE '' END,
+       'task', t.issued_at, t.issued_at, t.task_id
+FROM unnest($1::text[], $2::text[], $3::text[]) AS x(case_id, task_id, token)
+JOIN intake.tasks t USING (task_id)
+ON CONFLICT (case_id) DO NOTHING
+"""
+
+
+async def _create_task_cases(
+    conn: asyncpg.Connection, items: Sequence[tuple[Envelope, events.Event]]
+) -> None:
+    """A grid task's cases are made by the router, one per grid: each comes into being here
+    when its first routing arrives, from the task intake issued (a routing names its task)."""
+    made = {
+        env.case_id: ev.task_id
+        for env, ev in items
+        if isinstance(ev, events.CaseRouted) and ev.task_id is not None
+    }
+    if made:
+        await conn.execute(
+            _CREATE_TASK_CASES,
+            list(made),
+            list(made.values()),
+            [secrets.token_urlsafe(18) for _ in made],
+        )
 
 
 async def _last_resolutions(
@@ -547,6 +669,8 @@ class CaseFilter:
     min_escalation_level: int | None = None
     case_ids: list[str] | None = None
     reference: str | None = None  # shared.ids.case_reference
+    task_id: str | None = None
+    reported_only: bool = False  # leave out grid tasks' cases (Open311 lists requests only)
 
 
 def encode_cursor(reported_at: datetime, case_id: str) -> str:
@@ -602,6 +726,10 @@ async def list_cases(
         add("escalation_level >= {}", f.min_escalation_level)
     if f.case_ids is not None:
         add("case_id = ANY({})", f.case_ids)
+    if f.task_id is not None:
+        add("task_id = {}", f.task_id)
+    if f.reported_only:
+        where.append("task_id IS NULL")
     if f.reference is not None:  # the expression of the index cases_reference
         add("upper(right(case_id, 8)) = {}", f.reference.upper())
     if cursor is not None:

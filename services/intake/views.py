@@ -109,6 +109,7 @@ def case_view(
         updated_at=row["updated_at"],
         media_urls=list(media or []),
         reporter=reporter_for(reporter, viewer, resident, category),
+        task_id=row.get("task_id"),
         personal_data_erased_at=row.get("personal_data_erased_at"),
         timeline=[
             TimelineEntry(

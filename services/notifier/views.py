@@ -41,6 +41,7 @@ def department_view(env: Envelope, event: events.Event, case: dict[str, Any]) ->
                 "acknowledge_by": event.deadlines.acknowledge_by.isoformat(),
                 "resolve_by": event.deadlines.resolve_by.isoformat(),
                 "mediate_in_grid_first": event.mediate_in_grid_first,
+                "task_id": event.task_id,
             }
         case events.CaseEscalated():
             details = {

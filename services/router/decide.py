@@ -50,9 +50,10 @@ class CaseFacts:
     reported_at: datetime
     care_groups: tuple[str, ...] = ()
     exclude_departments: frozenset[str] = frozenset()
-    # manual triage: an operator's choice overrides the lookup
+    # manual triage: an operator's choice overrides the lookup (and a grid task's grid)
     grid_id: str | None = None
     department: str | None = None
+    task_id: str | None = None  # one grid's case of a grid task
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,10 @@ def decide(
         if grid_id not in ref.grids:
             return _unroutable(case, f"no grid {grid_id}", trail)
         if explain:
-            trail.append(f"grid {grid_id}: chosen by an operator")
+            trail.append(
+                f"grid {grid_id}: "
+                + ("the task's grid" if case.task_id else "chosen by an operator")
+            )
     elif loc.building_code and loc.building_code in ref.buildings:
         grid_id = ref.buildings[loc.building_code]
         if explain:
@@ -230,6 +234,7 @@ def decide(
         reported_at=case.reported_at,
         rule_id=rule.id if rule else None,
         mediate_in_grid_first=bool(rule and rule.route.mediate_in_grid_first),
+        task_id=case.task_id,
     )
     return Decision(routed, tuple(trail), routed_json(routed, ref.chain_json(grid_id, worker)))
 
@@ -256,6 +261,7 @@ def routed_json(event: events.CaseRouted, chain_json: bytes) -> bytes:
             "reported_at": event.reported_at,
             "rule_id": event.rule_id,
             "mediate_in_grid_first": event.mediate_in_grid_first,
+            "task_id": event.task_id,
         },
         option=orjson.OPT_UTC_Z,  # pydantic writes UTC as `Z`, other offsets as they are
     )

@@ -31,6 +31,7 @@ from services.router import store
 from services.router.decide import CaseFacts, Decision, decide
 from services.router.refdata import ReferenceData
 from services.router.retention import FORGET_PERSONAL_FACTS
+from services.router.tasks import TaskRefused, task_case_event_id, task_cases
 from shared import events, topics
 from shared.events import DecodeError, Envelope, decode, envelope_json, peek_event_type
 from shared.ids import derived_event_id
@@ -137,6 +138,9 @@ def case_facts(
             reported_at=report.reported_at,
             care_groups=report.sensitivity.care_groups,
         )
+    excluded = frozenset(facts.get("excluded", ()))
+    # a grid task's case keeps its grid, and its department until that department declines
+    pinned_department = facts.get("department")
     return CaseFacts(
         case_id=case_id,
         category=facts["category"],
@@ -144,9 +148,11 @@ def case_facts(
         location=events.Location.model_validate(facts["location"]),
         reported_at=datetime.fromisoformat(facts["reported_at"]),
         care_groups=tuple(facts.get("care_groups", ())),
-        exclude_departments=frozenset(facts.get("excluded", ())),
-        grid_id=reroute.grid_id if reroute else None,
-        department=reroute.department if reroute else None,
+        exclude_departments=excluded,
+        grid_id=(reroute.grid_id if reroute else None) or facts.get("grid_id"),
+        department=(reroute.department if reroute else None)
+        or (pinned_department if pinned_department not in excluded else None),
+        task_id=facts.get("task_id"),
     )
 
 
@@ -270,16 +276,47 @@ class Dispatcher:
         for record in records:
             try:
                 env, event = decode(record.value)
-                if not isinstance(event, events.CaseReported | events.RerouteRequested):
+                if not isinstance(
+                    event, events.CaseReported | events.RerouteRequested | events.GridTaskIssued
+                ):
                     raise DecodeError(f"{env.event_type} does not belong on {record.topic}")
             except DecodeError as exc:
                 await self._dead_letter(record, exc)
+                continue
+            if isinstance(event, events.GridTaskIssued):
+                items += await self._task_items(record, env, event)
                 continue
             facts = (
                 facts_from_report(env, event) if isinstance(event, events.CaseReported) else None
             )
             items.append(_Item(record, env, event, facts))
         return items
+
+    async def _task_items(
+        self, record: ConsumerRecord[Any, Any], env: Envelope, task: events.GridTaskIssued
+    ) -> list[_Item]:
+        """A grid task as one input per grid it reaches: each is decided, recorded (under an
+        id derived from the task's event and the grid) and published like a report."""
+        try:
+            cases = task_cases(self.state.ref, task)
+        except TaskRefused as exc:
+            await self._dead_letter(record, exc)
+            return []
+        log.info("grid task %s: %d grids in %s", task.task_id, len(cases), task.area)
+        return [
+            _Item(
+                record,
+                env.model_copy(
+                    update={
+                        "event_id": task_case_event_id(env.event_id, case.grid_id),
+                        "case_id": case.case_id,
+                    }
+                ),
+                task,
+                case.facts,
+            )
+            for case in cases
+        ]
 
     async def _decide(
         self,

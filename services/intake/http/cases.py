@@ -34,7 +34,7 @@ from services.intake.models import (
 )
 from services.intake.views import case_view
 from shared import text
-from shared.catalogue import check_attributes
+from shared.catalogue import TASK_GROUP, check_attributes
 from shared.ids import case_reference
 from shared.metrics import REGISTRY
 
@@ -118,6 +118,14 @@ async def accept_report(
     if category is None:
         raise ApiError(
             422, "unknown_category", f"unknown category {body.category!r}", field="category"
+        )
+    if category.group == TASK_GROUP:
+        raise ApiError(
+            422,
+            "unknown_category",
+            f"{body.category!r} is a grid task's category: operators issue those with "
+            "POST /v1/tasks",
+            field="category",
         )
     problems = check_attributes(category, body.attributes)
     if problems:
@@ -239,6 +247,9 @@ async def list_cases(
             "of the case id)",
         ),
     ] = None,
+    task: Annotated[
+        str | None, Query(max_length=64, description="a grid task's cases (GET /v1/tasks)")
+    ] = None,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> CasePage:
@@ -275,6 +286,7 @@ async def list_cases(
         updated_before=updated_before,
         min_escalation_level=escalation_level,
         reference=reference,
+        task_id=task,
     )
     async with st.pool.acquire() as conn:
         rows = await store.list_cases(conn, filters, limit=limit + 1, cursor=after)

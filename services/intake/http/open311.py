@@ -23,7 +23,7 @@ from services.intake.http.deps import ApiError, IntakeState, State, client_addre
 from services.intake.lifecycle import Status
 from services.intake.models import ReportIn
 from shared import text
-from shared.catalogue import Category
+from shared.catalogue import TASK_GROUP, Category
 from shared.events import Channel
 
 router = APIRouter(prefix="/open311/v2", tags=["open311"])
@@ -173,6 +173,7 @@ async def services(
             "group": c.group,
         }
         for c in (await st.catalogue.get()).values()
+        if c.group != TASK_GROUP
     ]
     return render(fmt, "services", "service", items)
 
@@ -410,7 +411,8 @@ async def get_requests(
     _check_public_read(st, fmt)
     if service_request_id:
         filters = store.CaseFilter(
-            case_ids=[s for s in service_request_id.split(",") if s][:MAX_RESULTS]
+            case_ids=[s for s in service_request_id.split(",") if s][:MAX_RESULTS],
+            reported_only=True,
         )
     else:
         statuses = None
@@ -435,6 +437,7 @@ async def get_requests(
             reported_before=end,
             updated_after=_parse_time(updated_after, "updated_after", fmt),
             updated_before=_parse_time(updated_before, "updated_before", fmt),
+            reported_only=True,
         )
     categories = await st.catalogue.get()
     async with st.pool.acquire() as conn:
@@ -458,7 +461,7 @@ async def get_request(
     _check_public_read(st, fmt)
     async with st.pool.acquire() as conn:
         row = await store.get_case(conn, service_request_id)
-        if row is None:
+        if row is None or row["task_id"] is not None:  # grid tasks' cases are not requests
             raise Open311Error(404, f"service_request_id {service_request_id} not found", fmt)
         notes = await _latest_notes(conn, [service_request_id])
     category = (await st.catalogue.get()).get(row["category"])
