@@ -241,6 +241,11 @@ def _print_services(operator_key: str | None) -> None:
             "  try it with an operator's key (revoked when this run stops):\n"
             f"  curl -H 'Authorization: Bearer {operator_key}' '{urls['intake']}/v1/cases?limit=5'"
         )
+        console.print(
+            "  or give every grid of a street office a task (one case per grid):\n"
+            "  .venv/bin/griddispatch tasks issue --area longsha-s01 "
+            "--category task.door-to-door --title 寒潮入户排查"
+        )
 
 
 def _start_mailbox() -> subprocess.Popen[bytes] | None:
