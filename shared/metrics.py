@@ -9,13 +9,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
+
+if TYPE_CHECKING:  # a type only: the command line, which imports this, need not load FastAPI
+    from fastapi.telemetry import TelemetryConfig
 
 log = logging.getLogger(__name__)
 
