@@ -142,6 +142,7 @@ def staff_context(view: dict[str, Any], locale: str | None) -> dict[str, Any]:
         "grid_id": details.get("grid_id") or "",
         "district": details.get("district") or "",
         "mediate_in_grid_first": bool(details.get("mediate_in_grid_first")),
+        "grid_task": bool(details.get("task_id")),  # every grid of an area got the same
         "acknowledge_by": local_time(details.get("acknowledge_by")),
         "resolve_by": local_time(details.get("resolve_by")),
         "deadline_name": words.get(details.get("deadline", ""), ""),

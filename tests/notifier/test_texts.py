@@ -133,6 +133,11 @@ def test_staff_messages_speak_the_city_s_time_and_words() -> None:
         "【网格通】新派单0A1B2C3D：暖气不热/停暖（特急），网格g-0042。请先在网格内调解。"
         "请于2026-01-10 10:30前受理，2026-01-10 21:30前办结。"
     )
+    task = ROUTED.model_copy(update={"task_id": "t-1", "mediate_in_grid_first": False})
+    for locale, start in (("zh-CN", "【网格通】新派单0A1B2C3D：网格任务·暖气不热/停暖（特急）"),
+                          ("en", "[GridDispatch] New case 0A1B2C3D: grid task · ")):  # fmt: skip
+        sms = render("worker", "CaseRouted", "sms", locale, staff_context(_case(task), locale))
+        assert sms.text.startswith(start), sms.text
     en = render("department", "CaseEscalated", "email", "en", staff_context(_case(ESCALATED), "en"))
     assert en.subject is not None
     assert "escalated to the grid leader" in en.subject
