@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,10 +17,8 @@ from services.intake import store
 from services.intake.auth import SCOPED_ROLES, Role
 from services.intake.models import TaskIn
 from services.intake.settings import MIGRATIONS
-from shared import events
 from shared.catalogue import SEED_FILE, TASK_GROUP, load_file
 from shared.db import run_in_schema
-from shared.ids import new_event_id
 
 console = Console(stderr=True, soft_wrap=True)
 keys_app = typer.Typer(help="API keys of intake (stored hashed).", no_args_is_help=True)
@@ -147,17 +144,7 @@ def tasks_issue(
         raise typer.Exit(2)
     if categories[body.category].group != TASK_GROUP:
         console.print(f"[yellow]{body.category} is not in the {TASK_GROUP} group[/yellow]")
-    task = events.GridTaskIssued(
-        task_id=str(new_event_id()),
-        category=body.category,
-        title=body.title,
-        instructions=body.instructions,
-        area=body.area,
-        grid_kinds=tuple(dict.fromkeys(body.grid_kinds)),
-        department=body.department,
-        issued_by=f"cli:{getpass.getuser()}"[:64],
-        issued_at=datetime.now(UTC),
-    )
+    task = body.issued(by=f"cli:{getpass.getuser()}")
     _with_db(lambda c: store.issue_task(c, task))
     console.print(f"issued grid task {task.task_id} to {body.area}")
     print(task.task_id)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from services.intake.lifecycle import Action, Status
+from shared import events
 from shared.events import Channel, Priority
+from shared.ids import new_event_id
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 MediaUrl = Annotated[AnyHttpUrl, Field(description="http(s) URL of a photo or video")]
@@ -119,6 +121,20 @@ class TaskIn(Strict):
     department: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")] | None = (
         Field(default=None, description="default: the category's department (and rules)")
     )
+
+    def issued(self, by: str) -> events.GridTaskIssued:
+        """The task as issued now by `by` (over HTTP or at the command line)."""
+        return events.GridTaskIssued(
+            task_id=str(new_event_id()),
+            category=self.category,
+            title=self.title,
+            instructions=self.instructions,
+            area=self.area,
+            grid_kinds=tuple(dict.fromkeys(self.grid_kinds)),
+            department=self.department,
+            issued_by=by[:64],
+            issued_at=datetime.now(UTC),
+        )
 
 
 class TaskAccepted(BaseModel):

@@ -66,7 +66,7 @@ async def test_a_task_reaches_every_grid_of_its_area_once(stack: LocalStack, tmp
         )
         services.enter_context(running_service("router", env, log=tmp_path / "router.log"))
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-            # only operators issue tasks, and only in the catalogue's task categories
+            # only operators issue tasks, and only in the catalogue's categories
             r = await client.post(
                 "/v1/tasks", json=task_body, headers={"Authorization": f"Bearer {resident_app}"}
             )

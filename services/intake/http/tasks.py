@@ -3,7 +3,6 @@ the router makes one case per grid, which workers then take like any case."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
@@ -14,8 +13,6 @@ from services.intake.auth import Principal
 from services.intake.http.cases import ERRORS, IDEMPOTENCY_KEY, refuse_nul
 from services.intake.http.deps import CREDENTIALS, ApiError, IntakeState, caller, documented, state
 from services.intake.models import TaskAccepted, TaskIn, TaskView
-from shared import events
-from shared.ids import new_event_id
 from shared.metrics import REGISTRY
 
 router = APIRouter(prefix="/v1", tags=["grid tasks"])
@@ -53,17 +50,7 @@ async def issue_task(body: TaskIn, request: Request) -> TaskAccepted:
     st = state(request)
     principal = await _operator(request)
     await _check_known(st, body)
-    task = events.GridTaskIssued(
-        task_id=str(new_event_id()),
-        category=body.category,
-        title=body.title,
-        instructions=body.instructions,
-        area=body.area,
-        grid_kinds=tuple(dict.fromkeys(body.grid_kinds)),
-        department=body.department,
-        issued_by=(principal.name or str(principal.key_id))[:64],
-        issued_at=datetime.now(UTC),
-    )
+    task = body.issued(by=principal.name or str(principal.key_id))
     raw = await request.body()
     idempotency_key = IDEMPOTENCY_KEY.read(request)
     idem = None
