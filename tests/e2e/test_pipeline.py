@@ -1,7 +1,8 @@
 """The whole pipeline: intake, router, escalation and notifier as separate processes on the
 real broker and database, with a generated city. Reports go in over HTTP; the department's
 feed and signed webhooks come out; a stalled case escalates; acknowledging stops it; a
-resident's erasure request reaches the notifier and the department."""
+resident's erasure request reaches the notifier and the department; resolving tells the
+resident by SMS, and the case nobody verifies is closed when its verification window ends."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from services.intake.auth import Role
 from services.notifier.subscriptions import SubscriptionIn, add_subscription
 from services.router import democity, store
 from services.router.rules import Rule
+from shared.ids import case_reference
 from shared.localstack import LocalStack, free_port
 from tests.helpers.http import receiving
 from tests.helpers.kafka import read_feed
@@ -55,10 +57,24 @@ async def hook() -> AsyncIterator[tuple[str, list[tuple[dict[str, str], str]]]]:
         yield f"http://127.0.0.1:{port}/", calls
 
 
+@pytest.fixture
+async def sms_gateway() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """An HTTP SMS gateway keeping the messages it is asked to send."""
+    texts: list[dict[str, Any]] = []
+
+    async def receive(request: Request) -> Response:
+        texts.append(await request.json())
+        return Response(status_code=202)
+
+    async with receiving("/sms", receive) as port:
+        yield f"http://127.0.0.1:{port}/sms", texts
+
+
 async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalation(
-    stack: LocalStack, hook, tmp_path
+    stack: LocalStack, hook, sms_gateway, tmp_path
 ) -> None:
     url, calls = hook
+    sms_url, texts = sms_gateway
     conn = await asyncpg.connect(stack.postgres.url)
     try:
         await migrate_services(conn)
@@ -85,6 +101,8 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
         "GRIDDISPATCH_ESCALATION__MAX_REPEATS": "1000",  # an unanswered case never goes quiet
         "GRIDDISPATCH_ESCALATION__REPEAT_EVERY_S": "0.5",
         "GRIDDISPATCH_ESCALATION__VERIFY_WINDOW_S": "2",
+        "GRIDDISPATCH_NOTIFIER__SMS_GATEWAY_URL": sms_url,
+        "GRIDDISPATCH_NOTIFIER__QUIET_HOURS": "07:00-07:00",  # none: the test runs at any hour
         "GRIDDISPATCH_OUTBOX__POLL_INTERVAL_S": "0.2",
     }
     base = f"http://127.0.0.1:{intake_port}"
@@ -237,6 +255,17 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
                 f"/v1/cases/{handled}", headers={"Authorization": f"Bearer {roads_key}"}
             )
             assert view.json()["status"] == "closed"
+            # and the resident who consented heard of the resolution by SMS
+            for _ in range(100):
+                told = [
+                    t
+                    for t in texts
+                    if t["to"] == "13912345671" and case_reference(handled) in t["text"]
+                ]
+                if any("处理完毕" in t["text"] for t in told):
+                    break
+                await asyncio.sleep(0.1)
+            assert [t for t in told if "处理完毕" in t["text"]], texts
         # signed webhooks for every case
         for _ in range(100):
             if {json.loads(b)["case_id"] for _, b in calls} >= set(ids):
