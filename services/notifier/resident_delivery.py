@@ -16,7 +16,13 @@ from prometheus_client import Counter
 
 from services.notifier.channels import Channel
 from services.notifier.residents import quiet_until
-from services.notifier.texts import RESIDENT_EVENTS, Message, category_name, local_time, render
+from services.notifier.texts import (
+    Message,
+    category_name,
+    local_time,
+    render,
+    tells_resident,
+)
 from shared import events
 from shared.aio import until_set
 from shared.db import with_own_pool
@@ -138,9 +144,9 @@ async def queue_for_residents(
     now: datetime,
     department_name: DepartmentName = no_names,
 ) -> int:
-    """Queue the residents' messages for a batch of (event, its case) — accepted, resolved —
-    with three statements whatever the batch's size; returns how many messages."""
-    items = [i for i in items if i[0].event_type in RESIDENT_EVENTS]
+    """Queue the residents' messages for a batch of (event, its case) — accepted, resolved,
+    closed for them — with three statements whatever the batch's size; returns how many."""
+    items = [i for i in items if tells_resident(i[1])]
     if not items:
         return 0
     people = {

@@ -20,6 +20,7 @@ from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment
 
 from services.notifier.residents import SHANGHAI
+from shared import events
 from shared.catalogue import load_file
 from shared.ids import case_reference
 
@@ -29,7 +30,7 @@ Audience = Literal["resident", "department", "worker"]
 
 # What each audience hears about, and on which channels (a template for each pair and locale;
 # a test holds the files to this table).
-RESIDENT_EVENTS = ("CaseRouted", "CaseResolved")
+RESIDENT_EVENTS = ("CaseRouted", "CaseResolved", "CaseClosed")
 STAFF_EVENTS = ("CaseRouted", "CaseWarned", "CaseEscalated", "CaseReopened")
 CHANNELS: dict[str, tuple[str, ...]] = {
     "resident": ("email", "sms"),
@@ -41,6 +42,15 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "department": STAFF_EVENTS,
     "worker": STAFF_EVENTS,
 }
+
+
+def tells_resident(event: events.Event) -> bool:
+    """Residents hear that their report was accepted and resolved, and of a closing they did
+    not make themselves (nobody verified the resolution in time: `CaseClosed.automatic`)."""
+    if isinstance(event, events.CaseClosed):
+        return event.automatic
+    return event.EVENT_TYPE in RESIDENT_EVENTS
+
 
 _env = SandboxedEnvironment(
     loader=FileSystemLoader(str(TEMPLATES)),

@@ -255,17 +255,18 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
                 f"/v1/cases/{handled}", headers={"Authorization": f"Bearer {roads_key}"}
             )
             assert view.json()["status"] == "closed"
-            # and the resident who consented heard of the resolution by SMS
+            # and the resident who consented heard of the resolution, and of the closing, by SMS
             for _ in range(100):
                 told = [
-                    t
+                    t["text"]
                     for t in texts
                     if t["to"] == "13912345671" and case_reference(handled) in t["text"]
                 ]
-                if any("处理完毕" in t["text"] for t in told):
+                if any("自动结案" in t for t in told):
                     break
                 await asyncio.sleep(0.1)
-            assert [t for t in told if "处理完毕" in t["text"]], texts
+            assert [t for t in told if "处理完毕" in t], texts
+            assert [t for t in told if "自动结案" in t], texts
         # signed webhooks for every case
         for _ in range(100):
             if {json.loads(b)["case_id"] for _, b in calls} >= set(ids):

@@ -1,5 +1,6 @@
-"""Residents who consented hear that their report was accepted and resolved, by e-mail (a real
-local SMTP server) and SMS (an HTTP gateway); those who did not, hear nothing."""
+"""Residents who consented hear that their report was accepted and resolved (and closed for
+them, when they did not verify it), by e-mail (a real local SMTP server) and SMS (an HTTP
+gateway); those who did not, hear nothing."""
 
 from __future__ import annotations
 
@@ -147,6 +148,14 @@ async def test_consenting_residents_are_told_by_email_and_sms(stack: LocalStack,
                 ),
             ):
                 await producer.send_and_wait(topics.CASES_LIFECYCLE, e.to_json(), key=cid.encode())
+        # nobody verified `yes`'s resolution: it is closed for them, and they hear of it; the
+        # English resident's case an operator closed: they verified it, nothing more to say
+        for cid, closed in (
+            (yes.case_id, events.CaseClosed(by="griddispatch", automatic=True)),
+            (english.case_id, events.CaseClosed(by="ops")),
+        ):
+            e = wrap(closed, case_id=cid, producer="intake")
+            await producer.send_and_wait(topics.CASES_LIFECYCLE, e.to_json(), key=cid.encode())
         await producer.stop()
 
         def mine(items: list[str]) -> list[str]:
@@ -154,8 +163,8 @@ async def test_consenting_residents_are_told_by_email_and_sms(stack: LocalStack,
 
         for _ in range(600):
             if (
-                len(mine([b for _, b in inbox.messages])) >= 2
-                and len(mine([t["text"] for t in texts])) >= 2
+                len(mine([b for _, b in inbox.messages])) >= 3
+                and len(mine([t["text"] for t in texts])) >= 3
                 and len([b for _, b in inbox.messages if case_reference(english.case_id) in b]) >= 2
             ):
                 break
@@ -170,13 +179,15 @@ async def test_consenting_residents_are_told_by_email_and_sms(stack: LocalStack,
         await serving
     # (other tests' residents may be told too: this notifier reads cases.intake from the start)
     emails = [(rcpt, body) for rcpt, body in inbox.messages if case_reference(yes.case_id) in body]
-    assert [rcpt for rcpt, _ in emails] == [["wang@example.org"], ["wang@example.org"]]
+    assert [rcpt for rcpt, _ in emails] == [["wang@example.org"]] * 3
     bodies = [body for _, body in emails]
     # the department by the name the router published to the department directory
     assert any("已受理" in b and "由市供热公司负责处理" in b for b in bodies)
     assert any("阀门已更换" in b for b in bodies)
+    assert any("已自动结案" in b for b in bodies)
     sms = [t for t in texts if case_reference(yes.case_id) in t["text"]]
-    assert [t["to"] for t in sms] == ["13912345678", "13912345678"]
+    assert [t["to"] for t in sms] == ["13912345678"] * 3
+    assert any("已自动结案" in t["text"] for t in sms)
     # a resident who asked for English gets English
     in_english = [body for _, body in inbox.messages if case_reference(english.case_id) in body]
     assert len(in_english) == 2
