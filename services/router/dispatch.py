@@ -230,7 +230,7 @@ class Dispatcher:
         Returns the decisions published."""
         started = time.perf_counter()
         ref = self.state.ref  # this batch's snapshot
-        items = await self._decoded(records)
+        items = await self._decoded(records, ref)
         if not items:
             return 0
         size = max(self.min_chunk, -(-len(items) // self.chunks))
@@ -271,7 +271,9 @@ class Dispatcher:
         ROUTING_SECONDS.observe(time.perf_counter() - started)
         return len(decided)
 
-    async def _decoded(self, records: Sequence[ConsumerRecord[Any, Any]]) -> list[_Item]:
+    async def _decoded(
+        self, records: Sequence[ConsumerRecord[Any, Any]], ref: ReferenceData
+    ) -> list[_Item]:
         items: list[_Item] = []
         for record in records:
             try:
@@ -284,7 +286,7 @@ class Dispatcher:
                 await self._dead_letter(record, exc)
                 continue
             if isinstance(event, events.GridTaskIssued):
-                items += await self._task_items(record, env, event)
+                items += await self._task_items(record, env, event, ref)
                 continue
             facts = (
                 facts_from_report(env, event) if isinstance(event, events.CaseReported) else None
@@ -293,12 +295,18 @@ class Dispatcher:
         return items
 
     async def _task_items(
-        self, record: ConsumerRecord[Any, Any], env: Envelope, task: events.GridTaskIssued
+        self,
+        record: ConsumerRecord[Any, Any],
+        env: Envelope,
+        task: events.GridTaskIssued,
+        ref: ReferenceData,
     ) -> list[_Item]:
         """A grid task as one input per grid it reaches: each is decided, recorded (under an
-        id derived from the task's event and the grid) and published like a report."""
+        id derived from the task's event and the grid) and published like a report. The grids
+        come from the snapshot the batch is decided on: a reload in between must not name a
+        grid the decisions do not know."""
         try:
-            cases = task_cases(self.state.ref, task)
+            cases = task_cases(ref, task)
         except TaskRefused as exc:
             await self._dead_letter(record, exc)
             return []
