@@ -389,25 +389,30 @@ class TaskProgress:
 
 
 async def task_progress(conn: asyncpg.Connection, task_id: str) -> TaskProgress | None:
-    task = await conn.fetchrow("SELECT * FROM intake.tasks WHERE task_id = $1", task_id)
-    if task is None:
-        return None
-    rows = await conn.fetch(
-        "SELECT status, count(*) AS n, count(*) FILTER (WHERE status NOT IN "
+    found = await _progress(conn, "WHERE task_id = $1", task_id)
+    return found[0] if found else None
+
+
+async def recent_tasks(conn: asyncpg.Connection, limit: int) -> list[TaskProgress]:
+    """The latest tasks, newest first, with their progress (two statements, however many)."""
+    return await _progress(conn, "ORDER BY issued_at DESC LIMIT $1", limit)
+
+
+async def _progress(conn: asyncpg.Connection, which: str, arg: Any) -> list[TaskProgress]:
+    tasks = await conn.fetch(f"SELECT * FROM intake.tasks {which}", arg)
+    if not tasks:
+        return []
+    by_status: dict[str, dict[str, int]] = {t["task_id"]: {} for t in tasks}
+    overdue = dict.fromkeys(by_status, 0)
+    for r in await conn.fetch(
+        "SELECT task_id, status, count(*) AS n, count(*) FILTER (WHERE status NOT IN "
         "('resolved', 'closed') AND resolve_by < now()) AS overdue "
-        "FROM intake.cases WHERE task_id = $1 GROUP BY status",
-        task_id,
-    )
-    return TaskProgress(task, {r["status"]: r["n"] for r in rows}, sum(r["overdue"] for r in rows))
-
-
-async def recent_tasks(conn: asyncpg.Connection, limit: int) -> list[str]:
-    return [
-        r["task_id"]
-        for r in await conn.fetch(
-            "SELECT task_id FROM intake.tasks ORDER BY issued_at DESC LIMIT $1", limit
-        )
-    ]
+        "FROM intake.cases WHERE task_id = ANY($1) GROUP BY task_id, status",
+        list(by_status),
+    ):
+        by_status[r["task_id"]][r["status"]] = r["n"]
+        overdue[r["task_id"]] += r["overdue"]
+    return [TaskProgress(t, by_status[t["task_id"]], overdue[t["task_id"]]) for t in tasks]
 
 
 # --- read model ---------------------------------------------------------------------------

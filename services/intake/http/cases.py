@@ -104,6 +104,15 @@ async def list_categories(request: Request) -> list[CategoryView]:
     ]
 
 
+def idempotency_key_reused() -> ApiError:
+    return ApiError(
+        422,
+        "idempotency_key_reused",
+        "this Idempotency-Key was used with a different request body",
+        field="Idempotency-Key",
+    )
+
+
 async def accept_report(
     request: Request,
     body: ReportIn,
@@ -148,12 +157,7 @@ async def accept_report(
         idem = (owner, idempotency_key, store.request_fingerprint(raw))
     accepted = await st.writer.submit(reports.prepare(body, principal, idempotency=idem))
     if accepted.conflict:
-        raise ApiError(
-            422,
-            "idempotency_key_reused",
-            "this Idempotency-Key was used with a different request body",
-            field="Idempotency-Key",
-        )
+        raise idempotency_key_reused()
     if not accepted.replayed:
         CASES_REPORTED.labels(body.channel.value, body.category).inc()
     return accepted

@@ -10,7 +10,12 @@ from prometheus_client import Counter
 
 from services.intake import store
 from services.intake.auth import Principal
-from services.intake.http.cases import ERRORS, IDEMPOTENCY_KEY, refuse_nul
+from services.intake.http.cases import (
+    ERRORS,
+    IDEMPOTENCY_KEY,
+    idempotency_key_reused,
+    refuse_nul,
+)
 from services.intake.http.deps import CREDENTIALS, ApiError, IntakeState, caller, documented, state
 from services.intake.models import TaskAccepted, TaskIn, TaskView
 from shared.metrics import REGISTRY
@@ -46,12 +51,12 @@ async def issue_task(body: TaskIn, request: Request) -> TaskAccepted:
     """Give every grid of an area (a district, street office, community or grid, or `city`)
     the same task: the router makes one case per grid, routed to its worker with the
     category's deadlines, and escalation follows each. Operators only."""
-    refuse_nul(await request.body())
+    raw = await request.body()
+    refuse_nul(raw)
     st = state(request)
     principal = await _operator(request)
     await _check_known(st, body)
     task = body.issued(by=principal.name or str(principal.key_id))
-    raw = await request.body()
     idempotency_key = IDEMPOTENCY_KEY.read(request)
     idem = None
     if idempotency_key is not None:
@@ -61,12 +66,7 @@ async def issue_task(body: TaskIn, request: Request) -> TaskAccepted:
         async with st.pool.acquire() as conn:
             task_id = await store.issue_task(conn, task, idempotency=idem)
     except store.IdempotencyKeyReused as exc:
-        raise ApiError(
-            422,
-            "idempotency_key_reused",
-            "this Idempotency-Key was used with a different request body",
-            field="Idempotency-Key",
-        ) from exc
+        raise idempotency_key_reused() from exc
     if task_id == task.task_id:
         TASKS_ISSUED.labels(task.category).inc()
     return TaskAccepted(task_id=task_id, status_url=f"/v1/tasks/{task_id}")
@@ -117,8 +117,8 @@ async def list_tasks(
     st = state(request)
     await _operator(request)
     async with st.pool.acquire() as conn:
-        found = [await store.task_progress(conn, t) for t in await store.recent_tasks(conn, limit)]
-    return [task_view(p) for p in found if p is not None]
+        found = await store.recent_tasks(conn, limit)
+    return [task_view(p) for p in found]
 
 
 def task_view(p: store.TaskProgress) -> TaskView:
