@@ -211,6 +211,9 @@ class CaseUnroutable(Event):
     category: str
     reason: str
     reported_at: AwareDatetime
+    task_id: str | None = Field(
+        default=None, description="a grid task's case (GridTaskIssued): it goes to triage too"
+    )
 
 
 class CaseAcknowledged(Event):

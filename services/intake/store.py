@@ -550,11 +550,12 @@ async def _create_task_cases(
     conn: asyncpg.Connection, items: Sequence[tuple[Envelope, events.Event]]
 ) -> None:
     """A grid task's cases are made by the router, one per grid: each comes into being here
-    when its first routing arrives, from the task intake issued (a routing names its task)."""
+    when its first decision arrives, from the task intake issued (a decision names its task).
+    A decision that could not route it still makes it, as a case for triage."""
     made = {
         env.case_id: ev.task_id
         for env, ev in items
-        if isinstance(ev, events.CaseRouted) and ev.task_id is not None
+        if isinstance(ev, events.CaseRouted | events.CaseUnroutable) and ev.task_id is not None
     }
     if made:
         await conn.execute(

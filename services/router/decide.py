@@ -82,7 +82,12 @@ def raise_priority(p: Priority, steps: int = 1) -> Priority:
 def _unroutable(case: CaseFacts, reason: str, trail: list[str]) -> Decision:
     trail.append(f"unroutable: {reason}")
     return Decision(
-        events.CaseUnroutable(category=case.category, reason=reason, reported_at=case.reported_at),
+        events.CaseUnroutable(
+            category=case.category,
+            reason=reason,
+            reported_at=case.reported_at,
+            task_id=case.task_id,
+        ),
         tuple(trail),
     )
 

@@ -74,7 +74,11 @@ async def test_a_task_reaches_every_grid_of_its_area_once(stack: LocalStack, tmp
             r = await client.post(
                 "/v1/tasks", json={**task_body, "category": "no.such"}, headers=ops
             )
-            assert (r.status_code, r.json()["errors"][0]["field"]) == (422, "category"), r.text
+            assert (r.status_code, r.json()["error"], r.json()["errors"][0]["field"]) == (
+                422,
+                "unknown_category",  # as for a report
+                "category",
+            ), r.text
             # issued twice with one Idempotency-Key: one task
             first = await client.post(
                 "/v1/tasks", json=task_body, headers={**ops, "Idempotency-Key": "cold-1"}

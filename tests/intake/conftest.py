@@ -118,7 +118,11 @@ async def publish_department(stack: LocalStack, code: str, name: str) -> None:
 
 
 def routed_event(
-    case_id: str, department: str, worker: str | None = "w-1", grid: str = "g-0001"
+    case_id: str,
+    department: str,
+    worker: str | None = "w-1",
+    grid: str = "g-0001",
+    task_id: str | None = None,
 ) -> events.Envelope:
     now = datetime.now(UTC)
     return wrap(
@@ -138,6 +142,7 @@ def routed_event(
                 events.EscalationStep(level=0, role="worker", name="张网格员", contact="139"),
             ),
             reported_at=now,
+            task_id=task_id,
         ),
         case_id=case_id,
         producer="router",

@@ -13,6 +13,7 @@ import pytest
 
 from services.intake import store
 from services.intake.lifecycle import Status
+from services.intake.models import TaskIn
 from services.intake.settings import MIGRATIONS
 from shared import events
 from shared.db import migrate
@@ -203,3 +204,43 @@ async def test_a_lapsed_verification_closes_the_case_it_was_about_once(
     assert [r["event_type"] for r in timeline][-2:] == ["CaseVerificationLapsed", "CaseClosed"]
     # the closing comes back on the topic: a duplicate, recorded when it was written
     assert await store.apply_lifecycle_events(intake_db, [(closing, closing.event())]) == 0
+
+
+async def test_a_grid_task_s_cases_come_into_being_with_their_first_decision(
+    intake_db: asyncpg.Connection,
+) -> None:
+    """Routed or not: a task case the router could not route is made too, for triage (before,
+    only a routing made it, and an unroutable one was lost to intake)."""
+    task = TaskIn(
+        category="task.door-to-door", title="入户排查", instructions="逐户", area="longsha-s01"
+    ).issued("ops")
+    await store.issue_task(intake_db, task)
+    routed, unroutable, stranger = (str(uuid.uuid4()) for _ in range(3))
+    no_department = events.CaseUnroutable(
+        category=task.category,
+        reason="department street-office is not known",
+        reported_at=task.issued_at,
+        task_id=task.task_id,
+    )
+    batch = [
+        routed_event(routed, "street-office", task_id=task.task_id),
+        _step(no_department, unroutable),
+        routed_event(stranger, "street-office"),  # no task: not a case this intake knows
+    ]
+    items = [(env, env.event()) for env in batch]
+    await store.apply_lifecycle_events(intake_db, items)
+    await store.apply_lifecycle_events(intake_db, items)  # redelivered: nothing twice
+    rows = await intake_db.fetch(
+        "SELECT case_id, status, channel, task_id, description FROM intake.cases "
+        "WHERE case_id = ANY($1)",
+        [routed, unroutable, stranger],
+    )
+    found = {r["case_id"]: (r["status"], r["channel"], r["task_id"]) for r in rows}
+    assert found == {
+        routed: ("routed", "task", task.task_id),
+        unroutable: ("unroutable", "task", task.task_id),
+    }
+    assert {r["description"] for r in rows} == {"入户排查\n\n逐户"}
+    progress = await store.task_progress(intake_db, task.task_id)
+    assert progress is not None
+    assert progress.by_status == {"routed": 1, "unroutable": 1}

@@ -3,6 +3,7 @@ each grid's case is decided."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime
 
@@ -108,6 +109,22 @@ def test_a_task_may_name_its_department_until_that_department_declines(
         "street-office",
         t.task_id,
     )
+
+
+def test_a_task_case_the_router_cannot_route_still_names_its_task() -> None:
+    """The category's department is missing from the reference data: each grid's case goes to
+    triage, and says which task it belongs to (intake makes the case from it)."""
+    city = dataclasses.replace(
+        CITY, departments=[d for d in CITY.departments if d["code"] != "street-office"]
+    )
+    ref = snapshot.from_city(city)
+    t = task("longsha-s01-c01")
+    cases = task_cases(ref, t)
+    assert cases
+    for c in cases:
+        ev = decide(case_facts(c.case_id, c.facts, None), ref, open_cases={}).event
+        assert isinstance(ev, events.CaseUnroutable), ev
+        assert (ev.task_id, ev.reason) == (t.task_id, "department street-office is not known")
 
 
 @pytest.mark.parametrize(

@@ -76,14 +76,21 @@ async def _check_known(st: IntakeState, body: TaskIn) -> None:
     """What intake can check itself; the area only the router knows (an area with no grid
     is a dead letter there, and the task shows no cases)."""
     if body.category not in await st.catalogue.get():
-        raise ApiError(422, "validation_error", "unknown category", field="category")
+        raise ApiError(
+            422, "unknown_category", f"unknown category {body.category!r}", field="category"
+        )
     if (
         body.department is not None
         and st.directory is not None
         and st.directory.caught_up.is_set()  # else the router refuses it, if it must
         and st.department_name(body.department) is None
     ):
-        raise ApiError(422, "validation_error", "unknown department", field="department")
+        raise ApiError(
+            422,
+            "unknown_department",
+            f"unknown department {body.department!r}",
+            field="department",
+        )
 
 
 @router.get(
