@@ -23,6 +23,7 @@ from prometheus_client import Counter
 from shared.aio import until_set
 from shared.db import DATABASE_AWAY
 from shared.metrics import REGISTRY
+from shared.privacy import masked_sql
 from shared.settings import RetentionSettings
 
 log = logging.getLogger(__name__)
@@ -99,20 +100,10 @@ class Retention:
             await until_set(stop, at_most_s=self.check_s)
 
 
-# Contacts that residents write into free text themselves ("联系电话139…", an e-mail address):
-# mainland mobile numbers, landlines with their area code, e-mail addresses. A PostgreSQL
-# regular expression; digits just before or after keep longer numbers (order numbers,
-# building codes) whole. Erasing a resident's personal data masks these where it erases.
-CONTACTS_IN_TEXT = (
-    r"(?<![0-9])(1[3-9][0-9]{9}|0[0-9]{2,3}-?[0-9]{7,8})(?![0-9])"
-    r"|[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
-)
-MASK = "***"
-
-
 def masked(sql_text: str) -> str:
-    """SQL for the text `sql_text` (an expression) with `CONTACTS_IN_TEXT` masked."""
-    return f"regexp_replace({sql_text}, '{CONTACTS_IN_TEXT}', '{MASK}', 'g')"
+    """SQL for the text `sql_text` (an expression) with the personal data residents write into
+    free text masked (`shared.privacy`): what erasing a resident's data does to their text."""
+    return masked_sql(sql_text)
 
 
 def masked_fields(sql_json: str, fields: Sequence[str]) -> str:

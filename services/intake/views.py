@@ -1,8 +1,10 @@
 """How a stored case is shown to whom. Pure functions: rows in, response models out.
 
 Departments and workers never see sensitivity flags; they see the reporter's phone number
-masked unless the category says the department needs it. Operators and the resident see the
-contact details in full.
+masked unless the category says the department needs it, and the same goes for phone numbers
+and e-mail addresses the resident wrote into their own text (the description, a reopening's
+reason, a rating's comment); identity numbers there are always masked for them. Operators and
+the resident see everything in full.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from services.intake.models import CaseView, LocationIn, TimelineEntry
 from shared.catalogue import Category
 from shared.events import Channel, Priority
 from shared.ids import case_reference
+from shared.privacy import mask_in_text
 
 
 def mask_phone(phone: str) -> str:
@@ -35,7 +38,7 @@ def reporter_for(
 ) -> dict[str, object] | None:
     if not reporter:
         return None
-    if resident or (viewer is not None and viewer.sees_everything):
+    if sees_in_full(viewer, resident):
         return dict(reporter)
     if viewer is not None and viewer.role in (Role.DEPARTMENT, Role.WORKER):
         shown: dict[str, object] = {"name": reporter.get("name")}
@@ -47,19 +50,42 @@ def reporter_for(
     return None
 
 
+def sees_in_full(viewer: Principal | None, resident: bool) -> bool:
+    """The resident themselves and operators; not departments or workers."""
+    return resident or (viewer is not None and viewer.sees_everything)
+
+
+def residents_text(
+    text: str, viewer: Principal | None, resident: bool, category: Category | None
+) -> str:
+    """Free text a resident wrote, as this viewer may read it."""
+    if sees_in_full(viewer, resident):
+        return text
+    return mask_in_text(
+        text, keep_contacts=category is not None and category.department_needs_phone
+    )
+
+
 # Timeline entries whose details only operators and the resident see: an erasure's reason is
 # the resident's request, and may name them.
 _PRIVATE_DETAILS = frozenset({"PersonalDataErased"})
+# The resident's own words in a timeline entry.
+_RESIDENTS_WORDS = {"CaseReopened": "reason", "CaseRated": "comment"}
 
 
 def timeline_details(
-    entry: Mapping[str, Any], viewer: Principal | None, resident: bool
+    entry: Mapping[str, Any],
+    viewer: Principal | None,
+    resident: bool,
+    category: Category | None = None,
 ) -> dict[str, Any]:
-    if entry["event_type"] in _PRIVATE_DETAILS and not (
-        resident or (viewer is not None and viewer.sees_everything)
-    ):
+    in_full = sees_in_full(viewer, resident)
+    if entry["event_type"] in _PRIVATE_DETAILS and not in_full:
         return {}
     details: dict[str, Any] = orjson.loads(entry["payload"])
+    words = _RESIDENTS_WORDS.get(entry["event_type"])
+    if words and not in_full and isinstance(details.get(words), str):
+        details[words] = residents_text(details[words], viewer, resident, category)
     return details
 
 
@@ -91,7 +117,7 @@ def case_view(
         reference=case_reference(row["case_id"]),
         status=Status(row["status"]),
         category=row["category"],
-        description=row["description"],
+        description=residents_text(row["description"], viewer, resident, category),
         channel=Channel(row["channel"]),
         location=location,
         department=row["department"],
@@ -117,7 +143,7 @@ def case_view(
                 event_type=t["event_type"],
                 occurred_at=t["occurred_at"],
                 producer=t["producer"],
-                details=timeline_details(t, viewer, resident),
+                details=timeline_details(t, viewer, resident, category),
             )
             for t in (timeline or [])
         ],

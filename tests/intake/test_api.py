@@ -300,16 +300,58 @@ async def test_sensitive_data_never_reaches_a_department(
             channel="proxy",
             on_behalf_of="card-0042",
             sensitivity={"care_groups": ["very_old"], "community_correction": True},
+            description=WRITTEN,
         ),
         headers=auth(keys.worker),
     )
     cid = r.json()["case_id"]
     await publish_lifecycle(stack, routed_event(cid, "water"))
     view = await wait_for(client, cid, keys.water, lambda c: c["status"] == "routed")
-    text = json.dumps(view)
+    text = json.dumps(view, ensure_ascii=False)
     assert "community_correction" not in text
     assert "very_old" not in text
     assert view["reporter"]["phone"] == "139****5678"  # noise: the department gets it masked
+    # and so is what the resident wrote of themselves into the description
+    assert view["description"] == "楼上装修太吵，联系我***或***，老人身份证***"
+    for secret in ("13912345678", "wang@example.org", "23020219450312002X"):
+        assert secret not in text
+    # the grid worker as the department; an operator sees it as written
+    as_worker = await client.get(f"/v1/cases/{cid}", headers=auth(keys.worker))
+    assert as_worker.json()["description"] == view["description"]
+    as_operator = await client.get(f"/v1/cases/{cid}", headers=auth(keys.operator))
+    assert as_operator.json()["description"] == WRITTEN
+
+
+WRITTEN = "楼上装修太吵，联系我13912345678或wang@example.org，老人身份证23020219450312002X"
+
+
+async def test_a_department_that_calls_back_sees_the_number_but_never_an_id(
+    client: httpx.AsyncClient, stack: LocalStack, keys: Keys
+) -> None:
+    case = await reported_and_routed(client, stack, keys, department="heating")
+    cid, token = case["case_id"], case["tracking_token"]
+    # the resident reopens, writing their number and id into the reason
+    for step in ({"action": "acknowledge"}, {"action": "resolve", "note": "已修复"}):
+        r = await client.post(f"/v1/cases/{cid}/events", json=step, headers=auth(keys.heating))
+        assert r.status_code == 202, r.text
+    reason = "还是不热，请打13912345678，身份证23020219450312002X"
+    r = await client.post(
+        f"/v1/cases/{cid}/events",
+        json={"action": "reopen", "reason": reason},
+        headers={"X-Tracking-Token": token},
+    )
+    assert r.status_code == 202, r.text
+
+    def reopened(c: dict[str, Any]) -> bool:
+        return any(e["event_type"] == "CaseReopened" for e in c["timeline"])
+
+    mine = await wait_for(client, cid, keys.heating, reopened)
+    [entry] = [e for e in mine["timeline"] if e["event_type"] == "CaseReopened"]
+    # heating's categories need the resident's phone: the number stays, the id does not
+    assert entry["details"]["reason"] == "还是不热，请打13912345678，身份证***"
+    resident = await client.get(f"/v1/cases/{cid}", headers={"X-Tracking-Token": token})
+    [own] = [e for e in resident.json()["timeline"] if e["event_type"] == "CaseReopened"]
+    assert own["details"]["reason"] == reason
 
 
 async def test_unknown_case_is_404(client: httpx.AsyncClient, keys: Keys) -> None:

@@ -175,6 +175,7 @@ def test_what_recognises_a_redelivery_outlives_every_topic() -> None:
         ("联系电话13912345678，谢谢", "联系电话***，谢谢"),
         ("座机0452-2712345或04522712345", "座机***或***"),
         ("wang.ayi+x@example.org 写信", "*** 写信"),
+        ("身份证号23020219450312002X，独居", "身份证号***，独居"),
         # longer numbers (an order number, a building code) and times stay whole
         ("订单号2026112913912345678, 楼栋Q-0452-12345678901", None),
         ("2026-11-29T04:43:28.834780Z", None),

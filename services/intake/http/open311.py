@@ -1,8 +1,9 @@
 """Open311 GeoReport v2 (https://wiki.open311.org/GeoReport_v2/), in JSON and XML.
 
 Existing 311 apps and tools post here. Reads are public when `open311_public_read` is on (as
-the spec expects) and carry no personal data; for personal-matter categories (social services,
-disputes) the description and address are withheld as well.
+the spec expects) and carry no personal data: phone numbers, e-mail addresses and identity
+numbers written into a description are masked, and for personal-matter categories (social
+services, disputes) the description and address are withheld altogether.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from services.intake.models import ReportIn
 from shared import text
 from shared.catalogue import TASK_GROUP, Category
 from shared.events import Channel
+from shared.privacy import mask_in_text
 
 router = APIRouter(prefix="/open311/v2", tags=["open311"])
 
@@ -353,7 +355,8 @@ def _open311_request(
         "status_notes": notes,
         "service_name": _name(category, row["category"], locale),
         "service_code": row["category"],
-        "description": row["description"] if public else None,
+        # public: what a resident wrote of themselves into it (a phone number, an id) is masked
+        "description": mask_in_text(row["description"]) if public else None,
         # the department's name, as the directory says; its code until the directory knows it
         "agency_responsible": st.department_name(row["department"]) or row["department"],
         "service_notice": None,
