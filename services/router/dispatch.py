@@ -30,7 +30,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.router import store
 from services.router.decide import CaseFacts, Decision, decide
 from services.router.refdata import ReferenceData
-from services.router.retention import FORGET_PERSONAL_FACTS
+from services.router.retention import FORGET_PERSONAL_FACTS, forget_personal
 from services.router.tasks import TaskRefused, task_case_event_id, task_cases
 from shared import events, topics
 from shared.events import DecodeError, Envelope, decode, envelope_json, peek_event_type
@@ -186,8 +186,11 @@ WITH input AS (
     RETURNING source_event_id, envelope
 ), cases AS (
     INSERT INTO router.cases (case_id, facts, status, department, worker_id)
-    SELECT DISTINCT ON (i.case_id) i.case_id, i.facts::jsonb, i.status, i.department, i.worker_id
+    SELECT DISTINCT ON (i.case_id) i.case_id,
+           CASE WHEN e.case_id IS NULL THEN i.facts::jsonb ELSE {forget} END,
+           i.status, i.department, i.worker_id
     FROM input i JOIN new USING (source_event_id)
+    LEFT JOIN router.erased_cases e ON e.case_id = i.case_id  -- erased before it was routed
     ORDER BY i.case_id, i.ord DESC
     ON CONFLICT (case_id) DO UPDATE SET facts = EXCLUDED.facts, status = EXCLUDED.status,
         department = EXCLUDED.department, worker_id = EXCLUDED.worker_id, open = true,
@@ -197,7 +200,7 @@ SELECT source_event_id, envelope, true AS fresh FROM new
 UNION ALL
 SELECT d.source_event_id, d.envelope, false FROM router.decisions d
 WHERE d.source_event_id = ANY($1::uuid[])
-"""
+""".replace("{forget}", forget_personal("i.facts::jsonb"))
 
 
 class Dispatcher:
@@ -496,10 +499,17 @@ async def fold_lifecycle(
         elif isinstance(event, events.PersonalDataErased):
             erased.append(env.case_id)
     if erased:  # a resident asked: the care groups kept for a reroute go (idempotent)
-        await conn.execute(
-            f"UPDATE router.cases SET facts = {FORGET_PERSONAL_FACTS} WHERE case_id = ANY($1)",
-            erased,
-        )
+        async with conn.transaction():
+            # the mark first: a routing recorded from now on obeys it (services/router/retention)
+            await conn.execute(
+                "INSERT INTO router.erased_cases (case_id) SELECT unnest($1::text[]) "
+                "ON CONFLICT DO NOTHING",
+                erased,
+            )
+            await conn.execute(
+                f"UPDATE router.cases SET facts = {FORGET_PERSONAL_FACTS} WHERE case_id = ANY($1)",
+                erased,
+            )
     if not changes:
         return
     rows = await conn.fetch(_FOLD_SQL, *(list(col) for col in zip(*changes, strict=True)))

@@ -201,3 +201,42 @@ async def test_a_redelivered_report_counts_once_for_its_worker(
         expected[worker] = expected.get(worker, 0) + 1
     assert {w: n for w, n in state.open_cases.items() if n} == expected
     assert routed_metric() - before == 2
+
+
+async def test_a_case_erased_before_its_routing_is_recorded_without_its_care_groups(
+    dispatcher: Dispatcher,
+) -> None:
+    """The router lagging on `cases.intake` (or a dead letter replayed): the resident's erasure
+    is folded before their report is routed. The routing still goes out; what the router keeps
+    of the case has no care groups and a masked description, as if erased after it."""
+    grid = next(g for g in CITY.grids if g["kind"] == "comprehensive")
+    lat, lon = democity.point_in(grid)
+    erased, kept = (
+        report(
+            "roads.pothole",
+            lat=lat,
+            lon=lon,
+            description="路面塌陷，电话13900000007",
+            care_groups=("elderly_alone",),
+        )
+        for _ in range(2)
+    )
+    erasure = wrap(
+        events.PersonalDataErased(by="op-1", reason="申请"),
+        case_id=erased.case_id,
+        producer="intake",
+    )
+    async with dispatcher.pool.acquire() as conn:
+        await fold_lifecycle(conn, dispatcher.state, [record_of(erasure, topics.CASES_LIFECYCLE)])
+    intake = topics.CASES_INTAKE
+    assert await dispatcher.handle([record_of(erased, intake, 0), record_of(kept, intake, 1)]) == 2
+    rows = await dispatcher.pool.fetch(
+        "SELECT case_id, status, facts::text AS f FROM router.cases WHERE case_id = ANY($1)",
+        [erased.case_id, kept.case_id],
+    )
+    facts = {r["case_id"]: (r["status"], json.loads(r["f"])) for r in rows}
+    assert facts[erased.case_id][0] == facts[kept.case_id][0] == "routed"
+    assert "care_groups" not in facts[erased.case_id][1]
+    assert facts[erased.case_id][1]["description"] == "路面塌陷，电话***"
+    assert facts[kept.case_id][1]["care_groups"] == ["elderly_alone"]
+    assert facts[kept.case_id][1]["description"] == "路面塌陷，电话13900000007"

@@ -1,7 +1,7 @@
 """The router's retention on the real database: the decision log and the folded lifecycle
 events go after the dedup period; the care groups kept in a case's facts go after the
-personal-data period once the case is resolved or closed (or at once when the resident asks),
-and a reroute still decides on what is left."""
+personal-data period once the case is resolved or closed (or at once when the resident asks,
+leaving a mark that later routings obey), and a reroute still decides on what is left."""
 
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ async def test_the_router_forgets_what_it_no_longer_needs(stack: LocalStack) -> 
             "closed-long-ago": (False, 200),
             "closed-lately": (False, 100),
             "open-long": (True, 200),
+            # routed while its erasure was being recorded: the routing kept the care groups
+            "erased-meanwhile": (True, 1),
         }
         for case_id, (is_open, days) in cases.items():
             await conn.execute(
@@ -51,6 +53,12 @@ async def test_the_router_forgets_what_it_no_longer_needs(stack: LocalStack) -> 
                 case_id,
                 orjson.dumps(FACTS).decode(),
                 is_open,
+                NOW - timedelta(days=days),
+            )
+        for case_id, days in (("erased-meanwhile", 1), ("erased-long-ago", 40)):
+            await conn.execute(
+                "INSERT INTO router.erased_cases (case_id, erased_at) VALUES ($1, $2)",
+                case_id,
                 NOW - timedelta(days=days),
             )
         ages = {uuid.uuid4(): days for days in (40, 36, 34, 1)}
@@ -73,7 +81,15 @@ async def test_the_router_forgets_what_it_no_longer_needs(stack: LocalStack) -> 
         finally:
             await pool.close()
 
-        assert done == {"decision log": 2, "seen events": 2, "care flags": 1}
+        assert done == {
+            "decision log": 2,
+            "seen events": 2,
+            "care flags": 1,
+            "erased care flags": 1,
+            "erasure marks": 1,
+        }
+        marks = await conn.fetch("SELECT case_id FROM router.erased_cases")
+        assert [r["case_id"] for r in marks] == ["erased-meanwhile"]
         young = {e for e, days in ages.items() if days < 35}
         decisions = await conn.fetch("SELECT source_event_id FROM router.decisions")
         assert {r["source_event_id"] for r in decisions} == young
@@ -91,6 +107,8 @@ async def test_the_router_forgets_what_it_no_longer_needs(stack: LocalStack) -> 
     assert facts["closed-lately"]["description"] == "暖气不热，电话13900000007"
     assert facts["closed-lately"]["care_groups"] == ["elderly_alone"]
     assert facts["open-long"]["care_groups"] == ["elderly_alone"]
+    assert "care_groups" not in facts["erased-meanwhile"]
+    assert facts["erased-meanwhile"]["description"] == "暖气不热，电话***"
     # a reroute of the erased case (reopened, say) decides without the care groups
     assert case_facts("closed-long-ago", facts["closed-long-ago"], None).care_groups == ()
 
@@ -115,6 +133,7 @@ async def test_a_residents_erasure_request_drops_the_care_groups(stack: LocalSta
         await fold_lifecycle(
             conn, state, [record_of(erasure, topics.CASES_LIFECYCLE)]
         )  # delivered again: the same
+        marks = [r["case_id"] for r in await conn.fetch("SELECT case_id FROM router.erased_cases")]
         facts = {
             r["case_id"]: orjson.loads(r["facts"])
             for r in await conn.fetch("SELECT case_id, facts::text FROM router.cases")
@@ -123,6 +142,7 @@ async def test_a_residents_erasure_request_drops_the_care_groups(stack: LocalSta
         await conn.close()
     assert "care_groups" not in facts["asked"]
     assert facts["asked"]["description"] == "暖气不热，电话***"
+    assert marks == ["asked"]  # a routing recorded later obeys it
     assert facts["other"]["description"] == "暖气不热，电话13900000007"
     assert facts["asked"]["category"] == "heating.outage"
     assert facts["other"]["care_groups"] == ["elderly_alone"]
