@@ -20,7 +20,6 @@ from shared.retention import Purge, masked_fields, seen_events_purge
 from shared.settings import RetentionSettings
 
 
-
 def forget_personal(sql_facts: str) -> str:
     """SQL for the case facts `sql_facts` (a jsonb expression) without the care groups, and
     with personal data masked in the description."""
