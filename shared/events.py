@@ -236,6 +236,12 @@ class CaseResolved(Event):
     by: str
     note: str = Field(max_length=4000)
     photo_urls: tuple[str, ...] = Field(default=(), max_length=5)
+    closes_at: AwareDatetime | None = Field(
+        default=None,
+        description="when GridDispatch closes the case unless the resident verifies or reopens "
+        "it first (intake's verification window); null: it waits for a person. A resolution "
+        "without the field (written before it existed) closes 72 hours after it happened",
+    )
 
 
 class CaseTransferRequested(Event):

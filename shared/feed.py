@@ -64,6 +64,15 @@ class NoteDetails(_Strict):
     note: str
 
 
+class ResolvedDetails(_Strict):
+    note: str
+    closes_at: AwareDatetime | None = Field(
+        default=None,
+        description="when GridDispatch closes the case unless the resident verifies or reopens "
+        "it first (a `CaseClosed` with `automatic`); null: it waits for someone to close it",
+    )
+
+
 class ReopenedDetails(_Strict):
     reason: str
 
@@ -114,7 +123,7 @@ class CaseProgressedMessage(_Message):
 
 class CaseResolvedMessage(_Message):
     event_type: Literal["CaseResolved"]
-    details: NoteDetails
+    details: ResolvedDetails
 
 
 class CaseClosedMessage(_Message):

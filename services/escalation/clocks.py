@@ -107,9 +107,21 @@ def timers_for(
     return tuple(armed)
 
 
-def verification_timer(resolved_at: datetime, window_s: float) -> NewTimer:
+# The verification window of resolutions that do not state when they close (`closes_at`):
+# those intake wrote before it stated it, when this was the window's default.
+UNSTATED_VERIFY_WINDOW = timedelta(hours=72)
+
+
+def resolution_closes_at(event: events.CaseResolved, resolved_at: datetime) -> datetime | None:
+    """When a resolution closes its case unless the resident verifies or reopens it first: as
+    intake stated (None: never)."""
+    if "closes_at" in event.model_fields_set:
+        return event.closes_at
+    return resolved_at + UNSTATED_VERIFY_WINDOW
+
+
+def verification_timer(resolved_at: datetime, close_at: datetime) -> NewTimer:
     """The timer that closes a resolved case nobody verified or reopened within the window."""
-    close_at = resolved_at + timedelta(seconds=window_s)
     return NewTimer("close", "verify", 0, close_at, close_at, started_at=resolved_at)
 
 
@@ -119,8 +131,6 @@ def catch_up(
     earlier: Sequence[tuple[datetime, events.Event]],
     now: datetime,
     cal: WorkCalendar,
-    *,
-    verify_window_s: float = 0.0,
 ) -> Change:
     """A case's routing arrived after events that follow it (its routing was a dead letter
     here, replayed later): the clock as if they had come in order. The last event's timers
@@ -132,7 +142,6 @@ def catch_up(
             event,
             now,
             cal,
-            verify_window_s=verify_window_s,
             occurred_at=occurred_at,
         )
         if nxt is not None:
@@ -153,14 +162,13 @@ def apply(
     cal: WorkCalendar,
     emergency_factor: float | None = None,
     *,
-    verify_window_s: float = 0.0,
     occurred_at: datetime | None = None,
 ) -> Change | None:
     """The change `event` makes to `clock` (None: the case has none yet); None if the event
     changes nothing (not one escalation follows, or about a case it does not know).
 
-    A resolution starts the verification window (`verify_window_s`, from the event's
-    `occurred_at`; 0: none): the resident may verify or reopen until it ends, and then a
+    A resolution starts the verification window that intake set on it (`closes_at`; none:
+    the case waits for a person): the resident may verify or reopen until it ends, and then a
     "close" timer fires `CaseVerificationLapsed`."""
     if isinstance(event, events.CaseRouted):
         if clock is not None and clock.phase in ("verify", "done"):
@@ -180,8 +188,10 @@ def apply(
                 dataclasses.replace(clock, phase="resolve", due_at=res_due),
                 timers_for("resolve", res_due, clock.warn_before_s, now),
             )
-        case events.CaseResolved() if verify_window_s > 0:
-            timer = verification_timer(occurred_at or now, verify_window_s)
+        case events.CaseResolved() if close_at := resolution_closes_at(
+            event, resolved_at := occurred_at or now
+        ):
+            timer = verification_timer(resolved_at, close_at)
             return Change(dataclasses.replace(clock, phase="verify", due_at=timer.due_at), (timer,))
         case events.CaseResolved() | events.CaseClosed():
             return Change(dataclasses.replace(clock, phase="done"), ())

@@ -29,16 +29,8 @@ class EscalationSettings(BaseSettings):
     max_repeats: int = 3
     batch_size: int = 500
     max_sleep_s: float = 1.0
-    verify_window_s: float = Field(
-        default=72 * 3600.0,
-        ge=0,
-        description="after a resolution, how long the resident has to verify or reopen the "
-        "case before it is closed for them (CaseVerificationLapsed → CaseClosed, automatic); "
-        "0: resolved cases wait for a person to close them",
-    )
 
     def policy(self) -> timers.Settings:
         return timers.Settings(
             ladder=LadderPolicy(self.step_s, self.repeat_every_s, self.max_repeats),
-            verify_window_s=self.verify_window_s,
         )

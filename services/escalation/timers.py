@@ -70,9 +70,6 @@ LATENESS = Histogram(
 class Settings:
     calendar: WorkCalendar = CHINA_2026
     ladder: LadderPolicy = field(default_factory=LadderPolicy)
-    # after a resolution, how long the resident has to verify or reopen before the case is
-    # closed for them (0: never; the service's setting is `verify_window_s`)
-    verify_window_s: float = 0.0
 
 
 # --- arming from lifecycle events -----------------------------------------------------------
@@ -179,9 +176,10 @@ async def fold_batch(
             if clock is None and not isinstance(ev, events.CaseRouted):
                 # before its routing: kept until the routing comes (a dead letter replayed)
                 early[env.case_id].append((env.occurred_at, ev))
-                new_early.append(
-                    (env.case_id, env.occurred_at, env.event_type, ev.model_dump_json())
-                )
+                # as it came: a resolution that did not state `closes_at` must not come back
+                # stating none
+                payload = ev.model_dump_json(exclude_unset=True)
+                new_early.append((env.case_id, env.occurred_at, env.event_type, payload))
                 continue
             change = apply(
                 clock,
@@ -190,7 +188,6 @@ async def fold_batch(
                 now,
                 cfg.calendar,
                 factor,
-                verify_window_s=cfg.verify_window_s,
                 occurred_at=env.occurred_at,
             )
             if change is None:
@@ -202,7 +199,6 @@ async def fold_batch(
                     early.pop(env.case_id),
                     now,
                     cfg.calendar,
-                    verify_window_s=cfg.verify_window_s,
                 )
                 caught_up.add(env.case_id)
             clocks[env.case_id] = changed[env.case_id] = change.clock

@@ -109,6 +109,8 @@ class Step:
     photo_urls: tuple[str, ...] = ()
     rating: int | None = None
     department: str | None = None  # current department, for transfer requests
+    # a resolution: when it closes unless the resident verifies or reopens it (None: never)
+    closes_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,10 @@ def decide(current: Status, actor: Actor, step: Step, *, already_rated: bool = F
             event = events.CaseProgressed(by=step.by, note=step.note or "")
         case Action.RESOLVE:
             event = events.CaseResolved(
-                by=step.by, note=step.note or "", photo_urls=step.photo_urls
+                by=step.by,
+                note=step.note or "",
+                photo_urls=step.photo_urls,
+                closes_at=step.closes_at,
             )
         case Action.REQUEST_TRANSFER:
             reason = step.reason or ""

@@ -238,6 +238,11 @@ class CaseView(BaseModel):
         default=None, description="contact details; shown to operators and the resident only"
     )
     task_id: str | None = Field(default=None, description="a grid task's case: the task")
+    closes_at: datetime | None = Field(
+        default=None,
+        description="while resolved: when GridDispatch closes the case unless the resident "
+        "verifies or reopens it first (null: it waits for a person)",
+    )
     personal_data_erased_at: datetime | None = Field(
         default=None,
         description="when the reporter's contact and the care flags were erased, as the "

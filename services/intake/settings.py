@@ -25,6 +25,13 @@ class IntakeSettings(BaseSettings):
     rate_limit_per_key: str = "200/second"
     rate_limit_per_address: str = "100/second"
     max_body_bytes: int = 64 * 1024
+    verify_window_s: float = Field(
+        default=72 * 3600.0,
+        ge=0,
+        description="after a resolution, how long the resident has to verify or reopen the case "
+        "before GridDispatch closes it for them (the resolution states when: `closes_at`); 0: "
+        "resolved cases wait for a person to close them",
+    )
     open311_public_read: bool = Field(
         default=True, description="Open311 GET requests without an api_key (no personal data)"
     )

@@ -12,7 +12,7 @@ import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -229,8 +229,15 @@ async def apply_step(
     reason: str | None = None,
     photo_urls: tuple[str, ...] = (),
     rating: int | None = None,
+    verify_window_s: float = 0.0,
 ) -> StepTaken:
-    """Take one lifecycle step. Raises CaseNotFound, Forbidden, IllegalTransition, NotPermitted."""
+    """Take one lifecycle step. A resolution states when it closes unless the resident verifies
+    or reopens it first: `verify_window_s` after it (0: never). Raises CaseNotFound, Forbidden,
+    IllegalTransition, NotPermitted."""
+    at = datetime.now(UTC)
+    closes_at = None
+    if step_action is Action.RESOLVE and verify_window_s > 0:
+        closes_at = at + timedelta(seconds=verify_window_s)
     async with pool.acquire() as conn, conn.transaction():
         case = await conn.fetchrow(
             "SELECT * FROM intake.cases WHERE case_id = $1 FOR UPDATE", case_id
@@ -249,17 +256,19 @@ async def apply_step(
                 photo_urls=photo_urls,
                 rating=rating,
                 department=case["department"],
+                closes_at=closes_at,
             ),
             already_rated=case["rating"] is not None,
         )
-        env = wrap(decision.event, case_id=case_id, producer=PRODUCER)
+        env = wrap(decision.event, case_id=case_id, producer=PRODUCER, occurred_at=at)
         await conn.execute(
-            "UPDATE intake.cases SET status = $2, rating = COALESCE($3, rating), updated_at = $4 "
-            "WHERE case_id = $1",
+            "UPDATE intake.cases SET status = $2, rating = COALESCE($3, rating), updated_at = $4,"
+            " closes_at = $5 WHERE case_id = $1",
             case_id,
             decision.status.value,
             rating if step_action is Action.RATE else None,
             env.occurred_at,
+            closes_at,
         )
         await _record_event(conn, env, _timeline_details(decision.event))
         items = [(env, topics.CASES_LIFECYCLE)]

@@ -198,7 +198,13 @@ def _context(
         "resolve_by": resolve_by.isoformat() if resolve_by else None,
         "note": getattr(event, "note", "") or "",
         "reference": case_reference(env.case_id),
+        # a resolution: when it closes unless the resident verifies or reopens it first
+        "closes_at": closes_at.isoformat() if (closes_at := _closes_at(event)) else None,
     }
+
+
+def _closes_at(event: events.Event) -> datetime | None:
+    return event.closes_at if isinstance(event, events.CaseResolved) else None
 
 
 def _texts(context: dict[str, Any], person: asyncpg.Record) -> dict[str, Message]:
@@ -210,6 +216,7 @@ def _texts(context: dict[str, Any], person: asyncpg.Record) -> dict[str, Message
         "department_name": context.get("department_name") or context["department"],
         "resolve_by": local_time(context["resolve_by"]),
         "note": context["note"],
+        "closes_at": local_time(context.get("closes_at")),  # "" when it does not close itself
         # (contexts kept before references were case-id suffixes: as kept)
         "reference": context.get("reference") or context["short_id"],
     }

@@ -55,8 +55,11 @@ def department_view(env: Envelope, event: events.Event, case: dict[str, Any]) ->
             details = {"deadline": event.deadline, "due_at": event.due_at.isoformat()}
         case events.CaseRated():
             details = {"rating": event.rating}
-        case events.CaseProgressed() | events.CaseResolved():
+        case events.CaseProgressed():
             details = {"note": event.note}
+        case events.CaseResolved():
+            closes_at = event.closes_at.isoformat() if event.closes_at else None
+            details = {"note": event.note, "closes_at": closes_at}
         case events.CaseReopened():
             details = {"reason": event.reason}
         case events.CaseClosed():

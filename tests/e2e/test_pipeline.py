@@ -100,7 +100,7 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
         "GRIDDISPATCH_ESCALATION__STEP_S": "1",
         "GRIDDISPATCH_ESCALATION__MAX_REPEATS": "1000",  # an unanswered case never goes quiet
         "GRIDDISPATCH_ESCALATION__REPEAT_EVERY_S": "0.5",
-        "GRIDDISPATCH_ESCALATION__VERIFY_WINDOW_S": "2",
+        "GRIDDISPATCH_INTAKE__VERIFY_WINDOW_S": "2",
         "GRIDDISPATCH_NOTIFIER__SMS_GATEWAY_URL": sms_url,
         "GRIDDISPATCH_NOTIFIER__QUIET_HOURS": "07:00-07:00",  # none: the test runs at any hour
         "GRIDDISPATCH_OUTBOX__POLL_INTERVAL_S": "0.2",

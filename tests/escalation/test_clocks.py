@@ -14,6 +14,10 @@ from tests.escalation.conftest import routed
 T0 = datetime(2026, 1, 12, 8, 0, tzinfo=UTC)
 
 
+# intake's verification window off: the case waits for a person to close it
+WAITS_FOR_A_PERSON = events.CaseResolved(by="w", note="n", closes_at=None)
+
+
 def _routed_clock(warn_s: int = 600) -> tuple[str, CaseClock]:
     env = routed(at=T0, ack_s=3600, resolve_s=7200, warn_s=warn_s)
     change = apply(None, env.case_id, env.event(), T0, CHINA_2026)
@@ -62,7 +66,7 @@ def test_acknowledging_moves_on_to_the_resolve_deadline() -> None:
 
 def test_resolving_and_transferring_arm_nothing() -> None:
     case_id, clock = _routed_clock()
-    resolved = apply(clock, case_id, events.CaseResolved(by="w", note="n"), T0, CHINA_2026)
+    resolved = apply(clock, case_id, WAITS_FOR_A_PERSON, T0, CHINA_2026)
     assert resolved is not None
     assert (resolved.clock.phase, resolved.arm) == ("done", ())
     later = T0 + timedelta(minutes=30)
@@ -124,7 +128,7 @@ def test_a_routing_replayed_after_the_case_was_resolved_arms_nothing() -> None:
     """A CaseRouted delivered late (a dead letter replayed after the case moved on) would
     escalate a finished case; a reroute after a transfer still re-arms."""
     case_id, clock = _routed_clock()
-    resolved = apply(clock, case_id, events.CaseResolved(by="w", note="n"), T0, CHINA_2026)
+    resolved = apply(clock, case_id, WAITS_FOR_A_PERSON, T0, CHINA_2026)
     assert resolved is not None
     stale = routed(at=T0, ack_s=3600, resolve_s=7200).event()
     assert apply(resolved.clock, case_id, stale, T0 + timedelta(hours=3), CHINA_2026) is None
@@ -159,22 +163,43 @@ def test_catching_up_applies_what_came_before_the_routing_in_order() -> None:
     done = catch_up(
         routing,
         env.case_id,
-        [(t, events.CaseAcknowledged(by="w")), (t, events.CaseResolved(by="w", note="n"))],
+        [(t, events.CaseAcknowledged(by="w")), (t, WAITS_FOR_A_PERSON)],
         T0 + timedelta(hours=3),
         CHINA_2026,
     )
     assert (done.clock.phase, done.arm) == ("done", ())
-    # with a verification window, from the resolution's own time
+    # with a verification window
+    closing = events.CaseResolved(by="w", note="n", closes_at=t + timedelta(hours=1))
     verifying = catch_up(
         routing,
         env.case_id,
-        [(t, events.CaseAcknowledged(by="w")), (t, events.CaseResolved(by="w", note="n"))],
+        [(t, events.CaseAcknowledged(by="w")), (t, closing)],
         T0 + timedelta(hours=3),
         CHINA_2026,
-        verify_window_s=3600,
     )
     assert [(x.kind, x.due_at) for x in verifying.arm] == [("close", t + timedelta(hours=1))]
     assert catch_up(routing, env.case_id, [], T0, CHINA_2026) is routing
+
+
+def test_a_resolution_written_before_closes_at_existed_closes_72_hours_after_it() -> None:
+    """An intake that did not state `closes_at` (before an upgrade) had escalation close its
+    resolutions 72 h after they happened; those still in flight keep that."""
+    case_id, clock = _routed_clock()
+    resolved_at = T0 + timedelta(minutes=40)
+    unstated = events.CaseResolved.model_validate({"by": "w", "note": "n"})
+    stated = events.CaseResolved.model_validate_json('{"by": "w", "note": "n", "closes_at": null}')
+    change = apply(
+        clock, case_id, unstated, T0 + timedelta(hours=1), CHINA_2026, occurred_at=resolved_at
+    )
+    assert change is not None
+    assert [(t.kind, t.due_at) for t in change.arm] == [
+        ("close", resolved_at + timedelta(hours=72))
+    ]
+    never = apply(
+        clock, case_id, stated, T0 + timedelta(hours=1), CHINA_2026, occurred_at=resolved_at
+    )
+    assert never is not None
+    assert (never.clock.phase, never.arm) == ("done", ())
 
 
 def test_a_resolution_starts_the_verification_window_from_when_it_happened() -> None:
@@ -183,10 +208,9 @@ def test_a_resolution_starts_the_verification_window_from_when_it_happened() -> 
     change = apply(
         clock,
         case_id,
-        events.CaseResolved(by="w", note="n"),
+        events.CaseResolved(by="w", note="n", closes_at=resolved_at + timedelta(days=3)),
         T0 + timedelta(minutes=45),  # folded five minutes late
         CHINA_2026,
-        verify_window_s=3 * 86400,
         occurred_at=resolved_at,
     )
     assert change is not None
@@ -202,9 +226,8 @@ def test_a_resolution_starts_the_verification_window_from_when_it_happened() -> 
 
 def test_closing_or_reopening_ends_the_verification_window() -> None:
     case_id, clock = _routed_clock()
-    verifying = apply(
-        clock, case_id, events.CaseResolved(by="w", note="n"), T0, CHINA_2026, verify_window_s=60
-    )
+    resolution = events.CaseResolved(by="w", note="n", closes_at=T0 + timedelta(seconds=60))
+    verifying = apply(clock, case_id, resolution, T0, CHINA_2026)
     assert verifying is not None
     closed = apply(verifying.clock, case_id, events.CaseClosed(by="d"), T0, CHINA_2026)
     assert closed is not None

@@ -71,7 +71,7 @@ async def test_acknowledging_stops_it_and_resolving_ends_it(esc_db: asyncpg.Conn
     assert [(e.event_type, e.payload["deadline"]) for e in fired] == [("CaseEscalated", "resolve")]
     await _fold(
         esc_db,
-        step(events.CaseResolved(by="w-1", note="ok"), env.case_id, T0),
+        step(events.CaseResolved(by="w-1", note="ok", closes_at=None), env.case_id, T0),
         T0 + timedelta(hours=4, minutes=2),
     )
     assert await timers.fire_due(esc_db, T0 + timedelta(days=2), CFG) == []
@@ -82,7 +82,7 @@ async def test_reopening_re_arms_the_resolve_deadline(esc_db: asyncpg.Connection
     await _fold(esc_db, env, T0)
     for ev in (
         events.CaseAcknowledged(by="w"),
-        events.CaseResolved(by="w", note="n"),
+        events.CaseResolved(by="w", note="n", closes_at=None),
         events.CaseClosed(by="d"),
     ):
         await _fold(esc_db, step(ev, env.case_id, T0), T0 + timedelta(minutes=10))
@@ -193,7 +193,7 @@ async def test_a_batch_folds_like_the_same_events_one_by_one(esc_db: asyncpg.Con
         done,
         step(events.CaseAcknowledged(by="w"), acked.case_id, T0),
         waiting,
-        step(events.CaseResolved(by="w", note="n"), done.case_id, T0),
+        step(events.CaseResolved(by="w", note="n", closes_at=None), done.case_id, T0),
         waiting,  # the same event twice in one batch
         step(events.CaseRated(rating=5), done.case_id, T0),  # not followed
     ]
@@ -235,7 +235,9 @@ async def test_a_routing_replayed_after_its_case_moved_on_escalates_only_what_is
     later = T0 + timedelta(minutes=20)
     assert await _fold(esc_db, step(events.CaseAcknowledged(by="w-1"), acked.case_id, later), later)
     assert await _fold(
-        esc_db, step(events.CaseResolved(by="w-1", note="好了"), resolved.case_id, later), later
+        esc_db,
+        step(events.CaseResolved(by="w-1", note="好了", closes_at=None), resolved.case_id, later),
+        later,
     )
     assert await esc_db.fetchval("SELECT count(*) FROM escalation.early_events") == 2
 
@@ -263,13 +265,16 @@ async def test_a_resolution_nobody_verifies_lapses_once_and_emergency_mode_leave
     """A resolved case waits for the resident for the verification window; then one
     `CaseVerificationLapsed` names the resolution it was about. A reopening in the window
     ends it, and emergency mode (a department's deadlines) does not shorten it."""
-    cfg = timers.Settings(verify_window_s=3 * 86400)
+    cfg = CFG
     lapsing = routed(at=T0, ack_s=3600, resolve_s=7200, district="longsha")
     reopened = routed(at=T0, ack_s=3600, resolve_s=7200, district="longsha")
     resolved_at = T0 + timedelta(minutes=30)
     for env in (lapsing, reopened):
         assert await timers.fold(esc_db, env, env.event(), T0, cfg)
-        fix = step(events.CaseResolved(by="w-1", note="修好了"), env.case_id, resolved_at)
+        fixed = events.CaseResolved(
+            by="w-1", note="修好了", closes_at=resolved_at + timedelta(days=3)
+        )
+        fix = step(fixed, env.case_id, resolved_at)
         assert await timers.fold(esc_db, fix, fix.event(), resolved_at, cfg)
     await timers.set_emergency(
         esc_db, "longsha", on=True, factor=0.1, reason="flood", by="ops", now=resolved_at, cfg=cfg

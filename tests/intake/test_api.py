@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -330,10 +331,16 @@ async def test_a_department_that_calls_back_sees_the_number_but_never_an_id(
 ) -> None:
     case = await reported_and_routed(client, stack, keys, department="heating")
     cid, token = case["case_id"], case["tracking_token"]
-    # the resident reopens, writing their number and id into the reason
     for step in ({"action": "acknowledge"}, {"action": "resolve", "note": "已修复"}):
         r = await client.post(f"/v1/cases/{cid}/events", json=step, headers=auth(keys.heating))
         assert r.status_code == 202, r.text
+    # the resolution says when the case closes unless the resident acts: the window after it
+    resolved = (await client.get(f"/v1/cases/{cid}", headers=auth(keys.heating))).json()
+    [resolution] = [e for e in resolved["timeline"] if e["event_type"] == "CaseResolved"]
+    closes_at = datetime.fromisoformat(resolved["closes_at"])
+    assert closes_at == datetime.fromisoformat(resolution["details"]["closes_at"])
+    assert closes_at - datetime.fromisoformat(resolution["occurred_at"]) == timedelta(hours=72)
+    # the resident reopens, writing their number and id into the reason
     reason = "还是不热，请打13912345678，身份证23020219450312002X"
     r = await client.post(
         f"/v1/cases/{cid}/events",
@@ -346,6 +353,7 @@ async def test_a_department_that_calls_back_sees_the_number_but_never_an_id(
         return any(e["event_type"] == "CaseReopened" for e in c["timeline"])
 
     mine = await wait_for(client, cid, keys.heating, reopened)
+    assert mine["closes_at"] is None  # reopened: no longer closing itself
     [entry] = [e for e in mine["timeline"] if e["event_type"] == "CaseReopened"]
     # heating's categories need the resident's phone: the number stays, the id does not
     assert entry["details"]["reason"] == "还是不热，请打13912345678，身份证***"

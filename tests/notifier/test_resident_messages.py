@@ -41,6 +41,9 @@ class Inbox:
         return "250 OK"
 
 
+CLOSES_AT = datetime(2026, 12, 2, 2, 0, tzinfo=UTC)  # 10:00 in the city
+
+
 def report(
     email: str | None, phone: str | None, consent: bool, language: str = "zh-CN"
 ) -> events.Envelope:
@@ -144,7 +147,9 @@ async def test_consenting_residents_are_told_by_email_and_sms(stack: LocalStack,
             for e in (
                 routed(cid, department),
                 wrap(
-                    events.CaseResolved(by="w-1", note="阀门已更换"), case_id=cid, producer="intake"
+                    events.CaseResolved(by="w-1", note="阀门已更换", closes_at=CLOSES_AT),
+                    case_id=cid,
+                    producer="intake",
                 ),
             ):
                 await producer.send_and_wait(topics.CASES_LIFECYCLE, e.to_json(), key=cid.encode())
@@ -188,6 +193,9 @@ async def test_consenting_residents_are_told_by_email_and_sms(stack: LocalStack,
     sms = [t for t in texts if case_reference(yes.case_id) in t["text"]]
     assert [t["to"] for t in sms] == ["13912345678"] * 3
     assert any("已自动结案" in t["text"] for t in sms)
+    # the resolution said when it would be closed, in the city's time
+    assert any("2026-12-02 10:00前未申请的，将自动结案" in t["text"] for t in sms)
+    assert any("2026-12-02 10:00 前未申请重新办理的，本案将自动结案" in b for b in bodies)
     # a resident who asked for English gets English
     in_english = [body for _, body in inbox.messages if case_reference(english.case_id) in body]
     assert len(in_english) == 2

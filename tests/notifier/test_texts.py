@@ -22,6 +22,7 @@ RESIDENT = {
     "note": "阀门已更换",
     "resolve_by": "2026-01-10 20:00",
     "reference": "0A1B2C3D",
+    "closes_at": "",
 }
 ROUTED_AT = datetime(2026, 1, 10, 1, 30, tzinfo=UTC)  # 09:30 in the city
 
@@ -118,6 +119,20 @@ def test_languages_and_the_fallback() -> None:
     assert render("resident", "CaseRouted", "sms", "fr", RESIDENT) == render(
         "resident", "CaseRouted", "sms", "zh-CN", RESIDENT
     )
+
+
+def test_a_resolution_tells_the_resident_when_it_closes_unless_they_reopen() -> None:
+    closing = {**RESIDENT, "closes_at": "2026-01-13 20:00"}
+    zh = render("resident", "CaseResolved", "sms", "zh-CN", closing).text
+    assert "2026-01-13 20:00前未申请的，将自动结案" in zh
+    en = render("resident", "CaseResolved", "email", "en", closing).text
+    assert "Unless you reopen it before 2026-01-13 20:00, the case will then be closed." in en
+    # a window turned off: nothing about closing
+    for locale in ("zh-CN", "en"):
+        for channel in ("sms", "email"):
+            text = render("resident", "CaseResolved", channel, locale, RESIDENT).text
+            assert "自动结案" not in text
+            assert "closed" not in text
 
 
 def test_an_audience_is_told_only_what_it_is_promised() -> None:

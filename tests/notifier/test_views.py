@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,7 +16,12 @@ from pydantic import ValidationError
 from services.notifier.views import DEPARTMENT_EVENTS, department_view
 from shared import events
 from shared.events import wrap
-from shared.feed import FEED_MESSAGE, DepartmentFeedMessage, feed_message_schema
+from shared.feed import (
+    FEED_MESSAGE,
+    CaseResolvedMessage,
+    DepartmentFeedMessage,
+    feed_message_schema,
+)
 from shared.ids import derived_event_id
 from tests.notifier.test_texts import ESCALATED, REOPENED, ROUTED, WARNED
 
@@ -59,6 +64,16 @@ def test_every_view_is_a_valid_feed_message(event: events.Event) -> None:
     text = json.dumps(view, ensure_ascii=False)
     for personal in ("13900000001", "13900000002", "13912345678", "contact", "comment"):
         assert personal not in text
+
+
+def test_a_resolution_tells_the_department_when_it_closes_itself() -> None:
+    closes_at = AT + timedelta(hours=72)
+    view = _view(events.CaseResolved(by="w-7", note="阀门已更换", closes_at=closes_at))
+    message = FEED_MESSAGE.validate_json(json.dumps(view))
+    assert isinstance(message, CaseResolvedMessage)
+    assert message.details.closes_at == closes_at
+    waits = _view(events.CaseResolved(by="w-7", note="阀门已更换", closes_at=None))
+    assert waits["details"] == {"note": "阀门已更换", "closes_at": None}
 
 
 def test_a_field_the_model_does_not_name_is_refused() -> None:

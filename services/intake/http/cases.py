@@ -340,6 +340,7 @@ async def take_step(case_id: CaseId, body: StepIn, request: Request) -> StepAcce
             reason=body.reason,
             photo_urls=tuple(str(u) for u in body.photo_urls),
             rating=body.rating,
+            verify_window_s=st.settings.verify_window_s,
         )
     except store.CaseNotFound as exc:
         raise ApiError(404, "not_found", f"no case {case_id}") from exc
