@@ -155,7 +155,15 @@ OVERVIEW = [
     Panel(
         "Open backlog per department",
         [(f"max by (department) (griddispatch_cases_open{{{DEPT}}})", "{{department}}")],
-        width=24,
+    ),
+    Panel(
+        "Waiting in triage",
+        [
+            ("max(griddispatch_triage_cases)", "cases"),
+            ("max(griddispatch_triage_oldest_age_seconds) / 60", "longest wait (min)"),
+        ],
+        description="Cases for which no grid or department was found: they wait for an "
+        "operator to route them (griddispatch triage list), with no deadline until then",
     ),
 ]
 

@@ -75,9 +75,22 @@ OPEN_CASES = Gauge(
 )
 
 
+TRIAGE_CASES = Gauge(
+    "griddispatch_triage_cases",
+    "Cases in triage: no grid or department found, waiting for an operator to route them",
+    registry=REGISTRY,
+)
+TRIAGE_OLDEST_AGE = Gauge(
+    "griddispatch_triage_oldest_age_seconds",
+    "How long the case longest in triage has waited (0: none waits); it has no deadline "
+    "until an operator routes it",
+    registry=REGISTRY,
+)
+
+
 class OpenCaseGauge:
-    """Refreshes `griddispatch_cases_open` from the read model. Every intake replica reports
-    the same figure, so dashboards take `max by (department)`."""
+    """Refreshes `griddispatch_cases_open` and the triage gauges from the read model. Every
+    intake replica reports the same figures, so dashboards take `max`."""
 
     def __init__(self, pool: asyncpg.Pool, *, interval_s: float = 15.0) -> None:
         self._pool = pool
@@ -87,6 +100,11 @@ class OpenCaseGauge:
     async def refresh(self) -> None:
         async with self._pool.acquire() as conn:
             counts = dict(await store.open_cases_by_department(conn))
+            waiting, oldest = await store.triage_waiting(conn)
+        TRIAGE_CASES.set(waiting)
+        TRIAGE_OLDEST_AGE.set(
+            max(0.0, time.time() - oldest.timestamp()) if oldest is not None else 0.0
+        )
         for gone in self._seen - counts.keys():
             OPEN_CASES.labels(gone).set(0)
         for department, count in counts.items():

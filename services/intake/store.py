@@ -645,6 +645,16 @@ async def open_cases_by_department(conn: asyncpg.Connection) -> list[tuple[str, 
     return [(r["department"], r["n"]) for r in rows]
 
 
+async def triage_waiting(conn: asyncpg.Connection) -> tuple[int, datetime | None]:
+    """How many cases wait in triage for an operator, and since when the longest has waited
+    (the routing that sent it there)."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, min(updated_at) AS oldest FROM intake.cases "
+        "WHERE status = 'unroutable'"
+    )
+    return int(row["n"]), row["oldest"]
+
+
 async def get_case(conn: asyncpg.Connection, case_id: str) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT * FROM intake.cases WHERE case_id = $1", case_id

@@ -305,6 +305,7 @@ KEY_PANELS = {
     "Warnings and SLA breaches",
     "Escalations by level",
     "Open backlog per department",
+    "Waiting in triage",
     "Services up",
     "Messages processed per second",
     "Consumer lag",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -14,12 +14,14 @@ import pytest
 from services.intake import store
 from services.intake.lifecycle import Status
 from services.intake.models import TaskIn
+from services.intake.readmodel import OpenCaseGauge
 from services.intake.settings import MIGRATIONS
 from shared import events
 from shared.db import migrate
 from shared.events import wrap
 from shared.ids import derived_event_id
 from shared.localstack import LocalStack
+from shared.metrics import REGISTRY
 from tests.helpers.services import fresh_database
 from tests.intake.conftest import routed_event
 
@@ -244,3 +246,44 @@ async def test_a_grid_task_s_cases_come_into_being_with_their_first_decision(
     progress = await store.task_progress(intake_db, task.task_id)
     assert progress is not None
     assert progress.by_status == {"routed": 1, "unroutable": 1}
+
+
+async def test_the_triage_gauges_count_cases_waiting_for_an_operator(
+    intake_db: asyncpg.Connection, readmodel_url: str
+) -> None:
+    waiting_before, _ = await store.triage_waiting(intake_db)
+    long_ago, lately, routed = [await _new_case(intake_db) for _ in range(3)]
+    unroutable = events.CaseUnroutable(
+        category="heating.outage",
+        reason="the location is outside every grid",
+        reported_at=datetime.now(UTC),
+    )
+    for case_id in (long_ago, lately):
+        env = _step(unroutable, case_id)
+        await store.apply_lifecycle_events(intake_db, [(env, env.event())])
+    await store.apply_lifecycle_events(
+        intake_db, [(e, e.event()) for e in [routed_event(routed, "heating")]]
+    )
+    await intake_db.execute(
+        "UPDATE intake.cases SET updated_at = now() - interval '2 hours' WHERE case_id = $1",
+        long_ago,
+    )
+    waiting, oldest = await store.triage_waiting(intake_db)
+    assert waiting == waiting_before + 2
+    assert oldest is not None
+    assert timedelta(hours=2) <= datetime.now(UTC) - oldest < timedelta(hours=3)
+
+    pool = await asyncpg.create_pool(readmodel_url, min_size=1, max_size=1)
+    try:
+        await OpenCaseGauge(pool).refresh()
+    finally:
+        await pool.close()
+    assert REGISTRY.get_sample_value("griddispatch_triage_cases") == waiting
+    age = REGISTRY.get_sample_value("griddispatch_triage_oldest_age_seconds")
+    assert age is not None
+    assert 7200 <= age < 10800
+    # routed by hand: it leaves triage
+    for case_id in (long_ago, lately):
+        env = routed_event(case_id, "heating")
+        await store.apply_lifecycle_events(intake_db, [(env, env.event())])
+    assert (await store.triage_waiting(intake_db))[0] == waiting_before
