@@ -185,6 +185,11 @@ class GridTaskIssued(Event):
     department: str | None = Field(default=None, description="default: the category's rules")
     issued_by: str = Field(min_length=1, max_length=64)
     issued_at: AwareDatetime
+    due_by: AwareDatetime | None = Field(
+        default=None,
+        description="every grid's case is to be resolved by then (its acknowledgement is due "
+        "by then at the latest); default: the category's deadlines",
+    )
 
 
 class CaseRouted(Event):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import getpass
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import pydantic
@@ -28,6 +30,7 @@ tasks_app = typer.Typer(
     help="Grid tasks: the same task for every grid of an area at once.", no_args_is_help=True
 )
 T = TypeVar("T")
+CITY_TIME = ZoneInfo("Asia/Shanghai")  # what operators type and read
 
 
 def _with_db(fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -120,6 +123,11 @@ def tasks_issue(
         ["comprehensive"], help="comprehensive and/or dedicated grids (repeat the option)"
     ),
     department: str | None = typer.Option(None, help="default: the category's department"),
+    due_by: str | None = typer.Option(
+        None,
+        help="resolve every grid's case by then, e.g. '2026-12-01 18:00' (the city's time "
+        "unless it names its offset); default: the category's deadlines",
+    ),
 ) -> None:
     """Give every grid of an area the same task (as POST /v1/tasks): the router makes one case
     per grid, routed to its worker; follow it with `griddispatch tasks show`."""
@@ -132,6 +140,7 @@ def tasks_issue(
                 "instructions": instructions,
                 "grid_kinds": kind,
                 "department": department,
+                "due_by": _city_time(due_by) if due_by else None,
             }
         )
     except pydantic.ValidationError as exc:
@@ -150,6 +159,17 @@ def tasks_issue(
     print(task.task_id)
 
 
+def _city_time(text: str) -> str:
+    """An ISO time as typed; without an offset, the city's own clock."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text  # the model says what is wrong with it
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=CITY_TIME)
+    return moment.isoformat()
+
+
 @tasks_app.command("show")
 def tasks_show(task_id: str = typer.Argument(..., help="the task's id")) -> None:
     """A task and how far its grids got."""
@@ -161,8 +181,10 @@ def tasks_show(task_id: str = typer.Argument(..., help="the task's id")) -> None
     out = Console()
     out.print(
         f"[bold]{t['title']}[/bold] ({t['category']}) in {t['area']}, "
-        f"{t['issued_at']:%Y-%m-%d %H:%M} by {t['issued_by']}"
+        f"{t['issued_at'].astimezone(CITY_TIME):%Y-%m-%d %H:%M} by {t['issued_by']}"
     )
+    if t["due_by"]:
+        out.print(f"due by {t['due_by'].astimezone(CITY_TIME):%Y-%m-%d %H:%M}")
     table = Table("status", "cases")
     for status, n in sorted(progress.by_status.items()):
         table.add_row(status, str(n))

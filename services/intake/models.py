@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from services.intake.lifecycle import Action, Status
 from shared import events
@@ -121,6 +130,23 @@ class TaskIn(Strict):
     department: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")] | None = (
         Field(default=None, description="default: the category's department (and rules)")
     )
+    due_by: AwareDatetime | None = Field(
+        default=None,
+        description="every grid's case is to be resolved by then, with a time zone (e.g. "
+        "`2026-12-01T18:00:00+08:00`); in the future, within 90 days; default: the category's "
+        "deadlines",
+    )
+
+    @field_validator("due_by")
+    @classmethod
+    def _ahead(cls, value: datetime | None) -> datetime | None:
+        if value is not None:
+            now = datetime.now(UTC)
+            if value <= now:
+                raise ValueError("must be in the future")
+            if value > now + timedelta(days=90):
+                raise ValueError("must be within 90 days")
+        return value
 
     def issued(self, by: str) -> events.GridTaskIssued:
         """The task as issued now by `by` (over HTTP or at the command line)."""
@@ -134,6 +160,7 @@ class TaskIn(Strict):
             department=self.department,
             issued_by=by[:64],
             issued_at=datetime.now(UTC),
+            due_by=self.due_by,
         )
 
 
@@ -152,6 +179,7 @@ class TaskView(BaseModel):
     department: str | None
     issued_by: str
     issued_at: datetime
+    due_by: datetime | None = Field(default=None, description="the task's own deadline, if any")
     cases: int = Field(description="the grids' cases made so far (one per grid)")
     by_status: dict[str, int] = Field(description="those cases by status")
     overdue: int = Field(description="open cases past their resolve deadline")

@@ -369,7 +369,8 @@ async def issue_task(
                 return str(orjson.loads(kept["response"])["task_id"])
         await conn.execute(
             "INSERT INTO intake.tasks (task_id, category, title, instructions, area, grid_kinds, "
-            "department, issued_by, issued_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "department, issued_by, issued_at, due_by) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             task.task_id,
             task.category,
             task.title,
@@ -379,6 +380,7 @@ async def issue_task(
             task.department,
             task.issued_by,
             task.issued_at,
+            task.due_by,
         )
         env = wrap(
             task,

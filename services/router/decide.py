@@ -54,6 +54,7 @@ class CaseFacts:
     grid_id: str | None = None
     department: str | None = None
     task_id: str | None = None  # one grid's case of a grid task
+    due_by: datetime | None = None  # the grid task's own deadline (wall clock)
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,15 @@ def decide(
             trail.append(f"emergency mode: deadlines × {factor}, priority {priority.value}")
     ack_by = case.reported_at + _hours(ack_h)
     res_by = case.reported_at + _hours(res_h)
+    working_time = category.deadlines.working_time
+    if case.due_by is not None:
+        # the operator's deadline for the task, on the wall clock: resolved by then, and
+        # acknowledged by then at the latest
+        res_by, working_time = case.due_by, False
+        ack_by = min(ack_by, res_by)
+        ack_h = (ack_by - case.reported_at).total_seconds() / 3600
+        if explain:
+            trail.append(f"deadline: the task's, resolved by {res_by.isoformat()}")
     warn_before = max(60, int(ack_h * 3600 * 0.25))
 
     # 5. the escalation chain, names and contacts resolved now
@@ -220,7 +230,7 @@ def decide(
         acknowledge_by=ack_by,
         resolve_by=res_by,
         warn_before_s=warn_before,
-        working_time=category.deadlines.working_time,
+        working_time=working_time,
     )
 
     # Built without re-validation: every value comes from validated reference data, the

@@ -153,6 +153,7 @@ def case_facts(
         department=(reroute.department if reroute else None)
         or (pinned_department if pinned_department not in excluded else None),
         task_id=facts.get("task_id"),
+        due_by=datetime.fromisoformat(due_by) if (due_by := facts.get("due_by")) else None,
     )
 
 

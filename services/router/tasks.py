@@ -3,8 +3,9 @@
 A `GridTaskIssued` names an area (a district, street office, community or grid code, or
 `city`) and which kinds of grid in it. `task_cases` lists the grids it reaches, in a fixed
 order, with each grid's case id and the facts the router decides that case on: the grid is
-pinned (no lookup), the department is the task's or the category's rules', and the deadlines,
-worker and escalation chain are decided as for any report.
+pinned (no lookup), the department is the task's or the category's rules', the deadlines the
+category's unless the task sets its own (`due_by`), and the worker and escalation chain are
+decided as for any report.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def task_cases(ref: ReferenceData, task: events.GridTaskIssued) -> list[TaskCase
                 "grid_id": grid_id,
                 "department": task.department,
                 "task_id": task.task_id,
+                "due_by": task.due_by.isoformat() if task.due_by else None,
             },
         )
         for grid_id in grids

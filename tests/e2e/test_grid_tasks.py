@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from datetime import datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
@@ -24,6 +26,7 @@ from tests.helpers.kafka import first_on_topic
 from tests.helpers.services import migrate_services, running_service
 
 CITY = democity.generate(seed=23, scale="small")
+CITY_TIME = ZoneInfo("Asia/Shanghai")
 STREET = CITY.street_offices[1]["code"]
 COMMUNITIES = {c["code"] for c in CITY.communities if c["street_office"] == STREET}
 GRIDS = sorted(
@@ -79,6 +82,11 @@ async def test_a_task_reaches_every_grid_of_its_area_once(stack: LocalStack, tmp
                 "unknown_category",  # as for a report
                 "category",
             ), r.text
+            # a deadline of its own must lie ahead
+            r = await client.post(
+                "/v1/tasks", json={**task_body, "due_by": "2020-01-01T18:00:00+08:00"}, headers=ops
+            )
+            assert (r.status_code, r.json()["errors"][0]["field"]) == (422, "due_by"), r.text
             # issued twice with one Idempotency-Key: one task
             first = await client.post(
                 "/v1/tasks", json=task_body, headers={**ops, "Idempotency-Key": "cold-1"}
@@ -169,9 +177,13 @@ async def test_a_task_reaches_every_grid_of_its_area_once(stack: LocalStack, tmp
             )  # fmt: skip
             assert bad.returncode == 2
             assert "--area" in bad.stderr
+            # by tomorrow 18:00 in the city, typed as the city reads it
+            tomorrow = datetime.now(CITY_TIME).date() + timedelta(days=1)
+            due_by = datetime.combine(tomorrow, time(18, 0), CITY_TIME)
             issued = await asyncio.to_thread(
                 run_cli, stack, "tasks", "issue", "--area", GRIDS[0], "--category",
                 "task.notice", "--title", "停水通知到户",
+                "--due-by", f"{tomorrow:%Y-%m-%d} 18:00",
             )  # fmt: skip
             assert issued.returncode == 0, issued.stderr
             one = issued.stdout.strip()
@@ -182,7 +194,13 @@ async def test_a_task_reaches_every_grid_of_its_area_once(stack: LocalStack, tmp
                 await asyncio.sleep(0.2)
             assert shown.returncode == 0, shown.stderr
             assert "停水通知到户" in shown.stdout
+            assert f"due by {tomorrow:%Y-%m-%d} 18:00" in shown.stdout
             [single] = (await client.get("/v1/cases", params={"task": one}, headers=ops)).json()[
                 "items"
             ]
             assert single["grid_id"] == GRIDS[0]
+            # the task's deadline, not the category's
+            assert datetime.fromisoformat(single["resolve_by"]) == due_by
+            assert datetime.fromisoformat(single["acknowledge_by"]) <= due_by
+            task_view = (await client.get(f"/v1/tasks/{one}", headers=ops)).json()
+            assert datetime.fromisoformat(task_view["due_by"]) == due_by

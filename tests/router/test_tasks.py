@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -125,6 +125,35 @@ def test_a_task_case_the_router_cannot_route_still_names_its_task() -> None:
         ev = decide(case_facts(c.case_id, c.facts, None), ref, open_cases={}).event
         assert isinstance(ev, events.CaseUnroutable), ev
         assert (ev.task_id, ev.reason) == (t.task_id, "department street-office is not known")
+
+
+def test_a_task_s_own_deadline_replaces_the_category_s(ref: ReferenceData) -> None:
+    """Resolved by the task's `due_by`, on the wall clock; acknowledged by the category's
+    deadline or by then, whichever is sooner; and the same after a transfer."""
+    for due_by, ack_by in (
+        (ISSUED + timedelta(hours=6), ISSUED + timedelta(hours=2)),  # the category's 2 h
+        (ISSUED + timedelta(minutes=30), ISSUED + timedelta(minutes=30)),
+    ):
+        t = task("longsha-g00001", due_by=due_by, department="sanitation")
+        [c] = task_cases(ref, t)
+        first = decide(case_facts(c.case_id, c.facts, None), ref, open_cases={})
+        ev = first.event
+        assert isinstance(ev, events.CaseRouted)
+        assert (ev.deadlines.resolve_by, ev.deadlines.acknowledge_by) == (due_by, ack_by)
+        assert ev.deadlines.working_time is False
+        assert first.payload_json == ev.__pydantic_serializer__.to_json(ev)
+        transfer = events.RerouteRequested(
+            reason="not ours", requested_by="sanitation", exclude_departments=("sanitation",)
+        )
+        declined = {**c.facts, "excluded": ["sanitation"]}
+        again = decide(case_facts(c.case_id, declined, transfer), ref, open_cases={}).event
+        assert isinstance(again, events.CaseRouted)
+        assert again.deadlines.resolve_by == due_by
+    # without one: the category's 24 h
+    [plain] = task_cases(ref, task("longsha-g00001"))
+    ev = decide(case_facts(plain.case_id, plain.facts, None), ref, open_cases={}).event
+    assert isinstance(ev, events.CaseRouted)
+    assert ev.deadlines.resolve_by == ISSUED + timedelta(hours=24)
 
 
 @pytest.mark.parametrize(

@@ -140,6 +140,7 @@ def task_view(p: store.TaskProgress) -> TaskView:
         department=t["department"],
         issued_by=t["issued_by"],
         issued_at=t["issued_at"],
+        due_by=t["due_by"],
         cases=sum(p.by_status.values()),
         by_status=p.by_status,
         overdue=p.overdue,
