@@ -392,6 +392,10 @@ async def issue_task(
     return task.task_id
 
 
+# A case past its resolve deadline and not resolved (a case without a deadline never is).
+OVERDUE = "status NOT IN ('resolved', 'closed') AND coalesce(resolve_by < now(), false)"
+
+
 @dataclass(frozen=True)
 class TaskProgress:
     task: asyncpg.Record
@@ -416,8 +420,7 @@ async def _progress(conn: asyncpg.Connection, which: str, arg: Any) -> list[Task
     by_status: dict[str, dict[str, int]] = {t["task_id"]: {} for t in tasks}
     overdue = dict.fromkeys(by_status, 0)
     for r in await conn.fetch(
-        "SELECT task_id, status, count(*) AS n, count(*) FILTER (WHERE status NOT IN "
-        "('resolved', 'closed') AND resolve_by < now()) AS overdue "
+        f"SELECT task_id, status, count(*) AS n, count(*) FILTER (WHERE {OVERDUE}) AS overdue "
         "FROM intake.cases WHERE task_id = ANY($1) GROUP BY task_id, status",
         list(by_status),
     ):
@@ -698,6 +701,7 @@ class CaseFilter:
     reference: str | None = None  # shared.ids.case_reference
     task_id: str | None = None
     reported_only: bool = False  # leave out grid tasks' cases (Open311 lists requests only)
+    overdue: bool | None = None  # open and past the resolve deadline (or, False, not)
 
 
 def encode_cursor(reported_at: datetime, case_id: str) -> str:
@@ -757,6 +761,8 @@ async def list_cases(
         add("task_id = {}", f.task_id)
     if f.reported_only:
         where.append("task_id IS NULL")
+    if f.overdue is not None:
+        where.append(("" if f.overdue else "NOT ") + f"({OVERDUE})")
     if f.reference is not None:  # the expression of the index cases_reference
         add("upper(right(case_id, 8)) = {}", f.reference.upper())
     if cursor is not None:

@@ -123,6 +123,7 @@ def routed_event(
     worker: str | None = "w-1",
     grid: str = "g-0001",
     task_id: str | None = None,
+    resolve_in: timedelta = timedelta(hours=12),
 ) -> events.Envelope:
     now = datetime.now(UTC)
     return wrap(
@@ -134,8 +135,8 @@ def routed_event(
             worker_id=worker,
             priority=events.Priority.HIGH,
             deadlines=events.Deadlines(
-                acknowledge_by=now + timedelta(hours=1),
-                resolve_by=now + timedelta(hours=12),
+                acknowledge_by=now + min(timedelta(hours=1), resolve_in),
+                resolve_by=now + resolve_in,
                 warn_before_s=900,
             ),
             escalation_chain=(

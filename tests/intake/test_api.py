@@ -524,3 +524,44 @@ async def test_requests_are_counted_by_route_template_with_bounded_labels(
     assert ("GET", "/health/live", "200") in counted  # probes are not "unmatched"
     assert ("GET", "/metrics", "200") in counted
     assert not any(m == "PROPFIND" or "4f1c" in r or "7e2d9" in r for m, r, _ in counted)
+
+
+async def test_a_department_lists_its_overdue_cases(
+    client: httpx.AsyncClient, stack: LocalStack, keys: Keys
+) -> None:
+    """Open and past the resolve deadline: what a department's duty officer (or an operator
+    following a grid task) chases first."""
+    ids = []
+    for _ in range(3):
+        r = await client.post(
+            "/v1/cases",
+            json=report_body(category="water.outage", attributes={}),
+            headers=auth(keys.resident_app),
+        )
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["case_id"])
+    late, on_time, resolved_late = ids
+    await publish_lifecycle(
+        stack,
+        routed_event(late, "water", resolve_in=timedelta(hours=-1)),
+        routed_event(on_time, "water"),
+        routed_event(resolved_late, "water", resolve_in=timedelta(hours=-1)),
+    )
+    for cid in ids:
+        await wait_for(client, cid, keys.operator, lambda c: c["status"] == "routed")
+    for step in ({"action": "acknowledge"}, {"action": "resolve", "note": "修好了"}):
+        r = await client.post(
+            f"/v1/cases/{resolved_late}/events", json=step, headers=auth(keys.water)
+        )
+        assert r.status_code == 202, r.text
+
+    async def listed(**params: object) -> set[str]:
+        r = await client.get("/v1/cases", params={"limit": 200, **params}, headers=auth(keys.water))
+        assert r.status_code == 200, r.text
+        return {c["case_id"] for c in r.json()["items"]} & set(ids)
+
+    assert await listed(overdue="true") == {late}
+    assert await listed(overdue="false") == {on_time, resolved_late}
+    assert await listed() == set(ids)
+    r = await client.get("/v1/cases", params={"overdue": "maybe"}, headers=auth(keys.water))
+    assert (r.status_code, r.json()["errors"][0]["field"]) == (422, "overdue")

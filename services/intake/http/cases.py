@@ -254,6 +254,13 @@ async def list_cases(
     task: Annotated[
         str | None, Query(max_length=64, description="a grid task's cases (GET /v1/tasks)")
     ] = None,
+    overdue: Annotated[
+        bool | None,
+        Query(
+            description="true: only open cases past their resolve deadline (a task's `overdue`); "
+            "false: only those that are not"
+        ),
+    ] = None,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> CasePage:
@@ -291,6 +298,7 @@ async def list_cases(
         min_escalation_level=escalation_level,
         reference=reference,
         task_id=task,
+        overdue=overdue,
     )
     async with st.pool.acquire() as conn:
         rows = await store.list_cases(conn, filters, limit=limit + 1, cursor=after)
