@@ -555,7 +555,7 @@ async def test_a_department_lists_its_overdue_cases(
         )
         assert r.status_code == 202, r.text
 
-    async def listed(**params: object) -> set[str]:
+    async def listed(**params: str) -> set[str]:
         r = await client.get("/v1/cases", params={"limit": 200, **params}, headers=auth(keys.water))
         assert r.status_code == 200, r.text
         return {c["case_id"] for c in r.json()["items"]} & set(ids)
