@@ -51,12 +51,13 @@ def purges(settings: RetentionSettings) -> list[Purge]:
                RETURNING 1""",
         ),
         Purge(  # what a routing kept while its case's erasure was being recorded
-            "erased care flags",
+            "erased facts",
             timedelta(0),
             f"""UPDATE router.cases SET facts = {FORGET_PERSONAL_FACTS}
                WHERE case_id IN (
                    SELECT c.case_id FROM router.cases c JOIN router.erased_cases e USING (case_id)
-                   WHERE c.facts ? 'care_groups' AND e.erased_at < $1
+                   WHERE c.facts IS DISTINCT FROM {forget_personal("c.facts")}
+                     AND e.erased_at < $1
                    LIMIT $2 FOR UPDATE OF c SKIP LOCKED)
                RETURNING 1""",
         ),

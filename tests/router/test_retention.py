@@ -55,7 +55,14 @@ async def test_the_router_forgets_what_it_no_longer_needs(stack: LocalStack) -> 
                 is_open,
                 NOW - timedelta(days=days),
             )
-        for case_id, days in (("erased-meanwhile", 1), ("erased-long-ago", 40)):
+        # the same without care groups: the number written into its description goes too
+        await conn.execute(
+            "INSERT INTO router.cases (case_id, facts, status) VALUES ($1, $2::jsonb, 'routed')",
+            "erased-meanwhile-no-care",
+            orjson.dumps({**FACTS, "care_groups": []}).decode(),
+        )
+        marked = ("erased-meanwhile", "erased-meanwhile-no-care", "erased-long-ago")
+        for case_id, days in zip(marked, (1, 1, 40), strict=True):
             await conn.execute(
                 "INSERT INTO router.erased_cases (case_id, erased_at) VALUES ($1, $2)",
                 case_id,
@@ -85,11 +92,11 @@ async def test_the_router_forgets_what_it_no_longer_needs(stack: LocalStack) -> 
             "decision log": 2,
             "seen events": 2,
             "care flags": 1,
-            "erased care flags": 1,
+            "erased facts": 2,
             "erasure marks": 1,
         }
         marks = await conn.fetch("SELECT case_id FROM router.erased_cases")
-        assert [r["case_id"] for r in marks] == ["erased-meanwhile"]
+        assert sorted(r["case_id"] for r in marks) == list(marked[:2])
         young = {e for e, days in ages.items() if days < 35}
         decisions = await conn.fetch("SELECT source_event_id FROM router.decisions")
         assert {r["source_event_id"] for r in decisions} == young
@@ -109,6 +116,7 @@ async def test_the_router_forgets_what_it_no_longer_needs(stack: LocalStack) -> 
     assert facts["open-long"]["care_groups"] == ["elderly_alone"]
     assert "care_groups" not in facts["erased-meanwhile"]
     assert facts["erased-meanwhile"]["description"] == "暖气不热，电话***"
+    assert facts["erased-meanwhile-no-care"]["description"] == "暖气不热，电话***"
     # a reroute of the erased case (reopened, say) decides without the care groups
     assert case_facts("closed-long-ago", facts["closed-long-ago"], None).care_groups == ()
 
