@@ -14,6 +14,7 @@ from services.escalation import timers
 from services.escalation.app import Scheduler
 from services.escalation.deadlines import LadderPolicy
 from shared import events
+from shared.events import Envelope
 from shared.localstack import LocalStack
 from tests.escalation.conftest import routed, step
 
@@ -297,3 +298,35 @@ async def test_a_resolution_nobody_verifies_lapses_once_and_emergency_mode_leave
     assert (lapse.resolved_at, lapse.due_at) == (resolved_at, window_end)
     later = await timers.fire_due(esc_db, window_end + timedelta(days=30), cfg)
     assert "CaseVerificationLapsed" not in {e.event_type for e in later}
+
+
+async def test_a_resolution_from_an_older_intake_closes_72_hours_after_it(
+    esc_db: asyncpg.Connection,
+) -> None:
+    """Resolutions written before intake stated `closes_at` (in flight during an upgrade) keep
+    the window escalation gave them then, also when one waits for its routing (a dead letter
+    replayed) and comes back from the database."""
+
+    def unstated(case_id: str, at: datetime) -> Envelope:
+        env = step(events.CaseResolved(by="w-1", note="修好了"), case_id, at)
+        payload = {k: v for k, v in env.payload.items() if k != "closes_at"}
+        return env.model_copy(update={"payload": payload})
+
+    in_order = routed(at=T0, ack_s=3600, resolve_s=7200)
+    early = routed(at=T0, ack_s=3600, resolve_s=7200)
+    resolved_at = T0 + timedelta(minutes=30)
+    assert await _fold(esc_db, in_order, T0)
+    assert await _fold(esc_db, unstated(in_order.case_id, resolved_at), resolved_at)
+    assert await _fold(esc_db, unstated(early.case_id, resolved_at), resolved_at)  # kept early
+    assert await _fold(esc_db, early, resolved_at + timedelta(minutes=5))  # then caught up
+    due = dict(
+        await esc_db.fetch(
+            "SELECT case_id, due_at FROM escalation.timers WHERE kind = 'close' "
+            "AND state = 'pending' AND case_id = ANY($1)",
+            [in_order.case_id, early.case_id],
+        )
+    )
+    assert due == {
+        in_order.case_id: resolved_at + timedelta(hours=72),
+        early.case_id: resolved_at + timedelta(hours=72),
+    }
