@@ -119,13 +119,13 @@ async def test_post_and_read_back_in_json_and_xml(
     step = f"/v1/cases/{rid}/events"
     for body in (
         {"action": "acknowledge"},
-        {"action": "resolve", "note": "灯泡已更换"},
+        {"action": "resolve", "note": "灯泡已更换，已电话13912345678告知居民"},
         {"action": "close"},
     ):
         assert (await client.post(step, json=body, headers=auth(keys.operator))).status_code == 202
     [req] = (await client.get(f"/open311/v2/requests/{rid}.json")).json()
     assert req["status"] == "closed"
-    assert req["status_notes"] == "灯泡已更换"
+    assert req["status_notes"] == "灯泡已更换，已电话***告知居民"  # public: the number masked
 
 
 async def test_get_requests_filters(client: httpx.AsyncClient, keys: Keys) -> None:

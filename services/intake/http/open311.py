@@ -2,8 +2,9 @@
 
 Existing 311 apps and tools post here. Reads are public when `open311_public_read` is on (as
 the spec expects) and carry no personal data: phone numbers, e-mail addresses and identity
-numbers written into a description are masked, and for personal-matter categories (social
-services, disputes) the description and address are withheld altogether.
+numbers written into a description or a status note are masked, and for personal-matter
+categories (social services, disputes) the description, notes and address are withheld
+altogether.
 """
 
 from __future__ import annotations
@@ -352,7 +353,8 @@ def _open311_request(
     return {
         "service_request_id": row["case_id"],
         "status": "closed" if row["status"] == Status.CLOSED.value else "open",
-        "status_notes": notes,
+        # a worker's note may name the resident's number too
+        "status_notes": mask_in_text(notes) if notes and public else None,
         "service_name": _name(category, row["category"], locale),
         "service_code": row["category"],
         # public: what a resident wrote of themselves into it (a phone number, an id) is masked
