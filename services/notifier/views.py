@@ -2,7 +2,9 @@
 
 Never in a feed or webhook: care groups, community-correction status, reporter contacts,
 the escalation chain's phone numbers. Lifecycle events carry no reporter data in the first
-place; the escalation target keeps its role and name only.
+place; the escalation target keeps its role and name only. Free text (a worker's note, a
+resident's reason for reopening) has phone numbers, e-mail addresses and identity numbers
+masked: people write them there.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 from shared import events
 from shared.events import Envelope
+from shared.privacy import mask_in_text
 
 DEPARTMENT_EVENTS = (
     events.CaseRouted,
@@ -56,12 +59,12 @@ def department_view(env: Envelope, event: events.Event, case: dict[str, Any]) ->
         case events.CaseRated():
             details = {"rating": event.rating}
         case events.CaseProgressed():
-            details = {"note": event.note}
+            details = {"note": mask_in_text(event.note)}
         case events.CaseResolved():
             closes_at = event.closes_at.isoformat() if event.closes_at else None
-            details = {"note": event.note, "closes_at": closes_at}
+            details = {"note": mask_in_text(event.note), "closes_at": closes_at}
         case events.CaseReopened():
-            details = {"reason": event.reason}
+            details = {"reason": mask_in_text(event.reason)}
         case events.CaseClosed():
             details = {"automatic": event.automatic}
     return {

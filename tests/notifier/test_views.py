@@ -76,6 +76,17 @@ def test_a_resolution_tells_the_department_when_it_closes_itself() -> None:
     assert waits["details"] == {"note": "阀门已更换", "closes_at": None}
 
 
+def test_numbers_written_into_free_text_never_reach_a_feed() -> None:
+    reopened = _view(events.CaseReopened(by="resident", reason="还是不热，打13912345678"))
+    assert reopened["details"]["reason"] == "还是不热，打***"
+    noted = _view(
+        events.CaseProgressed(by="w-7", note="已联系王阿姨13900000001，身份证23020219450312002X")
+    )
+    assert noted["details"]["note"] == "已联系王阿姨***，身份证***"
+    resolved = _view(events.CaseResolved(by="w-7", note="修好了，回访a@b.cn", closes_at=None))
+    assert resolved["details"]["note"] == "修好了，回访***"
+
+
 def test_a_field_the_model_does_not_name_is_refused() -> None:
     view = _view(ROUTED)
     view["details"]["escalation_chain"] = [{"name": "张三", "contact": "13900000001"}]
