@@ -58,7 +58,7 @@ async def test_the_images_install_runs_every_service_from_site_packages(
         "import shared, services.notifier.texts as t; from shared.catalogue import load_file;"
         "print(shared.__file__); print(len(load_file().categories));"
         "print(t.render('resident', 'CaseResolved', 'email', 'en',"
-        " {'category_name': 'x', 'note': 'y', 'reference': 'z'}).subject[:12])",
+        " {'category_name': 'x', 'note': 'y', 'reference': 'z', 'closes_at': ''}).subject[:12])",
         cwd=elsewhere,
         env=env,
     ).split("\n")
