@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +19,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import track
 
-from services.router import democity, store, topology
+from services.router import democity, refimport, store, topology
 from services.router.rules import Rule
 from services.router.settings import MIGRATIONS
 from shared.db import run_in_schema
@@ -32,6 +35,11 @@ grids_app = typer.Typer(
 rules_app = typer.Typer(help="The routing rule table (YAML in and out).", no_args_is_help=True)
 route_app = typer.Typer(help="Ask the router.", no_args_is_help=True)
 triage_app = typer.Typer(help="Cases the router could not place.", no_args_is_help=True)
+refdata_app = typer.Typer(
+    help="The city's areas, buildings, departments and grid workers (CSV in and out; grids "
+    "and rules have their own commands).",
+    no_args_is_help=True,
+)
 
 GRID_FIELDS = (
     "grid_id",
@@ -127,6 +135,14 @@ def grids_import(path: Path = typer.Argument(..., exists=True, dir_okay=False)) 
         else:
             seen.add(result[0]["grid_id"])
             rows.append(result)
+    if not problems:
+        known = _db(store.known_now)
+        for grid, _ in rows:
+            if grid["community"] not in known.keys["communities"]:
+                problems.append(
+                    f"grid {grid['grid_id']}: no community {grid['community']} "
+                    "(griddispatch refdata import communities …)"
+                )
     if problems:
         for p in problems[:50]:
             console.print(f"[red]✗[/red] {p}")
@@ -220,6 +236,86 @@ def rules_import(path: Path = typer.Argument(..., exists=True, dir_okay=False)) 
         raise typer.Exit(2) from exc
     version = _db(lambda c: store.replace_rules(c, rules))
     console.print(f"[green]✓[/green] imported {len(rules)} rules — version {version}")
+
+
+def _table(kind: str) -> refimport.Table:
+    table = refimport.TABLES.get(kind)
+    if table is None:
+        raise typer.BadParameter(f"one of: {', '.join(refimport.TABLES)}", param_hint="KIND")
+    return table
+
+
+@refdata_app.command("import")
+def refdata_import(
+    kind: str = typer.Argument(..., help=", ".join(refimport.TABLES)),
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV with a header row"),
+) -> None:
+    """Replace one kind of reference data with a CSV file (UTF-8, a header row naming the
+    columns; `refdata export` writes one to start from). The file is checked as a whole and
+    changes nothing if anything is wrong; routers pick it up within seconds."""
+    table = _table(kind)
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:  # Excel writes a BOM
+            reader = csv.DictReader(f)
+            missing = [
+                c.name
+                for c in table.columns
+                if c.required and c.name not in (reader.fieldnames or [])
+            ]
+            if missing:
+                raise ValueError(f"the header lacks {', '.join(missing)}")
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
+        console.print(f"[red]{path}: {exc}[/red]")
+        raise typer.Exit(2) from exc
+    try:
+        version = _db(lambda c: store.replace_table(c, table, rows))
+    except store.ImportRefused as exc:
+        for problem in exc.problems[:50]:
+            console.print(f"[red]✗[/red] {problem}")
+        console.print(f"[red]{len(exc.problems)} problem(s): nothing imported[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"[green]✓[/green] imported {len(rows):,} {kind} — version {version}")
+
+
+@refdata_app.command("export")
+def refdata_export(
+    kind: str = typer.Argument(..., help=", ".join(refimport.TABLES)),
+    path: Path | None = typer.Argument(None, help="default: standard output"),
+) -> None:
+    """Write one kind of reference data as CSV, in the format `refdata import` reads."""
+    table = _table(kind)
+
+    async def fetch(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        return list(await conn.fetch(f"SELECT * FROM router.{table.table} ORDER BY {table.key}"))
+
+    rows = refimport.as_rows(table, [dict(r) for r in _db(fetch)])
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=table.column_names, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    if path is None:
+        sys.stdout.write(out.getvalue())
+    else:
+        path.write_text(out.getvalue(), "utf-8")
+        console.print(f"[green]✓[/green] wrote {len(rows):,} {kind} to {path}")
+
+
+@refdata_app.command("duty")
+def refdata_duty(
+    worker_ids: list[str] = typer.Argument(..., help="worker ids"),
+    on: bool = typer.Option(..., "--on/--off", help="on duty, or off (leave, sick, shift end)"),
+) -> None:
+    """Put grid workers on or off duty; new cases of their grids go to whoever is on duty
+    (else the grid leader), within seconds."""
+    try:
+        version = _db(lambda c: store.set_on_duty(c, worker_ids, on))
+    except store.ImportRefused as exc:
+        for problem in exc.problems:
+            console.print(f"[red]✗[/red] {problem}")
+        raise typer.Exit(2) from None
+    state = "on" if on else "off"
+    console.print(f"[green]✓[/green] {len(worker_ids)} worker(s) {state} duty — version {version}")
 
 
 @route_app.callback(invoke_without_command=True)

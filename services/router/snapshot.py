@@ -33,6 +33,7 @@ def build_reference(
     snap_m: float = 100.0,
 ) -> ReferenceData:
     grid_rows = list(grids)
+    grid_ids = {str(r["grid_id"]) for r, _ in grid_rows}
     workers_by_grid: dict[str, list[Worker]] = {}
     for w in workers:
         workers_by_grid.setdefault(str(w["grid_id"]), []).append(
@@ -81,7 +82,11 @@ def build_reference(
             for r in districts
         },
         city=CITY,
-        buildings={str(b["code"]): str(b["grid_id"]) for b in buildings},
+        # a building whose grid is gone (a grid layer re-imported since) locates nothing: the
+        # report's coordinates, if any, are used instead
+        buildings={
+            str(b["code"]): str(b["grid_id"]) for b in buildings if str(b["grid_id"]) in grid_ids
+        },
         departments={
             str(d["code"]): Department(str(d["code"]), str(d["name"]), d.get("contact"))
             for d in departments

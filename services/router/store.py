@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
 import orjson
 import shapely
 
+from services.router import refimport
 from services.router.democity import City
 from services.router.refdata import ReferenceData
 from services.router.rules import Rule
@@ -141,6 +142,84 @@ async def replace_grids(
             columns=cols,
             records=[(*(g.get(c) for c in cols[:-1]), wkb) for g, wkb in grids],
         )
+        return await bump_version(conn)
+
+
+class ImportRefused(ValueError):
+    """A reference-data file with problems (each names its line and column): nothing changed."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__(f"{len(problems)} problem(s)")
+        self.problems = list(problems)
+
+
+async def known_now(conn: asyncpg.Connection) -> refimport.Known:
+    """The codes each kind of reference data holds now, and what names them."""
+    keys = {
+        kind: {r["k"] for r in await conn.fetch(f"SELECT {t.key} AS k FROM router.{t.table}")}
+        for kind, t in refimport.TABLES.items()
+    }
+    keys["grids"] = {r["k"] for r in await conn.fetch("SELECT grid_id AS k FROM router.grids")}
+
+    async def named(sql: str, label: str) -> list[tuple[str, str]]:
+        return [(f"{label} {r['who']}", r["code"]) for r in await conn.fetch(sql)]
+
+    rules = await load_rules(conn)
+    categories = await conn.fetch(
+        "SELECT code, definition->>'department' AS department FROM router.categories"
+    )
+    referrers = {
+        "districts": await named(
+            "SELECT code AS who, district AS code FROM router.street_offices", "street office"
+        ),
+        "street-offices": await named(
+            "SELECT code AS who, street_office AS code FROM router.communities", "community"
+        ),
+        "communities": await named(
+            "SELECT grid_id AS who, community AS code FROM router.grids", "grid"
+        ),
+        "departments": [
+            *(
+                (f"routing rule {i + 1}", r.route.department)
+                for i, r in enumerate(rules)
+                if r.route.department
+            ),
+            *((f"category {c['code']}", c["department"]) for c in categories),
+        ],
+    }
+    return refimport.Known(keys, referrers)
+
+
+async def replace_table(
+    conn: asyncpg.Connection, table: refimport.Table, rows: Sequence[Mapping[str, str | None]]
+) -> int:
+    """Replace one table of reference data with checked rows, atomically; the routers reload
+    within seconds. Returns the new version; raises ImportRefused (nothing changed)."""
+    async with conn.transaction():
+        # one change of reference data at a time: the checks hold until the commit
+        await conn.execute("SELECT 1 FROM router.refdata_version FOR UPDATE")
+        records, problems = refimport.check(table, rows, await known_now(conn))
+        if problems:
+            raise ImportRefused(problems)
+        await conn.execute(f"DELETE FROM router.{table.table}")
+        await conn.copy_records_to_table(
+            table.table, schema_name="router", columns=table.column_names, records=records
+        )
+        return await bump_version(conn)
+
+
+async def set_on_duty(conn: asyncpg.Connection, worker_ids: Sequence[str], on: bool) -> int:
+    """Put workers on or off duty (the day's roster); returns the new version. Raises
+    ImportRefused for workers that do not exist."""
+    async with conn.transaction():
+        found = await conn.fetch(
+            "UPDATE router.workers SET on_duty = $2 WHERE worker_id = ANY($1) RETURNING worker_id",
+            list(worker_ids),
+            on,
+        )
+        missing = sorted(set(worker_ids) - {r["worker_id"] for r in found})
+        if missing:
+            raise ImportRefused([f"no worker {w}" for w in missing])
         return await bump_version(conn)
 
 
