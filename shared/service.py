@@ -23,6 +23,7 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import Counter
 
 from shared.aio import until_set
+from shared.catalogue import Catalogue
 from shared.db import MigrationSource
 from shared.logging import configure_logging
 from shared.metrics import REGISTRY
@@ -55,6 +56,9 @@ class ServiceSpec:
     kafka: KafkaAccess = KafkaAccess()
     # the port of its HTTP API, /health and /metrics, as its settings say (for `up`'s Prometheus)
     http_port: Callable[[], int] | None = None
+    # takes the service catalogue into its schema (`griddispatch catalogue import`): each
+    # service that decides by category keeps its own copy; returns the categories written
+    take_catalogue: Callable[[asyncpg.Connection, Catalogue], Awaitable[int]] | None = None
 
 
 def discover_services() -> dict[str, ServiceSpec]:

@@ -214,4 +214,5 @@ SERVICE = ServiceSpec(
     schema="intake",
     migrations=MIGRATIONS,
     order=10,
+    take_catalogue=store.take_catalogue,
 )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import getpass
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from pathlib import Path
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
@@ -19,12 +18,11 @@ from services.intake import store
 from services.intake.auth import SCOPED_ROLES, Role
 from services.intake.models import TaskIn
 from services.intake.settings import MIGRATIONS
-from shared.catalogue import SEED_FILE, TASK_GROUP, load_file
+from shared.catalogue import TASK_GROUP
 from shared.db import run_in_schema
 
 console = Console(stderr=True, soft_wrap=True)
 keys_app = typer.Typer(help="API keys of intake (stored hashed).", no_args_is_help=True)
-catalogue_app = typer.Typer(help="The service catalogue.", no_args_is_help=True)
 privacy_app = typer.Typer(help="Residents' personal data.", no_args_is_help=True)
 tasks_app = typer.Typer(
     help="Grid tasks: the same task for every grid of an area at once.", no_args_is_help=True
@@ -75,20 +73,6 @@ def keys_revoke(prefix: str) -> None:
         console.print(f"[red]no active key {prefix}[/red]")
         raise typer.Exit(1)
     console.print(f"revoked {prefix}")
-
-
-@catalogue_app.command("import")
-def catalogue_import(
-    path: Path = typer.Argument(SEED_FILE, exists=True, dir_okay=False),
-) -> None:
-    """Load categories from a YAML file, replacing those with the same code."""
-    try:
-        catalogue = load_file(path)
-    except Exception as exc:
-        console.print(f"[red]{path}: {exc}[/red]")
-        raise typer.Exit(2) from exc
-    n = _with_db(lambda c: store.import_catalogue(c, catalogue, replace=True))
-    console.print(f"imported {n} categories from {path}")
 
 
 @privacy_app.command("erase")

@@ -66,6 +66,11 @@ async def import_catalogue(conn: asyncpg.Connection, catalogue: Catalogue, *, re
     return len(rows) if replace else int(after - before)
 
 
+async def take_catalogue(conn: asyncpg.Connection, catalogue: Catalogue) -> int:
+    """`griddispatch catalogue import`: the categories replace those with the same code."""
+    return await import_catalogue(conn, catalogue, replace=True)
+
+
 async def load_categories(conn: asyncpg.Connection) -> dict[str, Category]:
     rows = await conn.fetch(
         "SELECT definition::text AS d FROM intake.categories WHERE active ORDER BY code"

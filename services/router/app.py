@@ -280,4 +280,5 @@ SERVICE = ServiceSpec(
     schema="router",
     migrations=MIGRATIONS,
     order=20,
+    take_catalogue=store.take_catalogue,
 )

@@ -15,7 +15,7 @@ from services.router.democity import City
 from services.router.refdata import ReferenceData
 from services.router.rules import Rule
 from services.router.snapshot import build_reference
-from shared.catalogue import Category, load_file
+from shared.catalogue import Catalogue, Category, load_file
 
 CHANNEL = "router_refdata"
 REF_TABLES = (
@@ -118,6 +118,13 @@ async def import_categories(
             [(c.code, c.model_dump_json()) for c in categories],
         )
         return await bump_version(conn) if bump else None
+
+
+async def take_catalogue(conn: asyncpg.Connection, catalogue: Catalogue) -> int:
+    """`griddispatch catalogue import`: the categories replace those with the same code, and
+    the routers reload (a category the router does not know makes its reports unroutable)."""
+    await import_categories(conn, catalogue.categories)
+    return len(catalogue.categories)
 
 
 async def replace_grids(

@@ -4,20 +4,25 @@ groups through the `griddispatch.commands` entry-point group."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import asyncpg
 import typer
 from rich.console import Console
 
+from shared.catalogue import SEED_FILE, Catalogue, load_file
 from shared.cli.dlq import dlq_app
 from shared.db import migrate as run_migrations
+from shared.db import run_in_schema
 from shared.settings import get_settings
 
 # The local stack and the service runtime (Kafka clients, web servers) are imported by the
@@ -36,6 +41,38 @@ app.add_typer(stack_app, name="stack")
 contract_app = typer.Typer(help="The Kafka contract's published schemas.", no_args_is_help=True)
 app.add_typer(contract_app, name="contract")
 app.add_typer(dlq_app, name="dlq")
+catalogue_app = typer.Typer(help="The service catalogue.", no_args_is_help=True)
+app.add_typer(catalogue_app, name="catalogue")
+
+
+@catalogue_app.command("import")
+def catalogue_import(
+    path: Path = typer.Argument(SEED_FILE, exists=True, dir_okay=False),
+) -> None:
+    """Load categories from a YAML file into every service that decides by category (intake
+    accepts reports in them, the router routes them), replacing those with the same code;
+    running services pick them up within seconds."""
+    try:
+        catalogue = load_file(path)
+    except Exception as exc:
+        console.print(f"[red]{path}: {exc}[/red]")
+        raise typer.Exit(2) from exc
+    from shared.service import discover_services  # the services' runtime: only for this command
+
+    for spec in discover_services().values():
+        take = spec.take_catalogue
+        if take is None or spec.schema is None:
+            continue
+        n = run_in_schema(spec.schema, spec.migrations, functools.partial(_take, take, catalogue))
+        console.print(f"[green]✓[/green] {spec.name}: {n} categories from {path}")
+
+
+async def _take(
+    take: Callable[[asyncpg.Connection, Catalogue], Awaitable[int]],
+    catalogue: Catalogue,
+    conn: asyncpg.Connection,
+) -> int:
+    return await take(conn, catalogue)
 
 
 def _progress(message: str) -> None:

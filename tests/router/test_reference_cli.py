@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -17,7 +18,9 @@ import pytest
 import yaml
 
 from services.router import democity, store
+from services.router.decide import CaseFacts, decide
 from services.router.settings import MIGRATIONS
+from shared import events
 from shared.db import migrate
 from shared.localstack import LocalStack
 from tests.helpers.cli import run_cli
@@ -186,3 +189,58 @@ def test_the_grid_layer_and_the_rules_round_trip(
     twice = cli(stack, city_url, "rules", "import", str(rules))
     assert twice.returncode == 2
     assert "two rules share an id" in twice.stderr
+
+
+def test_a_category_imported_once_is_known_to_intake_and_the_router(
+    stack: LocalStack, city_url: str, tmp_path: Path
+) -> None:
+    """`catalogue import` writes every service's copy: a category only intake knew would be
+    accepted there and come out of the router unroutable (a grid task in it: refused)."""
+    code = "heating.radiator-leak"
+    new = {
+        "code": code,
+        "name": {"zh-CN": "暖气片漏水", "en": "Leaking radiator"},
+        "group": "utilities",
+        "department": "heating",
+        "deadlines": {"acknowledge_hours": 1, "resolve_hours": 8},
+        "priority": "high",
+    }
+    path = tmp_path / "catalogue.yaml"
+    path.write_text(yaml.safe_dump({"categories": [new]}, allow_unicode=True), "utf-8")
+    before = version(city_url)
+    done = cli(stack, city_url, "catalogue", "import", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "intake: 1 categories" in done.stderr
+    assert "router: 1 categories" in done.stderr
+    assert version(city_url) == before + 1  # the routers reload
+    [kept] = fetch(
+        city_url,
+        "SELECT definition->>'department' AS d FROM intake.categories WHERE code = $1",
+        code,
+    )
+    assert kept["d"] == "heating"
+
+    async def routed() -> events.Event:
+        conn = await asyncpg.connect(city_url)
+        try:
+            ref = await store.load_reference(conn)
+        finally:
+            await conn.close()
+        grid = next(g for g in CITY.grids if g["kind"] == "comprehensive")
+        lat, lon = democity.point_in(grid, 0.9, 0.9)
+        facts = CaseFacts(
+            case_id="c",
+            category=code,
+            description="暖气片漏水",
+            location=events.Location(lat=lat, lon=lon),
+            reported_at=datetime.now(UTC),
+        )
+        return decide(facts, ref, open_cases={}).event
+
+    event = asyncio.run(routed())
+    assert isinstance(event, events.CaseRouted), event
+    assert (event.department, event.priority) == ("heating", events.Priority.HIGH)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("categories:\n- code: X\n", "utf-8")
+    refused = cli(stack, city_url, "catalogue", "import", str(bad))
+    assert refused.returncode == 2
