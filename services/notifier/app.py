@@ -16,6 +16,7 @@ from fastapi import FastAPI, Header, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
 
 from services.notifier import webhooks
+from services.notifier.catalogue import CategoryNames, take_catalogue
 from services.notifier.delivery import WebhookSender
 from services.notifier.feeds import FeedWriter
 from services.notifier.resident_delivery import ResidentSender, remember_contacts
@@ -253,6 +254,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         asyncio.create_task(supervised("message sender", staff.run, stop)),
         asyncio.create_task(supervised("department directory", directory.run, stop)),
         asyncio.create_task(supervised("retention", retention.run, stop)),
+        asyncio.create_task(supervised("category names", CategoryNames(pool).run, stop)),
         asyncio.create_task(server.serve()),
         asyncio.create_task(watch_consumers(broker, settings, stop)),
     ]
@@ -276,4 +278,5 @@ SERVICE = ServiceSpec(
     schema="notifier",
     migrations=MIGRATIONS,
     order=40,
+    take_catalogue=take_catalogue,
 )

@@ -58,7 +58,15 @@ _env = SandboxedEnvironment(
     autoescape=False,
     keep_trailing_newline=False,
 )
-_CATEGORIES = {c.code: c.name for c in load_file().categories}
+# the packaged catalogue's names, and those a city imported since (`catalogue.CategoryNames`)
+_CATEGORIES: dict[str, dict[str, str]] = {c.code: c.name for c in load_file().categories}
+
+
+def know_category_names(names: dict[str, dict[str, str]]) -> None:
+    """Names of categories as imported (`griddispatch catalogue import`), over the packaged."""
+    _CATEGORIES.update(names)
+
+
 _WORDS: dict[str, dict[str, str]] = {
     "zh-CN": {
         "low": "低",

@@ -212,6 +212,7 @@ def test_a_category_imported_once_is_known_to_intake_and_the_router(
     assert done.returncode == 0, done.stderr
     assert "intake: 1 categories" in done.stderr
     assert "router: 1 categories" in done.stderr
+    assert "notifier: 1 categories" in done.stderr  # its messages name it
     assert version(city_url) == before + 1  # the routers reload
     [kept] = fetch(
         city_url,
