@@ -1,11 +1,15 @@
 """Writes deploy/k8s/base/kafka/departments.yaml: one KafkaUser per department of the service
 catalogue, allowed to read its own feed `dept.<code>` with consumer groups named
 `dept-<code>.…` (e.g. `dept-water.dashboard`) and nothing else. Run `make manifests` after
-adding a department; `--check` fails when the file is stale (the test suite runs it)."""
+adding a department; `--check` fails when the file is stale (the test suite runs it).
+`--departments CITY.csv OUT.yaml` adds a city's own departments (`griddispatch refdata export
+departments`) and writes the users to OUT.yaml, for the city's overlay."""
 
 from __future__ import annotations
 
+import csv
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
@@ -49,14 +53,28 @@ def department_user(code: str) -> dict[str, object]:
     }
 
 
-def render() -> str:
-    departments = sorted({c.department for c in load_file().categories})
+def render(extra: Iterable[str] = ()) -> str:
+    departments = sorted({c.department for c in load_file().categories} | set(extra))
     return HEADER + yaml.safe_dump_all(
         [department_user(code) for code in departments], sort_keys=False, width=100
     )
 
 
+def city_departments(path: Path) -> list[str]:
+    """The codes of a city's own departments table (`griddispatch refdata export
+    departments`)."""
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        return [row["code"].strip() for row in csv.DictReader(f) if row.get("code", "").strip()]
+
+
 def main(argv: list[str]) -> int:
+    if "--departments" in argv:
+        # a city's departments beside the catalogue's: written where asked, for its overlay
+        i = argv.index("--departments")
+        source, target = Path(argv[i + 1]), Path(argv[i + 2])
+        target.write_text(render(city_departments(source)))
+        print(f"wrote {target}")
+        return 0
     text = render()
     if "--check" in argv:
         if not OUT.exists() or OUT.read_text() != text:

@@ -11,6 +11,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -184,6 +185,32 @@ def test_department_users_are_fresh() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_city_s_own_departments_get_users_too(tmp_path: Path) -> None:
+    (tmp_path / "departments.csv").write_text(
+        "\ufeffcode,name,contact\nheating,市供热公司,\nlegal-aid,法律援助中心,12348\n", "utf-8"
+    )
+    out = tmp_path / "departments.yaml"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "deploy/k8s/departments.py",
+            "--departments",
+            str(tmp_path / "departments.csv"),
+            str(out),
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    users = {u["metadata"]["name"]: u for u in yaml.safe_load_all(out.read_text("utf-8")) if u}
+    assert "dept-legal-aid" in users  # the city's own
+    assert "dept-water" in users  # the catalogue's, still
+    acls = users["dept-legal-aid"]["spec"]["authorization"]["acls"]
+    assert acls[0]["resource"]["name"] == "dept.legal-aid"
 
 
 def test_keda_scales_every_service_on_the_groups_it_consumes(prod: list[dict[str, Any]]) -> None:
