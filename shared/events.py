@@ -74,12 +74,19 @@ class Priority(StrEnum):
 
 
 class Location(ContractModel):
-    """Where the issue is. At least one of a coordinate, a building code or an address."""
+    """Where the issue is. At least one of a coordinate, a building code, a facility code or an
+    address."""
 
     lat: float | None = Field(default=None, ge=-90, le=90, description="WGS84 latitude")
     lon: float | None = Field(default=None, ge=-180, le=180, description="WGS84 longitude")
     address: str | None = Field(default=None, max_length=500)
     building_code: str | None = Field(default=None, max_length=64)
+    facility_code: str | None = Field(
+        default=None,
+        max_length=64,
+        description="a city facility the report names: the number on a street light, a manhole "
+        "cover, a heating substation",
+    )
 
 
 class Contact(ContractModel):

@@ -37,13 +37,28 @@ class LocationIn(Strict):
         Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9._-]{1,64}$")]
         | None
     ) = None
+    facility_code: (
+        Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+        | None
+    ) = Field(
+        default=None,
+        description="the number on a street light, a manhole cover, a heating substation: "
+        "locates the report when the city has it on file",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> LocationIn:
         if (self.lat is None) != (self.lon is None):
             raise ValueError("lat and lon must be given together")
-        if self.lat is None and not self.address and not self.building_code:
-            raise ValueError("give a coordinate (lat, lon), a building_code or an address")
+        if (
+            self.lat is None
+            and not self.address
+            and not self.building_code
+            and not self.facility_code
+        ):
+            raise ValueError(
+                "give a coordinate (lat, lon), a building_code, a facility_code or an address"
+            )
         return self
 
 

@@ -83,6 +83,7 @@ def prepare(
             lon=loc.lon,
             address=loc.address,
             building_code=loc.building_code,
+            facility_code=loc.facility_code,
         ),
         channel=body.channel,
         reported_at=now,
@@ -134,10 +135,11 @@ WITH input AS (
         $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::float8[],
         $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
         $15::timestamptz[], $16::uuid[], $17::uuid[], $18::text[], $19::text[], $20::text[],
-        $21::text[], $22::text[], $23::text[], $24::int[]
+        $21::text[], $22::text[], $23::text[], $24::int[], $27::text[]
     ) AS t(case_id, token, category, description, channel, lat, lon, address, building_code,
            reporter, on_behalf_of, reported_by, media, sensitivity, reported_at, key_id,
-           event_id, timeline, envelope, headers, idem_owner, idem_key, idem_hash, ord)
+           event_id, timeline, envelope, headers, idem_owner, idem_key, idem_hash, ord,
+           facility_code)
 ), claimed AS (
     INSERT INTO intake.idempotency_keys (key_owner, idem_key, request_hash, status_code, response)
     SELECT idem_owner, idem_key, idem_hash, 202,
@@ -168,10 +170,11 @@ WITH input AS (
     WHERE i.idem_owner IS NULL OR i.case_id IN (SELECT case_id FROM claimed)
 ), new_cases AS (
     INSERT INTO intake.cases (case_id, tracking_token, status, category, description, channel,
-        lat, lon, address, building_code, reporter, on_behalf_of, reported_by, media_urls,
-        sensitivity, possible_duplicate_of, reported_at, updated_at, reported_with_key)
+        lat, lon, address, building_code, facility_code, reporter, on_behalf_of, reported_by,
+        media_urls, sensitivity, possible_duplicate_of, reported_at, updated_at,
+        reported_with_key)
     SELECT case_id, token, 'reported', category, description, channel, lat, lon, address,
-        building_code, reporter::jsonb, on_behalf_of, reported_by, media::jsonb,
+        building_code, facility_code, reporter::jsonb, on_behalf_of, reported_by, media::jsonb,
         sensitivity::jsonb, dup, reported_at, reported_at, key_id
     FROM accepted
 ), timeline AS (
@@ -209,7 +212,7 @@ def _json(model: events.ContractModel) -> str:
 
 
 def _columns(batch: list[PendingReport]) -> list[list[object]]:
-    cols: list[list[object]] = [[] for _ in range(24)]
+    cols: list[list[object]] = [[] for _ in range(25)]
     for i, r in enumerate(batch):
         loc, ev = r.body.location, r.event
         owner, key, fingerprint = r.idempotency or (None, None, None)
@@ -238,6 +241,7 @@ def _columns(batch: list[PendingReport]) -> list[list[object]]:
             key,
             fingerprint,
             i,
+            loc.facility_code,  # $27: after the duplicate radius ($25, $26)
         )
         for col, value in zip(cols, values, strict=True):
             col.append(value)
@@ -246,8 +250,9 @@ def _columns(batch: list[PendingReport]) -> list[list[object]]:
 
 async def write_batch(conn: asyncpg.Connection, batch: list[PendingReport]) -> list[Accepted]:
     """Write `batch` in one statement; returns an answer per report, in order."""
+    cols = _columns(batch)
     rows = await conn.fetch(
-        _BATCH_SQL, *_columns(batch), DUPLICATE_RADIUS_M * _DEGREES_PER_M, DUPLICATE_RADIUS_M
+        _BATCH_SQL, *cols[:24], DUPLICATE_RADIUS_M * _DEGREES_PER_M, DUPLICATE_RADIUS_M, cols[24]
     )
     written = {r["case_id"]: r["dup"] for r in rows}
     answers = []

@@ -105,12 +105,13 @@ def case_view(
     if isinstance(media, str):
         media = orjson.loads(media)
     location = None
-    if row["lat"] is not None or row["address"] or row["building_code"]:
+    if row["lat"] is not None or row["address"] or row["building_code"] or row.get("facility_code"):
         location = LocationIn.model_construct(
             lat=row["lat"],
             lon=row["lon"],
             address=row["address"],
             building_code=row["building_code"],
+            facility_code=row.get("facility_code"),
         )
     return CaseView(
         case_id=row["case_id"],

@@ -117,6 +117,10 @@ def decide(
                 f"grid {grid_id}: "
                 + ("the task's grid" if case.task_id else "chosen by an operator")
             )
+    elif loc.facility_code and loc.facility_code in ref.facilities:
+        grid_id = ref.facilities[loc.facility_code]
+        if explain:
+            trail.append(f"grid {grid_id}: facility {loc.facility_code}")
     elif loc.building_code and loc.building_code in ref.buildings:
         grid_id = ref.buildings[loc.building_code]
         if explain:
@@ -124,6 +128,8 @@ def decide(
     elif loc.lat is not None and loc.lon is not None:
         if loc.building_code and explain:
             trail.append(f"building {loc.building_code} unknown; using the coordinate")
+        if loc.facility_code and explain:
+            trail.append(f"facility {loc.facility_code} unknown; using the coordinate")
         located = ref.index.locate(loc.lat, loc.lon, explain=explain)
         trail.extend(located.trail)
         if located.grid_id is None:
@@ -133,6 +139,8 @@ def decide(
             trail.append(f"grid {grid_id}: {located.how}")
     elif loc.building_code:
         return _unroutable(case, f"unknown building {loc.building_code}", trail)
+    elif loc.facility_code:
+        return _unroutable(case, f"unknown facility {loc.facility_code}", trail)
     else:
         return _unroutable(case, "address only: no geocoder, needs manual triage", trail)
 

@@ -83,6 +83,7 @@ class City:
     communities: list[dict[str, Any]] = field(default_factory=list)
     grids: list[dict[str, Any]] = field(default_factory=list)  # with "bbox": (w, s, e, n)
     buildings: list[dict[str, Any]] = field(default_factory=list)
+    facilities: list[dict[str, Any]] = field(default_factory=list)
     departments: list[dict[str, Any]] = field(default_factory=list)
     workers: list[dict[str, Any]] = field(default_factory=list)
     rules: list[Rule] = field(default_factory=list)
@@ -207,6 +208,24 @@ def generate(*, seed: int = 7, scale: Scale = "small") -> City:
                     "lon": w + (e - w) * 0.15,
                 }
             )
+    # Facilities: a street light in each comprehensive grid, a heating substation per community
+    # (in its first grid); numbered as the plates on them read.
+    first_grid: dict[str, str] = {}
+    for grid in comprehensive:
+        gid = str(grid["grid_id"])
+        first_grid.setdefault(str(grid["community"]), gid)
+        city.facilities.append(
+            {"code": f"SL-{gid}", "kind": "street_light", "grid_id": gid, "name": None}
+        )
+    for community, gid in first_grid.items():
+        city.facilities.append(
+            {
+                "code": f"HS-{community}",
+                "kind": "heating_substation",
+                "grid_id": gid,
+                "name": f"{community} 换热站",
+            }
+        )
     departments = {c.department for c in load_file().categories} | set(DEPARTMENT_NAMES)
     for code in sorted(departments):
         city.departments.append(

@@ -114,6 +114,7 @@ def facts_from_report(env: Envelope, event: events.CaseReported) -> dict[str, An
             "lon": loc.lon,
             "address": loc.address,
             "building_code": loc.building_code,
+            "facility_code": loc.facility_code,
         },
         "reported_at": event.reported_at.isoformat(),
         "care_groups": list(event.sensitivity.care_groups),

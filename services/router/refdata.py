@@ -93,6 +93,7 @@ class ReferenceData:
     rules: RuleTable
     # area code (district, street office or grid) → deadline factor, e.g. 0.25 in wartime
     emergency: dict[str, float] = field(default_factory=dict)
+    facilities: dict[str, str] = field(default_factory=dict)  # facility code → grid id
     # The escalation chain above the worker, per (grid, first level), with its JSON: the same
     # for every case of the grid, and this snapshot never changes, so it is built once.
     _chain_tails: dict[tuple[str, int], tuple[tuple[EscalationStep, ...], bytes]] = field(

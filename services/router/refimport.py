@@ -1,5 +1,6 @@
 """The city's own reference data, table by table, from CSV files: the areas above the grids
-(districts, street offices, communities), buildings, departments and grid workers (the duty
+(districts, street offices, communities), buildings, facilities (street lights, manholes,
+heating substations: numbers a report may name), departments and grid workers (the duty
 roster). Pure: rows in, rows or problems out; the command line reads the files and
 `store.replace_table` writes a checked table in one transaction.
 
@@ -71,6 +72,12 @@ TABLES: dict[str, Table] = {
             {"street_office": "street-offices"},
         ),
         Table("buildings", "buildings", (_code("code"), _code("grid_id")), {"grid_id": "grids"}),
+        Table(
+            "facilities",
+            "facilities",
+            (_code("code"), _code("kind"), _code("grid_id"), Column("name", required=False)),
+            {"grid_id": "grids"},
+        ),
         Table("departments", "departments", (_code("code"), Column("name"), CONTACT)),
         Table(
             "workers",

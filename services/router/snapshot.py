@@ -31,6 +31,7 @@ def build_reference(
     rules: Iterable[Rule],
     emergency: Mapping[str, float] | None = None,
     snap_m: float = 100.0,
+    facilities: Iterable[Row] = (),
 ) -> ReferenceData:
     grid_rows = list(grids)
     grid_ids = {str(r["grid_id"]) for r, _ in grid_rows}
@@ -95,6 +96,10 @@ def build_reference(
         categories={c.code: c for c in categories},
         rules=RuleTable(tuple(rules)),
         emergency=dict(emergency or {}),
+        # like buildings: one whose grid is gone locates nothing
+        facilities={
+            str(f["code"]): str(f["grid_id"]) for f in facilities if str(f["grid_id"]) in grid_ids
+        },
     ).prepare()
 
 
@@ -112,4 +117,5 @@ def from_city(city: City, *, version: int = 1, snap_m: float = 100.0) -> Referen
         categories=load_file().categories,
         rules=city.rules,
         snap_m=snap_m,
+        facilities=city.facilities,
     )

@@ -24,6 +24,7 @@ REF_TABLES = (
     "communities",
     "grids",
     "buildings",
+    "facilities",
     "departments",
     "workers",
 )
@@ -58,6 +59,7 @@ async def load_city(
             ("street_offices", city.street_offices, ("code", "district", "name", "contact")),
             ("communities", city.communities, ("code", "street_office", "name", "contact")),
             ("buildings", city.buildings, ("code", "grid_id")),
+            ("facilities", city.facilities, ("code", "kind", "grid_id", "name")),
             ("departments", city.departments, ("code", "name", "contact")),
             (
                 "workers",
@@ -246,6 +248,7 @@ async def load_reference(conn: asyncpg.Connection, *, snap_m: float = 100.0) -> 
                 "street_offices",
                 "communities",
                 "buildings",
+                "facilities",
                 "departments",
                 "workers",
             )
@@ -278,6 +281,7 @@ async def load_reference(conn: asyncpg.Connection, *, snap_m: float = 100.0) -> 
             rules=rules,
             emergency=emergency,
             snap_m=snap_m,
+            facilities=fetched["facilities"],
         )
 
     return await asyncio.to_thread(build)

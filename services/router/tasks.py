@@ -69,7 +69,13 @@ def task_cases(ref: ReferenceData, task: events.GridTaskIssued) -> list[TaskCase
             facts={
                 "category": task.category,
                 "description": description,
-                "location": {"lat": None, "lon": None, "address": None, "building_code": None},
+                "location": {
+                    "lat": None,
+                    "lon": None,
+                    "address": None,
+                    "building_code": None,
+                    "facility_code": None,
+                },
                 "reported_at": task.issued_at.isoformat(),
                 "care_groups": [],
                 "excluded": [],

@@ -565,3 +565,31 @@ async def test_a_department_lists_its_overdue_cases(
     assert await listed() == set(ids)
     r = await client.get("/v1/cases", params={"overdue": "maybe"}, headers=auth(keys.water))
     assert (r.status_code, r.json()["errors"][0]["field"]) == (422, "overdue")
+
+
+async def test_a_report_may_name_a_facility_instead_of_a_place(
+    client: httpx.AsyncClient, keys: Keys
+) -> None:
+    """The number on a street light's plate is all a passer-by may know."""
+    body = report_body(
+        category="streetlight.out",
+        attributes={},
+        location={"facility_code": "SL-longsha-g00001"},
+    )
+    r = await client.post("/v1/cases", json=body, headers=auth(keys.resident_app))
+    assert r.status_code == 202, r.text
+    view = (
+        await client.get(f"/v1/cases/{r.json()['case_id']}", headers=auth(keys.operator))
+    ).json()
+    assert view["location"]["facility_code"] == "SL-longsha-g00001"
+    r = await client.post(
+        "/v1/cases",
+        json=report_body(location={"facility_code": "SL 1; DROP"}),
+        headers=auth(keys.resident_app),
+    )
+    assert (r.status_code, r.json()["errors"][0]["field"]) == (422, "location.facility_code")
+    r = await client.post(
+        "/v1/cases", json=report_body(location={}), headers=auth(keys.resident_app)
+    )
+    assert r.status_code == 422
+    assert "facility_code" in r.json()["errors"][0]["reason"]

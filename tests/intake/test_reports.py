@@ -28,6 +28,7 @@ location = st.fixed_dictionaries(
         "lon": st.floats(-180, 180),
         "address": optional_text,
         "building_code": st.none() | st.from_regex(r"^[A-Za-z0-9._-]{1,64}$", fullmatch=True),
+        "facility_code": st.none() | st.from_regex(r"^[A-Za-z0-9._-]{1,64}$", fullmatch=True),
     },
 )
 contact = st.fixed_dictionaries(

@@ -60,12 +60,15 @@ def report(
     address: str | None = None,
     description: str = "问题",
     care_groups: tuple[str, ...] = (),
+    facility_code: str | None = None,
 ) -> Envelope:
     return wrap(
         events.CaseReported(
             category=category,
             description=description,
-            location=events.Location(lat=lat, lon=lon, address=address),
+            location=events.Location(
+                lat=lat, lon=lon, address=address, facility_code=facility_code
+            ),
             channel=events.Channel.APP,
             reported_at=datetime.now(UTC),
             sensitivity=events.Sensitivity(care_groups=care_groups),

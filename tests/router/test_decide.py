@@ -123,6 +123,32 @@ def test_building_code_wins_over_coordinates(ref: ReferenceData) -> None:
     assert d.event.grid_id == b["grid_id"]
 
 
+def test_a_facility_s_number_locates_the_report(ref: ReferenceData) -> None:
+    """The number on a street light or a heating substation, which a resident reads off its
+    plate: the facility's grid, before a building code or a coordinate elsewhere."""
+    light = next(f for f in CITY.facilities if f["kind"] == "street_light")
+    station = next(f for f in CITY.facilities if f["kind"] == "heating_substation")
+    far = democity.point_in(next(g for g in CITY.grids if g["grid_id"] != light["grid_id"]))
+    for facility, category in ((light, "streetlight.out"), (station, "heating.outage")):
+        loc = events.Location(lat=far[0], lon=far[1], facility_code=facility["code"])
+        d = decide(case(category, location=loc), ref, open_cases={})
+        assert isinstance(d.event, events.CaseRouted), d.event
+        assert d.event.grid_id == facility["grid_id"]
+        assert f"grid {facility['grid_id']}: facility {facility['code']}" in d.trail
+    # a number the city does not have: the coordinate, if any; else triage, saying why
+    unknown = events.Location(lat=far[0], lon=far[1], facility_code="SL-NOWHERE")
+    located = decide(case("streetlight.out", location=unknown), ref, open_cases={})
+    assert isinstance(located.event, events.CaseRouted)
+    assert "facility SL-NOWHERE unknown; using the coordinate" in located.trail
+    alone = decide(
+        case("streetlight.out", location=events.Location(facility_code="SL-NOWHERE")),
+        ref,
+        open_cases={},
+    )
+    assert isinstance(alone.event, events.CaseUnroutable)
+    assert alone.event.reason == "unknown facility SL-NOWHERE"
+
+
 def test_least_loaded_on_duty_worker(ref: ReferenceData) -> None:
     grid_id, workers = next(
         (g, ws) for g, ws in ref.workers_by_grid.items() if len([w for w in ws if w.on_duty]) >= 2

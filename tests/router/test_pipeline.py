@@ -45,6 +45,21 @@ async def test_a_reported_case_is_routed_to_grid_department_and_worker(
     assert p["escalation_chain"][-1]["role"] == "city"
 
 
+async def test_a_report_naming_a_facility_goes_to_the_facility_s_grid(
+    router_url: str, stack: LocalStack
+) -> None:
+    """Facilities come from the database like the rest of the reference data."""
+    station = next(f for f in CITY.facilities if f["kind"] == "heating_substation")
+    env = report("heating.outage", facility_code=station["code"])
+    await publish(stack, env)
+    [(_, out)] = await decisions_for(stack, env.case_id)
+    assert out["event_type"] == "CaseRouted", out
+    assert (out["payload"]["grid_id"], out["payload"]["department"]) == (
+        station["grid_id"],
+        "heating",
+    )
+
+
 async def test_a_redelivered_report_yields_the_very_same_decision(
     router_url: str, stack: LocalStack
 ) -> None:
