@@ -114,10 +114,13 @@ def http_app(state: RouterState, rs: RouterSettings, pool: asyncpg.Pool, produce
         building_code: Annotated[str | None, Query(max_length=64)] = None,
         description: Annotated[str, Query(max_length=4000)] = "",
         authorization: Annotated[str | None, Header()] = None,
+        facility_code: Annotated[str | None, Query(max_length=64)] = None,
     ) -> ExplainOut:
         """Route a hypothetical case and say why, step by step."""
         check(authorization)
-        return explain_case(state, category, lat, lon, building_code, description)
+        return explain_case(
+            state, category, lat, lon, building_code, description, facility_code=facility_code
+        )
 
     @app.get("/v1/triage")
     async def triage(authorization: Annotated[str | None, Header()] = None) -> list[dict[str, Any]]:
@@ -164,6 +167,8 @@ def explain_case(
     lon: float | None,
     building_code: str | None,
     description: str,
+    *,
+    facility_code: str | None = None,
 ) -> ExplainOut:
     from datetime import UTC, datetime
 
@@ -171,7 +176,9 @@ def explain_case(
         case_id="explain",
         category=category,
         description=description,
-        location=events.Location(lat=lat, lon=lon, building_code=building_code),
+        location=events.Location(
+            lat=lat, lon=lon, building_code=building_code, facility_code=facility_code
+        ),
         reported_at=datetime.now(UTC),
     )
     d = decide(facts, state.ref, open_cases=state.open_cases, explain=True)

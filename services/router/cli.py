@@ -326,6 +326,7 @@ def route(
     building: str | None = typer.Option(None, help="building code"),
     description: str = typer.Option(""),
     explain: bool = typer.Option(True, "--explain/--no-explain"),
+    facility: str | None = typer.Option(None, help="facility code (a street light's number, …)"),
 ) -> None:
     """Route a hypothetical case against the current reference data and say why."""
 
@@ -335,7 +336,9 @@ def route(
         from services.router.dispatch import RouterState
 
         state = RouterState(ref, await store.open_counts(conn))
-        return explain_case(state, category, lat, lon, building, description)
+        return explain_case(
+            state, category, lat, lon, building, description, facility_code=facility
+        )
 
     out = _db(run)
     print(

@@ -191,6 +191,14 @@ async def test_explain_over_http(router_url: str) -> None:
         assert body["decision"]["department"] == "education"
         assert any("school" in line or "dedicated" in line for line in body["trail"])
         assert "rule school-safety: matches" in body["trail"]
+        light = next(f for f in CITY.facilities if f["kind"] == "street_light")
+        r = await client.get(
+            "/v1/explain",
+            headers=ADMIN,
+            params={"category": "streetlight.out", "facility_code": light["code"]},
+        )
+        assert r.status_code == 200, r.text
+        assert f"grid {light['grid_id']}: facility {light['code']}" in r.json()["trail"]
         metrics = (await client.get("/metrics/")).text
         assert "griddispatch_cases_routed_total" in metrics
         assert "griddispatch_router_grids_loaded" in metrics
