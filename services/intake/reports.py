@@ -149,7 +149,7 @@ WITH input AS (
     ON CONFLICT DO NOTHING
     RETURNING response->>'case_id' AS case_id
 ), accepted AS (
-    SELECT i.*, (
+    SELECT i.*, coalesce((
         SELECT c.case_id FROM intake.cases c
         WHERE i.lat IS NOT NULL
           AND c.possible_duplicate_of IS NULL  -- point at the original, not at a duplicate
@@ -165,7 +165,17 @@ WITH input AS (
                 + cos(radians(i.lat)) * cos(radians(c.lat))
                   * power(sin(radians(c.lon - i.lon) / 2), 2))) <= $26
         ORDER BY c.reported_at LIMIT 1
-    ) AS dup
+    ), (
+        -- no point, or none near: the same facility, else the same building
+        SELECT c.case_id FROM intake.cases c
+        WHERE (i.facility_code IS NOT NULL OR i.building_code IS NOT NULL)
+          AND c.possible_duplicate_of IS NULL
+          AND c.category = i.category
+          AND (c.facility_code = i.facility_code OR c.building_code = i.building_code)
+          AND c.reported_at > i.reported_at - interval '{DUPLICATE_WINDOW_H} hours'
+          AND c.status <> 'closed'
+        ORDER BY c.facility_code = i.facility_code DESC NULLS LAST, c.reported_at LIMIT 1
+    )) AS dup
     FROM input i
     WHERE i.idem_owner IS NULL OR i.case_id IN (SELECT case_id FROM claimed)
 ), new_cases AS (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -477,6 +478,34 @@ async def test_possible_duplicates_are_named_but_accepted(
     assert (await client.post("/v1/cases", json=other, headers=auth(keys.resident_app))).json()[
         "possible_duplicate_of"
     ] is None
+
+
+async def test_reports_naming_the_same_facility_or_building_are_duplicates(
+    client: httpx.AsyncClient, keys: Keys
+) -> None:
+    """Every passer-by reports the same street light by its number; every flat of a block
+    without heating by the building's code: no coordinates to compare."""
+    light, block = f"SL-{uuid.uuid4().hex[:8]}", f"B-{uuid.uuid4().hex[:8]}"
+
+    async def post(category: str, **location: str) -> dict[str, Any]:
+        answers = {"whole_building": "yes"} if category == "heating.outage" else {}
+        body = report_body(category=category, attributes=answers, location=location)
+        r = await client.post("/v1/cases", json=body, headers=auth(keys.resident_app))
+        assert r.status_code == 202, r.text
+        return dict(r.json())
+
+    first = await post("streetlight.out", facility_code=light)
+    assert first["possible_duplicate_of"] is None
+    again = await post("streetlight.out", facility_code=light)
+    assert again["possible_duplicate_of"] == first["case_id"]
+    # a third names the original, not the duplicate
+    third = await post("streetlight.out", facility_code=light, address="中华路路口")
+    assert third["possible_duplicate_of"] == first["case_id"]
+    assert (await post("roads.pothole", facility_code=light))["possible_duplicate_of"] is None
+    flat_1 = await post("heating.outage", building_code=block)
+    flat_2 = await post("heating.outage", building_code=block)
+    assert flat_1["possible_duplicate_of"] is None
+    assert flat_2["possible_duplicate_of"] == flat_1["case_id"]
 
 
 async def test_categories_and_health(client: httpx.AsyncClient) -> None:
