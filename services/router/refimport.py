@@ -106,7 +106,7 @@ class Known:
 
 
 def check(
-    table: Table, rows: Iterable[Mapping[str, str | None]], known: Known
+    table: Table, rows: Iterable[Mapping[Any, Any]], known: Known
 ) -> tuple[list[tuple[Any, ...]], list[str]]:
     """The table's records (in its column order), or the problems that keep it out. Rows are
     numbered as lines of a CSV file with a header (the first row is line 2)."""
@@ -114,7 +114,10 @@ def check(
     problems: list[str] = []
     seen: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
-        unknown = set(row) - set(table.column_names) - {""}
+        if None in row:  # csv.DictReader's key for values beyond the header's columns
+            problems.append(f"line {line}: more values than the header has columns")
+            continue
+        unknown = {str(k) for k in row} - set(table.column_names) - {""}
         if unknown:
             problems.append(f"line {line}: unknown column(s) {', '.join(sorted(unknown))}")
             continue

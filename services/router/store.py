@@ -200,7 +200,7 @@ async def known_now(conn: asyncpg.Connection) -> refimport.Known:
 
 
 async def replace_table(
-    conn: asyncpg.Connection, table: refimport.Table, rows: Sequence[Mapping[str, str | None]]
+    conn: asyncpg.Connection, table: refimport.Table, rows: Sequence[Mapping[Any, Any]]
 ) -> int:
     """Replace one table of reference data with checked rows, atomically; the routers reload
     within seconds. Returns the new version; raises ImportRefused (nothing changed)."""

@@ -52,11 +52,12 @@ def test_a_good_file_gives_records_with_defaults() -> None:
 
 
 def test_every_problem_names_its_line_and_column() -> None:
-    rows = [
+    rows: list[dict[str | None, object]] = [
         {"worker_id": "w-1", "grid_id": "longsha-g00001", "name": "张", "on_duty": "maybe"},
         {"worker_id": "w-1", "grid_id": "nowhere", "name": "", "capacity": "-3"},
         {"worker_id": "w 3", "grid_id": "longsha-g00001", "name": "王", "capacity": "lots"},
         {"worker_id": "w-4", "grid_id": "longsha-g00001", "name": "赵", "shift": "night"},
+        {"worker_id": "w-5", "grid_id": "longsha-g00001", "name": "钱", None: ["extra"]},
     ]
     _, problems = check(WORKERS, rows, KNOWN)
     assert problems == [
@@ -68,6 +69,7 @@ def test_every_problem_names_its_line_and_column() -> None:
         "line 4, worker_id: 'w 3' is not a code (^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$)",
         "line 4, capacity: 'lots' is not a whole number",
         "line 5: unknown column(s) shift",
+        "line 6: more values than the header has columns",
     ]
 
 
