@@ -239,16 +239,18 @@ async def apply_step(
     """Take one lifecycle step. A resolution states when it closes unless the resident verifies
     or reopens it first: `verify_window_s` after it (0: never). Raises CaseNotFound, Forbidden,
     IllegalTransition, NotPermitted."""
-    at = datetime.now(UTC)
-    closes_at = None
-    if step_action is Action.RESOLVE and verify_window_s > 0:
-        closes_at = at + timedelta(seconds=verify_window_s)
     async with pool.acquire() as conn, conn.transaction():
         case = await conn.fetchrow(
             "SELECT * FROM intake.cases WHERE case_id = $1 FOR UPDATE", case_id
         )
         if case is None:
             raise CaseNotFound(case_id)
+        # the step's time once the case is ours: a step that waited for another's lock comes
+        # after it on the timeline too
+        at = datetime.now(UTC)
+        closes_at = None
+        if step_action is Action.RESOLVE and verify_window_s > 0:
+            closes_at = at + timedelta(seconds=verify_window_s)
         actor, by = who_acts(principal, tracking_token, case)
         decision = lifecycle.decide(
             Status(case["status"]),
