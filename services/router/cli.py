@@ -7,9 +7,9 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import asyncpg
 import shapely
@@ -135,21 +135,20 @@ def grids_import(path: Path = typer.Argument(..., exists=True, dir_okay=False)) 
         else:
             seen.add(result[0]["grid_id"])
             rows.append(result)
-    if not problems:
-        known = _db(store.known_now)
-        for grid, _ in rows:
-            if grid["community"] not in known.keys["communities"]:
-                problems.append(
-                    f"grid {grid['grid_id']}: no community {grid['community']} "
-                    "(griddispatch refdata import communities …)"
-                )
     if problems:
-        for p in problems[:50]:
-            console.print(f"[red]✗[/red] {p}")
-        console.print(f"[red]{len(problems)} problems: nothing imported[/red]")
-        raise typer.Exit(2)
-    version = _db(lambda c: store.replace_grids(c, rows))
+        _refuse(problems)
+    try:
+        version = _db(lambda c: store.replace_grids(c, rows))
+    except store.ImportRefused as exc:
+        _refuse(exc.problems)
     console.print(f"[green]✓[/green] imported {len(rows):,} grids — version {version}")
+
+
+def _refuse(problems: Sequence[str]) -> NoReturn:
+    for problem in problems[:50]:
+        console.print(f"[red]✗[/red] {problem}")
+    console.print(f"[red]{len(problems)} problem(s): nothing imported[/red]")
+    raise typer.Exit(2)
 
 
 @grids_app.command("export")
@@ -271,10 +270,7 @@ def refdata_import(
     try:
         version = _db(lambda c: store.replace_table(c, table, rows))
     except store.ImportRefused as exc:
-        for problem in exc.problems[:50]:
-            console.print(f"[red]✗[/red] {problem}")
-        console.print(f"[red]{len(exc.problems)} problem(s): nothing imported[/red]")
-        raise typer.Exit(2) from None
+        _refuse(exc.problems)
     console.print(f"[green]✓[/green] imported {len(rows):,} {kind} — version {version}")
 
 

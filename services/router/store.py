@@ -122,6 +122,14 @@ async def import_categories(
         return await bump_version(conn) if bump else None
 
 
+class ImportRefused(ValueError):
+    """A reference-data file with problems (each names its line and column): nothing changed."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__(f"{len(problems)} problem(s)")
+        self.problems = list(problems)
+
+
 async def take_catalogue(conn: asyncpg.Connection, catalogue: Catalogue) -> int:
     """`griddispatch catalogue import`: the categories replace those with the same code, and
     the routers reload (a category the router does not know makes its reports unroutable)."""
@@ -132,7 +140,9 @@ async def take_catalogue(conn: asyncpg.Connection, catalogue: Catalogue) -> int:
 async def replace_grids(
     conn: asyncpg.Connection, grids: Sequence[tuple[dict[str, Any], bytes]]
 ) -> int:
-    """Replace the grid layer (from a GeoJSON import); other reference data stays."""
+    """Replace the grid layer (from a GeoJSON import); other reference data stays. Raises
+    ImportRefused for grids of communities the city does not have (the routers could not place
+    them on the ladder)."""
     cols = (
         "grid_id",
         "kind",
@@ -144,6 +154,16 @@ async def replace_grids(
         "geometry",
     )
     async with conn.transaction():
+        await conn.execute("SELECT 1 FROM router.refdata_version FOR UPDATE")  # as replace_table
+        communities = {r["code"] for r in await conn.fetch("SELECT code FROM router.communities")}
+        strays = [
+            f"grid {g['grid_id']}: no community {g['community']} "
+            "(griddispatch refdata import communities …)"
+            for g, _ in grids
+            if g["community"] not in communities
+        ]
+        if strays:
+            raise ImportRefused(strays)
         await conn.execute("DELETE FROM router.grids")
         await conn.copy_records_to_table(
             "grids",
@@ -152,14 +172,6 @@ async def replace_grids(
             records=[(*(g.get(c) for c in cols[:-1]), wkb) for g, wkb in grids],
         )
         return await bump_version(conn)
-
-
-class ImportRefused(ValueError):
-    """A reference-data file with problems (each names its line and column): nothing changed."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        super().__init__(f"{len(problems)} problem(s)")
-        self.problems = list(problems)
 
 
 async def known_now(conn: asyncpg.Connection) -> refimport.Known:
