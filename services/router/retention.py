@@ -29,6 +29,13 @@ def forget_personal(sql_facts: str) -> str:
 FORGET_PERSONAL_FACTS = forget_personal("facts")
 
 
+def _forgetting(cases: str) -> str:
+    """A purge statement forgetting the personal facts of the cases `cases` selects."""
+    return f"""UPDATE router.cases SET facts = {FORGET_PERSONAL_FACTS}
+               WHERE case_id IN ({cases})
+               RETURNING 1"""
+
+
 def purges(settings: RetentionSettings) -> list[Purge]:
     return [
         Purge(
@@ -43,23 +50,21 @@ def purges(settings: RetentionSettings) -> list[Purge]:
         Purge(
             "care flags",
             settings.personal_data_kept,
-            f"""UPDATE router.cases SET facts = {FORGET_PERSONAL_FACTS}
-               WHERE case_id IN (
-                   SELECT case_id FROM router.cases
+            _forgetting(
+                """SELECT case_id FROM router.cases
                    WHERE NOT open AND facts ? 'care_groups' AND updated_at < $1
-                   LIMIT $2 FOR UPDATE SKIP LOCKED)
-               RETURNING 1""",
+                   LIMIT $2 FOR UPDATE SKIP LOCKED"""
+            ),
         ),
         Purge(  # what a routing kept while its case's erasure was being recorded
             "erased facts",
             timedelta(0),
-            f"""UPDATE router.cases SET facts = {FORGET_PERSONAL_FACTS}
-               WHERE case_id IN (
-                   SELECT c.case_id FROM router.cases c JOIN router.erased_cases e USING (case_id)
+            _forgetting(
+                f"""SELECT c.case_id FROM router.cases c JOIN router.erased_cases e USING (case_id)
                    WHERE c.facts IS DISTINCT FROM {forget_personal("c.facts")}
                      AND e.erased_at < $1
-                   LIMIT $2 FOR UPDATE OF c SKIP LOCKED)
-               RETURNING 1""",
+                   LIMIT $2 FOR UPDATE OF c SKIP LOCKED"""
+            ),
         ),
         Purge(
             "erasure marks",
