@@ -6,11 +6,14 @@ Plain data and validation, no I/O beyond reading the seed file.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.events import Priority
 
@@ -65,8 +68,35 @@ class Category(BaseModel):
 class Catalogue(BaseModel):
     categories: list[Category]
 
+    @model_validator(mode="after")
+    def _codes_once(self) -> Catalogue:
+        twice = sorted(code for code, n in Counter(self.codes()).items() if n > 1)
+        if twice:
+            raise ValueError(f"categories listed twice: {', '.join(twice)}")
+        return self
+
     def by_code(self) -> dict[str, Category]:
         return {c.code: c for c in self.categories}
+
+    def codes(self) -> list[str]:
+        return [c.code for c in self.categories]
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What one service's copy of the catalogue took from `griddispatch catalogue import`."""
+
+    written: int
+    retired: Sequence[str] = ()  # codes no longer offered (`--retire-others`)
+
+
+class CatalogueRefused(ValueError):
+    """A catalogue a service cannot take as it stands (each problem says why): nothing
+    changed in any service."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__(f"{len(problems)} problem(s)")
+        self.problems = list(problems)
 
 
 def load_file(path: Path = SEED_FILE) -> Catalogue:

@@ -14,7 +14,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import uvicorn
@@ -23,7 +23,7 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import Counter
 
 from shared.aio import until_set
-from shared.catalogue import Catalogue
+from shared.catalogue import Catalogue, Taken
 from shared.db import MigrationSource
 from shared.logging import configure_logging
 from shared.metrics import REGISTRY
@@ -32,6 +32,12 @@ from shared.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 ServiceMain = Callable[[Settings, asyncio.Event], Awaitable[None]]
+
+
+class TakesCatalogue(Protocol):
+    def __call__(
+        self, conn: asyncpg.Connection, catalogue: Catalogue, *, retire_others: bool
+    ) -> Awaitable[Taken]: ...
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,12 @@ class ServiceSpec:
     # the port of its HTTP API, /health and /metrics, as its settings say (for `up`'s Prometheus)
     http_port: Callable[[], int] | None = None
     # takes the service catalogue into its schema (`griddispatch catalogue import`): each
-    # service that decides by category keeps its own copy; returns the categories written
-    take_catalogue: Callable[[asyncpg.Connection, Catalogue], Awaitable[int]] | None = None
+    # service that decides by category keeps its own copy. With `retire_others` (True), the
+    # categories the file does not name stop being offered (cases in them keep them).
+    take_catalogue: TakesCatalogue | None = None
+    # what would keep this service from taking a catalogue (e.g. a department it does not
+    # know); run for every service before any takes it, so a refusal changes nothing
+    check_catalogue: Callable[[asyncpg.Connection, Catalogue], Awaitable[list[str]]] | None = None
 
 
 def discover_services() -> dict[str, ServiceSpec]:

@@ -131,9 +131,9 @@ def tasks_issue(
         for err in exc.errors():
             console.print(f"[red]--{'.'.join(map(str, err['loc']))}: {err['msg']}[/red]")
         raise typer.Exit(2) from None
-    categories = _with_db(store.load_categories)
+    categories = _with_db(store.load_categories).offered
     if body.category not in categories:
-        console.print(f"[red]--category: unknown category {body.category}[/red]")
+        console.print(f"[red]--category: unknown or retired category {body.category}[/red]")
         raise typer.Exit(2)
     if categories[body.category].group != TASK_GROUP:
         console.print(f"[yellow]{body.category} is not in the {TASK_GROUP} group[/yellow]")

@@ -23,7 +23,7 @@ from services.intake import lifecycle, retention
 from services.intake.auth import NewKey, Principal, Role, generate_key, secret_matches, split_token
 from services.intake.lifecycle import Action, Actor, Status, Step
 from shared import events, topics
-from shared.catalogue import Catalogue, Category
+from shared.catalogue import Catalogue, Category, Taken
 from shared.events import Envelope, first_seen, wrap
 from shared.ids import derived_event_id
 from shared.metrics import REGISTRY
@@ -66,16 +66,49 @@ async def import_catalogue(conn: asyncpg.Connection, catalogue: Catalogue, *, re
     return len(rows) if replace else int(after - before)
 
 
-async def take_catalogue(conn: asyncpg.Connection, catalogue: Catalogue) -> int:
-    """`griddispatch catalogue import`: the categories replace those with the same code."""
-    return await import_catalogue(conn, catalogue, replace=True)
+async def take_catalogue(
+    conn: asyncpg.Connection, catalogue: Catalogue, *, retire_others: bool
+) -> Taken:
+    """`griddispatch catalogue import`: the categories replace those with the same code (a
+    retired one is offered again). With `retire_others`, those the file does not name are no
+    longer offered: no new report or grid task in them, not in the service lists; the cases
+    in them keep them (their views still apply the category's privacy)."""
+    async with conn.transaction():
+        written = await import_catalogue(conn, catalogue, replace=True)
+        retired: list[str] = []
+        if retire_others:
+            retired = [
+                r["code"]
+                for r in await conn.fetch(
+                    "UPDATE intake.categories SET active = false, updated_at = now() "
+                    "WHERE active AND NOT code = ANY($1::text[]) RETURNING code",
+                    catalogue.codes(),
+                )
+            ]
+    return Taken(written, sorted(retired))
 
 
-async def load_categories(conn: asyncpg.Connection) -> dict[str, Category]:
+@dataclass(frozen=True)
+class Categories:
+    """The catalogue as intake holds it: every category a case may be in, and those offered
+    for new reports and grid tasks (not retired)."""
+
+    every: dict[str, Category]
+    offered: dict[str, Category]
+
+
+async def load_categories(conn: asyncpg.Connection) -> Categories:
     rows = await conn.fetch(
-        "SELECT definition::text AS d FROM intake.categories WHERE active ORDER BY code"
+        "SELECT definition::text AS d, active FROM intake.categories ORDER BY code"
     )
-    return {c.code: c for c in (Category.model_validate_json(r["d"]) for r in rows)}
+    every: dict[str, Category] = {}
+    offered: dict[str, Category] = {}
+    for r in rows:
+        category = Category.model_validate_json(r["d"])
+        every[category.code] = category
+        if r["active"]:
+            offered[category.code] = category
+    return Categories(every, offered)
 
 
 # --- API keys -----------------------------------------------------------------------------

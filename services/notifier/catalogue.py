@@ -12,20 +12,23 @@ import orjson
 
 from services.notifier import texts
 from shared.aio import until_set
-from shared.catalogue import Catalogue
+from shared.catalogue import Catalogue, Taken
 from shared.db import DATABASE_AWAY
 
 log = logging.getLogger(__name__)
 
 
-async def take_catalogue(conn: asyncpg.Connection, catalogue: Catalogue) -> int:
-    """`griddispatch catalogue import`: keep the categories' names (same code: replaced)."""
+async def take_catalogue(
+    conn: asyncpg.Connection, catalogue: Catalogue, *, retire_others: bool
+) -> Taken:
+    """`griddispatch catalogue import`: keep the categories' names (same code: replaced).
+    Retired categories keep theirs: messages about their cases still name them."""
     await conn.executemany(
         "INSERT INTO notifier.categories (code, name) VALUES ($1, $2::text::jsonb) "
         "ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, updated_at = now()",
         [(c.code, orjson.dumps(c.name).decode()) for c in catalogue.categories],
     )
-    return len(catalogue.categories)
+    return Taken(len(catalogue.categories))
 
 
 async def refresh_names(pool: asyncpg.Pool) -> int:

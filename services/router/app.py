@@ -288,4 +288,5 @@ SERVICE = ServiceSpec(
     migrations=MIGRATIONS,
     order=20,
     take_catalogue=store.take_catalogue,
+    check_catalogue=store.catalogue_problems,
 )

@@ -15,7 +15,7 @@ from services.router.democity import City
 from services.router.refdata import ReferenceData
 from services.router.rules import Rule
 from services.router.snapshot import build_reference
-from shared.catalogue import Catalogue, Category, load_file
+from shared.catalogue import Catalogue, CatalogueRefused, Category, Taken, load_file
 
 CHANNEL = "router_refdata"
 REF_TABLES = (
@@ -116,7 +116,7 @@ async def import_categories(
     async with conn.transaction():
         await conn.executemany(
             "INSERT INTO router.categories (code, definition) VALUES ($1, $2::text::jsonb) "
-            "ON CONFLICT (code) DO UPDATE SET definition = EXCLUDED.definition",
+            "ON CONFLICT (code) DO UPDATE SET definition = EXCLUDED.definition, retired_at = NULL",
             [(c.code, c.model_dump_json()) for c in categories],
         )
         return await bump_version(conn) if bump else None
@@ -130,11 +130,44 @@ class ImportRefused(ValueError):
         self.problems = list(problems)
 
 
-async def take_catalogue(conn: asyncpg.Connection, catalogue: Catalogue) -> int:
-    """`griddispatch catalogue import`: the categories replace those with the same code, and
-    the routers reload (a category the router does not know makes its reports unroutable)."""
-    await import_categories(conn, catalogue.categories)
-    return len(catalogue.categories)
+async def catalogue_problems(conn: asyncpg.Connection, catalogue: Catalogue) -> list[str]:
+    """What keeps the routers from taking a catalogue: a category whose department the
+    reference data does not have (its reports would all wait in triage)."""
+    known = {r["code"] for r in await conn.fetch("SELECT code FROM router.departments")}
+    return [
+        f"category {c.code}: no department {c.department} "
+        "(griddispatch refdata import departments …)"
+        for c in catalogue.categories
+        if c.department not in known
+    ]
+
+
+async def take_catalogue(
+    conn: asyncpg.Connection, catalogue: Catalogue, *, retire_others: bool
+) -> Taken:
+    """`griddispatch catalogue import`: the categories replace those with the same code (a
+    retired one comes back), and the routers reload. With `retire_others`, the categories the
+    file does not name are retired: still routed (cases in them may come back for rerouting),
+    but no longer holding on to their departments. Raises CatalogueRefused as
+    `catalogue_problems` says, checked under the reference data's lock."""
+    async with conn.transaction():
+        await conn.execute("SELECT 1 FROM router.refdata_version FOR UPDATE")  # as replace_table
+        problems = await catalogue_problems(conn, catalogue)
+        if problems:
+            raise CatalogueRefused(problems)
+        await import_categories(conn, catalogue.categories, bump=False)
+        retired: list[str] = []
+        if retire_others:
+            retired = [
+                r["code"]
+                for r in await conn.fetch(
+                    "UPDATE router.categories SET retired_at = now() "
+                    "WHERE retired_at IS NULL AND NOT code = ANY($1::text[]) RETURNING code",
+                    catalogue.codes(),
+                )
+            ]
+        await bump_version(conn)
+    return Taken(len(catalogue.categories), sorted(retired))
 
 
 async def replace_grids(
@@ -187,7 +220,8 @@ async def known_now(conn: asyncpg.Connection) -> refimport.Known:
 
     rules = await load_rules(conn)
     categories = await conn.fetch(
-        "SELECT code, definition->>'department' AS department FROM router.categories"
+        "SELECT code, definition->>'department' AS department FROM router.categories "
+        "WHERE retired_at IS NULL"  # a retired category's cases may go to triage instead
     )
     referrers = {
         "districts": await named(

@@ -13,13 +13,13 @@ import time
 from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import asyncpg
 import typer
 from rich.console import Console
 
-from shared.catalogue import SEED_FILE, Catalogue, load_file
+from shared.catalogue import SEED_FILE, Catalogue, CatalogueRefused, load_file
 from shared.cli.dlq import dlq_app
 from shared.db import migrate as run_migrations
 from shared.db import run_in_schema
@@ -29,6 +29,7 @@ from shared.settings import get_settings
 # commands that use them: a CLI call loads only what its command needs (see `run`).
 if TYPE_CHECKING:
     from shared.localstack import LocalStack
+    from shared.service import ServiceSpec
 
 console = Console(stderr=True, soft_wrap=True)
 app = typer.Typer(
@@ -48,10 +49,17 @@ app.add_typer(catalogue_app, name="catalogue")
 @catalogue_app.command("import")
 def catalogue_import(
     path: Path = typer.Argument(SEED_FILE, exists=True, dir_okay=False),
+    retire_others: bool = typer.Option(
+        False,
+        "--retire-others",
+        help="the file is the whole catalogue: categories it does not name stop taking reports "
+        "and grid tasks, and leave the service list (cases in them keep them)",
+    ),
 ) -> None:
     """Load categories from a YAML file into every service that decides by category (intake
-    accepts reports in them, the router routes them), replacing those with the same code;
-    running services pick them up within seconds."""
+    accepts reports in them, the router routes them, the notifier names them), replacing those
+    with the same code; running services pick them up within seconds. Every service checks the
+    file first (the router: each category's department exists): any problem, nothing changes."""
     try:
         catalogue = load_file(path)
     except Exception as exc:
@@ -59,20 +67,49 @@ def catalogue_import(
         raise typer.Exit(2) from exc
     from shared.service import discover_services  # the services' runtime: only for this command
 
-    for spec in discover_services().values():
-        take = spec.take_catalogue
-        if take is None or spec.schema is None:
-            continue
-        n = run_in_schema(spec.schema, spec.migrations, functools.partial(_take, take, catalogue))
-        console.print(f"[green]✓[/green] {spec.name}: {n} categories from {path}")
+    specs = [s for s in discover_services().values() if s.take_catalogue and s.schema is not None]
+    problems = [
+        f"{spec.name}: {problem}"
+        for spec in specs
+        if spec.check_catalogue is not None
+        for problem in _in_schema(spec, spec.check_catalogue, catalogue)
+    ]
+    if problems:
+        _refuse_catalogue(problems)
+    for spec in specs:
+        assert spec.take_catalogue is not None
+        take = functools.partial(spec.take_catalogue, retire_others=retire_others)
+        try:
+            taken = _in_schema(spec, take, catalogue)
+        except CatalogueRefused as exc:  # changed under our feet since the check
+            _refuse_catalogue([f"{spec.name}: {p}" for p in exc.problems])
+        retired = f", {len(taken.retired)} retired" if taken.retired else ""
+        console.print(
+            f"[green]✓[/green] {spec.name}: {taken.written} categories from {path}{retired}"
+        )
 
 
-async def _take(
-    take: Callable[[asyncpg.Connection, Catalogue], Awaitable[int]],
+T = TypeVar("T")
+
+
+def _in_schema(
+    spec: ServiceSpec,
+    fn: Callable[[asyncpg.Connection, Catalogue], Awaitable[T]],
     catalogue: Catalogue,
-    conn: asyncpg.Connection,
-) -> int:
-    return await take(conn, catalogue)
+) -> T:
+    assert spec.schema is not None
+
+    async def run(conn: asyncpg.Connection) -> T:
+        return await fn(conn, catalogue)
+
+    return run_in_schema(spec.schema, spec.migrations, run)
+
+
+def _refuse_catalogue(problems: list[str]) -> NoReturn:
+    for problem in problems[:50]:
+        console.print(f"[red]✗[/red] {problem}")
+    console.print(f"[red]{len(problems)} problem(s): no service changed[/red]")
+    raise typer.Exit(2)
 
 
 def _progress(message: str) -> None:

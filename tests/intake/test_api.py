@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.intake import store
 from shared import topics
+from shared.catalogue import Catalogue, Category, CategoryDeadlines
 from shared.localstack import LocalStack
 from tests.helpers.kafka import read_topic
 from tests.intake.conftest import (
@@ -622,3 +626,54 @@ async def test_a_report_may_name_a_facility_instead_of_a_place(
     )
     assert r.status_code == 422
     assert "facility_code" in r.json()["errors"][0]["reason"]
+
+
+async def test_a_retired_category_takes_no_report_but_its_cases_stay_readable(
+    client: httpx.AsyncClient, stack: LocalStack, keys: Keys
+) -> None:
+    """`catalogue import --retire-others` leaves a category's row in place, no longer
+    offered: reports, grid tasks and the service lists refuse or omit it; its cases read on."""
+    code = f"test.retired-{uuid.uuid4().hex[:8]}"
+    category = Category(
+        code=code,
+        name={"zh-CN": "旧事项", "en": "Old item"},
+        group="utilities",
+        department="heating",
+        deadlines=CategoryDeadlines(acknowledge_hours=1, resolve_hours=8),
+    )
+    conn = await asyncpg.connect(stack.postgres.url)
+    try:
+        await store.take_catalogue(conn, Catalogue(categories=[category]), retire_others=False)
+        await asyncio.sleep(1.2)  # the test server refreshes its catalogue every second
+        case = await reported_and_routed(client, stack, keys, category=code, attributes={})
+        await conn.execute("UPDATE intake.categories SET active = false WHERE code = $1", code)
+    finally:
+        await conn.close()
+    await asyncio.sleep(1.2)
+
+    refused = await client.post(
+        "/v1/cases", json=report_body(category=code, attributes={}), headers=auth(keys.resident_app)
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"] == "unknown_category"
+    [problem] = refused.json()["errors"]
+    assert problem["field"] == "category"
+    assert "no longer offered" in problem["reason"]
+    task = await client.post(
+        "/v1/tasks",
+        json={"area": "city", "category": code, "title": "检查", "instructions": "入户"},
+        headers=auth(keys.operator),
+    )
+    assert task.status_code == 422, task.text
+    assert "no longer offered" in task.text
+    assert code not in {c["code"] for c in (await client.get("/v1/categories")).json()}
+    services = (await client.get("/open311/v2/services.json")).json()
+    assert code not in {s["service_code"] for s in services}
+    assert (await client.get(f"/open311/v2/services/{code}.json")).status_code == 404
+    # the case made before keeps its category, for the resident and the department alike
+    view = await client.get(f"/v1/cases/{case['case_id']}", headers=auth(keys.heating))
+    assert view.status_code == 200
+    assert view.json()["category"] == code
+    request = await client.get(f"/open311/v2/requests/{case['case_id']}.json")
+    assert request.status_code == 200
+    assert request.json()[0]["service_code"] == code

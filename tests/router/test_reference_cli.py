@@ -21,6 +21,7 @@ from services.router import democity, store
 from services.router.decide import CaseFacts, decide
 from services.router.settings import MIGRATIONS
 from shared import events
+from shared.catalogue import load_file
 from shared.db import migrate
 from shared.localstack import LocalStack
 from tests.helpers.cli import run_cli
@@ -31,18 +32,7 @@ CITY = democity.generate(seed=31, scale="small")
 
 @pytest.fixture(scope="module")
 def city_url(stack: LocalStack) -> str:
-    async def make() -> str:
-        url = await fresh_database(stack.postgres.url, "refdata_cli")
-        conn = await asyncpg.connect(url)
-        try:
-            await migrate(conn, "router", MIGRATIONS)
-            await store.load_city(conn, CITY)
-            await store.replace_rules(conn, democity.default_rules())
-        finally:
-            await conn.close()
-        return url
-
-    return asyncio.run(make())
+    return asyncio.run(_city_database(stack, "refdata_cli"))
 
 
 def cli(stack: LocalStack, url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -245,3 +235,69 @@ def test_a_category_imported_once_is_known_to_intake_and_the_router(
     bad.write_text("categories:\n- code: X\n", "utf-8")
     refused = cli(stack, city_url, "catalogue", "import", str(bad))
     assert refused.returncode == 2
+
+
+def test_a_city_retires_categories_and_then_the_departments_only_they_named(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    """A city's own catalogue replaces the packaged one (`--retire-others`); a category naming
+    a department the city lacks is refused before any service changes."""
+    url = asyncio.run(_city_database(stack, "catalogue_retire"))
+    seed = load_file()
+    [tax_category] = [c for c in seed.categories if c.department == "tax"]
+    first = cli(stack, url, "catalogue", "import")  # the packaged file, into every service
+    assert first.returncode == 0, first.stderr
+
+    def write(name: str, categories: list[dict[str, object]]) -> str:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump({"categories": categories}, allow_unicode=True), "utf-8")
+        return str(path)
+
+    ours = [c.model_dump(mode="json") for c in seed.categories if c.code != tax_category.code]
+    stray = {**ours[0], "code": "roads.snow", "department": "snow-clearing"}
+    refused = cli(stack, url, "catalogue", "import", write("stray.yaml", [*ours, stray]))
+    assert refused.returncode == 2
+    assert "router: category roads.snow: no department snow-clearing" in refused.stderr
+    assert "no service changed" in refused.stderr
+    assert not fetch(url, "SELECT 1 FROM intake.categories WHERE code = 'roads.snow'")
+
+    before = version(url)
+    done = cli(stack, url, "catalogue", "import", write("ours.yaml", ours), "--retire-others")
+    assert done.returncode == 0, done.stderr
+    assert f"intake: {len(ours)} categories from" in done.stderr
+    assert f"router: {len(ours)} categories from" in done.stderr
+    assert "1 retired" in done.stderr
+    assert version(url) == before + 1
+    assert fetch(url, "SELECT code FROM intake.categories WHERE NOT active") == [
+        (tax_category.code,)
+    ]
+    assert fetch(url, "SELECT code FROM router.categories WHERE retired_at IS NOT NULL") == [
+        (tax_category.code,)
+    ]
+
+    # the tax office, named by nothing still offered, can now leave the reference data
+    exported = cli(stack, url, "refdata", "export", "departments", str(tmp_path / "d.csv"))
+    assert exported.returncode == 0, exported.stderr
+    rows = list(csv.DictReader((tmp_path / "d.csv").open(encoding="utf-8")))
+    with (tmp_path / "no-tax.csv").open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for r in rows if r["code"] != "tax")
+    dropped = cli(stack, url, "refdata", "import", "departments", str(tmp_path / "no-tax.csv"))
+    assert dropped.returncode == 0, dropped.stderr
+    # and the packaged file, which still names it, is refused from now on
+    again = cli(stack, url, "catalogue", "import")
+    assert again.returncode == 2
+    assert f"category {tax_category.code}: no department tax" in again.stderr
+
+
+async def _city_database(stack: LocalStack, name: str) -> str:
+    url = await fresh_database(stack.postgres.url, name)
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn, "router", MIGRATIONS)
+        await store.load_city(conn, CITY)
+        await store.replace_rules(conn, democity.default_rules())
+    finally:
+        await conn.close()
+    return url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -34,7 +35,7 @@ from services.intake.models import (
 )
 from services.intake.views import case_view
 from shared import text
-from shared.catalogue import TASK_GROUP, check_attributes
+from shared.catalogue import TASK_GROUP, Category, check_attributes
 from shared.ids import case_reference
 from shared.metrics import REGISTRY
 
@@ -100,8 +101,18 @@ async def list_categories(request: Request) -> list[CategoryView]:
             resolve_hours=c.deadlines.resolve_hours,
             working_time=c.deadlines.working_time,
         )
-        for c in (await st.catalogue.get()).values()
+        for c in (await st.catalogue.offered()).values()
     ]
+
+
+def unknown_category(code: str, every: Mapping[str, Category]) -> ApiError:
+    """422 for a category that takes no new report or task (unknown, or retired)."""
+    reason = (
+        f"category {code!r} is no longer offered (retired from the catalogue)"
+        if code in every
+        else f"unknown category {code!r}"
+    )
+    return ApiError(422, "unknown_category", reason, field="category")
 
 
 def idempotency_key_reused() -> ApiError:
@@ -122,12 +133,9 @@ async def accept_report(
 ) -> reports.Accepted:
     """Shared by the JSON API and Open311: validate against the catalogue, then store."""
     st = state(request)
-    categories = await st.catalogue.get()
-    category = categories.get(body.category)
+    category = (await st.catalogue.offered()).get(body.category)
     if category is None:
-        raise ApiError(
-            422, "unknown_category", f"unknown category {body.category!r}", field="category"
-        )
+        raise unknown_category(body.category, await st.catalogue.get())
     if category.group == TASK_GROUP:
         raise ApiError(
             422,

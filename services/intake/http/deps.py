@@ -29,11 +29,19 @@ class CatalogueCache:
 
     pool: asyncpg.Pool
     refresh_s: float
-    categories: dict[str, Category] = field(default_factory=dict)
+    categories: store.Categories = field(default_factory=lambda: store.Categories({}, {}))
     loaded_at: float = 0.0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def get(self) -> dict[str, Category]:
+        """Every category a case may be in (retired ones too): for reading cases."""
+        return (await self._current()).every
+
+    async def offered(self) -> dict[str, Category]:
+        """The categories new reports and grid tasks may name."""
+        return (await self._current()).offered
+
+    async def _current(self) -> store.Categories:
         if time.monotonic() - self.loaded_at > self.refresh_s:
             async with self._lock:
                 if time.monotonic() - self.loaded_at > self.refresh_s:

@@ -175,7 +175,7 @@ async def services(
             "keywords": ",".join(c.keywords),
             "group": c.group,
         }
-        for c in (await st.catalogue.get()).values()
+        for c in (await st.catalogue.offered()).values()
         if c.group != TASK_GROUP
     ]
     return render(fmt, "services", "service", items)
@@ -188,7 +188,7 @@ async def service_definition(
     st: State,
     jurisdiction_id: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
-    category = (await st.catalogue.get()).get(service_code)
+    category = (await st.catalogue.offered()).get(service_code)
     if category is None:
         raise Open311Error(404, f"service_code {service_code} not found", fmt)
     data = {

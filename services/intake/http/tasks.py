@@ -15,6 +15,7 @@ from services.intake.http.cases import (
     IDEMPOTENCY_KEY,
     idempotency_key_reused,
     refuse_nul,
+    unknown_category,
 )
 from services.intake.http.deps import CREDENTIALS, ApiError, IntakeState, caller, documented, state
 from services.intake.models import TaskAccepted, TaskIn, TaskView
@@ -75,10 +76,8 @@ async def issue_task(body: TaskIn, request: Request) -> TaskAccepted:
 async def _check_known(st: IntakeState, body: TaskIn) -> None:
     """What intake can check itself; the area only the router knows (an area with no grid
     is a dead letter there, and the task shows no cases)."""
-    if body.category not in await st.catalogue.get():
-        raise ApiError(
-            422, "unknown_category", f"unknown category {body.category!r}", field="category"
-        )
+    if body.category not in await st.catalogue.offered():
+        raise unknown_category(body.category, await st.catalogue.get())
     if (
         body.department is not None
         and st.directory is not None
