@@ -303,7 +303,9 @@ async def apply_step(
         env = wrap(decision.event, case_id=case_id, producer=PRODUCER, occurred_at=at)
         await conn.execute(
             "UPDATE intake.cases SET status = $2, rating = COALESCE($3, rating), updated_at = $4,"
-            " closes_at = $5 WHERE case_id = $1",
+            " closes_at = $5,"
+            " status_since = CASE WHEN status <> $2 THEN $4 ELSE status_since END"
+            " WHERE case_id = $1",
             case_id,
             decision.status.value,
             rating if step_action is Action.RATE else None,
@@ -573,12 +575,13 @@ async def apply_lifecycle_events(
                        acknowledge_by = CASE WHEN u.routed THEN u.ack ELSE c.acknowledge_by END,
                        resolve_by = CASE WHEN u.routed THEN u.res ELSE c.resolve_by END,
                        escalation_level = GREATEST(c.escalation_level, u.level),
-                       updated_at = u.at
+                       updated_at = u.at,
+                       status_since = COALESCE(u.since, c.status_since)
                    FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[],
                        $6::text[], $7::text[], $8::text[], $9::timestamptz[],
-                       $10::timestamptz[], $11::int[], $12::timestamptz[])
+                       $10::timestamptz[], $11::int[], $12::timestamptz[], $13::timestamptz[])
                        AS u(case_id, status, routed, department, grid_id, district, worker_id,
-                            priority, ack, res, level, at)
+                            priority, ack, res, level, at, since)
                    WHERE c.case_id = u.case_id""",
                 *map(
                     list,
@@ -646,13 +649,14 @@ async def _last_resolutions(
 
 @dataclass(frozen=True)
 class CaseChange:
-    """What a run of lifecycle events does to a case's row: its status, what its last routing
-    said, the highest escalation level, and when."""
+    """What a run of lifecycle events does to a case's row: its status (and when it entered
+    it, if it changed), what its last routing said, the highest escalation level, and when."""
 
     status: Status
     routed: events.CaseRouted | None = None
     level: int = 0
     at: datetime | None = None
+    since: datetime | None = None
 
     def after(self, event: events.Event, at: datetime) -> CaseChange:
         status = lifecycle.status_after_event(self.status, event)
@@ -660,7 +664,7 @@ class CaseChange:
         level = (
             max(self.level, event.level) if isinstance(event, events.CaseEscalated) else self.level
         )
-        return CaseChange(status, routed, level, at)
+        return CaseChange(status, routed, level, at, at if status != self.status else self.since)
 
     def columns(self) -> tuple[Any, ...]:
         r = self.routed
@@ -676,6 +680,7 @@ class CaseChange:
             r.deadlines.resolve_by if r else None,
             self.level,
             self.at,
+            self.since,
         )
 
 
@@ -692,9 +697,10 @@ async def open_cases_by_department(conn: asyncpg.Connection) -> list[tuple[str, 
 
 async def triage_waiting(conn: asyncpg.Connection) -> tuple[int, datetime | None]:
     """How many cases wait in triage for an operator, and since when the longest has waited
-    (the routing that sent it there)."""
+    (the routing that sent it there: later events on it do not restart the count)."""
     row = await conn.fetchrow(
-        "SELECT count(*) AS n, min(updated_at) AS oldest FROM intake.cases "
+        "SELECT count(*) AS n, min(coalesce(status_since, updated_at)) AS oldest "
+        "FROM intake.cases "
         "WHERE status = 'unroutable'"
     )
     return int(row["n"]), row["oldest"]

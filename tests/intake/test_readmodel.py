@@ -62,24 +62,26 @@ def test_a_case_change_follows_its_events() -> None:
     routed = routed_event("c-1", "heating").event()
     assert isinstance(routed, events.CaseRouted)
     at = datetime.now(UTC)
-    change = (
+    later, last = at + timedelta(minutes=5), at + timedelta(minutes=9)
+    escalated = (
         store.CaseChange(Status.REPORTED)
         .after(routed, at)
         .after(
             events.CaseEscalated(
                 deadline="acknowledge", due_at=at, level=2, to=routed.escalation_chain[0], repeat=0
             ),
-            at,
+            later,
         )
-        .after(
-            events.CaseEscalated(
-                deadline="acknowledge", due_at=at, level=1, to=routed.escalation_chain[0], repeat=0
-            ),
-            at,
-        )
-        .after(events.CaseAcknowledged(by="w-1"), at)
     )
+    assert (escalated.at, escalated.since) == (later, at)  # routed since `at`, changed later
+    change = escalated.after(
+        events.CaseEscalated(
+            deadline="acknowledge", due_at=at, level=1, to=routed.escalation_chain[0], repeat=0
+        ),
+        later,
+    ).after(events.CaseAcknowledged(by="w-1"), last)
     assert (change.status, change.level, change.routed) == (Status.ACKNOWLEDGED, 2, routed)
+    assert change.since == last
 
 
 async def test_a_batch_folds_in_order_and_only_once(intake_db: asyncpg.Connection) -> None:
@@ -265,9 +267,18 @@ async def test_the_triage_gauges_count_cases_waiting_for_an_operator(
         intake_db, [(e, e.event()) for e in [routed_event(routed, "heating")]]
     )
     await intake_db.execute(
-        "UPDATE intake.cases SET updated_at = now() - interval '2 hours' WHERE case_id = $1",
+        "UPDATE intake.cases SET updated_at = now() - interval '2 hours', "
+        "status_since = now() - interval '2 hours' WHERE case_id = $1",
         long_ago,
     )
+    # a later event that leaves it in triage (an operator's reroute the router could not
+    # place either) changes the case, not how long it has waited
+    again = _step(unroutable, long_ago)
+    await store.apply_lifecycle_events(intake_db, [(again, again.event())])
+    [row] = await intake_db.fetch(
+        "SELECT updated_at FROM intake.cases WHERE case_id = $1", long_ago
+    )
+    assert datetime.now(UTC) - row["updated_at"] < timedelta(minutes=5)
     waiting, oldest = await store.triage_waiting(intake_db)
     assert waiting == waiting_before + 2
     assert oldest is not None
