@@ -21,11 +21,10 @@ import contextlib
 import hashlib
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from shared.aio import until_set
 from shared.db import CONNECTION_LOST, check_schema_name
@@ -37,6 +36,9 @@ from shared.metrics import (
     OUTBOX_OLDEST_AGE,
     OUTBOX_PUBLISHED,
 )
+
+if TYPE_CHECKING:  # the relay is given its producer: the outbox's writers need no Kafka client
+    from aiokafka import AIOKafkaProducer
 
 log = logging.getLogger(__name__)
 
