@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from services.intake import store
 from services.intake.auth import RateLimiter
-from services.intake.http import cases, open311, tasks
+from services.intake.http import cases, open311, performance, tasks
 from services.intake.http.deps import CatalogueCache, IntakeState, KeyCache
 from services.intake.http.errors import install_error_handlers
 from services.intake.http.middleware import BodyLimit, RefuseNulInQuery, RequestMetrics
@@ -129,6 +129,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(cases.router)
     app.include_router(tasks.router)
+    app.include_router(performance.router)
     app.include_router(open311.router)
 
     async def db_ready() -> bool:

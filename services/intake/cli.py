@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import getpass
+import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import TypeVar
-from zoneinfo import ZoneInfo
 
 import asyncpg
 import pydantic
@@ -14,9 +16,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.intake import store
+from services.intake import performance, store
 from services.intake.auth import SCOPED_ROLES, Role
 from services.intake.models import TaskIn
+from services.intake.performance import CITY_TIME
 from services.intake.settings import MIGRATIONS
 from shared.catalogue import TASK_GROUP
 from shared.db import run_in_schema
@@ -27,8 +30,11 @@ privacy_app = typer.Typer(help="Residents' personal data.", no_args_is_help=True
 tasks_app = typer.Typer(
     help="Grid tasks: the same task for every grid of an area at once.", no_args_is_help=True
 )
+performance_app = typer.Typer(
+    help="The response, resolution and satisfaction rates of a period (the monthly assessment).",
+    no_args_is_help=True,
+)
 T = TypeVar("T")
-CITY_TIME = ZoneInfo("Asia/Shanghai")  # what operators type and read
 
 
 def _with_db(fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -175,3 +181,88 @@ def tasks_show(task_id: str = typer.Argument(..., help="the task's id")) -> None
     table.add_row("[bold]all[/bold]", str(sum(progress.by_status.values())))
     table.add_row("overdue", str(progress.overdue))
     out.print(table)
+
+
+@performance_app.command("show")
+def performance_show(
+    month: str | None = typer.Option(None, help="a calendar month, e.g. 2026-11"),
+    start: str | None = typer.Option(None, "--from", help="the first day (YYYY-MM-DD)"),
+    end: str | None = typer.Option(None, "--to", help="the day after the last one"),
+    by: performance.GroupBy = typer.Option(performance.GroupBy.DEPARTMENT, help="one row per"),
+    department: str | None = typer.Option(None, help="only this department's cases"),
+    as_csv: bool = typer.Option(False, "--csv", help="CSV on standard output"),
+) -> None:
+    """The cases reported in a period (days in the city's time zone), one row per department
+    (district, grid, category or worker) and a total: how many, acknowledged and resolved on
+    time or late (escalated), the three rates, ratings, reopenings, median times."""
+    try:
+        if month is not None:
+            if start or end:
+                raise ValueError("give --month or --from/--to, not both")
+            first, after = performance.month(month)
+        elif start and end:
+            first, after = date.fromisoformat(start), date.fromisoformat(end)
+        else:
+            raise ValueError("give --month, or --from and --to")
+        begins, ends = performance.period(first, after)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    records = _with_db(
+        lambda c: store.performance_records(c, begins, ends, by, department=department)
+    )
+    rows = performance.assess(records)
+    columns = [f.name for f in dataclasses.fields(performance.Performance)]
+    if as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow([by.value, *columns[1:]])
+        for row in rows:
+            writer.writerow([_cell(getattr(row, c)) for c in columns])
+        return
+    table = Table(
+        by.value,
+        "cases",
+        "open",
+        "response",
+        "resolution",
+        "satisfaction",
+        "late ack",
+        "late resolve",
+        "rated",
+        "reopened",
+        "median ack (min)",
+        "median resolve (h)",
+        title=f"cases reported {first} – {after - timedelta(days=1)} ({CITY_TIME})",
+    )
+    for r in rows:
+        table.add_row(
+            "(not routed)" if r.key is None else "total" if r.key == performance.TOTAL else r.key,
+            str(r.cases),
+            str(r.open),
+            _percent(r.response_rate),
+            _percent(r.resolution_rate),
+            _percent(r.satisfaction_rate),
+            str(r.acknowledge_missed),
+            str(r.resolve_missed),
+            str(r.rated),
+            str(r.reopened),
+            _number(r.median_minutes_to_acknowledge),
+            _number(r.median_hours_to_resolve),
+        )
+    Console().print(table)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _percent(rate: float | None) -> str:
+    return "–" if rate is None else f"{rate:.1%}"
+
+
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -308,6 +308,47 @@ class CategoryView(BaseModel):
     acknowledge_hours: float
     resolve_hours: float
     working_time: bool
+
+
+class PerformanceRow(BaseModel):
+    """One department's (district's, …) figures; `docs/api.md` defines each."""
+
+    key: str | None = Field(
+        description="the department, district, grid, category or worker; null: cases never "
+        "routed (triage); `*`: every case of the report"
+    )
+    cases: int = Field(description="reported in the period")
+    open: int = Field(description="not resolved or closed yet")
+    acknowledged_on_time: int
+    acknowledge_missed: int = Field(description="escalated for their acknowledge deadline")
+    resolved_on_time: int
+    resolve_missed: int = Field(description="escalated for their resolve deadline")
+    rated: int
+    satisfied: int = Field(description="rated 4 or 5")
+    reopened: int = Field(description="reopenings (a case may count more than once)")
+    closed_unverified: int = Field(
+        description="closed because nobody verified the resolution in time"
+    )
+    response_rate: float | None = Field(
+        description="acknowledged_on_time ÷ (acknowledged_on_time + acknowledge_missed); "
+        "null: nothing to judge yet"
+    )
+    resolution_rate: float | None = Field(
+        description="resolved_on_time ÷ (resolved_on_time + resolve_missed)"
+    )
+    satisfaction_rate: float | None = Field(description="satisfied ÷ rated")
+    median_minutes_to_acknowledge: float | None
+    median_hours_to_resolve: float | None
+
+
+class PerformanceReport(BaseModel):
+    period_start: date = Field(description="the first day, in the city's time zone")
+    period_end: date = Field(description="the day after the last one")
+    timezone: str
+    by: str
+    department: str | None = Field(description="only this department's cases (null: all)")
+    rows: list[PerformanceRow]
+    total: PerformanceRow
 
 
 class ErrorItem(BaseModel):

@@ -19,7 +19,7 @@ import asyncpg
 import orjson
 from prometheus_client import Counter
 
-from services.intake import lifecycle, retention
+from services.intake import lifecycle, performance, retention
 from services.intake.auth import NewKey, Principal, Role, generate_key, secret_matches, split_token
 from services.intake.lifecycle import Action, Actor, Status, Step
 from shared import events, topics
@@ -685,6 +685,67 @@ class CaseChange:
 
 
 # --- queries ------------------------------------------------------------------------------
+
+
+_GROUP_COLUMNS = {
+    performance.GroupBy.DEPARTMENT: "department",
+    performance.GroupBy.DISTRICT: "district",
+    performance.GroupBy.GRID: "grid_id",
+    performance.GroupBy.CATEGORY: "category",
+    performance.GroupBy.WORKER: "worker_id",
+}
+
+# One row per case reported in the period (grid tasks' cases are assignments, not residents'
+# reports: not assessed), with what its timeline says about its deadlines and its resident.
+_PERFORMANCE_SQL = """
+SELECT c.{column} AS key, c.reported_at, c.status, c.rating,
+       min(e.occurred_at) FILTER (WHERE e.event_type = 'CaseAcknowledged') AS acknowledged_at,
+       min(e.occurred_at) FILTER (WHERE e.event_type = 'CaseResolved') AS resolved_at,
+       coalesce(bool_or(e.event_type = 'CaseEscalated'
+                        AND e.payload->>'deadline' = 'acknowledge'), false) AS ack_missed,
+       coalesce(bool_or(e.event_type = 'CaseEscalated'
+                        AND e.payload->>'deadline' = 'resolve'), false) AS res_missed,
+       count(e.event_id) FILTER (WHERE e.event_type = 'CaseReopened') AS reopened,
+       coalesce(bool_or(e.event_type = 'CaseClosed'
+                        AND (e.payload->>'automatic')::boolean), false) AS closed_unverified
+FROM intake.cases c
+LEFT JOIN intake.case_events e ON e.case_id = c.case_id AND e.event_type IN
+    ('CaseAcknowledged', 'CaseResolved', 'CaseEscalated', 'CaseReopened', 'CaseClosed')
+WHERE c.reported_at >= $1 AND c.reported_at < $2 AND c.channel <> 'task'
+  AND ($3::text IS NULL OR c.department = $3) AND ($4::text IS NULL OR c.worker_id = $4)
+GROUP BY c.case_id
+"""
+
+
+async def performance_records(
+    conn: asyncpg.Connection,
+    start: datetime,
+    end: datetime,
+    by: performance.GroupBy,
+    *,
+    department: str | None = None,
+    worker_id: str | None = None,
+) -> list[performance.CaseRecord]:
+    """The cases reported in [start, end), optionally one department's or one worker's, each
+    keyed by its current department (district, …): what `performance.assess` reads."""
+    rows = await conn.fetch(
+        _PERFORMANCE_SQL.format(column=_GROUP_COLUMNS[by]), start, end, department, worker_id
+    )
+    return [
+        performance.CaseRecord(
+            key=r["key"],
+            reported_at=r["reported_at"],
+            acknowledged_at=r["acknowledged_at"],
+            acknowledge_missed=r["ack_missed"],
+            resolved_at=r["resolved_at"],
+            resolve_missed=r["res_missed"],
+            rating=r["rating"],
+            reopened=r["reopened"],
+            closed_unverified=r["closed_unverified"],
+            open=r["status"] not in (Status.RESOLVED, Status.CLOSED),
+        )
+        for r in rows
+    ]
 
 
 async def open_cases_by_department(conn: asyncpg.Connection) -> list[tuple[str, int]]:
