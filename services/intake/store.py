@@ -697,23 +697,29 @@ _GROUP_COLUMNS = {
 
 # One row per case reported in the period (grid tasks' cases are assignments, not residents'
 # reports: not assessed), with what its timeline says about its deadlines and its resident.
+# The timeline is read per case through its index (LATERAL): the cost follows the period's
+# cases, not the whole timeline (a join grouped afterwards hashed every event ever recorded).
 _PERFORMANCE_SQL = """
-SELECT c.{column} AS key, c.reported_at, c.status, c.rating,
-       min(e.occurred_at) FILTER (WHERE e.event_type = 'CaseAcknowledged') AS acknowledged_at,
-       min(e.occurred_at) FILTER (WHERE e.event_type = 'CaseResolved') AS resolved_at,
-       coalesce(bool_or(e.event_type = 'CaseEscalated'
-                        AND e.payload->>'deadline' = 'acknowledge'), false) AS ack_missed,
-       coalesce(bool_or(e.event_type = 'CaseEscalated'
-                        AND e.payload->>'deadline' = 'resolve'), false) AS res_missed,
-       count(e.event_id) FILTER (WHERE e.event_type = 'CaseReopened') AS reopened,
-       coalesce(bool_or(e.event_type = 'CaseClosed'
-                        AND (e.payload->>'automatic')::boolean), false) AS closed_unverified
+SELECT c.{column} AS key, c.reported_at, c.status, c.rating, t.acknowledged_at, t.resolved_at,
+       coalesce(t.ack_missed, false) AS ack_missed, coalesce(t.res_missed, false) AS res_missed,
+       t.reopened, coalesce(t.closed_unverified, false) AS closed_unverified
 FROM intake.cases c
-LEFT JOIN intake.case_events e ON e.case_id = c.case_id AND e.event_type IN
-    ('CaseAcknowledged', 'CaseResolved', 'CaseEscalated', 'CaseReopened', 'CaseClosed')
+CROSS JOIN LATERAL (
+    SELECT min(e.occurred_at) FILTER (WHERE e.event_type = 'CaseAcknowledged') AS acknowledged_at,
+           min(e.occurred_at) FILTER (WHERE e.event_type = 'CaseResolved') AS resolved_at,
+           bool_or(e.event_type = 'CaseEscalated'
+                   AND e.payload->>'deadline' = 'acknowledge') AS ack_missed,
+           bool_or(e.event_type = 'CaseEscalated'
+                   AND e.payload->>'deadline' = 'resolve') AS res_missed,
+           count(*) FILTER (WHERE e.event_type = 'CaseReopened') AS reopened,
+           bool_or(e.event_type = 'CaseClosed'
+                   AND (e.payload->>'automatic')::boolean) AS closed_unverified
+    FROM intake.case_events e
+    WHERE e.case_id = c.case_id AND e.event_type IN
+        ('CaseAcknowledged', 'CaseResolved', 'CaseEscalated', 'CaseReopened', 'CaseClosed')
+) t
 WHERE c.reported_at >= $1 AND c.reported_at < $2 AND c.channel <> 'task'
   AND ($3::text IS NULL OR c.department = $3) AND ($4::text IS NULL OR c.worker_id = $4)
-GROUP BY c.case_id
 """
 
 
