@@ -6,6 +6,7 @@ Plain data and validation, no I/O beyond reading the seed file.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ SEED_FILE = Path(__file__).parent / "data" / "catalogue.yaml"
 # Categories of this group are for grid tasks (POST /v1/tasks), which operators issue to every
 # grid of an area; residents do not report them (not offered over Open311, refused as reports).
 TASK_GROUP = "grid-tasks"
+# What a facility's number may look like (`location.facility_code`): the printed code
+FACILITY_CODE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class AttributeValue(BaseModel):
@@ -40,6 +43,12 @@ class Attribute(BaseModel):
     description: str
     required: bool = False
     values: list[AttributeValue] = []
+    names_facility: bool = Field(
+        default=False,
+        description="the answer is the number on a facility (a street light's pole, a manhole "
+        "cover): a report answering it is located by that facility, as by its "
+        "`location.facility_code` (how Open311 clients, which have no such field, name one)",
+    )
 
 
 class CategoryDeadlines(BaseModel):
@@ -60,6 +69,15 @@ class Category(BaseModel):
     attributes: list[Attribute] = []
     department_needs_phone: bool = False
     keywords: list[str] = []
+
+    def facility_code(self, answers: dict[str, str]) -> str | None:
+        """The facility a report's answers name, if one of this category's questions asks for
+        it and the answer looks like a facility's number (anything else stays an answer)."""
+        for attribute in self.attributes:
+            answer = (answers.get(attribute.code) or "").strip()
+            if attribute.names_facility and FACILITY_CODE.fullmatch(answer):
+                return answer
+        return None
 
     def display_name(self, lang: str = "zh-CN") -> str:
         return self.name.get(lang) or self.name.get("zh-CN") or next(iter(self.name.values()))

@@ -18,6 +18,7 @@ from pydantic import (
 
 from services.intake.lifecycle import Action, Status
 from shared import events
+from shared.catalogue import FACILITY_CODE
 from shared.events import Channel, Priority
 from shared.ids import new_event_id
 
@@ -38,7 +39,7 @@ class LocationIn(Strict):
         | None
     ) = None
     facility_code: (
-        Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+        Annotated[str, StringConstraints(strip_whitespace=True, pattern=FACILITY_CODE.pattern)]
         | None
     ) = Field(
         default=None,

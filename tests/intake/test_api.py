@@ -677,3 +677,20 @@ async def test_a_retired_category_takes_no_report_but_its_cases_stay_readable(
     request = await client.get(f"/open311/v2/requests/{case['case_id']}.json")
     assert request.status_code == 200
     assert request.json()[0]["service_code"] == code
+
+
+async def test_an_answer_naming_a_facility_locates_the_report(
+    client: httpx.AsyncClient, keys: Keys
+) -> None:
+    pole = f"SL-{uuid.uuid4().hex[:8]}"
+    r = await client.post(
+        "/v1/cases",
+        json=report_body(category="streetlight.out", attributes={"pole_number": pole}),
+        headers=auth(keys.resident_app),
+    )
+    assert r.status_code == 202, r.text
+    case = (
+        await client.get(f"/v1/cases/{r.json()['case_id']}", headers=auth(keys.operator))
+    ).json()
+    assert case["location"]["facility_code"] == pole
+    assert case["location"]["lat"] is not None  # the coordinate stays, the router tries both

@@ -298,3 +298,28 @@ async def test_off_the_shelf_open311_clients(intake_url: str, keys: Keys) -> Non
     assert xml_read["service_request_id"] == created["service_request_id"]
     assert xml_read["service_code"] == "heating.outage"
     assert len(xml_services) == len(services)
+
+
+async def test_a_request_naming_only_a_poles_number_is_located_by_it(
+    client: httpx.AsyncClient, keys: Keys
+) -> None:
+    """Open311 has no field for a facility: the service asks for the pole's number as an
+    attribute, and the answer locates the request (without lat/long or an address)."""
+    pole = f"SL-{uuid.uuid4().hex[:8]}"
+    form = _form(keys, **{"attribute[pole_number]": pole})
+    for field in ("lat", "long", "address_string"):
+        del form[field]
+    posted = await client.post("/open311/v2/requests.json", data=form)
+    assert posted.status_code == 201, posted.text
+    [created] = posted.json()
+    case = (
+        await client.get(f"/v1/cases/{created['service_request_id']}", headers=auth(keys.operator))
+    ).json()
+    assert case["location"]["facility_code"] == pole
+    # an answer that is no facility's number stays an answer, and locates nothing
+    vague = _form(keys, **{"attribute[pole_number]": "小区门口第三根"})
+    for field in ("lat", "long", "address_string"):
+        del vague[field]
+    refused = await client.post("/open311/v2/requests.json", data=vague)
+    assert refused.status_code == 400
+    assert "lat" in refused.json()[0]["description"]

@@ -148,6 +148,13 @@ async def accept_report(
     if problems:
         field, reason = problems[0]
         raise ApiError(422, "invalid_attribute", reason, field=field)
+    facility = category.facility_code(body.attributes)
+    if facility is not None and body.location.facility_code is None:
+        # a pole's number given as the category asks for it locates the report like
+        # `location.facility_code` (Open311 clients have no other way to give it)
+        body = body.model_copy(
+            update={"location": body.location.model_copy(update={"facility_code": facility})}
+        )
     if body.sensitivity is not None and (
         principal is None or principal.role not in (Role.WORKER, Role.OPERATOR, Role.ADMIN)
     ):

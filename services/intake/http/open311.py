@@ -213,7 +213,9 @@ async def service_definition(
 # --- requests -----------------------------------------------------------------------------
 
 
-def _report_from_form(form: dict[str, str], attributes: dict[str, str], fmt: str) -> ReportIn:
+def _report_from_form(
+    form: dict[str, str], attributes: dict[str, str], fmt: str, facility_code: str | None = None
+) -> ReportIn:
     def num(key: str) -> float | None:
         raw = form.get(key)
         if raw in (None, ""):
@@ -239,6 +241,7 @@ def _report_from_form(form: dict[str, str], attributes: dict[str, str], fmt: str
             "lon": num("long"),
             "address": form.get("address_string") or None,
             "building_code": form.get("address_id") or None,
+            "facility_code": facility_code,
         },
         "channel": Channel.OPEN311.value,
         "reporter": reporter,
@@ -309,7 +312,11 @@ async def post_request(fmt: Format, request: Request, st: State) -> Response:
             "too many requests",
             headers={"Retry-After": str(int(wait + 0.999))},
         )
-    body = _report_from_form(form, attributes, fmt)
+    # the number on a pole, asked as one of the service's attributes, is a location of its
+    # own: a request may give it instead of lat/long or an address
+    category = (await st.catalogue.offered()).get(form.get("service_code", ""))
+    facility = category.facility_code(attributes) if category else None
+    body = _report_from_form(form, attributes, fmt, facility)
     try:
         accepted = await accept_report(request, body, principal, None, raw)
     except ApiError as exc:
