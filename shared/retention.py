@@ -100,19 +100,20 @@ class Retention:
             await until_set(stop, at_most_s=self.check_s)
 
 
-def masked(sql_text: str) -> str:
+def masked(sql_text: str, name_sql: str | None = None) -> str:
     """SQL for the text `sql_text` (an expression) with the personal data residents write into
-    free text masked (`shared.privacy`): what erasing a resident's data does to their text."""
-    return masked_sql(sql_text)
+    free text masked (`shared.privacy`), and the reporter's name `name_sql` if given: what
+    erasing a resident's data does to their text."""
+    return masked_sql(sql_text, name_sql)
 
 
-def masked_fields(sql_json: str, fields: Sequence[str]) -> str:
-    """SQL for the jsonb object `sql_json` with contacts masked in its text `fields` (those
-    it has; the others as they are)."""
+def masked_fields(sql_json: str, fields: Sequence[str], name_sql: str | None = None) -> str:
+    """SQL for the jsonb object `sql_json` with contacts (and the name `name_sql`) masked in
+    its text `fields` (those it has; the others as they are)."""
     pairs = []
     for field in fields:
         value = f"({sql_json}) ->> '{field}'"
-        pairs.append(f"'{field}', {masked(value)}")
+        pairs.append(f"'{field}', {masked(value, name_sql)}")
     return f"({sql_json}) || jsonb_strip_nulls(jsonb_build_object({', '.join(pairs)}))"
 
 

@@ -22,18 +22,22 @@ TIMELINE_TEXTS = ("note", "reason", "comment")
 def erasing(cases: str, at: str, *, touch: bool = False) -> str:
     """One statement erasing the personal data of the cases the subquery `cases` selects (at
     the SQL time `at`; `touch`: it also counts as the case's latest change): the reporter's
-    contact, whom it was reported for, the care flags, and contacts written into the
-    description and the timeline's texts. One row per case."""
+    contact, whom it was reported for, the care flags, and contacts and the reporter's name
+    written into the description and the timeline's texts. One row per case."""
     updated = f", updated_at = {at}" if touch else ""
-    return f"""WITH erased AS (
-            UPDATE intake.cases SET reporter = NULL, on_behalf_of = NULL,
-                sensitivity = '{{}}'::jsonb, description = {masked("description")},
-                personal_data_erased_at = {at}{updated}
+    return f"""WITH target AS (
+            SELECT case_id, reporter->>'name' AS name FROM intake.cases
             WHERE case_id IN ({cases})
-            RETURNING case_id
+        ), erased AS (
+            UPDATE intake.cases c SET reporter = NULL, on_behalf_of = NULL,
+                sensitivity = '{{}}'::jsonb, description = {masked("c.description", "t.name")},
+                personal_data_erased_at = {at}{updated}
+            FROM target t WHERE c.case_id = t.case_id
+            RETURNING c.case_id
         ), timeline AS (
-            UPDATE intake.case_events e SET payload = {masked_fields("e.payload", TIMELINE_TEXTS)}
-            FROM erased WHERE e.case_id = erased.case_id
+            UPDATE intake.case_events e
+            SET payload = {masked_fields("e.payload", TIMELINE_TEXTS, "t.name")}
+            FROM target t WHERE e.case_id = t.case_id
             RETURNING 1
         )
         SELECT case_id FROM erased"""

@@ -10,7 +10,7 @@ import base64
 import hashlib
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -335,8 +335,17 @@ async def apply_step(
     )
 
 
+def reporter_name(case: Mapping[str, Any]) -> str | None:
+    """The name the reporter gave with their contact (None: none, or erased)."""
+    reporter = case["reporter"]
+    if isinstance(reporter, str):  # jsonb without a codec
+        reporter = orjson.loads(reporter)
+    name = reporter.get("name") if isinstance(reporter, dict) else None
+    return name if isinstance(name, str) else None
+
+
 _ERASE_ONE = retention.erasing("$1", "$2", touch=True)
-_MASKED = f"SELECT {masked('$1::text')}"
+_MASKED = f"SELECT {masked('$1::text', '$2::text')}"
 
 
 async def erase_personal_data(
@@ -362,8 +371,9 @@ async def erase_personal_data(
             actor, by = who_acts(principal, tracking_token, case)
             if actor not in (Actor.RESIDENT, Actor.OPERATOR):
                 raise lifecycle.NotPermitted("only the resident or an operator may erase it")
-        # the request's own words may quote the contact it asks to erase
-        event = events.PersonalDataErased(by=by[:64], reason=await conn.fetchval(_MASKED, reason))
+        # the request's own words may quote the contact (and the name) it asks to erase
+        masked_reason = await conn.fetchval(_MASKED, reason, reporter_name(case))
+        event = events.PersonalDataErased(by=by[:64], reason=masked_reason)
         env = wrap(event, case_id=case_id, producer=PRODUCER)
         await _record_event(conn, env, _timeline_details(event))
         await conn.execute(_ERASE_ONE, case_id, env.occurred_at)

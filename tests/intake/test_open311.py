@@ -191,11 +191,12 @@ async def test_personal_matters_are_not_published(client: httpx.AsyncClient, key
 async def test_public_reads_mask_what_a_resident_wrote_of_themselves(
     client: httpx.AsyncClient, keys: Keys
 ) -> None:
-    written = "路灯不亮，联系13912345678，身份证23020219450312002X"
+    written = "Li Wei反映路灯不亮，联系13912345678，身份证23020219450312002X"
     r = await client.post("/open311/v2/requests.json", data=_form(keys, description=written))
     rid = r.json()[0]["service_request_id"]
     [req] = (await client.get(f"/open311/v2/requests/{rid}.json")).json()
-    assert req["description"] == "路灯不亮，联系***，身份证***"
+    # the reporter's own name too (first_name and last_name of the form: "Li Wei")
+    assert req["description"] == "***反映路灯不亮，联系***，身份证***"
     xml = (await client.get(f"/open311/v2/requests/{rid}.xml")).text
     assert "13912345678" not in xml
     assert "路灯不亮，联系***" in xml

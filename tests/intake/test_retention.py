@@ -32,7 +32,7 @@ from tests.intake.conftest import (
 )
 
 PROXY_REPORT = report_body(
-    description="暖气不热，室温只有12度。女儿电话13900000007，楼号2026112913912345678",
+    description="王阿姨家暖气不热，室温只有12度。女儿电话13900000007，楼号2026112913912345678",
     channel="patrol",
     on_behalf_of="QQHR-CARD-0042",
     sensitivity={"care_groups": ["elderly_alone"], "community_correction": True},
@@ -47,7 +47,7 @@ async def _closed_case(client: httpx.AsyncClient, stack: LocalStack, keys: Keys)
         stack,
         routed_event(case_id, "heating"),
         wrap(
-            events.CaseResolved(by="w-1", note="修好了，回访 wang@example.org"),
+            events.CaseResolved(by="w-1", note="修好了，回访王阿姨 wang@example.org"),
             case_id=case_id,
             producer="intake",
         ),
@@ -98,11 +98,14 @@ async def test_personal_data_of_long_closed_cases_is_erased(
     assert erased["reporter"] is None
     assert erased["personal_data_erased_at"] is not None
     assert erased["status"] == "closed"  # the case and its history stay
-    # contacts the resident wrote into the texts go too; other numbers stay
-    assert erased["description"] == "暖气不热，室温只有12度。女儿电话***，楼号2026112913912345678"
+    # contacts and the name the resident gave, written into the texts, go too; other numbers
+    # stay
+    assert (
+        erased["description"] == "***家暖气不热，室温只有12度。女儿电话***，楼号2026112913912345678"
+    )
     assert [e["event_type"] for e in erased["timeline"]][-1] == "CaseClosed"
     [resolved] = [e for e in erased["timeline"] if e["event_type"] == "CaseResolved"]
-    assert resolved["details"]["note"] == "修好了，回访 ***"
+    assert resolved["details"]["note"] == "修好了，回访*** ***"
     by_token = await client.get(
         f"/v1/cases/{old['case_id']}", headers={"X-Tracking-Token": old["tracking_token"]}
     )
@@ -209,7 +212,7 @@ async def test_an_operator_erases_a_residents_personal_data_on_request(
     assert view["status"] == "routed"  # the case goes on
     last = view["timeline"][-1]
     assert last["event_type"] == "PersonalDataErased"
-    assert last["details"]["reason"] == "王阿姨（***）经12345热线申请删除，2026-11-29"
+    assert last["details"]["reason"] == "***（***）经12345热线申请删除，2026-11-29"
     assert "13900000007" not in view["description"]
     # the department sees that it happened, not the request's words
     seen = (await client.get(f"/v1/cases/{case_id}", headers=auth(keys.heating))).json()

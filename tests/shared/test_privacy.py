@@ -81,3 +81,30 @@ def test_postgresql_masks_as_python_does(pg: str, text: str) -> None:
             await conn.close()
 
     assert asyncio.run(in_postgres()) == mask_in_text(text), repr(text)
+
+
+def test_the_reporters_own_name_is_masked_where_their_words_repeat_it() -> None:
+    said = "我是王秀兰，电话13912345678，王秀兰的女儿也住这里"
+    assert mask_in_text(said, names=("王秀兰",)) == "我是***，电话***，***的女儿也住这里"
+    assert mask_in_text(said, names=(None, "")) == "我是王秀兰，电话***，王秀兰的女儿也住这里"
+    assert mask_in_text("王家暖气不热", names=("王",)) == "王家暖气不热"  # too short to mask
+
+
+NAMES = st.sampled_from([None, "", "王", "王秀兰", "Li Wei", "0452", "a@b"])
+NAMED = st.sampled_from(["王", "王秀兰", "Li Wei", "0452", "a@b"])
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(FRAGMENTS | NAMED, max_size=8).map("".join), NAMES)
+def test_postgresql_masks_a_name_as_python_does(pg: str, text: str, name: str | None) -> None:
+    async def in_postgres() -> str:
+        conn = await asyncpg.connect(pg)
+        try:
+            sql = f"SELECT {masked_sql('$1::text', '$2::text')}"
+            return str(await conn.fetchval(sql, text, name))
+        finally:
+            await conn.close()
+
+    assert asyncio.run(in_postgres()) == mask_in_text(text, names=(name,)), (text, name)

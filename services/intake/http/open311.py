@@ -357,15 +357,16 @@ def _open311_request(
     media = row["media_urls"]
     if isinstance(media, str):
         media = orjson.loads(media)
+    names = (store.reporter_name(row),)  # a note ("已联系王秀兰") or the text may name them
     return {
         "service_request_id": row["case_id"],
         "status": "closed" if row["status"] == Status.CLOSED.value else "open",
         # a worker's note may name the resident's number too
-        "status_notes": mask_in_text(notes) if notes and public else None,
+        "status_notes": mask_in_text(notes, names=names) if notes and public else None,
         "service_name": _name(category, row["category"], locale),
         "service_code": row["category"],
         # public: what a resident wrote of themselves into it (a phone number, an id) is masked
-        "description": mask_in_text(row["description"]) if public else None,
+        "description": mask_in_text(row["description"], names=names) if public else None,
         # the department's name, as the directory says; its code until the directory knows it
         "agency_responsible": st.department_name(row["department"]) or row["department"],
         "service_notice": None,
