@@ -29,6 +29,7 @@ import orjson
 from bench._tools import bench_stack
 from services.intake import performance, store
 from services.intake.settings import MIGRATIONS
+from shared.citytime import CITY_TIME
 from shared.db import migrate
 from shared.localstack import LocalStack
 
@@ -149,7 +150,7 @@ async def run(stack: LocalStack, n: int) -> None:
             f"{len(cases):,} cases and {len(timeline):,} timeline events loaded in "
             f"{time.perf_counter() - started:.1f} s"
         )
-        today = datetime.now(performance.CITY_TIME).date()
+        today = datetime.now(CITY_TIME).date()
         last_month = performance.month(f"{(today.replace(day=1) - timedelta(days=1)):%Y-%m}")
         year = (today - timedelta(days=365), today)
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-SHANGHAI = ZoneInfo("Asia/Shanghai")
+from shared.citytime import CITY_TIME
+
+SHANGHAI = CITY_TIME
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from rich.table import Table
 from services.intake import performance, store
 from services.intake.auth import SCOPED_ROLES, Role
 from services.intake.models import TaskIn
-from services.intake.performance import CITY_TIME
 from services.intake.settings import MIGRATIONS
 from shared.catalogue import TASK_GROUP
+from shared.citytime import CITY_TIME
 from shared.db import run_in_schema
 
 console = Console(stderr=True, soft_wrap=True)

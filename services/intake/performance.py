@@ -24,9 +24,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from enum import StrEnum
-from zoneinfo import ZoneInfo
 
-CITY_TIME = ZoneInfo("Asia/Shanghai")  # the days a period is made of, as operators count them
+from shared.citytime import CITY_TIME  # the days a period is made of
+
 LONGEST_PERIOD_DAYS = 366
 EARLIEST, LATEST = date(1970, 1, 1), date(2200, 1, 1)  # (and no instant out of range)
 

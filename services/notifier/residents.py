@@ -10,7 +10,9 @@ from __future__ import annotations
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-SHANGHAI = ZoneInfo("Asia/Shanghai")
+from shared.citytime import CITY_TIME
+
+SHANGHAI = CITY_TIME  # residents' nights are the city's
 
 
 def quiet_until(

@@ -10,7 +10,6 @@ import contextlib
 import json
 from datetime import datetime, time, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
@@ -20,13 +19,13 @@ from services.intake.auth import Role
 from services.router import democity, store
 from services.router.tasks import task_case_id
 from shared import topics
+from shared.citytime import CITY_TIME
 from shared.localstack import LocalStack, free_port
 from tests.helpers.cli import run_cli
 from tests.helpers.kafka import first_on_topic
 from tests.helpers.services import migrate_services, running_service
 
 CITY = democity.generate(seed=23, scale="small")
-CITY_TIME = ZoneInfo("Asia/Shanghai")
 STREET = CITY.street_offices[1]["code"]
 COMMUNITIES = {c["code"] for c in CITY.communities if c["street_office"] == STREET}
 GRIDS = sorted(

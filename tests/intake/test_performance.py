@@ -17,6 +17,7 @@ from services.intake import performance, store
 from services.intake.auth import Role
 from services.intake.performance import TOTAL, CaseRecord, assess
 from shared import events
+from shared.citytime import CITY_TIME
 from shared.events import wrap
 from shared.localstack import LocalStack
 from tests.helpers.cli import run_cli
@@ -192,7 +193,7 @@ async def test_a_department_reads_its_own_rates_from_its_cases(
     await publish_lifecycle(stack, lapse)
     await wait_for(client, late["case_id"], own, lambda c: c["status"] == "closed")
 
-    today = datetime.now(performance.CITY_TIME).date()
+    today = datetime.now(CITY_TIME).date()
     period = {"from": str(today), "to": str(today + timedelta(days=1))}
     r = await client.get("/v1/performance", params=period, headers=auth(own))
     assert r.status_code == 200, r.text

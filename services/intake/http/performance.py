@@ -15,6 +15,7 @@ from services.intake.auth import Role
 from services.intake.http.cases import ERRORS
 from services.intake.http.deps import CREDENTIALS, ApiError, caller, documented, state
 from services.intake.models import PerformanceReport, PerformanceRow
+from shared.citytime import CITY_TIME
 
 router = APIRouter(prefix="/v1", tags=["performance"])
 
@@ -64,7 +65,7 @@ async def get_performance(
     return PerformanceReport(
         period_start=start,
         period_end=end,
-        timezone=str(performance.CITY_TIME),
+        timezone=str(CITY_TIME),
         by=by.value,
         department=department,
         rows=[PerformanceRow(**asdict(r)) for r in rows],
