@@ -825,6 +825,17 @@ class CaseFilter:
     task_id: str | None = None
     reported_only: bool = False  # leave out grid tasks' cases (Open311 lists requests only)
     overdue: bool | None = None  # open and past the resolve deadline (or, False, not)
+    reporter_phone: str | None = None  # digits (`phone_digits`): numbers ending with them
+    on_behalf_of: str | None = None  # a resident id or the code on their card
+
+
+def phone_digits(phone: str) -> str:
+    """A phone number as the digits a lookup compares: "+86 139-1234-5678" and
+    "13912345678" are the same mobile; a stored number matches when it ends with these."""
+    digits = "".join(c for c in phone if c.isdigit())
+    if len(digits) == 13 and digits.startswith("86"):  # China's country code on a mobile
+        digits = digits[2:]
+    return digits
 
 
 def encode_cursor(reported_at: datetime, case_id: str) -> str:
@@ -886,6 +897,10 @@ async def list_cases(
         where.append("task_id IS NULL")
     if f.overdue is not None:
         where.append(("" if f.overdue else "NOT ") + f"({OVERDUE})")
+    if f.reporter_phone is not None:  # no index: an operator's lookup scans the cases
+        add("regexp_replace(reporter->>'phone', '[^0-9]', '', 'g') LIKE {}", f"%{f.reporter_phone}")
+    if f.on_behalf_of is not None:
+        add("on_behalf_of = {}", f.on_behalf_of)
     if f.reference is not None:  # the expression of the index cases_reference
         add("upper(right(case_id, 8)) = {}", f.reference.upper())
     if cursor is not None:

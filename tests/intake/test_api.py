@@ -694,3 +694,53 @@ async def test_an_answer_naming_a_facility_locates_the_report(
     ).json()
     assert case["location"]["facility_code"] == pole
     assert case["location"]["lat"] is not None  # the coordinate stays, the router tries both
+
+
+async def test_the_hotline_finds_a_residents_cases_by_their_phone_number(
+    client: httpx.AsyncClient, keys: Keys
+) -> None:
+    """A resident calls without their reference: the operator looks their cases up by the
+    number they gave (however it was written); nobody else may look people up."""
+    number = "139" + str(uuid.uuid4().int)[:8]
+    written = f"+86 {number[:3]}-{number[3:7]}-{number[7:]}"
+    mine = []
+    for phone in (written, number):
+        body = report_body(reporter={"name": "赵大爷", "phone": phone})
+        r = await client.post("/v1/cases", json=body, headers=auth(keys.resident_app))
+        assert r.status_code == 202, r.text
+        mine.append(r.json()["case_id"])
+    other = await client.post("/v1/cases", json=report_body(), headers=auth(keys.resident_app))
+    assert other.status_code == 202
+
+    found = await client.get(
+        "/v1/cases", params={"reporter_phone": number}, headers=auth(keys.operator)
+    )
+    assert found.status_code == 200, found.text
+    assert sorted(c["case_id"] for c in found.json()["items"]) == sorted(mine)
+    also = await client.get(
+        "/v1/cases", params={"reporter_phone": f"+86{number}"}, headers=auth(keys.operator)
+    )
+    assert sorted(c["case_id"] for c in also.json()["items"]) == sorted(mine)
+    for key in (keys.heating, keys.worker):
+        refused = await client.get(
+            "/v1/cases", params={"reporter_phone": number}, headers=auth(key)
+        )
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["errors"][0]["field"] == "reporter_phone"
+    too_short = await client.get(
+        "/v1/cases", params={"reporter_phone": "(((---)))"}, headers=auth(keys.operator)
+    )
+    assert too_short.status_code == 422
+    assert too_short.json()["errors"][0]["field"] == "reporter_phone"
+    # an elderly resident without a phone: their card's code finds the grid worker's reports
+    card = f"QQHR-CARD-{uuid.uuid4().hex[:6]}"
+    proxy = await client.post(
+        "/v1/cases",
+        json=report_body(channel="proxy", on_behalf_of=card, reporter=None),
+        headers=auth(keys.worker),
+    )
+    assert proxy.status_code == 202, proxy.text
+    by_card = await client.get(
+        "/v1/cases", params={"on_behalf_of": card}, headers=auth(keys.operator)
+    )
+    assert [c["case_id"] for c in by_card.json()["items"]] == [proxy.json()["case_id"]]

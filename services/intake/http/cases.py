@@ -276,6 +276,23 @@ async def list_cases(
             "false: only those that are not"
         ),
     ] = None,
+    reporter_phone: Annotated[
+        str | None,
+        Query(
+            pattern=r"^\+?[0-9 ()-]{7,20}$",
+            description="operators only: cases whose reporter gave this phone number (a "
+            "resident calling the hotline without their reference; +86, spaces and dashes "
+            "as they come)",
+        ),
+    ] = None,
+    on_behalf_of: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=64,
+            description="operators only: proxy reports for this resident id or card code",
+        ),
+    ] = None,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> CasePage:
@@ -295,6 +312,16 @@ async def list_cases(
         worker_id = principal.scope
     elif not principal.sees_everything:
         raise ApiError(403, "forbidden", "this key may not list cases")
+    for field, given in (("reporter_phone", reporter_phone), ("on_behalf_of", on_behalf_of)):
+        if given is not None and not principal.sees_everything:
+            raise ApiError(
+                403, "forbidden", "only operators look cases up by who reported them", field=field
+            )
+    phone = store.phone_digits(reporter_phone) if reporter_phone else None
+    if phone is not None and len(phone) < 7:
+        raise ApiError(
+            422, "invalid_request", "give at least 7 digits of the number", field="reporter_phone"
+        )
     try:
         after = store.decode_cursor(cursor) if cursor else None
     except ValueError as exc:
@@ -314,6 +341,8 @@ async def list_cases(
         reference=reference,
         task_id=task,
         overdue=overdue,
+        reporter_phone=phone,
+        on_behalf_of=on_behalf_of,
     )
     async with st.pool.acquire() as conn:
         rows = await store.list_cases(conn, filters, limit=limit + 1, cursor=after)
