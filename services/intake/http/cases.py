@@ -17,6 +17,7 @@ from services.intake.http.deps import (
     ApiError,
     HeaderParam,
     caller,
+    case_scope,
     documented,
     state,
 )
@@ -299,19 +300,8 @@ async def list_cases(
     """Cases visible to the caller, newest first. Departments see only their own, workers
     only those assigned to them, operators all."""
     st = state(request)
-    principal = await caller(request, required=True)
-    assert principal is not None
-    worker_id = None
-    if principal.role is Role.DEPARTMENT:
-        if department is not None and department != principal.scope:
-            raise ApiError(
-                403, "forbidden", "a department sees only its own cases", field="department"
-            )
-        department = principal.scope
-    elif principal.role is Role.WORKER:
-        worker_id = principal.scope
-    elif not principal.sees_everything:
-        raise ApiError(403, "forbidden", "this key may not list cases")
+    scope = await case_scope(request, department, reading="cases")
+    principal = scope.principal
     for field, given in (("reporter_phone", reporter_phone), ("on_behalf_of", on_behalf_of)):
         if given is not None and not principal.sees_everything:
             raise ApiError(
@@ -329,10 +319,10 @@ async def list_cases(
     filters = store.CaseFilter(
         status=[s.value for s in status] if status else None,
         category=category,
-        department=department,
+        department=scope.department,
         grid_id=grid,
         district=district,
-        worker_id=worker_id,
+        worker_id=scope.worker_id,
         reported_after=reported_after,
         reported_before=reported_before,
         updated_after=updated_after,

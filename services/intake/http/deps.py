@@ -13,7 +13,7 @@ from cachetools import TTLCache
 from fastapi import Depends, HTTPException, Request
 
 from services.intake import store
-from services.intake.auth import Principal, RateLimiter
+from services.intake.auth import Principal, RateLimiter, Role
 from services.intake.reports import ReportWriter
 from services.intake.settings import IntakeSettings
 from shared.catalogue import Category
@@ -206,3 +206,31 @@ async def caller(request: Request, *, required: bool) -> Principal | None:
             headers={"WWW-Authenticate": "Bearer"},
         )
     return principal
+
+
+@dataclass(frozen=True)
+class CaseScope:
+    """Whose cases a caller reads: `department`'s, or `worker_id`'s, or (both None) all."""
+
+    principal: Principal
+    department: str | None
+    worker_id: str | None
+
+
+async def case_scope(request: Request, department: str | None, *, reading: str) -> CaseScope:
+    """The cases the caller may read (`reading`: what, for the refusal): a department its own
+    (naming another's is a 403), a grid worker those assigned to them, operators all or the
+    `department` they name; other keys none (403)."""
+    principal = await caller(request, required=True)
+    assert principal is not None
+    if principal.role is Role.DEPARTMENT:
+        if department is not None and department != principal.scope:
+            raise ApiError(
+                403, "forbidden", "a department sees only its own cases", field="department"
+            )
+        return CaseScope(principal, principal.scope, None)
+    if principal.role is Role.WORKER:
+        return CaseScope(principal, department, principal.scope)
+    if not principal.sees_everything:
+        raise ApiError(403, "forbidden", f"this key may not read {reading}")
+    return CaseScope(principal, department, None)

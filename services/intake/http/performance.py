@@ -11,9 +11,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from services.intake import performance, store
-from services.intake.auth import Role
 from services.intake.http.cases import ERRORS
-from services.intake.http.deps import CREDENTIALS, ApiError, caller, documented, state
+from services.intake.http.deps import CREDENTIALS, ApiError, case_scope, documented, state
 from services.intake.models import PerformanceReport, PerformanceRow
 from shared.citytime import CITY_TIME
 
@@ -40,26 +39,14 @@ async def get_performance(
     """The rates of the cases reported in the period, one row per department (district,
     grid, category or worker) and a total. Departments see only their own cases, grid
     workers only those assigned to them, operators all (or one department's)."""
-    principal = await caller(request, required=True)
-    assert principal is not None
-    worker_id = None
-    if principal.role is Role.DEPARTMENT:
-        if department is not None and department != principal.scope:
-            raise ApiError(
-                403, "forbidden", "a department sees only its own cases", field="department"
-            )
-        department = principal.scope
-    elif principal.role is Role.WORKER:
-        worker_id = principal.scope
-    elif not principal.sees_everything:
-        raise ApiError(403, "forbidden", "this key may not read performance reports")
+    scope = await case_scope(request, department, reading="performance reports")
     try:
         begins, ends = performance.period(start, end)
     except ValueError as exc:
         raise ApiError(422, "invalid_period", str(exc), field="to") from exc
     async with state(request).pool.acquire() as conn:
         records = await store.performance_records(
-            conn, begins, ends, by, department=department, worker_id=worker_id
+            conn, begins, ends, by, department=scope.department, worker_id=scope.worker_id
         )
     *rows, total = performance.assess(records)
     return PerformanceReport(
@@ -67,7 +54,7 @@ async def get_performance(
         period_end=end,
         timezone=str(CITY_TIME),
         by=by.value,
-        department=department,
+        department=scope.department,
         rows=[PerformanceRow(**asdict(r)) for r in rows],
         total=PerformanceRow(**asdict(total)),
     )
