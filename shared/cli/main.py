@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TypeVar
@@ -76,13 +76,16 @@ def catalogue_import(
     ]
     if problems:
         _refuse_catalogue(problems)
-    for spec in specs:
+    done: list[str] = []
+    # a service that checks takes it first: should it refuse now, the others are untouched
+    for spec in sorted(specs, key=lambda s: s.check_catalogue is None):
         assert spec.take_catalogue is not None
         take = functools.partial(spec.take_catalogue, retire_others=retire_others)
         try:
             taken = _in_schema(spec, take, catalogue)
-        except CatalogueRefused as exc:  # changed under our feet since the check
-            _refuse_catalogue([f"{spec.name}: {p}" for p in exc.problems])
+        except CatalogueRefused as exc:  # the reference data changed since the check
+            _refuse_catalogue([f"{spec.name}: {p}" for p in exc.problems], taken_by=done)
+        done.append(spec.name)
         retired = f", {len(taken.retired)} retired" if taken.retired else ""
         console.print(
             f"[green]✓[/green] {spec.name}: {taken.written} categories from {path}{retired}"
@@ -105,10 +108,15 @@ def _in_schema(
     return run_in_schema(spec.schema, spec.migrations, run)
 
 
-def _refuse_catalogue(problems: list[str]) -> NoReturn:
+def _refuse_catalogue(problems: list[str], taken_by: Sequence[str] = ()) -> NoReturn:
     for problem in problems[:50]:
         console.print(f"[red]✗[/red] {problem}")
-    console.print(f"[red]{len(problems)} problem(s): no service changed[/red]")
+    changed = (
+        f"{', '.join(taken_by)} took the file already: mend it and import it again"
+        if taken_by
+        else "no service changed"
+    )
+    console.print(f"[red]{len(problems)} problem(s): {changed}[/red]")
     raise typer.Exit(2)
 
 
