@@ -13,6 +13,7 @@ from typing import TypeVar
 import asyncpg
 import pydantic
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -220,20 +221,18 @@ def performance_show(
             writer.writerow([_cell(getattr(row, c)) for c in columns])
         return
     table = Table(
-        by.value,
-        "cases",
-        "open",
-        "response",
-        "resolution",
-        "satisfaction",
-        "late ack",
-        "late resolve",
-        "rated",
-        "reopened",
-        "median ack (min)",
-        "median resolve (h)",
-        title=f"cases reported {first} – {after - timedelta(days=1)} ({CITY_TIME})",
+        title=f"cases reported {first} – {after - timedelta(days=1)} ({CITY_TIME}); "
+        "rates: response, resolution, satisfaction; late-a/-r: escalated for the acknowledge/"
+        "resolve deadline; medians: to the first acknowledgement (minutes), resolution "
+        "(hours). --csv gives every figure.",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        pad_edge=False,
+        collapse_padding=True,
     )
+    table.add_column(by.value, no_wrap=True, max_width=16, overflow="ellipsis")
+    for header in ("cases", "open", "resp", "resol", "sat", "late-a", "late-r", "ack-m", "res-h"):
+        table.add_column(header, justify="right", no_wrap=True, min_width=len(header))
     for r in rows:
         table.add_row(
             "(not routed)" if r.key is None else "total" if r.key == performance.TOTAL else r.key,
@@ -244,8 +243,6 @@ def performance_show(
             _percent(r.satisfaction_rate),
             str(r.acknowledge_missed),
             str(r.resolve_missed),
-            str(r.rated),
-            str(r.reopened),
             _number(r.median_minutes_to_acknowledge),
             _number(r.median_hours_to_resolve),
         )
@@ -261,7 +258,7 @@ def _cell(value: object) -> str:
 
 
 def _percent(rate: float | None) -> str:
-    return "–" if rate is None else f"{rate:.1%}"
+    return "–" if rate is None else f"{rate:.0%}"
 
 
 def _number(value: float | None) -> str:
