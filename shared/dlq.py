@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -130,16 +130,25 @@ KAFKA_ACCESS = KafkaAccess(
 )
 
 
+# A dead letter's Kafka timestamp is when it was written to its DLQ, and so is its
+# `x-dlq-at` header, give or take the producer's clock: a read from a moment starts this much
+# earlier, and `keep` judges by the header.
+SEEK_MARGIN = timedelta(minutes=5)
+
+
 async def read_dead_letters(
     connection: str | dict[str, Any],
     dlqs: Sequence[str],
     timeout_s: float = 30.0,
     keep: Callable[[DeadLetter], bool] | None = None,
+    since: datetime | None = None,
 ) -> list[DeadLetter]:
     """Every record now in `dlqs` (that `keep` selects), oldest first per partition. Reads up
     to the end offsets seen at the start, without a consumer group: reading commits nothing
     and moves nothing. What `keep` refuses is dropped as it is read: a DLQ filled by a bad
-    release can hold millions of records, and a selection is usually a few of them."""
+    release can hold millions of records, and a selection is usually a few of them. With
+    `since`, each partition is read from the first record written then (less `SEEK_MARGIN`),
+    found by the broker's time index, not from its beginning."""
     consumer = AIOKafkaConsumer(
         **client_options(connection), enable_auto_commit=False, auto_offset_reset="earliest"
     )
@@ -156,6 +165,15 @@ async def read_dead_letters(
         end = await consumer.end_offsets(parts)
         await consumer.seek_to_beginning(*parts)
         todo = {tp for tp in parts if end[tp] > 0}
+        if since is not None and todo:
+            ms = int((since - SEEK_MARGIN).timestamp() * 1000)
+            starts = await consumer.offsets_for_times({tp: ms for tp in todo})
+            for tp in list(todo):
+                found = starts.get(tp)
+                if found is None:  # nothing written since then
+                    todo.discard(tp)
+                else:
+                    consumer.seek(tp, found.offset)
         letters: list[DeadLetter] = []
         while todo:
             batch = await consumer.getmany(*todo, timeout_ms=int(timeout_s * 1000))

@@ -51,7 +51,9 @@ def _read(topic: list[str] | None, selection: Selection) -> list[DeadLetter]:
 
     dlqs = topic or topics.dead_letter_topics()
     return asyncio.run(
-        read_dead_letters(connection_options(get_settings().kafka), dlqs, keep=selection)
+        read_dead_letters(
+            connection_options(get_settings().kafka), dlqs, keep=selection, since=selection.after
+        )
     )
 
 

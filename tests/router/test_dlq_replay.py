@@ -111,3 +111,46 @@ async def test_dead_letters_are_listed_and_replayed_to_the_router(
     assert again["position"] != dead_poison["position"]
     with_payload = _listed(stack, "--payload", "--error-type", "DecodeError")
     assert any(r["value"] == '{"broken": ' for r in with_payload)
+
+
+async def test_reading_dead_letters_since_a_moment_starts_there_not_at_the_beginning(
+    stack: LocalStack,
+) -> None:
+    """`dlq list --after` asks the broker's time index where to start: a letter written
+    before the moment (less the margin) is never read, even when nothing else filters."""
+    from datetime import UTC, datetime, timedelta
+
+    from shared.dlq import read_dead_letters
+    from shared.kafka import ensure_topics
+
+    now = datetime.now(UTC)
+    old, new = (f"since-{uuid.uuid4().hex[:8]}".encode() for _ in range(2))
+    # a DLQ of its own: its letters are appended in time order, as a real DLQ's are
+    dlqs = [f"test.since-{uuid.uuid4().hex[:8]}.dlq"]
+    await ensure_topics(stack.kafka.bootstrap, dlqs, partitions=1)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka.bootstrap)
+    await producer.start()
+    try:
+        for key, at in ((old, now - timedelta(hours=2)), (new, now)):
+            await producer.send_and_wait(
+                dlqs[0],
+                b"{}",
+                key=key,
+                partition=0,
+                timestamp_ms=int(at.timestamp() * 1000),
+                headers=[("x-dlq-at", at.isoformat().encode())],
+            )
+    finally:
+        await producer.stop()
+    everything = {x.key for x in await read_dead_letters(stack.kafka.bootstrap, dlqs)}
+    assert everything == {old, new}
+    since = {
+        x.key
+        for x in await read_dead_letters(
+            stack.kafka.bootstrap, dlqs, since=now - timedelta(minutes=30)
+        )
+    }
+    assert new in since
+    assert old not in since
+    nothing = await read_dead_letters(stack.kafka.bootstrap, dlqs, since=now + timedelta(hours=1))
+    assert nothing == []
