@@ -53,8 +53,11 @@ bench: $(STAMP)  ## every benchmark; figures go to stdout (see docs/benchmarks.m
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/router.py
 	$(BIN)/python bench/escalation.py --schedulers 0 --processes 3
+	$(BIN)/python bench/escalation_fold.py
 	$(BIN)/python bench/notifier.py
 	$(BIN)/python bench/e2e.py --seconds 15
+	$(BIN)/python bench/grid_task.py
+	$(BIN)/python bench/performance_report.py
 
 clean:
 	-$(BIN)/griddispatch stack down
