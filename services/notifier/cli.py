@@ -51,6 +51,11 @@ def add(
     email: str | None = typer.Option(None, help="a department's e-mail address"),
     sms: str | None = typer.Option(None, help="a grid worker's mobile number"),
     locale: str = typer.Option("zh-CN", help="the language of e-mail and SMS: zh-CN or en"),
+    event: list[str] | None = typer.Option(
+        None,
+        "--event",
+        help="only this lifecycle event, e.g. CaseEscalated (repeatable; default: all)",
+    ),
 ) -> None:
     """Tell a department (webhook, e-mail) or a grid worker (webhook, SMS) about its cases."""
     if (department is None) == (worker is None):
@@ -70,6 +75,7 @@ def add(
                 "secrets": secret or None,
                 "address": email or sms,
                 "locale": locale,
+                "event_types": event or None,
             }
         )
         sub_id = _db(lambda c: add_subscription(c, body, NotifierSettings().allow()))
@@ -167,8 +173,10 @@ def list_all() -> None:
     for r in _db(list_subscriptions):
         state = "active" if r["active"] else f"disabled ({r['disabled_reason']})"
         target = r["url"] if r["channel"] == "webhook" else f"{r['address']} ({r['locale']})"
+        only = f"  only {','.join(r['event_types'])}" if r["event_types"] else ""
         print(
-            f"{r['id']:>5}  {r['owner_kind']:10} {r['owner']:20} {r['channel']:7} {target}  {state}"
+            f"{r['id']:>5}  {r['owner_kind']:10} {r['owner']:20} {r['channel']:7} {target}  "
+            f"{state}{only}"
         )
 
 

@@ -103,7 +103,7 @@ class FeedWriter:
                 await asyncio.wait_for(self._names_ready.wait(), DIRECTORY_WAIT_S)
             self._names_ready = None
         sends: list[tuple[str, bytes, bytes, str | None, datetime | None]] = []
-        deliveries: list[tuple[uuid.UUID, bytes, str, datetime | None, str]] = []
+        deliveries: list[tuple[uuid.UUID, bytes, str, datetime | None, str, str]] = []
         # A case whose first event in the batch routes it needs nothing from the database
         # (the usual batch: new cases only, and no lookup at all).
         routed_first: dict[str, bool] = {}
@@ -165,6 +165,7 @@ class FeedWriter:
                         case["department"],
                         case["reported_at"],
                         case["worker_id"] or "",
+                        env.event_type,
                     )
                 )
             if routed:
@@ -217,10 +218,12 @@ class FeedWriter:
                        SELECT md5(x.event_id::text || '/' || s.id)::uuid, x.event_id, s.id,
                            x.payload, x.department, x.reported_at
                        FROM unnest($1::uuid[], $2::bytea[], $3::text[], $4::timestamptz[],
-                           $5::text[]) AS x(event_id, payload, department, reported_at, worker_id)
+                           $5::text[], $6::text[])
+                           AS x(event_id, payload, department, reported_at, worker_id, event_type)
                        JOIN notifier.subscriptions s ON s.active AND s.channel = 'webhook' AND (
                            (s.owner_kind = 'department' AND s.owner = x.department)
                            OR (s.owner_kind = 'worker' AND s.owner IN (x.worker_id, '*')))
+                           AND (s.event_types IS NULL OR x.event_type = ANY(s.event_types))
                        ON CONFLICT (event_id, subscription_id) DO NOTHING""",
                     *[list(col) for col in zip(*deliveries, strict=True)],
                 )

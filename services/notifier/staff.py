@@ -52,7 +52,7 @@ BySubscriber = dict[Owner, list[asyncpg.Record]]
 
 async def _read_message_subscriptions(conn: asyncpg.Connection) -> BySubscriber:
     rows = await conn.fetch(
-        "SELECT id, owner_kind, owner, channel, locale FROM notifier.subscriptions "
+        "SELECT id, owner_kind, owner, channel, locale, event_types FROM notifier.subscriptions "
         "WHERE active AND channel <> 'webhook'"
     )
     by_owner: BySubscriber = collections.defaultdict(list)
@@ -87,6 +87,8 @@ async def queue_for_staff(
             *by_owner.get(("department", case["department"]), ()),
             *by_owner.get(("worker", case["worker_id"] or ""), ()),
         ):
+            if sub["event_types"] is not None and env.event_type not in sub["event_types"]:
+                continue  # the subscription chose other events
             locale = sub["locale"]
             if locale not in contexts:
                 contexts[locale] = staff_context(view, locale)

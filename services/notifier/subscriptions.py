@@ -11,10 +11,14 @@ from typing import Any, Literal
 
 import asyncpg
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from services.notifier import webhooks
+from services.notifier.views import DEPARTMENT_EVENTS
 from shared import topics
+
+# What a subscription may choose from: the events of a department's feed
+FEED_EVENT_TYPES = tuple(e.EVENT_TYPE for e in DEPARTMENT_EVENTS)
 
 
 class SubscriptionIn(BaseModel):
@@ -36,6 +40,26 @@ class SubscriptionIn(BaseModel):
         default=None, max_length=254, description="e-mail address or phone number"
     )
     locale: Literal["zh-CN", "en"] = Field(default="zh-CN", description="the messages' language")
+    event_types: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=len(FEED_EVENT_TYPES),
+        description="only these lifecycle events (null: every one the channel carries), of "
+        + ", ".join(FEED_EVENT_TYPES),
+    )
+
+    @field_validator("event_types")
+    @classmethod
+    def _known_event_types(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        unknown = [t for t in value if t not in FEED_EVENT_TYPES]
+        if unknown:
+            raise ValueError(
+                f"not a department's event: {', '.join(unknown)} "
+                f"(one of {', '.join(FEED_EVENT_TYPES)})"
+            )
+        return sorted(set(value))
 
     @model_validator(mode="after")
     def _one_target(self) -> SubscriptionIn:
@@ -78,7 +102,7 @@ def check_webhook(body: SubscriptionIn, allow: frozenset[str]) -> None:
 
 _INSERT_SQL = (
     "INSERT INTO notifier.subscriptions (owner_kind, owner, channel, url, secrets, address,"
-    " locale) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    " locale, event_types) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
 )
 
 
@@ -91,6 +115,7 @@ def _row(body: SubscriptionIn) -> tuple[Any, ...]:
         body.secrets,
         body.address,
         body.locale,
+        body.event_types,
     )
 
 
@@ -102,13 +127,22 @@ async def add_subscription(
     return sub_id
 
 
-CSV_COLUMNS = ("owner_kind", "owner", "channel", "address", "locale", "url", "secrets")
+CSV_COLUMNS = (
+    "owner_kind",
+    "owner",
+    "channel",
+    "address",
+    "locale",
+    "url",
+    "secrets",
+    "event_types",
+)
 
 
 def read_csv(text: str, allow: frozenset[str]) -> tuple[list[SubscriptionIn], list[str]]:
     """The subscriptions of a CSV file (a header naming some of `CSV_COLUMNS`; several
-    secrets separated by spaces), each checked as `POST /v1/subscriptions` checks it, and
-    what is wrong, by line and field. Pure."""
+    secrets, and event types, separated by spaces), each checked as `POST /v1/subscriptions`
+    checks it, and what is wrong, by line and field. Pure."""
     reader = csv.DictReader(io.StringIO(text))
     header = reader.fieldnames or []
     unknown = [c for c in header if c not in CSV_COLUMNS]
@@ -123,8 +157,9 @@ def read_csv(text: str, allow: frozenset[str]) -> tuple[list[SubscriptionIn], li
     errors: list[str] = []
     for line, row in enumerate(reader, start=2):
         values: dict[str, Any] = {k: v.strip() for k, v in row.items() if k and v and v.strip()}
-        if "secrets" in values:
-            values["secrets"] = values["secrets"].split()
+        for listed in ("secrets", "event_types"):
+            if listed in values:
+                values[listed] = values[listed].split()
         try:
             body = SubscriptionIn.model_validate(values)
             check_webhook(body, allow)
@@ -179,9 +214,10 @@ async def list_subscriptions(
 ) -> list[dict[str, Any]]:
     """Subscriptions without their secrets, addresses masked."""
     rows = await conn.fetch(
-        "SELECT id, owner_kind, owner, channel, url, address, locale, active, disabled_reason,"
-        " created_at FROM notifier.subscriptions WHERE ($1::text IS NULL OR owner_kind = $1)"
-        " AND ($2::text IS NULL OR owner = $2) ORDER BY id",
+        "SELECT id, owner_kind, owner, channel, url, address, locale, event_types, active,"
+        " disabled_reason, created_at FROM notifier.subscriptions"
+        " WHERE ($1::text IS NULL OR owner_kind = $1) AND ($2::text IS NULL OR owner = $2)"
+        " ORDER BY id",
         owner_kind,
         owner,
     )

@@ -4,6 +4,7 @@ routed in the same batch or in an earlier one, on the real broker and database."
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -59,6 +60,63 @@ async def test_events_of_cases_routed_in_this_batch_or_before_reach_the_feed(
                 "SELECT case_id FROM notifier.cases WHERE department = $1 ORDER BY case_id", dept
             )
         assert [r["case_id"] for r in told] == sorted([earlier.case_id, now.case_id])
+    finally:
+        await producer.stop()
+        await pool.close()
+
+
+async def test_a_webhook_that_chose_its_events_gets_only_those(stack: LocalStack) -> None:
+    """A ticketing system wants every event; a duty desk's pager only escalations."""
+    conn = await asyncpg.connect(stack.postgres.url)
+    try:
+        await migrate(conn, "notifier", MIGRATIONS)
+    finally:
+        await conn.close()
+    pool = await create_pool(stack.postgres.url, "notifier", max_size=2)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka.bootstrap)
+    await producer.start()
+    try:
+        dept = "water-" + uuid.uuid4().hex[:6]
+        ids: list[int] = []
+        async with pool.acquire() as c:
+            for name, types in (("tickets", None), ("pager", ["CaseEscalated"])):
+                ids.append(
+                    await c.fetchval(
+                        "INSERT INTO notifier.subscriptions (owner_kind, owner, channel, url, "
+                        "secrets, event_types) VALUES ('department', $1, 'webhook', $2, "
+                        "ARRAY['whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'], $3) RETURNING id",
+                        dept,
+                        f"https://{name}.example.org/hook",
+                        types,
+                    )
+                )
+        every, pager = ids
+        writer = FeedWriter(pool, producer, stack.kafka.bootstrap, 1, None)
+        case = routed(dept)
+        escalated = wrap(
+            events.CaseEscalated(
+                deadline="acknowledge",
+                due_at=datetime.now(UTC),
+                level=1,
+                to=events.EscalationStep(level=1, role="grid_leader", name="李", contact=None),
+            ),
+            case_id=case.case_id,
+            producer="escalation",
+        )
+        await writer.handle(_records(case, _ack(case.case_id), escalated))
+        async with pool.acquire() as c:
+            rows = await c.fetch(
+                "SELECT d.subscription_id, e.event_type FROM notifier.deliveries d "
+                "JOIN (SELECT unnest($1::uuid[]) AS event_id, unnest($2::text[]) AS event_type)"
+                " e USING (event_id) WHERE d.subscription_id = ANY($3)",
+                [case.event_id, _ack(case.case_id).event_id, escalated.event_id],
+                ["CaseRouted", "CaseAcknowledged", "CaseEscalated"],
+                [every, pager],
+            )
+        got = sorted((r["subscription_id"] == pager, r["event_type"]) for r in rows)
+        assert (True, "CaseEscalated") in got
+        assert [t for is_pager, t in got if is_pager] == ["CaseEscalated"]
+        assert {t for is_pager, t in got if not is_pager} >= {"CaseRouted", "CaseEscalated"}
     finally:
         await producer.stop()
         await pool.close()

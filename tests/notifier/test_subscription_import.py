@@ -66,8 +66,8 @@ def test_a_header_it_does_not_know_is_refused() -> None:
     subs, errors = read_csv("who,how\nw-1,sms\n", frozenset())
     assert subs == []
     assert errors == [
-        "line 1: the header must name owner_kind, owner, channel, address, locale, url, secrets "
-        "(owner_kind, owner and channel at least); unknown: who, how; "
+        "line 1: the header must name owner_kind, owner, channel, address, locale, url, secrets, "
+        "event_types (owner_kind, owner and channel at least); unknown: who, how; "
         "missing: owner_kind, owner, channel"
     ]
 
@@ -118,3 +118,16 @@ def test_import_all_or_nothing_and_again(stack: LocalStack, tmp_path: Path) -> N
     again = _cli(url, "import", str(good))
     assert "0 subscription(s) added, 4 already there" in again.stderr
     assert asyncio.run(count()) == 4
+
+
+def test_a_row_may_choose_its_events_and_an_unknown_one_is_named() -> None:
+    text = (
+        "owner_kind,owner,channel,address,event_types\n"
+        "department,heating,email,duty@heating.example.org,CaseEscalated CaseWarned\n"
+        "department,water,email,duty@water.example.org,CaseEscalated CaseLost\n"
+    )
+    subs, errors = read_csv(text, ALLOW)
+    assert [s.event_types for s in subs] == [["CaseEscalated", "CaseWarned"]]
+    assert len(errors) == 1
+    assert errors[0].startswith("line 3: event_types:")
+    assert "not a department's event: CaseLost" in errors[0]
