@@ -165,6 +165,11 @@ class RerouteRequested(Event):
     exclude_departments: tuple[str, ...] = ()
     grid_id: str | None = Field(default=None, description="manual triage: route to this grid")
     department: str | None = Field(default=None, description="manual triage: this department")
+    hand_over_from: str | None = Field(
+        default=None,
+        description="a grid worker going off duty: give the case, if they have not acknowledged "
+        "it yet, to another worker of its grid, and change nothing else",
+    )
 
 
 class GridTaskIssued(Event):
@@ -215,6 +220,12 @@ class CaseRouted(Event):
     rule_id: str | None = None
     mediate_in_grid_first: bool = False
     task_id: str | None = Field(default=None, description="a grid task's case (GridTaskIssued)")
+    handed_over_from: str | None = Field(
+        default=None,
+        description="a handover: the worker who went off duty before acknowledging it; the "
+        "case keeps its department, priority and deadlines, only its worker (and the chain's "
+        "first step) changed",
+    )
 
 
 class CaseUnroutable(Event):

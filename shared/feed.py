@@ -40,6 +40,11 @@ class RoutedDetails(_Strict):
         default=None,
         description="one grid's case of a grid task: every grid of an area got the same task",
     )
+    handed_over_from: str | None = Field(
+        default=None,
+        description="a handover: the same case, now with `worker_id` because this worker went "
+        "off duty before acknowledging it (nothing else changed)",
+    )
 
 
 class EscalatedTo(_Strict):

@@ -143,7 +143,9 @@ class FeedWriter:
                 case = cases.get(env.case_id)
                 if case is None or not case["department"]:
                     continue  # not routed yet: nobody to tell
-                for_residents.append((env, event, case))
+                if not (isinstance(event, events.CaseRouted) and event.handed_over_from):
+                    # a handover changes the worker only: nothing new for the resident
+                    for_residents.append((env, event, case))
                 view = department_view(env, event, case)
                 view["feed_id"] = str(derived_event_id(env.event_id, "dept-feed"))
                 for_staff.append((env, view, case))

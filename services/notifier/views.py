@@ -45,6 +45,7 @@ def department_view(env: Envelope, event: events.Event, case: dict[str, Any]) ->
                 "resolve_by": event.deadlines.resolve_by.isoformat(),
                 "mediate_in_grid_first": event.mediate_in_grid_first,
                 "task_id": event.task_id,
+                "handed_over_from": event.handed_over_from,
             }
         case events.CaseEscalated():
             details = {

@@ -301,9 +301,14 @@ def refdata_export(
 def refdata_duty(
     worker_ids: list[str] = typer.Argument(..., help="worker ids"),
     on: bool = typer.Option(..., "--on/--off", help="on duty, or off (leave, sick, shift end)"),
+    keep_cases: bool = typer.Option(
+        False, help="with --off: leave their unacknowledged cases with them"
+    ),
 ) -> None:
     """Put grid workers on or off duty; new cases of their grids go to whoever is on duty
-    (else the grid leader), within seconds."""
+    (else the grid leader), within seconds. Going off duty also hands over the open cases
+    they have not acknowledged yet, each to another worker of its grid (the router's choice,
+    as for a new case; deadlines unchanged), unless --keep-cases."""
     try:
         version = _db(lambda c: store.set_on_duty(c, worker_ids, on))
     except store.ImportRefused as exc:
@@ -312,6 +317,52 @@ def refdata_duty(
         raise typer.Exit(2) from None
     state = "on" if on else "off"
     console.print(f"[green]✓[/green] {len(worker_ids)} worker(s) {state} duty — version {version}")
+    if not on and not keep_cases:
+        waiting = _db(lambda c: store.awaiting_acknowledgement(c, worker_ids))
+        _request_handovers(waiting)
+        console.print(
+            f"[green]✓[/green] {len(waiting)} unacknowledged case(s) to hand over"
+            + (" (the router checks each again and moves those still waiting)" if waiting else "")
+        )
+
+
+def _request_handovers(cases: Sequence[tuple[str, str]]) -> None:
+    """One `RerouteRequested` with `hand_over_from` per (case, worker), for the routers: the
+    request is durable in Kafka once this returns, and a repeat is harmless (a case already
+    moved stays where it is)."""
+    if not cases:
+        return
+    from aiokafka import AIOKafkaProducer
+
+    from shared import events, topics
+    from shared.events import wrap
+    from shared.kafka import producer_options
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(**producer_options(get_settings().kafka, "router-cli"))
+        await producer.start()
+        try:
+            sent = [
+                await producer.send(
+                    topics.CASES_INTAKE,
+                    wrap(
+                        events.RerouteRequested(
+                            reason=f"{worker} went off duty",
+                            requested_by="operator",
+                            hand_over_from=worker,
+                        ),
+                        case_id=case_id,
+                        producer="router-cli",
+                    ).to_json(),
+                    key=case_id.encode(),
+                )
+                for case_id, worker in cases
+            ]
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
 
 
 @route_app.callback(invoke_without_command=True)

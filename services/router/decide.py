@@ -258,8 +258,73 @@ def decide(
         rule_id=rule.id if rule else None,
         mediate_in_grid_first=bool(rule and rule.route.mediate_in_grid_first),
         task_id=case.task_id,
+        handed_over_from=None,
     )
     return Decision(routed, tuple(trail), routed_json(routed, ref.chain_json(grid_id, worker)))
+
+
+def handover_refused(
+    routed: events.CaseRouted | None,
+    *,
+    away: str,
+    worker_id: str | None,
+    open_: bool,
+    acknowledged: bool | None,
+    transferred: bool,
+    now: datetime,
+) -> str | None:
+    """Why a case is not handed over from the worker `away` (None: it is). Only a case still
+    waiting for its first acknowledgement, with that deadline ahead, moves: its clock then
+    runs on unchanged (escalation counts the same deadlines from the same report). A case
+    being handled stays with whoever handles it; one reopened or transferred has a clock of
+    its own that a new routing would reset."""
+    if routed is None:
+        return "not routed"
+    if worker_id != away:
+        return f"assigned to {worker_id or 'the grid leader'} now"
+    if not open_:
+        return "resolved or closed"
+    if acknowledged is None:
+        return "reopened, or routed before acknowledgements were followed"
+    if acknowledged:
+        return "acknowledged already"
+    if transferred:
+        return "transferred"
+    if routed.deadlines.acknowledge_by <= now:
+        return "its acknowledge deadline has passed (escalated already)"
+    return None
+
+
+def hand_over(
+    routed: events.CaseRouted,
+    ref: ReferenceData,
+    *,
+    away: str,
+    open_cases: Mapping[str, int],
+) -> Decision | None:
+    """The same routing with another worker of the case's grid in place of `away`: the
+    on-duty one with the fewest open cases, else the grid leader; everything else (department,
+    priority, deadlines, the ladder above the worker) as it was. None: the grid is gone from
+    the reference data (the case stays where it is)."""
+    if routed.grid_id not in ref.grids:
+        return None
+    place = ref.place(routed.grid_id)
+    worker = min(
+        (w for w in place.on_duty if w.worker_id != away),
+        key=lambda w: (open_cases.get(w.worker_id, 0), w.worker_id),
+        default=None,
+    )
+    chain: tuple[EscalationStep, ...] = (worker.escalation_step,) if worker is not None else ()
+    chain += ref.chain_above_worker(routed.grid_id, len(chain))
+    event = routed.model_copy(
+        update={
+            "worker_id": worker.worker_id if worker else None,
+            "escalation_chain": chain,
+            "handed_over_from": away,
+        }
+    )
+    to = worker.worker_id if worker else "the grid leader"
+    return Decision(event, (f"handed over from {away} to {to}",))
 
 
 def routed_json(event: events.CaseRouted, chain_json: bytes) -> bytes:
@@ -285,6 +350,7 @@ def routed_json(event: events.CaseRouted, chain_json: bytes) -> bytes:
             "rule_id": event.rule_id,
             "mediate_in_grid_first": event.mediate_in_grid_first,
             "task_id": event.task_id,
+            "handed_over_from": event.handed_over_from,
         },
         option=orjson.OPT_UTC_Z,  # pydantic writes UTC as `Z`, other offsets as they are
     )

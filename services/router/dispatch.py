@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -28,7 +29,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.router import store
-from services.router.decide import CaseFacts, Decision, decide
+from services.router.decide import CaseFacts, Decision, decide, hand_over, handover_refused
 from services.router.refdata import ReferenceData
 from services.router.retention import FORGET_PERSONAL_FACTS, forget_personal
 from services.router.tasks import TaskRefused, task_case_event_id, task_cases
@@ -51,6 +52,12 @@ UNROUTABLE = Counter(
     "griddispatch_cases_unroutable_total",
     "Unroutable cases by reason",
     ["reason"],
+    registry=REGISTRY,
+)
+HANDED_OVER = Counter(
+    "griddispatch_cases_handed_over_total",
+    "Cases given to another worker of their grid because theirs went off duty before "
+    "acknowledging them",
     registry=REGISTRY,
 )
 ROUTING_SECONDS = Histogram(
@@ -169,6 +176,7 @@ class _Item:
     case_row: tuple[str, str, str | None, str | None] | None = None  # facts, status, dept, worker
     value: bytes | None = None  # the envelope as published: `out`, or the one decided before
     fresh: bool = False  # decided for the first time (not a redelivered input)
+    handed_from: str | None = None  # a handover: the worker it was taken from
 
 
 # One statement (so one round trip and one commit) records a batch's decisions: new ones are
@@ -187,22 +195,26 @@ WITH input AS (
     ON CONFLICT DO NOTHING
     RETURNING source_event_id, envelope
 ), cases AS (
-    INSERT INTO router.cases (case_id, facts, status, department, worker_id)
+    INSERT INTO router.cases (case_id, facts, status, department, worker_id, acknowledged)
     SELECT DISTINCT ON (i.case_id) i.case_id,
            CASE WHEN e.case_id IS NULL THEN i.facts::jsonb ELSE {forget} END,
-           i.status, i.department, i.worker_id
+           i.status, i.department, i.worker_id, false
     FROM input i JOIN new USING (source_event_id)
     LEFT JOIN router.erased_cases e ON e.case_id = i.case_id  -- erased before it was routed
     ORDER BY i.case_id, i.ord DESC
     ON CONFLICT (case_id) DO UPDATE SET facts = EXCLUDED.facts, status = EXCLUDED.status,
         department = EXCLUDED.department, worker_id = EXCLUDED.worker_id, open = true,
-        updated_at = now()
+        acknowledged = false, updated_at = now()
 )
 SELECT source_event_id, envelope, true AS fresh FROM new
 UNION ALL
 SELECT d.source_event_id, d.envelope, false FROM router.decisions d
 WHERE d.source_event_id = ANY($1::uuid[])
 """.replace("{forget}", forget_personal("i.facts::jsonb"))
+
+
+def _handover_from(event: events.Event) -> str | None:
+    return event.hand_over_from if isinstance(event, events.RerouteRequested) else None
 
 
 class Dispatcher:
@@ -246,13 +258,15 @@ class Dispatcher:
             known = await store.case_facts(conn, missing) if missing else {}
             # facts of cases reported earlier in this same batch
             in_batch = {i.env.case_id: i.facts for i in items if i.facts is not None}
+            handing = [i.env.case_id for i in items if _handover_from(i.event)]
+            handovers = await store.handover_states(conn, handing) if handing else {}
             recording: asyncio.Task[list[asyncio.Future[Any]]] | None = None
             try:
                 for at in range(0, len(items), size):
                     chunk = [
                         item
                         for item in items[at : at + size]
-                        if await self._decide(item, ref, known, in_batch)
+                        if await self._decide(item, ref, known, in_batch, handovers)
                     ]
                     if recording is not None:
                         acks += await recording
@@ -337,9 +351,14 @@ class Dispatcher:
         ref: ReferenceData,
         known: dict[str, dict[str, Any]],
         in_batch: dict[str, dict[str, Any]],
+        handovers: dict[str, store.HandoverState],
     ) -> bool:
-        """Decide one item (False: it went to the dead-letter topic instead)."""
+        """Decide one item (False: nothing to publish — it went to the dead-letter topic, or a
+        handover found the case moved on)."""
         event = item.event
+        away = _handover_from(event)
+        if away is not None:
+            return self._hand_over(item, away, ref, known, handovers)
         reroute = event if isinstance(event, events.RerouteRequested) else None
         facts = item.facts or in_batch.get(item.env.case_id) or known.get(item.env.case_id)
         if facts is None:
@@ -391,6 +410,56 @@ class Dispatcher:
             item.case_row = (orjson.dumps(stored).decode(), "unroutable", None, None)
         return True
 
+    def _hand_over(
+        self,
+        item: _Item,
+        away: str,
+        ref: ReferenceData,
+        known: dict[str, dict[str, Any]],
+        handovers: dict[str, store.HandoverState],
+    ) -> bool:
+        """A worker went off duty: their case, if it still waits for them, goes to another
+        worker of its grid with everything else as routed before (`decide.hand_over`)."""
+        case_id = item.env.case_id
+        state, facts = handovers.get(case_id), known.get(case_id)
+        if state is None or facts is None:
+            why: str | None = "a case the router never saw"
+        else:
+            why = handover_refused(
+                state.routed,
+                away=away,
+                worker_id=state.worker_id,
+                open_=state.open,
+                acknowledged=state.acknowledged,
+                transferred=state.transferred,
+                now=datetime.now(UTC),
+            )
+        decision = None
+        if state is not None and state.routed is not None and why is None:
+            decision = hand_over(state.routed, ref, away=away, open_cases=self.state.open_cases)
+            why = None if decision is not None else f"grid {state.routed.grid_id} is gone"
+        if decision is None or state is None or facts is None:
+            log.info("case %s stays with %s: %s", case_id, away, why)
+            return False
+        ev = decision.event
+        assert isinstance(ev, events.CaseRouted)
+        item.facts, item.decision, item.handed_from = facts, decision, away
+        item.out = envelope_json(
+            ev,
+            case_id=case_id,
+            producer=PRODUCER,
+            event_id=derived_event_id(item.env.event_id, "routed"),
+            traceparent=item.env.traceparent,
+        )
+        item.case_row = (orjson.dumps(facts).decode(), "routed", ev.department, ev.worker_id)
+        counts = self.state.open_cases
+        if ev.worker_id:
+            counts[ev.worker_id] = counts.get(ev.worker_id, 0) + 1
+        counts[away] = max(0, counts.get(away, 0) - 1)
+        # a second request for the same case in this batch finds it moved
+        handovers[case_id] = dataclasses.replace(state, worker_id=ev.worker_id)
+        return True
+
     async def _record_and_publish(
         self, conn: asyncpg.Connection, decided: list[_Item]
     ) -> list[asyncio.Future[Any]]:
@@ -417,6 +486,9 @@ class Dispatcher:
                 fresh.discard(item.env.event_id)
             else:
                 self._uncount_worker(item)
+                if item.handed_from:  # the handover counted happened before, if at all
+                    counts = self.state.open_cases
+                    counts[item.handed_from] = counts.get(item.handed_from, 0) + 1
             acks.append(
                 await send(topics.CASES_LIFECYCLE, value=item.value, key=item.env.case_id.encode())
             )
@@ -436,6 +508,9 @@ class Dispatcher:
         for item in decided:
             if not item.fresh:
                 continue
+            if item.handed_from:
+                HANDED_OVER.inc()
+                continue
             ev = item.decision.event if item.decision else None
             if isinstance(ev, events.CaseRouted):
                 routed[ev.department] += 1
@@ -454,28 +529,44 @@ class Dispatcher:
 
 
 _OPEN_OR_CLOSED = frozenset({"CaseResolved", "CaseClosed", "CaseReopened"})
-_FOLLOWED = _OPEN_OR_CLOSED | {events.PersonalDataErased.EVENT_TYPE}
+_FOLLOWED = _OPEN_OR_CLOSED | {
+    events.CaseAcknowledged.EVENT_TYPE,
+    events.PersonalDataErased.EVENT_TYPE,
+}
 
 
-# One statement for a batch: the events not seen before set their case's open flag, the last
-# one per case winning (resolved, reopened and closed in one batch: closed); only the cases whose
-# flag changed come back, so each worker's count moves by its net change.
+# One statement for a batch: the events not seen before set their case's open flag and its
+# acknowledged flag (each column: the last event per case that changes it wins; resolved,
+# reopened and closed in one batch: closed). Every changed case comes back with its open flag
+# before and after, so each worker's count moves by its net change.
 _FOLD_SQL = """
 WITH fresh AS (
     INSERT INTO router.seen_events (event_id) SELECT unnest($1::uuid[])
     ON CONFLICT DO NOTHING
     RETURNING event_id
-), latest AS (
-    SELECT DISTINCT ON (c.case_id) c.case_id, c.is_open
-    FROM unnest($1::uuid[], $2::text[], $3::bool[]) WITH ORDINALITY
-        AS c(event_id, case_id, is_open, ord)
+), ev AS (
+    SELECT c.* FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::text[]) WITH ORDINALITY
+        AS c(event_id, case_id, is_open, ack, ord)
     JOIN fresh USING (event_id)
-    ORDER BY c.case_id, c.ord DESC
+), open_latest AS (
+    SELECT DISTINCT ON (case_id) case_id, is_open FROM ev WHERE is_open IS NOT NULL
+    ORDER BY case_id, ord DESC
+), ack_latest AS (
+    SELECT DISTINCT ON (case_id) case_id, ack FROM ev WHERE ack IS NOT NULL
+    ORDER BY case_id, ord DESC
+), changes AS (
+    SELECT case_id, o.is_open, a.ack FROM open_latest o FULL JOIN ack_latest a USING (case_id)
+), old AS (
+    SELECT r.case_id, r.open FROM router.cases r JOIN changes USING (case_id)
 )
-UPDATE router.cases r SET open = latest.is_open, updated_at = now()
-FROM latest
-WHERE r.case_id = latest.case_id AND r.open <> latest.is_open
-RETURNING r.worker_id, r.open
+UPDATE router.cases r
+SET open = coalesce(ch.is_open, r.open),
+    acknowledged = CASE ch.ack WHEN 'true' THEN true WHEN 'unknown' THEN NULL
+                               ELSE r.acknowledged END,
+    updated_at = now()
+FROM changes ch JOIN old USING (case_id)
+WHERE r.case_id = ch.case_id
+RETURNING r.worker_id, r.open, old.open AS was_open
 """
 
 
@@ -483,9 +574,12 @@ async def fold_lifecycle(
     conn: asyncpg.Connection, state: RouterState, records: Sequence[ConsumerRecord[Any, Any]]
 ) -> None:
     """Keep open-case counts per worker from lifecycle events (resolved and closed cases stop
-    counting; reopened ones count again), and erase the care groups of a case whose resident
-    asked (`PersonalDataErased`). Idempotent by event id."""
-    changes: list[tuple[Any, str, bool]] = []
+    counting; reopened ones count again) and whether each case is acknowledged (what a
+    handover asks), and erase the care groups of a case whose resident asked
+    (`PersonalDataErased`). Idempotent by event id."""
+    # (event id, case id, open now or None: unchanged, acknowledged now: "true", "unknown"
+    # or None: unchanged)
+    changes: list[tuple[Any, str, bool | None, str | None]] = []
     erased: list[str] = []
     for record in records:
         if peek_event_type(record.value) not in _FOLLOWED:
@@ -495,9 +589,12 @@ async def fold_lifecycle(
         except DecodeError:
             continue  # not ours to judge: the other consumers dead-letter it
         if isinstance(event, events.CaseResolved | events.CaseClosed):
-            changes.append((env.event_id, env.case_id, False))
+            changes.append((env.event_id, env.case_id, False, None))
         elif isinstance(event, events.CaseReopened):
-            changes.append((env.event_id, env.case_id, True))
+            # open again, with a clock of its own (escalation's): never handed over
+            changes.append((env.event_id, env.case_id, True, "unknown"))
+        elif isinstance(event, events.CaseAcknowledged):
+            changes.append((env.event_id, env.case_id, None, "true"))
         elif isinstance(event, events.PersonalDataErased):
             erased.append(env.case_id)
     if erased:  # a resident asked: the care groups kept for a reroute go (idempotent)
@@ -516,6 +613,8 @@ async def fold_lifecycle(
         return
     rows = await conn.fetch(_FOLD_SQL, *(list(col) for col in zip(*changes, strict=True)))
     for row in rows:
+        if row["open"] == row["was_open"]:
+            continue  # the acknowledged flag only, or no change
         if worker := row["worker_id"]:
             state.open_cases[worker] = max(
                 0, state.open_cases.get(worker, 0) + (1 if row["open"] else -1)

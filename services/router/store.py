@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -15,6 +16,7 @@ from services.router.democity import City
 from services.router.refdata import ReferenceData
 from services.router.rules import Rule
 from services.router.snapshot import build_reference
+from shared import events
 from shared.catalogue import Catalogue, CatalogueRefused, Category, Taken, load_file
 
 CHANNEL = "router_refdata"
@@ -348,6 +350,54 @@ async def case_facts(
         "SELECT case_id, facts::text AS f FROM router.cases WHERE case_id = ANY($1)", list(case_ids)
     )
     return {r["case_id"]: orjson.loads(r["f"]) for r in rows}
+
+
+@dataclass(frozen=True)
+class HandoverState:
+    """What a handover needs to know of a case: whom it is with, whether that worker has
+    acknowledged it, whether it was ever transferred, and the routing it would keep."""
+
+    worker_id: str | None
+    open: bool
+    acknowledged: bool | None
+    transferred: bool
+    routed: events.CaseRouted | None  # its latest routing (None: unroutable, or unknown)
+
+
+async def handover_states(
+    conn: asyncpg.Connection, case_ids: Sequence[str]
+) -> dict[str, HandoverState]:
+    rows = await conn.fetch(
+        """SELECT c.case_id, c.worker_id, c.open, c.acknowledged,
+                  coalesce(jsonb_array_length(c.facts->'excluded'), 0) > 0 AS transferred,
+                  (SELECT d.envelope FROM router.decisions d WHERE d.case_id = c.case_id
+                   ORDER BY d.decided_at DESC LIMIT 1) AS envelope
+           FROM router.cases c WHERE c.case_id = ANY($1)""",
+        list(case_ids),
+    )
+    states = {}
+    for r in rows:
+        routed = None
+        if r["envelope"] is not None:
+            _, event = events.decode(r["envelope"])
+            routed = event if isinstance(event, events.CaseRouted) else None
+        states[r["case_id"]] = HandoverState(
+            r["worker_id"], r["open"], r["acknowledged"], r["transferred"], routed
+        )
+    return states
+
+
+async def awaiting_acknowledgement(
+    conn: asyncpg.Connection, worker_ids: Sequence[str]
+) -> list[tuple[str, str]]:
+    """(case, worker) for the open cases of these workers that they have not acknowledged:
+    what goes to another worker when they go off duty (the router checks each again)."""
+    rows = await conn.fetch(
+        "SELECT case_id, worker_id FROM router.cases "
+        "WHERE worker_id = ANY($1) AND open AND acknowledged IS FALSE ORDER BY case_id",
+        list(worker_ids),
+    )
+    return [(r["case_id"], r["worker_id"]) for r in rows]
 
 
 async def triage_list(conn: asyncpg.Connection, limit: int = 100) -> list[asyncpg.Record]:

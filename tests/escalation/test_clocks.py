@@ -241,3 +241,29 @@ def test_closing_or_reopening_ends_the_verification_window() -> None:
     # a routing replayed late while the resident verifies arms nothing either
     late = routed(case_id, at=T0, ack_s=3600, resolve_s=7200)
     assert apply(verifying.clock, case_id, late.event(), T0, CHINA_2026) is None
+
+
+def test_a_handover_keeps_the_clock_and_changes_the_ladder() -> None:
+    """The same routing with another worker (a handover): the same deadlines from the same
+    report, so the same timers; only the chain it escalates along changes."""
+    env = routed(at=T0, ack_s=3600, resolve_s=7200, warn_s=600)
+    first = apply(None, env.case_id, env.event(), T0, CHINA_2026)
+    assert first is not None
+    event = env.event()
+    assert isinstance(event, events.CaseRouted)
+    handed = event.model_copy(
+        update={
+            "worker_id": None,
+            "escalation_chain": event.escalation_chain[1:],
+            "handed_over_from": "w-1",
+        }
+    )
+    later = T0 + timedelta(minutes=20)
+    second = apply(first.clock, env.case_id, handed, later, CHINA_2026)
+    assert second is not None
+    assert (second.clock.due_at, second.clock.resolve_due_at) == (
+        first.clock.due_at,
+        first.clock.resolve_due_at,
+    )
+    assert [(t.kind, t.due_at) for t in second.arm] == [(t.kind, t.due_at) for t in first.arm]
+    assert second.clock.chain != first.clock.chain

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.router import democity, snapshot
-from services.router.decide import CaseFacts, decide
+from services.router.decide import CaseFacts, decide, hand_over, handover_refused
 from services.router.refdata import ReferenceData
 from shared import events
 from shared.events import Priority
@@ -301,3 +301,80 @@ def test_decisions_are_valid_events(
     if busy:
         assert d.event.worker_id is None
         assert d.event.escalation_chain[0].role == "grid_leader"
+
+
+def _routed_in(ref: ReferenceData, on_duty: int) -> tuple[events.CaseRouted, list[str]]:
+    """A case routed in a grid with exactly `on_duty` workers on duty, and their ids."""
+    grid_id, workers = next(
+        (g, ws)
+        for g, ws in sorted(ref.workers_by_grid.items())
+        if len([w for w in ws if w.on_duty]) == on_duty and ref.grids[g].kind == "comprehensive"
+    )
+    grid = next(g for g in CITY.grids if g["grid_id"] == grid_id)
+    routed = decide(
+        case("roads.pothole", at=democity.point_in(grid, 0.9, 0.9)), ref, open_cases={}
+    ).event
+    assert isinstance(routed, events.CaseRouted)
+    assert routed.grid_id == grid_id
+    return routed, sorted(w.worker_id for w in workers if w.on_duty)
+
+
+def test_a_handover_changes_the_worker_and_nothing_else(ref: ReferenceData) -> None:
+    routed, on_duty = _routed_in(ref, 2)
+    away = routed.worker_id
+    assert away is not None
+    [other] = [w for w in on_duty if w != away]  # never the one going away, however idle
+    handed = hand_over(routed, ref, away=away, open_cases={other: 7, away: 0})
+    assert handed is not None
+    ev = handed.event
+    assert isinstance(ev, events.CaseRouted)
+    assert (ev.worker_id, ev.handed_over_from) == (other, away)
+    assert ev.escalation_chain[0].role == "worker"
+    assert ev.escalation_chain[0] != routed.escalation_chain[0]
+    assert ev.escalation_chain[1:] == routed.escalation_chain[1:]
+    unchanged = {"worker_id", "escalation_chain", "handed_over_from"}
+    assert ev.model_dump(exclude=unchanged) == routed.model_dump(exclude=unchanged)
+
+
+def test_with_nobody_else_on_duty_the_grid_leader_takes_it(ref: ReferenceData) -> None:
+    routed, [only] = _routed_in(ref, 1)
+    handed = hand_over(routed, ref, away=only, open_cases={})
+    assert handed is not None
+    ev = handed.event
+    assert isinstance(ev, events.CaseRouted)
+    assert (ev.worker_id, ev.handed_over_from) == (None, only)
+    assert ev.escalation_chain[0].role == "grid_leader"
+    assert ev.escalation_chain[0].level == 0
+    assert ev.deadlines == routed.deadlines
+
+
+def test_only_a_case_still_waiting_for_its_worker_is_handed_over(ref: ReferenceData) -> None:
+    grid = _grid("comprehensive")
+    at = datetime.now(UTC)
+    routed = decide(
+        case("roads.pothole", at=democity.point_in(grid, 0.9, 0.9), when=at), ref, open_cases={}
+    ).event
+    assert isinstance(routed, events.CaseRouted)
+    w = routed.worker_id
+    waiting: dict[str, Any] = {
+        "away": w,
+        "worker_id": w,
+        "open_": True,
+        "acknowledged": False,
+        "transferred": False,
+        "now": at,
+    }
+    assert handover_refused(routed, **waiting) is None
+    changes: list[tuple[dict[str, Any], str]] = [
+        ({"worker_id": "w-else"}, "assigned to w-else now"),
+        ({"open_": False}, "resolved or closed"),
+        ({"acknowledged": True}, "acknowledged already"),
+        ({"acknowledged": None}, "reopened"),
+        ({"transferred": True}, "transferred"),
+        ({"now": routed.deadlines.acknowledge_by}, "has passed"),
+    ]
+    for change, why in changes:
+        refused = handover_refused(routed, **{**waiting, **change})
+        assert refused is not None
+        assert why in refused
+    assert handover_refused(None, **waiting) == "not routed"

@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from aiokafka import AIOKafkaProducer
 
 from services.router import democity, store
 from services.router.rules import Rule
@@ -15,6 +16,7 @@ from shared import events, topics
 from shared.events import wrap
 from shared.ids import derived_event_id
 from shared.localstack import LocalStack
+from tests.helpers.cli import run_cli
 from tests.helpers.kafka import read_topic
 from tests.router.conftest import ADMIN_TOKEN, CITY, decisions_for, publish, report
 
@@ -203,3 +205,62 @@ async def test_explain_over_http(router_url: str) -> None:
         assert "griddispatch_cases_routed_total" in metrics
         assert "griddispatch_router_grids_loaded" in metrics
     _ = json
+
+
+async def test_a_worker_going_off_duty_hands_over_what_they_have_not_acknowledged(
+    router_url: str, stack: LocalStack
+) -> None:
+    """`refdata duty W --off`: W's unacknowledged case goes to the grid's other staff (here
+    the grid leader: W was the grid's only worker on duty) with the same department, priority
+    and deadlines; the case W acknowledged stays with W."""
+    grid = _comprehensive(20)
+    [worker] = [
+        w["worker_id"] for w in CITY.workers if w["grid_id"] == grid["grid_id"] and w["on_duty"]
+    ]
+    waiting, handled = (
+        report("roads.pothole", lat=lat, lon=lon)
+        for lat, lon in (democity.point_in(grid, 0.2, 0.2), democity.point_in(grid, 0.8, 0.8))
+    )
+    await publish(stack, waiting, handled)
+    [(_, first)] = await decisions_for(stack, waiting.case_id)
+    [(_, other)] = await decisions_for(stack, handled.case_id)
+    assert first["payload"]["worker_id"] == other["payload"]["worker_id"] == worker
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka.bootstrap)
+    await producer.start()
+    try:
+        ack = wrap(events.CaseAcknowledged(by=worker), case_id=handled.case_id, producer="intake")
+        await producer.send_and_wait(
+            topics.CASES_LIFECYCLE, ack.to_json(), key=handled.case_id.encode()
+        )
+    finally:
+        await producer.stop()
+    conn = await asyncpg.connect(stack.postgres.url)
+    try:
+        for _ in range(100):  # the router's lifecycle consumer folds the acknowledgement
+            if await conn.fetchval(
+                "SELECT acknowledged FROM router.cases WHERE case_id = $1", handled.case_id
+            ):
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("the acknowledgement never reached the router")
+    finally:
+        await conn.close()
+
+    try:
+        off = run_cli(stack, "refdata", "duty", worker, "--off")
+        assert off.returncode == 0, off.stderr
+        assert "unacknowledged case(s) to hand over" in off.stderr  # (others' cases too)
+        outs = await decisions_for(stack, waiting.case_id, count=2)
+        assert len(outs) == 2, outs
+        moved = outs[-1][1]
+        assert moved["event_type"] == "CaseRouted"
+        p, before = moved["payload"], first["payload"]
+        assert p["handed_over_from"] == worker
+        assert p["worker_id"] is None  # nobody else on duty: the grid leader takes it
+        assert p["escalation_chain"][0]["role"] == "grid_leader"
+        for same in ("grid_id", "department", "priority", "deadlines", "reported_at"):
+            assert p[same] == before[same], same
+        assert len(await decisions_for(stack, handled.case_id, count=2, timeout_s=3)) == 1
+    finally:
+        assert run_cli(stack, "refdata", "duty", worker, "--on").returncode == 0
