@@ -171,6 +171,10 @@ def apply(
     the case waits for a person): the resident may verify or reopen until it ends, and then a
     "close" timer fires `CaseVerificationLapsed`."""
     if isinstance(event, events.CaseRouted):
+        if event.handed_over_from and clock is not None and clock.phase != "acknowledge":
+            # A handover is for a case nobody acknowledged; one that was acknowledged just
+            # before the router heard of it keeps its clock (its resolve deadline) as it is.
+            return None
         if clock is not None and clock.phase in ("verify", "done"):
             # No flow routes a resolved or closed case (a reopened one resumes its clock
             # itself): an old routing delivered late, a dead letter replayed after the case

@@ -176,6 +176,10 @@ def arrives_late(current: Status, event: events.Event) -> bool:
 def status_after_event(current: Status, event: events.Event) -> Status:
     """How the read model moves on events that other services emit."""
     match event:
+        case events.CaseRouted(handed_over_from=str()):
+            # a handover changes the worker, never the state: had the worker acknowledged it
+            # just before (the router had not heard yet), it stays acknowledged
+            return current
         case events.CaseRouted():
             return Status.ROUTED
         case events.CaseUnroutable():

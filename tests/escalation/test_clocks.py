@@ -267,3 +267,18 @@ def test_a_handover_keeps_the_clock_and_changes_the_ladder() -> None:
     )
     assert [(t.kind, t.due_at) for t in second.arm] == [(t.kind, t.due_at) for t in first.arm]
     assert second.clock.chain != first.clock.chain
+
+
+def test_a_handover_that_crossed_an_acknowledgement_leaves_the_clock_alone() -> None:
+    """The worker acknowledged it just before the router heard of it: the case is being
+    handled, its resolve deadline runs on, nothing is re-armed."""
+    env = routed(at=T0, ack_s=3600, resolve_s=7200)
+    event = env.event()
+    assert isinstance(event, events.CaseRouted)
+    first = apply(None, env.case_id, event, T0, CHINA_2026)
+    assert first is not None
+    acked = apply(first.clock, env.case_id, events.CaseAcknowledged(by="w-1"), T0, CHINA_2026)
+    assert acked is not None
+    assert acked.clock.phase == "resolve"
+    handed = event.model_copy(update={"worker_id": None, "handed_over_from": "w-1"})
+    assert apply(acked.clock, env.case_id, handed, T0 + timedelta(minutes=5), CHINA_2026) is None

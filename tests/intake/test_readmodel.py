@@ -298,3 +298,21 @@ async def test_the_triage_gauges_count_cases_waiting_for_an_operator(
         env = routed_event(case_id, "heating")
         await store.apply_lifecycle_events(intake_db, [(env, env.event())])
     assert (await store.triage_waiting(intake_db))[0] == waiting_before
+
+
+def test_a_handover_changes_the_worker_not_the_state() -> None:
+    routed = routed_event("c-1", "heating").event()
+    assert isinstance(routed, events.CaseRouted)
+    handed = routed.model_copy(update={"worker_id": "w-2", "handed_over_from": "w-1"})
+    at = datetime.now(UTC)
+    waiting = store.CaseChange(Status.REPORTED).after(routed, at).after(handed, at)
+    assert (waiting.status, waiting.routed) == (Status.ROUTED, handed)  # now with w-2
+    # acknowledged just before the router heard: it stays acknowledged, with its new worker
+    crossed = (
+        store.CaseChange(Status.REPORTED)
+        .after(routed, at)
+        .after(events.CaseAcknowledged(by="w-1"), at)
+        .after(handed, at)
+    )
+    assert crossed.status is Status.ACKNOWLEDGED
+    assert crossed.routed == handed
