@@ -213,6 +213,16 @@ WHERE d.source_event_id = ANY($1::uuid[])
 """.replace("{forget}", forget_personal("i.facts::jsonb"))
 
 
+@dataclass
+class _Handovers:
+    """A batch's handover requests: the state of their cases, and the decisions recorded
+    before for any of them (a request delivered again after a crash between recording and
+    publishing is published as recorded, whatever the case says now)."""
+
+    states: dict[str, store.HandoverState] = field(default_factory=dict)
+    recorded: dict[Any, bytes] = field(default_factory=dict)
+
+
 def _handover_from(event: events.Event) -> str | None:
     return event.hand_over_from if isinstance(event, events.RerouteRequested) else None
 
@@ -258,8 +268,13 @@ class Dispatcher:
             known = await store.case_facts(conn, missing) if missing else {}
             # facts of cases reported earlier in this same batch
             in_batch = {i.env.case_id: i.facts for i in items if i.facts is not None}
-            handing = [i.env.case_id for i in items if _handover_from(i.event)]
-            handovers = await store.handover_states(conn, handing) if handing else {}
+            handing = [i for i in items if _handover_from(i.event)]
+            handovers = _Handovers()
+            if handing:
+                handovers = _Handovers(
+                    await store.handover_states(conn, [i.env.case_id for i in handing]),
+                    await store.recorded_decisions(conn, [i.env.event_id for i in handing]),
+                )
             recording: asyncio.Task[list[asyncio.Future[Any]]] | None = None
             try:
                 for at in range(0, len(items), size):
@@ -351,7 +366,7 @@ class Dispatcher:
         ref: ReferenceData,
         known: dict[str, dict[str, Any]],
         in_batch: dict[str, dict[str, Any]],
-        handovers: dict[str, store.HandoverState],
+        handovers: _Handovers,
     ) -> bool:
         """Decide one item (False: nothing to publish — it went to the dead-letter topic, or a
         handover found the case moved on)."""
@@ -416,12 +431,19 @@ class Dispatcher:
         away: str,
         ref: ReferenceData,
         known: dict[str, dict[str, Any]],
-        handovers: dict[str, store.HandoverState],
+        handovers: _Handovers,
     ) -> bool:
         """A worker went off duty: their case, if it still waits for them, goes to another
         worker of its grid with everything else as routed before (`decide.hand_over`)."""
         case_id = item.env.case_id
-        state, facts = handovers.get(case_id), known.get(case_id)
+        state, facts = handovers.states.get(case_id), known.get(case_id)
+        before = handovers.recorded.get(item.env.event_id)
+        if before is not None and facts is not None:
+            _, was = decode(before)
+            assert isinstance(was, events.CaseRouted)
+            item.facts, item.out = facts, before  # the recorded decision goes out again
+            item.case_row = (orjson.dumps(facts).decode(), "routed", was.department, was.worker_id)
+            return True
         if state is None or facts is None:
             why: str | None = "a case the router never saw"
         else:
@@ -457,7 +479,7 @@ class Dispatcher:
             counts[ev.worker_id] = counts.get(ev.worker_id, 0) + 1
         counts[away] = max(0, counts.get(away, 0) - 1)
         # a second request for the same case in this batch finds it moved
-        handovers[case_id] = dataclasses.replace(state, worker_id=ev.worker_id)
+        handovers.states[case_id] = dataclasses.replace(state, worker_id=ev.worker_id)
         return True
 
     async def _record_and_publish(

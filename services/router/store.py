@@ -387,6 +387,18 @@ async def handover_states(
     return states
 
 
+async def recorded_decisions(
+    conn: asyncpg.Connection, source_event_ids: Sequence[Any]
+) -> dict[Any, bytes]:
+    """The decisions already recorded for these inputs (source event id → envelope)."""
+    rows = await conn.fetch(
+        "SELECT source_event_id, envelope FROM router.decisions "
+        "WHERE source_event_id = ANY($1::uuid[])",
+        list(source_event_ids),
+    )
+    return {r["source_event_id"]: r["envelope"] for r in rows}
+
+
 async def awaiting_acknowledgement(
     conn: asyncpg.Connection, worker_ids: Sequence[str]
 ) -> list[tuple[str, str]]:

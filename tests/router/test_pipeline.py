@@ -262,5 +262,16 @@ async def test_a_worker_going_off_duty_hands_over_what_they_have_not_acknowledge
         for same in ("grid_id", "department", "priority", "deadlines", "reported_at"):
             assert p[same] == before[same], same
         assert len(await decisions_for(stack, handled.case_id, count=2, timeout_s=3)) == 1
+        # the request delivered again (a router that crashed after recording the handover,
+        # before publishing it): the same decision goes out again, not a refusal
+        [request] = [
+            r.value
+            for r in await read_topic(stack.kafka.bootstrap, topics.CASES_INTAKE, expected=1)
+            if r.key == waiting.case_id.encode() and b"hand_over_from" in r.value
+        ]
+        await publish(stack, raw=request)
+        outs = await decisions_for(stack, waiting.case_id, count=3)
+        assert len(outs) == 3
+        assert outs[2][0] == outs[1][0]  # byte for byte, the same event id
     finally:
         assert run_cli(stack, "refdata", "duty", worker, "--on").returncode == 0
