@@ -116,3 +116,20 @@ async def test_a_broken_template_skips_its_message_only(
         await _forget(db, subs)
     assert "the worker template for CaseRouted by sms failed" in caplog.text
     assert "13912345678" not in caplog.text
+
+
+async def test_a_handover_tells_the_new_worker_and_not_the_departments_desk(
+    db: asyncpg.Connection,
+) -> None:
+    await migrate(db, "notifier", MIGRATIONS)
+    dept, worker = "h-" + uuid.uuid4().hex[:6], "w-" + uuid.uuid4().hex[:6]
+    subs = await _subscribe(db, dept, worker)  # the desk's e-mail, the new worker's SMS
+    first = routed(dept, "w-gone").event()
+    moved = first.model_copy(update={"worker_id": worker, "handed_over_from": "w-gone"})
+    handover = wrap(moved, case_id=str(uuid.uuid4()), producer="router")
+    try:
+        assert await queue_for_staff(db, _items(handover), message_subscriptions()) == 1
+        rows = await _queued(db, subs)
+    finally:
+        await _forget(db, subs)
+    assert [r["subscription_id"] for r in rows] == [subs[1]]  # the worker's SMS only
