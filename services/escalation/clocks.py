@@ -149,6 +149,16 @@ def catch_up(
     return change
 
 
+def _handed_over(clock: CaseClock, event: events.CaseRouted, now: datetime) -> Change | None:
+    """A handover (another worker, nothing else): the clock runs on as it is — deadlines
+    already shortened by emergency mode are not shortened again from now — along the new
+    ladder. One acknowledged just before the router heard of it keeps everything."""
+    if clock.phase != "acknowledge" or clock.due_at is None:
+        return None
+    new = dataclasses.replace(clock, chain=_CHAIN.dump_json(event.escalation_chain).decode())
+    return Change(new, timers_for("acknowledge", clock.due_at, clock.warn_before_s, now))
+
+
 def routed_areas(event: events.CaseRouted) -> tuple[str, ...]:
     """The areas whose emergency mode shortens this case's deadlines."""
     return tuple(a for a in (event.district, event.street_office, event.grid_id) if a)
@@ -171,10 +181,8 @@ def apply(
     the case waits for a person): the resident may verify or reopen until it ends, and then a
     "close" timer fires `CaseVerificationLapsed`."""
     if isinstance(event, events.CaseRouted):
-        if event.handed_over_from and clock is not None and clock.phase != "acknowledge":
-            # A handover is for a case nobody acknowledged; one that was acknowledged just
-            # before the router heard of it keeps its clock (its resolve deadline) as it is.
-            return None
+        if event.handed_over_from and clock is not None:
+            return _handed_over(clock, event, now)
         if clock is not None and clock.phase in ("verify", "done"):
             # No flow routes a resolved or closed case (a reopened one resumes its clock
             # itself): an old routing delivered late, a dead letter replayed after the case

@@ -282,3 +282,23 @@ def test_a_handover_that_crossed_an_acknowledgement_leaves_the_clock_alone() -> 
     assert acked.clock.phase == "resolve"
     handed = event.model_copy(update={"worker_id": None, "handed_over_from": "w-1"})
     assert apply(acked.clock, env.case_id, handed, T0 + timedelta(minutes=5), CHINA_2026) is None
+
+
+def test_a_handover_in_emergency_mode_keeps_the_shortened_deadline() -> None:
+    """The deadline emergency mode shortened at the routing is not shortened again from the
+    moment of the handover (nor lengthened)."""
+    env = routed(at=T0, ack_s=3600, resolve_s=7200, warn_s=600)
+    event = env.event()
+    assert isinstance(event, events.CaseRouted)
+    first = apply(None, env.case_id, event, T0, CHINA_2026, 0.5)
+    assert first is not None
+    assert first.clock.due_at == T0 + timedelta(minutes=30)
+    handed = event.model_copy(update={"worker_id": None, "handed_over_from": "w-1"})
+    later = T0 + timedelta(minutes=20)
+    second = apply(first.clock, env.case_id, handed, later, CHINA_2026, 0.5)
+    assert second is not None
+    assert (second.clock.due_at, second.clock.resolve_due_at) == (
+        first.clock.due_at,
+        first.clock.resolve_due_at,
+    )
+    assert [t.due_at for t in second.arm if t.kind == "escalate"] == [first.clock.due_at]
