@@ -4,9 +4,11 @@ routed in the same batch or in an earlier one, on the real broker and database."
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
+import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from services.notifier.feeds import FeedWriter
@@ -35,88 +37,83 @@ def _ack(case_id: str) -> Envelope:
     return wrap(events.CaseAcknowledged(by="w-1"), case_id=case_id, producer="intake")
 
 
+@pytest.fixture
+async def writer(stack: LocalStack) -> AsyncIterator[FeedWriter]:
+    """A feed writer on the test stack, with its own pool and producer."""
+    conn = await asyncpg.connect(stack.postgres.url)
+    try:
+        await migrate(conn, "notifier", MIGRATIONS)
+    finally:
+        await conn.close()
+    pool = await create_pool(stack.postgres.url, "notifier", max_size=2)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka.bootstrap)
+    await producer.start()
+    try:
+        yield FeedWriter(pool, producer, stack.kafka.bootstrap, 1, None)
+    finally:
+        await producer.stop()
+        await pool.close()
+
+
 async def test_events_of_cases_routed_in_this_batch_or_before_reach_the_feed(
-    stack: LocalStack,
+    writer: FeedWriter,
 ) -> None:
-    conn = await asyncpg.connect(stack.postgres.url)
-    try:
-        await migrate(conn, "notifier", MIGRATIONS)
-    finally:
-        await conn.close()
-    pool = await create_pool(stack.postgres.url, "notifier", max_size=2)
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka.bootstrap)
-    await producer.start()
-    try:
-        writer = FeedWriter(pool, producer, stack.kafka.bootstrap, 1, None)
-        dept = "roads-" + uuid.uuid4().hex[:6]
-        earlier, now, never = routed(dept), routed(dept), routed(dept)
-        assert await writer.handle(_records(earlier)) == 1
-        # an event of a case routed in an earlier batch, the routing of a new case and its
-        # acknowledgement, and an event of a case never routed (nobody to tell)
-        batch = _records(_ack(earlier.case_id), now, _ack(now.case_id), _ack(never.case_id))
-        assert await writer.handle(batch) == 3
-        async with pool.acquire() as c:
-            told = await c.fetch(
-                "SELECT case_id FROM notifier.cases WHERE department = $1 ORDER BY case_id", dept
-            )
-        assert [r["case_id"] for r in told] == sorted([earlier.case_id, now.case_id])
-    finally:
-        await producer.stop()
-        await pool.close()
-
-
-async def test_a_webhook_that_chose_its_events_gets_only_those(stack: LocalStack) -> None:
-    """A ticketing system wants every event; a duty desk's pager only escalations."""
-    conn = await asyncpg.connect(stack.postgres.url)
-    try:
-        await migrate(conn, "notifier", MIGRATIONS)
-    finally:
-        await conn.close()
-    pool = await create_pool(stack.postgres.url, "notifier", max_size=2)
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka.bootstrap)
-    await producer.start()
-    try:
-        dept = "water-" + uuid.uuid4().hex[:6]
-        ids: list[int] = []
-        async with pool.acquire() as c:
-            for name, types in (("tickets", None), ("pager", ["CaseEscalated"])):
-                ids.append(
-                    await c.fetchval(
-                        "INSERT INTO notifier.subscriptions (owner_kind, owner, channel, url, "
-                        "secrets, event_types) VALUES ('department', $1, 'webhook', $2, "
-                        "ARRAY['whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'], $3) RETURNING id",
-                        dept,
-                        f"https://{name}.example.org/hook",
-                        types,
-                    )
-                )
-        every, pager = ids
-        writer = FeedWriter(pool, producer, stack.kafka.bootstrap, 1, None)
-        case = routed(dept)
-        escalated = wrap(
-            events.CaseEscalated(
-                deadline="acknowledge",
-                due_at=datetime.now(UTC),
-                level=1,
-                to=events.EscalationStep(level=1, role="grid_leader", name="李", contact=None),
-            ),
-            case_id=case.case_id,
-            producer="escalation",
+    dept = "roads-" + uuid.uuid4().hex[:6]
+    earlier, now, never = routed(dept), routed(dept), routed(dept)
+    assert await writer.handle(_records(earlier)) == 1
+    # an event of a case routed in an earlier batch, the routing of a new case and its
+    # acknowledgement, and an event of a case never routed (nobody to tell)
+    batch = _records(_ack(earlier.case_id), now, _ack(now.case_id), _ack(never.case_id))
+    assert await writer.handle(batch) == 3
+    async with writer.pool.acquire() as c:
+        told = await c.fetch(
+            "SELECT case_id FROM notifier.cases WHERE department = $1 ORDER BY case_id", dept
         )
-        await writer.handle(_records(case, _ack(case.case_id), escalated))
-        async with pool.acquire() as c:
-            rows = await c.fetch(
-                "SELECT d.subscription_id, e.event_type FROM notifier.deliveries d "
-                "JOIN (SELECT unnest($1::uuid[]) AS event_id, unnest($2::text[]) AS event_type)"
-                " e USING (event_id) WHERE d.subscription_id = ANY($3)",
-                [case.event_id, _ack(case.case_id).event_id, escalated.event_id],
-                ["CaseRouted", "CaseAcknowledged", "CaseEscalated"],
-                [every, pager],
+    assert [r["case_id"] for r in told] == sorted([earlier.case_id, now.case_id])
+
+
+async def test_a_webhook_that_chose_its_events_gets_only_those(writer: FeedWriter) -> None:
+    """A ticketing system wants every event; a duty desk's pager only escalations."""
+    dept = "water-" + uuid.uuid4().hex[:6]
+    ids: list[int] = []
+    async with writer.pool.acquire() as c:
+        for name, types in (("tickets", None), ("pager", ["CaseEscalated"])):
+            ids.append(
+                await c.fetchval(
+                    "INSERT INTO notifier.subscriptions (owner_kind, owner, channel, url, "
+                    "secrets, event_types) VALUES ('department', $1, 'webhook', $2, "
+                    "ARRAY['whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'], $3) RETURNING id",
+                    dept,
+                    f"https://{name}.example.org/hook",
+                    types,
+                )
             )
-        got = sorted((r["subscription_id"] == pager, r["event_type"]) for r in rows)
-        assert (True, "CaseEscalated") in got
-        assert [t for is_pager, t in got if is_pager] == ["CaseEscalated"]
-        assert {t for is_pager, t in got if not is_pager} >= {"CaseRouted", "CaseEscalated"}
-    finally:
-        await producer.stop()
-        await pool.close()
+    tickets, pager = ids
+    case = routed(dept)
+    ack = _ack(case.case_id)
+    escalated = wrap(
+        events.CaseEscalated(
+            deadline="acknowledge",
+            due_at=datetime.now(UTC),
+            level=1,
+            to=events.EscalationStep(level=1, role="grid_leader", name="李", contact=None),
+        ),
+        case_id=case.case_id,
+        producer="escalation",
+    )
+    await writer.handle(_records(case, ack, escalated))
+    names = {case.event_id: "CaseRouted", ack.event_id: "CaseAcknowledged"}
+    names[escalated.event_id] = "CaseEscalated"
+    async with writer.pool.acquire() as c:
+        rows = await c.fetch(
+            "SELECT subscription_id, event_id FROM notifier.deliveries "
+            "WHERE subscription_id = ANY($1)",
+            [tickets, pager],
+        )
+    got = {(r["subscription_id"], names[r["event_id"]]) for r in rows}
+    assert got == {
+        (tickets, "CaseRouted"),
+        (tickets, "CaseAcknowledged"),
+        (tickets, "CaseEscalated"),
+        (pager, "CaseEscalated"),
+    }
