@@ -248,10 +248,15 @@ def _table(kind: str) -> refimport.Table:
 def refdata_import(
     kind: str = typer.Argument(..., help=", ".join(refimport.TABLES)),
     path: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV with a header row"),
+    keep_cases: bool = typer.Option(
+        False, help="workers: leave the unacknowledged cases of those now off duty with them"
+    ),
 ) -> None:
     """Replace one kind of reference data with a CSV file (UTF-8, a header row naming the
     columns; `refdata export` writes one to start from). The file is checked as a whole and
-    changes nothing if anything is wrong; routers pick it up within seconds."""
+    changes nothing if anything is wrong; routers pick it up within seconds. A roster
+    (`workers`) hands over the unacknowledged cases of workers it leaves off duty or out, as
+    `refdata duty … --off` does, unless --keep-cases."""
     table = _table(kind)
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:  # Excel writes a BOM
@@ -272,6 +277,15 @@ def refdata_import(
     except store.ImportRefused as exc:
         _refuse(exc.problems)
     console.print(f"[green]✓[/green] imported {len(rows):,} {kind} — version {version}")
+    if kind == "workers" and not keep_cases:
+        # the roster's absentees hand over what they have not acknowledged, as `duty --off`
+        waiting = _db(store.awaiting_absent_workers)
+        _request_handovers(waiting)
+        if waiting:
+            console.print(
+                f"[green]✓[/green] {len(waiting)} unacknowledged case(s) of workers now off duty "
+                "or gone to hand over"
+            )
 
 
 @refdata_app.command("export")

@@ -412,6 +412,18 @@ async def awaiting_acknowledgement(
     return [(r["case_id"], r["worker_id"]) for r in rows]
 
 
+async def awaiting_absent_workers(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+    """(case, worker) for the open, unacknowledged cases of workers who are not on duty now
+    (off duty, or gone from the roster): what a roster import hands over."""
+    rows = await conn.fetch(
+        "SELECT c.case_id, c.worker_id FROM router.cases c "
+        "WHERE c.open AND c.acknowledged IS FALSE AND c.worker_id IS NOT NULL AND NOT EXISTS "
+        "(SELECT 1 FROM router.workers w WHERE w.worker_id = c.worker_id AND w.on_duty) "
+        "ORDER BY c.case_id"
+    )
+    return [(r["case_id"], r["worker_id"]) for r in rows]
+
+
 async def triage_list(conn: asyncpg.Connection, limit: int = 100) -> list[asyncpg.Record]:
     return list(
         await conn.fetch(

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import subprocess
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,11 +21,12 @@ import yaml
 from services.router import democity, store
 from services.router.decide import CaseFacts, decide
 from services.router.settings import MIGRATIONS
-from shared import events
+from shared import events, topics
 from shared.catalogue import load_file
 from shared.db import migrate
 from shared.localstack import LocalStack
 from tests.helpers.cli import run_cli
+from tests.helpers.kafka import read_topic
 from tests.helpers.services import fresh_database
 
 CITY = democity.generate(seed=31, scale="small")
@@ -301,3 +303,43 @@ async def _city_database(stack: LocalStack, name: str) -> str:
     finally:
         await conn.close()
     return url
+
+
+def test_a_roster_that_leaves_a_worker_off_hands_over_what_they_have_not_acknowledged(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    url = asyncio.run(_city_database(stack, "roster_handover"))
+    worker = CITY.workers[0]["worker_id"]
+    waiting, handled = (f"roster-{uuid.uuid4()}" for _ in range(2))
+
+    async def cases() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.executemany(
+                "INSERT INTO router.cases (case_id, facts, status, department, worker_id, "
+                "acknowledged) VALUES ($1, '{}', 'routed', 'roads', $2, $3)",
+                [(waiting, worker, False), (handled, worker, True)],
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(cases())
+    exported = cli(stack, url, "refdata", "export", "workers")
+    rows = list(csv.DictReader(io.StringIO(exported.stdout)))
+    for row in rows:
+        if row["worker_id"] == worker:
+            row["on_duty"] = "false"
+    roster = tmp_path / "roster.csv"
+    with roster.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    done = cli(stack, url, "refdata", "import", "workers", str(roster))
+    assert done.returncode == 0, done.stderr
+    assert "1 unacknowledged case(s) of workers now off duty or gone" in done.stderr
+    requests = [
+        json.loads(r.value)
+        for r in asyncio.run(read_topic(stack.kafka.bootstrap, topics.CASES_INTAKE, expected=1))
+        if r.key in (waiting.encode(), handled.encode())
+    ]
+    assert [(e["case_id"], e["payload"]["hand_over_from"]) for e in requests] == [(waiting, worker)]
