@@ -279,7 +279,7 @@ def refdata_import(
     console.print(f"[green]✓[/green] imported {len(rows):,} {kind} — version {version}")
     if kind == "workers" and not keep_cases:
         # the roster's absentees hand over what they have not acknowledged, as `duty --off`
-        waiting = _db(store.awaiting_absent_workers)
+        waiting = _db(store.awaiting_handover)
         _request_handovers(waiting)
         if waiting:
             console.print(
@@ -332,7 +332,7 @@ def refdata_duty(
     state = "on" if on else "off"
     console.print(f"[green]✓[/green] {len(worker_ids)} worker(s) {state} duty — version {version}")
     if not on and not keep_cases:
-        waiting = _db(lambda c: store.awaiting_acknowledgement(c, worker_ids))
+        waiting = _db(lambda c: store.awaiting_handover(c, worker_ids))
         _request_handovers(waiting)
         console.print(
             f"[green]✓[/green] {len(waiting)} unacknowledged case(s) to hand over"

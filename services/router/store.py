@@ -399,27 +399,19 @@ async def recorded_decisions(
     return {r["source_event_id"]: r["envelope"] for r in rows}
 
 
-async def awaiting_acknowledgement(
-    conn: asyncpg.Connection, worker_ids: Sequence[str]
+async def awaiting_handover(
+    conn: asyncpg.Connection, worker_ids: Sequence[str] | None = None
 ) -> list[tuple[str, str]]:
-    """(case, worker) for the open cases of these workers that they have not acknowledged:
-    what goes to another worker when they go off duty (the router checks each again)."""
-    rows = await conn.fetch(
-        "SELECT case_id, worker_id FROM router.cases "
-        "WHERE worker_id = ANY($1) AND open AND acknowledged IS FALSE ORDER BY case_id",
-        list(worker_ids),
-    )
-    return [(r["case_id"], r["worker_id"]) for r in rows]
-
-
-async def awaiting_absent_workers(conn: asyncpg.Connection) -> list[tuple[str, str]]:
-    """(case, worker) for the open, unacknowledged cases of workers who are not on duty now
-    (off duty, or gone from the roster): what a roster import hands over."""
+    """(case, worker) for the open cases that workers not on duty now (off duty, or gone from
+    the roster) have not acknowledged: what goes to another worker (the router checks each
+    again). `worker_ids`: only theirs."""
     rows = await conn.fetch(
         "SELECT c.case_id, c.worker_id FROM router.cases c "
-        "WHERE c.open AND c.acknowledged IS FALSE AND c.worker_id IS NOT NULL AND NOT EXISTS "
+        "WHERE c.open AND c.acknowledged IS FALSE AND c.worker_id IS NOT NULL "
+        "AND ($1::text[] IS NULL OR c.worker_id = ANY($1)) AND NOT EXISTS "
         "(SELECT 1 FROM router.workers w WHERE w.worker_id = c.worker_id AND w.on_duty) "
-        "ORDER BY c.case_id"
+        "ORDER BY c.case_id",
+        list(worker_ids) if worker_ids is not None else None,
     )
     return [(r["case_id"], r["worker_id"]) for r in rows]
 

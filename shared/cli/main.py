@@ -328,25 +328,22 @@ def _print_services(operator_key: str | None) -> None:
             "  .venv/bin/griddispatch tasks issue --area longsha-s01 "
             "--category task.door-to-door --title 寒潮入户排查"
         )
+        today, tomorrow = _city_days()
         console.print(
             "  or read today's response, resolution and satisfaction rates per department:\n"
             f"  curl -H 'Authorization: Bearer {operator_key}' "
-            f"'{urls['intake']}/v1/performance?from={_city_today()}&to={_city_tomorrow()}'"
+            f"'{urls['intake']}/v1/performance?from={today}&to={tomorrow}'"
         )
 
 
-def _city_today() -> str:
-    from datetime import datetime
+def _city_days() -> tuple[str, str]:
+    """Today and tomorrow, as the city counts them."""
+    from datetime import datetime, timedelta
 
     from shared.citytime import CITY_TIME
 
-    return f"{datetime.now(CITY_TIME):%Y-%m-%d}"
-
-
-def _city_tomorrow() -> str:
-    from datetime import date, timedelta
-
-    return str(date.fromisoformat(_city_today()) + timedelta(days=1))
+    today = datetime.now(CITY_TIME).date()
+    return str(today), str(today + timedelta(days=1))
 
 
 def _start_mailbox() -> subprocess.Popen[bytes] | None:
