@@ -265,6 +265,11 @@ class CaseResolved(Event):
         "it first (intake's verification window); null: it waits for a person. A resolution "
         "without the field (written before it existed) closes 72 hours after it happened",
     )
+    follows: str | None = Field(
+        default=None,
+        description="a report merged into another case, resolved with it: the case it was "
+        "merged into (whose resolution this repeats)",
+    )
 
 
 class CaseTransferRequested(Event):
@@ -292,6 +297,18 @@ class CaseReopened(Event):
 
     by: str
     reason: str = Field(max_length=1000)
+
+
+class CaseMerged(Event):
+    """The case reports the same problem as another, open case, and was merged into it: it has
+    no deadlines of its own from now on, and is resolved when that case is (a `CaseResolved`
+    with `follows`). Reopening it makes it a case of its own again."""
+
+    EVENT_TYPE: ClassVar[str] = "CaseMerged"
+
+    by: str
+    into: str = Field(description="the case it was merged into")
+    note: str | None = Field(default=None, max_length=4000)
 
 
 class CaseRated(Event):
@@ -375,6 +392,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         CaseTransferRequested,
         CaseClosed,
         CaseReopened,
+        CaseMerged,
         CaseRated,
         CaseWarned,
         CaseEscalated,

@@ -76,6 +76,16 @@ class ResolvedDetails(_Strict):
         description="when GridDispatch closes the case unless the resident verifies or reopens "
         "it first (a `CaseClosed` with `automatic`); null: it waits for someone to close it",
     )
+    follows: str | None = Field(
+        default=None,
+        description="a case merged into another, resolved with it: that case (whose "
+        "resolution this repeats)",
+    )
+
+
+class MergedDetails(_Strict):
+    into: str = Field(description="the case that reports the same problem and carries the work")
+    note: str | None
 
 
 class ReopenedDetails(_Strict):
@@ -141,6 +151,15 @@ class CaseReopenedMessage(_Message):
     details: ReopenedDetails
 
 
+class CaseMergedMessage(_Message):
+    """The case reports the same problem as another and was merged into it: no deadlines of
+    its own from now on; it is resolved when that case is (a `CaseResolved` with `follows`),
+    unless it is reopened first."""
+
+    event_type: Literal["CaseMerged"]
+    details: MergedDetails
+
+
 class CaseRatedMessage(_Message):
     event_type: Literal["CaseRated"]
     details: RatedDetails
@@ -175,6 +194,7 @@ DepartmentFeedMessage = Annotated[
     | CaseResolvedMessage
     | CaseClosedMessage
     | CaseReopenedMessage
+    | CaseMergedMessage
     | CaseRatedMessage
     | CaseWarnedMessage
     | CaseEscalatedMessage

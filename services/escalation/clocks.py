@@ -30,6 +30,7 @@ FOLLOWED = (
     events.CaseClosed,
     events.CaseReopened,
     events.CaseTransferRequested,
+    events.CaseMerged,
 )
 
 # The chain's JSON as its models write it, in one call (4 µs; json.dumps of each step's dump
@@ -205,7 +206,8 @@ def apply(
         ):
             timer = verification_timer(resolved_at, close_at)
             return Change(dataclasses.replace(clock, phase="verify", due_at=timer.due_at), (timer,))
-        case events.CaseResolved() | events.CaseClosed():
+        case events.CaseResolved() | events.CaseClosed() | events.CaseMerged():
+            # merged: the case it joined carries the deadlines; this one is resolved with it
             return Change(dataclasses.replace(clock, phase="done"), ())
         case events.CaseReopened():
             res_due = due(now, clock.resolve_window_s, working_time=clock.working_time, cal=cal)

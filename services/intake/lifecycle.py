@@ -4,6 +4,8 @@
     routed | acknowledged | in_progress → transfer_requested → (router) → routed | unroutable
     resolved | closed → reopened → routed          unroutable → (operator) → routed
     resolved → (nobody verified within the window: CaseVerificationLapsed) → closed
+    routed | acknowledged | in_progress → merged (into another open case)
+    merged → (that case is resolved) → resolved          merged → reopened → routed
 
 No I/O here: `decide` answers with the next state and the event to emit, or raises.
 """
@@ -26,6 +28,7 @@ class Status(StrEnum):
     RESOLVED = "resolved"
     CLOSED = "closed"
     TRANSFER_REQUESTED = "transfer_requested"
+    MERGED = "merged"
 
 
 class Action(StrEnum):
@@ -36,6 +39,7 @@ class Action(StrEnum):
     CLOSE = "close"
     REOPEN = "reopen"
     RATE = "rate"
+    MERGE = "merge"
 
 
 class Actor(StrEnum):
@@ -73,12 +77,34 @@ TRANSITIONS: dict[Action, tuple[frozenset[Status], frozenset[Actor], Status]] = 
         Status.CLOSED,
     ),
     Action.REOPEN: (
-        frozenset({Status.RESOLVED, Status.CLOSED}),
+        # a merged case reopened is a case of its own again ("that is not the same problem")
+        frozenset({Status.RESOLVED, Status.CLOSED, Status.MERGED}),
         frozenset({Actor.RESIDENT, Actor.OPERATOR}),
         Status.ROUTED,
     ),
     Action.RATE: (frozenset({Status.CLOSED}), frozenset({Actor.RESIDENT}), Status.CLOSED),
+    Action.MERGE: (
+        # not while it is with the router (reported, transfer requested): its routing would
+        # come after the merge; nor from triage: route it first, so that it has a clock to
+        # close it after its resolution and a department to go back to if it is reopened
+        frozenset({Status.ROUTED, Status.ACKNOWLEDGED, Status.IN_PROGRESS}),
+        frozenset(_HANDLERS),
+        Status.MERGED,
+    ),
 }
+
+# What a case may be merged into: open and its own (not itself merged into another; a case
+# already resolved has no resolution left to share).
+MERGE_TARGETS = frozenset(
+    {
+        Status.REPORTED,
+        Status.ROUTED,
+        Status.UNROUTABLE,
+        Status.ACKNOWLEDGED,
+        Status.IN_PROGRESS,
+        Status.TRANSFER_REQUESTED,
+    }
+)
 
 OPEN_STATES = frozenset(Status) - {Status.CLOSED}
 
@@ -100,6 +126,27 @@ class NotPermitted(Exception):
     """This kind of actor may not take this step at all (HTTP 403)."""
 
 
+class MergeRefused(Exception):
+    """The case named to merge into cannot take it (HTTP 409)."""
+
+
+def merge_refused(
+    case_id: str, target_id: str, target: Status, target_into: str | None
+) -> str | None:
+    """Why `case_id` may not be merged into `target_id` (in state `target`, itself merged into
+    `target_into`), or None."""
+    if target_id == case_id:
+        return "a case cannot be merged into itself"
+    if target is Status.MERGED:
+        return f"case {target_id} was itself merged into {target_into}: merge into that one"
+    if target not in MERGE_TARGETS:
+        return (
+            f"case {target_id} is {target.value}: only an open case that is not resolved "
+            "can take a merged report"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class Step:
     action: Action
@@ -109,6 +156,7 @@ class Step:
     photo_urls: tuple[str, ...] = ()
     rating: int | None = None
     department: str | None = None  # current department, for transfer requests
+    into: str | None = None  # a merge: the case it joins
     # a resolution: when it closes unless the resident verifies or reopens it (None: never)
     closes_at: datetime | None = None
 
@@ -159,18 +207,37 @@ def decide(current: Status, actor: Actor, step: Step, *, already_rated: bool = F
             if step.rating is None:
                 raise ValueError("a rating is required")
             event = events.CaseRated(rating=step.rating, comment=step.note)
+        case Action.MERGE:
+            if step.into is None:
+                raise ValueError("the case to merge into is required")
+            event = events.CaseMerged(by=step.by, into=step.into, note=step.note)
     return Decision(status=target, event=event, also_reroute=reroute)
 
 
 FINISHED = frozenset({Status.RESOLVED, Status.CLOSED})
+# not open in any count: finished, or merged into another case (which carries the work)
+SETTLED = FINISHED | {Status.MERGED}
+
+
+def follow(original: events.CaseResolved, into: str) -> events.CaseResolved:
+    """The resolution a case merged into `into` gets when `into` is resolved: the same words,
+    photos and verification window, so its resident hears and may verify or reopen as for a
+    case of their own."""
+    return events.CaseResolved(
+        by=original.by,
+        note=original.note,
+        photo_urls=original.photo_urls,
+        closes_at=original.closes_at,
+        follows=into,
+    )
 
 
 def arrives_late(current: Status, event: events.Event) -> bool:
-    """A routing outcome for a case already resolved or closed: no flow routes a finished case
-    (a reopened one goes back to `routed` itself), so it is an old event delivered late — a dead
-    letter replayed after the case moved on. It joins the timeline; it must not re-open the
-    case or re-assign it."""
-    return current in FINISHED and isinstance(event, events.CaseRouted | events.CaseUnroutable)
+    """A routing outcome for a case already resolved, closed or merged: no flow routes such a
+    case (a reopened one goes back to `routed` itself), so it is an old event delivered late —
+    a dead letter replayed after the case moved on — or a handover that crossed a merge. It
+    joins the timeline; it must not re-open the case or re-assign it."""
+    return current in SETTLED and isinstance(event, events.CaseRouted | events.CaseUnroutable)
 
 
 def status_after_event(current: Status, event: events.Event) -> Status:
@@ -196,6 +263,8 @@ def status_after_event(current: Status, event: events.Event) -> Status:
             return Status.ROUTED
         case events.CaseTransferRequested():
             return Status.TRANSFER_REQUESTED
+        case events.CaseMerged():
+            return Status.MERGED
         case _:
             return current  # warnings, escalations, ratings: attributes, not states
 

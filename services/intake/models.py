@@ -216,11 +216,21 @@ class StepIn(Strict):
     reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000)] | None = None
     photo_urls: list[MediaUrl] = Field(default=[], max_length=5)
     rating: int | None = Field(default=None, ge=1, le=5)
+    into: (
+        Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+        | None
+    ) = Field(default=None, description="merge: the open case that reports the same problem")
 
     @model_validator(mode="after")
     def _fields_for_action(self) -> StepIn:
         if self.action is Action.RATE and self.rating is None:
             raise ValueError("rating (1–5) is required to rate a case")
+        if (self.action is Action.MERGE) != (self.into is not None):
+            raise ValueError(
+                "into (the case to merge into) is required to merge"
+                if self.action is Action.MERGE
+                else "into is only for merging"
+            )
         if self.action in (Action.REQUEST_TRANSFER, Action.REOPEN) and not self.reason:
             raise ValueError(f"a reason is required to {self.action.value}")
         if self.action in (Action.PROGRESS, Action.RESOLVE) and not self.note:
@@ -282,6 +292,11 @@ class CaseView(BaseModel):
         default=None, description="contact details; shown to operators and the resident only"
     )
     task_id: str | None = Field(default=None, description="a grid task's case: the task")
+    merged_into: str | None = Field(
+        default=None,
+        description="while merged: the case that reports the same problem and carries the work; "
+        "this one is resolved with it",
+    )
     closes_at: datetime | None = Field(
         default=None,
         description="while resolved: when GridDispatch closes the case unless the resident "

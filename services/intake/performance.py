@@ -6,7 +6,9 @@ I/O (`store.performance_records` gathers the records from the case timelines).
 - *Response rate*: acknowledged without missing the acknowledge deadline ÷ (those + cases that
   missed it). A case that missed it counts as missed even if acknowledged later; a case still
   inside its deadline and not yet acknowledged is not counted yet.
-- *Resolution rate*: likewise with the resolve deadline.
+- *Resolution rate*: likewise with the resolve deadline. A report merged into another case
+  (the same problem) is resolved with it, but that resolution counts for the case it joined
+  only: the merged report has no deadline of its own from its merging on.
 - *Satisfaction rate*: ratings of 4 or 5 ÷ all ratings (a case's latest rating).
 
 "Missed" is escalation's word, not a comparison of times here: a case missed a deadline when

@@ -156,7 +156,7 @@ WITH input AS (
           AND c.lat IS NOT NULL
           AND c.category = i.category
           AND c.reported_at > i.reported_at - interval '{DUPLICATE_WINDOW_H} hours'
-          AND c.status <> 'closed'
+          AND c.status NOT IN ('closed', 'merged')
           AND c.lat BETWEEN i.lat - $25 AND i.lat + $25
           AND c.lon BETWEEN i.lon - $25 / greatest(0.01, cos(radians(i.lat)))
                         AND i.lon + $25 / greatest(0.01, cos(radians(i.lat)))
@@ -173,7 +173,7 @@ WITH input AS (
           AND c.category = i.category
           AND (c.facility_code = i.facility_code OR c.building_code = i.building_code)
           AND c.reported_at > i.reported_at - interval '{DUPLICATE_WINDOW_H} hours'
-          AND c.status <> 'closed'
+          AND c.status NOT IN ('closed', 'merged')
         ORDER BY c.facility_code = i.facility_code DESC NULLS LAST, c.reported_at LIMIT 1
     )) AS dup
     FROM input i

@@ -248,12 +248,32 @@ def who_acts(
     raise Forbidden(case["case_id"])
 
 
+class MergeTargetUnknown(Exception):
+    """The case named to merge into does not exist, or is not the caller's to see (HTTP 422)."""
+
+
 @dataclass(frozen=True, slots=True)
 class StepTaken:
     status: Status
     envelope: Envelope
     department: str | None
     met_deadline: bool | None  # for acknowledge and resolve; None otherwise
+    followers: int = 0  # a resolution: the cases merged into this one, resolved with it
+
+
+async def _lock_cases(
+    conn: asyncpg.Connection, case_id: str, into: str | None
+) -> tuple[asyncpg.Record | None, asyncpg.Record | None]:
+    """The case (and the case it is to be merged into) locked for the step. Both rows in one
+    order, so two merges crossing each other wait instead of deadlocking."""
+    rows = {
+        r["case_id"]: r
+        for r in await conn.fetch(
+            "SELECT * FROM intake.cases WHERE case_id = ANY($1) ORDER BY case_id FOR UPDATE",
+            [case_id] if into is None else [case_id, into],
+        )
+    }
+    return rows.get(case_id), rows.get(into) if into is not None else None
 
 
 async def apply_step(
@@ -267,14 +287,16 @@ async def apply_step(
     reason: str | None = None,
     photo_urls: tuple[str, ...] = (),
     rating: int | None = None,
+    into: str | None = None,
     verify_window_s: float = 0.0,
 ) -> StepTaken:
     """Take one lifecycle step. A resolution states when it closes unless the resident verifies
-    or reopens it first: `verify_window_s` after it (0: never). Raises CaseNotFound, Forbidden,
-    IllegalTransition, NotPermitted."""
+    or reopens it first: `verify_window_s` after it (0: never), and resolves the cases merged
+    into this one with it. Raises CaseNotFound, Forbidden, IllegalTransition, NotPermitted,
+    and for a merge MergeTargetUnknown and MergeRefused."""
     async with pool.acquire() as conn, conn.transaction():
-        case = await conn.fetchrow(
-            "SELECT * FROM intake.cases WHERE case_id = $1 FOR UPDATE", case_id
+        case, target = await _lock_cases(
+            conn, case_id, into if step_action is Action.MERGE else None
         )
         if case is None:
             raise CaseNotFound(case_id)
@@ -297,13 +319,20 @@ async def apply_step(
                 rating=rating,
                 department=case["department"],
                 closes_at=closes_at,
+                into=into,
             ),
             already_rated=case["rating"] is not None,
         )
+        merged_into = case["merged_into"]
+        if step_action is Action.MERGE:
+            assert into is not None  # the step's model requires it
+            merged_into = await _check_merge(conn, principal, case_id, into, target)
+        elif step_action is Action.REOPEN:
+            merged_into = None  # a case of its own again
         env = wrap(decision.event, case_id=case_id, producer=PRODUCER, occurred_at=at)
         await conn.execute(
             "UPDATE intake.cases SET status = $2, rating = COALESCE($3, rating), updated_at = $4,"
-            " closes_at = $5,"
+            " closes_at = $5, merged_into = $6,"
             " status_since = CASE WHEN status <> $2 THEN $4 ELSE status_since END"
             " WHERE case_id = $1",
             case_id,
@@ -311,6 +340,7 @@ async def apply_step(
             rating if step_action is Action.RATE else None,
             env.occurred_at,
             closes_at,
+            merged_into,
         )
         await _record_event(conn, env, _timeline_details(decision.event))
         items = [(env, topics.CASES_LIFECYCLE)]
@@ -321,6 +351,10 @@ async def apply_step(
                     topics.CASES_INTAKE,
                 )
             )
+        followers: list[Envelope] = []
+        if isinstance(decision.event, events.CaseResolved):
+            followers = await _resolve_followers(conn, case_id, env, decision.event)
+            items += [(e, topics.CASES_LIFECYCLE) for e in followers]
         await outbox.add_many(conn, items)
     return StepTaken(
         status=decision.status,
@@ -332,7 +366,71 @@ async def apply_step(
             acknowledge_by=case["acknowledge_by"],
             resolve_by=case["resolve_by"],
         ),
+        followers=len(followers),
     )
+
+
+async def _check_merge(
+    conn: asyncpg.Connection,
+    principal: Principal | None,
+    case_id: str,
+    into: str,
+    target: asyncpg.Record | None,
+) -> str:
+    """The case a merge joins, checked (raises MergeTargetUnknown, lifecycle.MergeRefused). The
+    cases merged into this one so far move along to it: one level, always the open case."""
+    if target is None or not may_see(principal, target, None):
+        raise MergeTargetUnknown(into)
+    refused = lifecycle.merge_refused(
+        case_id, into, Status(target["status"]), target["merged_into"]
+    )
+    if refused is not None:
+        raise lifecycle.MergeRefused(refused)
+    await conn.execute(
+        "UPDATE intake.cases SET merged_into = $2 WHERE merged_into = $1 AND status = 'merged'",
+        case_id,
+        into,
+    )
+    return into
+
+
+async def _resolve_followers(
+    conn: asyncpg.Connection, case_id: str, env: Envelope, resolved: events.CaseResolved
+) -> list[Envelope]:
+    """The cases merged into `case_id` resolved with it, in the same transaction: each a
+    `CaseResolved` that `follows` it, its id fixed by the original's."""
+    ids = [
+        r["case_id"]
+        for r in await conn.fetch(
+            "SELECT case_id FROM intake.cases WHERE merged_into = $1 AND status = 'merged' "
+            "ORDER BY case_id FOR UPDATE",
+            case_id,
+        )
+    ]
+    if not ids:
+        return []
+    follow = lifecycle.follow(resolved, case_id)
+    envelopes = [
+        wrap(
+            follow,
+            case_id=fid,
+            producer=PRODUCER,
+            occurred_at=env.occurred_at,
+            event_id=derived_event_id(env.event_id, f"follow:{fid}"),
+        )
+        for fid in ids
+    ]
+    await conn.execute(
+        "UPDATE intake.cases SET status = 'resolved', updated_at = $2, closes_at = $3, "
+        "status_since = $2 WHERE case_id = ANY($1)",
+        ids,
+        env.occurred_at,
+        follow.closes_at,
+    )
+    details = _timeline_details(follow)
+    for e in envelopes:
+        await _record_event(conn, e, details)
+    return envelopes
 
 
 def reporter_name(case: Mapping[str, Any]) -> str | None:
@@ -445,7 +543,7 @@ async def issue_task(
 
 
 # A case past its resolve deadline and not resolved (a case without a deadline never is).
-OVERDUE = "status NOT IN ('resolved', 'closed') AND coalesce(resolve_by < now(), false)"
+OVERDUE = "status NOT IN ('resolved', 'closed', 'merged') AND coalesce(resolve_by < now(), false)"
 
 
 @dataclass(frozen=True)
@@ -716,7 +814,9 @@ SELECT c.{column} AS key, c.reported_at, c.status, c.rating, t.acknowledged_at, 
 FROM intake.cases c
 CROSS JOIN LATERAL (
     SELECT min(e.occurred_at) FILTER (WHERE e.event_type = 'CaseAcknowledged') AS acknowledged_at,
-           min(e.occurred_at) FILTER (WHERE e.event_type = 'CaseResolved') AS resolved_at,
+           -- a merged report resolved with its case is that case's resolution, not its own
+           min(e.occurred_at) FILTER (WHERE e.event_type = 'CaseResolved'
+                                      AND e.payload->>'follows' IS NULL) AS resolved_at,
            bool_or(e.event_type = 'CaseEscalated'
                    AND e.payload->>'deadline' = 'acknowledge') AS ack_missed,
            bool_or(e.event_type = 'CaseEscalated'
@@ -758,7 +858,7 @@ async def performance_records(
             rating=r["rating"],
             reopened=r["reopened"],
             closed_unverified=r["closed_unverified"],
-            open=r["status"] not in (Status.RESOLVED, Status.CLOSED),
+            open=r["status"] not in lifecycle.SETTLED,
         )
         for r in rows
     ]
@@ -767,7 +867,8 @@ async def performance_records(
 async def open_cases_by_department(conn: asyncpg.Connection) -> list[tuple[str, int]]:
     rows = await conn.fetch(
         "SELECT coalesce(department, 'none') AS department, count(*) AS n FROM intake.cases "
-        "WHERE status NOT IN ('resolved', 'closed') GROUP BY 1"
+        # (the first condition is the partial index's)
+        "WHERE status NOT IN ('resolved', 'closed') AND status <> 'merged' GROUP BY 1"
     )
     return [(r["department"], r["n"]) for r in rows]
 

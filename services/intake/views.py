@@ -137,6 +137,7 @@ def case_view(
         media_urls=list(media or []),
         reporter=reporter_for(reporter, viewer, resident, category),
         task_id=row.get("task_id"),
+        merged_into=row.get("merged_into"),
         closes_at=row.get("closes_at") if row["status"] == Status.RESOLVED.value else None,
         personal_data_erased_at=row.get("personal_data_erased_at"),
         timeline=[

@@ -200,6 +200,10 @@ def _context(
         "reference": case_reference(env.case_id),
         # a resolution: when it closes unless the resident verifies or reopens it first
         "closes_at": closes_at.isoformat() if (closes_at := _closes_at(event)) else None,
+        # a merge: the case that carries the work from now on
+        "into_reference": case_reference(event.into)
+        if isinstance(event, events.CaseMerged)
+        else None,
     }
 
 
@@ -219,6 +223,7 @@ def _texts(context: dict[str, Any], person: asyncpg.Record) -> dict[str, Message
         "closes_at": local_time(context.get("closes_at")),  # "" when it does not close itself
         # (contexts kept before references were case-id suffixes: as kept)
         "reference": context.get("reference") or context["short_id"],
+        "into_reference": context.get("into_reference") or "",
     }
     return {
         channel: render("resident", context["event_type"], channel, locale, values)

@@ -30,7 +30,7 @@ Audience = Literal["resident", "department", "worker"]
 
 # What each audience hears about, and on which channels (a template for each pair and locale;
 # a test holds the files to this table).
-RESIDENT_EVENTS = ("CaseRouted", "CaseResolved", "CaseClosed")
+RESIDENT_EVENTS = ("CaseRouted", "CaseMerged", "CaseResolved", "CaseClosed")
 STAFF_EVENTS = ("CaseRouted", "CaseWarned", "CaseEscalated", "CaseReopened")
 CHANNELS: dict[str, tuple[str, ...]] = {
     "resident": ("email", "sms"),
@@ -45,8 +45,9 @@ EVENTS: dict[str, tuple[str, ...]] = {
 
 
 def tells_resident(event: events.Event) -> bool:
-    """Residents hear that their report was accepted and resolved, and of a closing they did
-    not make themselves (nobody verified the resolution in time: `CaseClosed.automatic`)."""
+    """Residents hear that their report was accepted, merged into another case of the same
+    problem, and resolved, and of a closing they did not make themselves (nobody verified the
+    resolution in time: `CaseClosed.automatic`)."""
     if isinstance(event, events.CaseClosed):
         return event.automatic
     return event.EVENT_TYPE in RESIDENT_EVENTS

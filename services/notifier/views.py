@@ -22,6 +22,7 @@ DEPARTMENT_EVENTS = (
     events.CaseResolved,
     events.CaseClosed,
     events.CaseReopened,
+    events.CaseMerged,
     events.CaseRated,
     events.CaseWarned,
     events.CaseEscalated,
@@ -63,7 +64,16 @@ def department_view(env: Envelope, event: events.Event, case: dict[str, Any]) ->
             details = {"note": mask_in_text(event.note)}
         case events.CaseResolved():
             closes_at = event.closes_at.isoformat() if event.closes_at else None
-            details = {"note": mask_in_text(event.note), "closes_at": closes_at}
+            details = {
+                "note": mask_in_text(event.note),
+                "closes_at": closes_at,
+                "follows": event.follows,
+            }
+        case events.CaseMerged():
+            details = {
+                "into": event.into,
+                "note": mask_in_text(event.note) if event.note else None,
+            }
         case events.CaseReopened():
             details = {"reason": mask_in_text(event.reason)}
         case events.CaseClosed():

@@ -550,7 +550,7 @@ class Dispatcher:
         await self.dead_letters.publish(record, exc)
 
 
-_OPEN_OR_CLOSED = frozenset({"CaseResolved", "CaseClosed", "CaseReopened"})
+_OPEN_OR_CLOSED = frozenset({"CaseResolved", "CaseClosed", "CaseReopened", "CaseMerged"})
 _FOLLOWED = _OPEN_OR_CLOSED | {
     events.CaseAcknowledged.EVENT_TYPE,
     events.PersonalDataErased.EVENT_TYPE,
@@ -610,7 +610,8 @@ async def fold_lifecycle(
             env, event = decode(record.value)
         except DecodeError:
             continue  # not ours to judge: the other consumers dead-letter it
-        if isinstance(event, events.CaseResolved | events.CaseClosed):
+        if isinstance(event, events.CaseResolved | events.CaseClosed | events.CaseMerged):
+            # merged: the case it joined is the worker's work now
             changes.append((env.event_id, env.case_id, False, None))
         elif isinstance(event, events.CaseReopened):
             # open again, with a clock of its own (escalation's): never handed over

@@ -232,9 +232,19 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
             assert contacts[other] == (None, None)
             assert contacts[handled][1] == "13912345671"
 
+            # the stalled case is the same pothole: the department merges it into the one
+            # it handles, and it stops climbing the ladder
+            r = await client.post(
+                f"/v1/cases/{stalled}/events",
+                json={"action": "merge", "into": handled},
+                headers={"Authorization": f"Bearer {roads_key}"},
+            )
+            assert r.status_code == 202, r.text
+
             # the department resolves the acknowledged case and nobody verifies it: when the
             # verification window ends (2 s here) escalation says so, intake closes the case,
-            # and the department's feed carries the closing, marked automatic
+            # and the department's feed carries the closing, marked automatic; the merged case
+            # is resolved with it, and closed the same way
             r = await client.post(
                 f"/v1/cases/{handled}/events",
                 json={"action": "resolve", "note": "已修补"},
@@ -244,9 +254,26 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
             closed = await read_feed(
                 stack.kafka.bootstrap,
                 "roads",
-                {handled},
-                until=lambda seen: any(m["event_type"] == "CaseClosed" for m in seen),
+                {handled, stalled},
+                until=lambda seen: (
+                    {m["case_id"] for m in seen if m["event_type"] == "CaseClosed"}
+                    == {handled, stalled}
+                ),
             )
+            [merging] = [m for m in closed if m["event_type"] == "CaseMerged"]
+            assert (merging["case_id"], merging["details"]["into"]) == (stalled, handled)
+            assert not [
+                m
+                for m in closed
+                if m["case_id"] == stalled
+                and m["event_type"] == "CaseEscalated"
+                and at(m) > at(merging) + grace
+            ]
+            [follow] = [
+                m for m in closed if m["case_id"] == stalled and m["event_type"] == "CaseResolved"
+            ]
+            assert follow["details"]["follows"] == handled
+            closed = [m for m in closed if m["case_id"] == handled]
             [closing] = [m for m in closed if m["event_type"] == "CaseClosed"]
             assert closing["details"] == {"automatic": True}
             resolved_at = next(at(m) for m in closed if m["event_type"] == "CaseResolved")
@@ -267,6 +294,18 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
                 await asyncio.sleep(0.1)
             assert [t for t in told if "处理完毕" in t], texts
             assert [t for t in told if "自动结案" in t], texts
+            # the merged case's resident heard it was merged, and then of the repair
+            for _ in range(100):
+                told = [
+                    t["text"]
+                    for t in texts
+                    if t["to"] == "13912345670" and case_reference(stalled) in t["text"]
+                ]
+                if any("处理完毕" in t for t in told):
+                    break
+                await asyncio.sleep(0.1)
+            assert [t for t in told if "合并办理" in t], texts
+            assert [t for t in told if "处理完毕" in t], texts
         # signed webhooks for every case
         for _ in range(100):
             if {json.loads(b)["case_id"] for _, b in calls} >= set(ids):

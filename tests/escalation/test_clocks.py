@@ -302,3 +302,27 @@ def test_a_handover_in_emergency_mode_keeps_the_shortened_deadline() -> None:
         first.clock.resolve_due_at,
     )
     assert [t.due_at for t in second.arm if t.kind == "escalate"] == [first.clock.due_at]
+
+
+def test_a_merged_case_stops_its_clock_until_it_is_resolved_with_the_case_it_joined() -> None:
+    case_id, clock = _routed_clock()
+    merged = apply(clock, case_id, events.CaseMerged(by="w", into="other"), T0, CHINA_2026)
+    assert merged is not None
+    assert (merged.clock.phase, merged.arm) == ("done", ())  # every pending timer cancelled
+    # a handover or routing that crossed the merge arms nothing
+    late = routed(case_id, at=T0, ack_s=3600, resolve_s=7200)
+    assert apply(merged.clock, case_id, late.event(), T0, CHINA_2026) is None
+    # resolved with the case it joined: the resident's verification window, as for any case
+    closes_at = T0 + timedelta(days=3)
+    follow = events.CaseResolved(by="w", note="n", closes_at=closes_at, follows="other")
+    resolved = apply(merged.clock, case_id, follow, T0, CHINA_2026)
+    assert resolved is not None
+    assert resolved.clock.phase == "verify"
+    assert [(t.kind, t.due_at) for t in resolved.arm] == [("close", closes_at)]
+    # reopened instead ("not the same problem"): a resolve deadline of its own again
+    reopened = apply(
+        merged.clock, case_id, events.CaseReopened(by="resident", reason="x"), T0, CHINA_2026
+    )
+    assert reopened is not None
+    assert reopened.clock.phase == "resolve"
+    assert {t.kind for t in reopened.arm} == {"escalate", "warn"}

@@ -23,6 +23,7 @@ RESIDENT = {
     "resolve_by": "2026-01-10 20:00",
     "reference": "0A1B2C3D",
     "closes_at": "",
+    "into_reference": "9F8E7D6C",  # a merge: the case that carries the work
 }
 ROUTED_AT = datetime(2026, 1, 10, 1, 30, tzinfo=UTC)  # 09:30 in the city
 
@@ -172,3 +173,16 @@ def test_staff_messages_carry_no_phone_numbers() -> None:
 def test_templates_render_in_a_sandbox() -> None:
     with pytest.raises(SecurityError):
         texts._env.from_string("{{ x.__class__.__mro__[1].__subclasses__() }}").render(x="")
+
+
+@pytest.mark.parametrize("locale", texts.LOCALES)
+@pytest.mark.parametrize("channel", ["sms", "email"])
+def test_a_merged_report_names_both_references_and_how_to_undo_it(
+    locale: str, channel: str
+) -> None:
+    message = render("resident", "CaseMerged", channel, locale, RESIDENT)
+    text = f"{message.subject or ''} {message.text}"
+    assert "0A1B2C3D" in text
+    assert "9F8E7D6C" in text
+    assert ("重新办理" if locale == "zh-CN" else "reopen") in text
+    assert "阀门已更换" not in text  # a merge's note is the staff's, not for the resident

@@ -18,6 +18,7 @@ from shared import events
 from shared.events import wrap
 from shared.feed import (
     FEED_MESSAGE,
+    CaseMergedMessage,
     CaseResolvedMessage,
     DepartmentFeedMessage,
     feed_message_schema,
@@ -33,6 +34,7 @@ ONE_OF_EACH: list[events.Event] = [
     events.CaseResolved(by="w-7", note="阀门已更换", photo_urls=("https://x.example/1.jpg",)),
     events.CaseClosed(by="operator", note="居民确认"),
     REOPENED,
+    events.CaseMerged(by="w-7", into=str(uuid.uuid4()), note="同一楼栋，居民13912345678已反映"),
     events.CaseRated(rating=4, comment="师傅很负责，电话13912345678"),
     WARNED,
     ESCALATED,
@@ -73,7 +75,21 @@ def test_a_resolution_tells_the_department_when_it_closes_itself() -> None:
     assert isinstance(message, CaseResolvedMessage)
     assert message.details.closes_at == closes_at
     waits = _view(events.CaseResolved(by="w-7", note="阀门已更换", closes_at=None))
-    assert waits["details"] == {"note": "阀门已更换", "closes_at": None}
+    assert waits["details"] == {"note": "阀门已更换", "closes_at": None, "follows": None}
+
+
+def test_a_merged_case_names_the_case_it_joined_and_is_resolved_with_it() -> None:
+    into = str(uuid.uuid4())
+    merged = FEED_MESSAGE.validate_json(
+        json.dumps(_view(events.CaseMerged(by="w-7", into=into, note=None)))
+    )
+    assert isinstance(merged, CaseMergedMessage)
+    assert merged.details.into == into
+    resolved = FEED_MESSAGE.validate_json(
+        json.dumps(_view(events.CaseResolved(by="w-7", note="阀门已更换", follows=into)))
+    )
+    assert isinstance(resolved, CaseResolvedMessage)
+    assert resolved.details.follows == into
 
 
 def test_numbers_written_into_free_text_never_reach_a_feed() -> None:

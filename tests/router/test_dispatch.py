@@ -172,6 +172,38 @@ async def test_open_case_counts_follow_resolutions_reopenings_and_closings(
     }
 
 
+async def test_a_merged_case_stops_counting_once_for_its_worker(
+    dispatcher: Dispatcher,
+) -> None:
+    """The case it joined is the worker's work now: merging frees the slot, and the merged
+    case's resolution with that case does not free it twice."""
+    grid = next(g for g in CITY.grids if g["kind"] == "comprehensive")
+    lat, lon = democity.point_in(grid)
+    original, duplicate = [report("roads.pothole", lat=lat, lon=lon) for _ in range(2)]
+    pool, state = dispatcher.pool, dispatcher.state
+    await dispatcher.handle(
+        [record_of(env, topics.CASES_INTAKE, i) for i, env in enumerate((original, duplicate))]
+    )
+    worker = (await _workers(pool, [duplicate]))[duplicate.case_id]
+    assert worker
+    before = state.open_cases.get(worker, 0)
+
+    def ev(event: events.Event) -> Envelope:
+        return wrap(event, case_id=duplicate.case_id, producer="intake")
+
+    merged = ev(events.CaseMerged(by="w", into=original.case_id))
+    follow = ev(events.CaseResolved(by="w", note="done", follows=original.case_id))
+    async with pool.acquire() as conn:
+        await fold_lifecycle(conn, state, [record_of(merged, topics.CASES_LIFECYCLE)])
+        assert state.open_cases.get(worker, 0) == before - 1
+        await fold_lifecycle(conn, state, [record_of(follow, topics.CASES_LIFECYCLE)])
+        assert state.open_cases.get(worker, 0) == before - 1
+        is_open = await conn.fetchval(
+            "SELECT open FROM router.cases WHERE case_id = $1", duplicate.case_id
+        )
+    assert is_open is False
+
+
 async def test_a_redelivered_report_counts_once_for_its_worker(
     dispatcher: Dispatcher,
 ) -> None:

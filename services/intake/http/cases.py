@@ -21,7 +21,7 @@ from services.intake.http.deps import (
     documented,
     state,
 )
-from services.intake.lifecycle import Action, IllegalTransition, NotPermitted, Status
+from services.intake.lifecycle import Action, IllegalTransition, MergeRefused, NotPermitted, Status
 from services.intake.models import (
     CasePage,
     CaseView,
@@ -59,6 +59,14 @@ CASE_RATINGS = Counter(
     "griddispatch_case_ratings_total",
     "Residents' ratings of closed cases (1-5 stars)",
     ["department", "rating"],
+    registry=REGISTRY,
+)
+
+CASES_MERGED = Counter(
+    "griddispatch_cases_merged_total",
+    "Reports merged into another case of the same problem, and cases resolved with the case "
+    "they were merged into",
+    ["department", "step"],
     registry=REGISTRY,
 )
 
@@ -363,8 +371,9 @@ async def list_cases(
     openapi_extra=documented(*CREDENTIALS, TRACKING_TOKEN),
 )
 async def take_step(case_id: CaseId, body: StepIn, request: Request) -> StepAccepted:
-    """Acknowledge, add a progress note, resolve, request a transfer, verify and close
-    (departments, workers, operators); reopen or rate (the resident, with the tracking token)."""
+    """Acknowledge, add a progress note, resolve, request a transfer, verify and close, merge
+    into another case of the same problem (departments, workers, operators); reopen or rate
+    (the resident, with the tracking token)."""
     refuse_nul(await request.body())
     st = state(request)
     principal = await caller(request, required=False)
@@ -382,6 +391,7 @@ async def take_step(case_id: CaseId, body: StepIn, request: Request) -> StepAcce
             reason=body.reason,
             photo_urls=tuple(str(u) for u in body.photo_urls),
             rating=body.rating,
+            into=body.into,
             verify_window_s=st.settings.verify_window_s,
         )
     except store.CaseNotFound as exc:
@@ -392,6 +402,12 @@ async def take_step(case_id: CaseId, body: StepIn, request: Request) -> StepAcce
         raise ApiError(403, "forbidden", str(exc), field="action") from exc
     except IllegalTransition as exc:
         raise ApiError(409, "illegal_transition", str(exc), field="action") from exc
+    except store.MergeTargetUnknown as exc:
+        raise ApiError(
+            422, "unknown_case", f"no case {body.into} among those you can see", field="into"
+        ) from exc
+    except MergeRefused as exc:
+        raise ApiError(409, "merge_refused", str(exc), field="into") from exc
     _count_step(body.action, body.rating, taken)
     return StepAccepted(case_id=case_id, status=taken.status, event_id=str(taken.envelope.event_id))
 
@@ -443,3 +459,7 @@ def _count_step(action: Action, rating: int | None, taken: store.StepTaken) -> N
         CASE_STEPS_ON_TIME.labels(department, action.value, str(taken.met_deadline).lower()).inc()
     if action is Action.RATE and rating is not None:
         CASE_RATINGS.labels(department, str(rating)).inc()
+    if action is Action.MERGE:
+        CASES_MERGED.labels(department, "merged").inc()
+    if taken.followers:
+        CASES_MERGED.labels(department, "resolved_with").inc(taken.followers)

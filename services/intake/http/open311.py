@@ -358,11 +358,18 @@ def _open311_request(
     if isinstance(media, str):
         media = orjson.loads(media)
     names = (store.reporter_name(row),)  # a note ("已联系王秀兰") or the text may name them
+    notes = mask_in_text(notes, names=names) if notes and public else None
+    if row["status"] == Status.MERGED.value and row["merged_into"]:
+        merged = (
+            f"与问题 {row['merged_into']} 合并处理" if locale.startswith("zh")
+            else f"merged with request {row['merged_into']} (the same problem)"
+        )  # fmt: skip
+        notes = f"{merged}: {notes}" if notes else merged
     return {
         "service_request_id": row["case_id"],
         "status": "closed" if row["status"] == Status.CLOSED.value else "open",
         # a worker's note may name the resident's number too
-        "status_notes": mask_in_text(notes, names=names) if notes and public else None,
+        "status_notes": notes,
         "service_name": _name(category, row["category"], locale),
         "service_code": row["category"],
         # public: what a resident wrote of themselves into it (a phone number, an id) is masked
