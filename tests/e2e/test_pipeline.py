@@ -283,29 +283,11 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
             )
             assert view.json()["status"] == "closed"
             # and the resident who consented heard of the resolution, and of the closing, by SMS
-            for _ in range(100):
-                told = [
-                    t["text"]
-                    for t in texts
-                    if t["to"] == "13912345671" and case_reference(handled) in t["text"]
-                ]
-                if any("自动结案" in t for t in told):
-                    break
-                await asyncio.sleep(0.1)
+            told = await _sms_to(texts, "13912345671", handled, until="自动结案")
             assert [t for t in told if "处理完毕" in t], texts
-            assert [t for t in told if "自动结案" in t], texts
             # the merged case's resident heard it was merged, and then of the repair
-            for _ in range(100):
-                told = [
-                    t["text"]
-                    for t in texts
-                    if t["to"] == "13912345670" and case_reference(stalled) in t["text"]
-                ]
-                if any("处理完毕" in t for t in told):
-                    break
-                await asyncio.sleep(0.1)
+            told = await _sms_to(texts, "13912345670", stalled, until="处理完毕")
             assert [t for t in told if "合并办理" in t], texts
-            assert [t for t in told if "处理完毕" in t], texts
         # signed webhooks for every case
         for _ in range(100):
             if {json.loads(b)["case_id"] for _, b in calls} >= set(ids):
@@ -316,6 +298,20 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
         await asyncio.to_thread(assert_monitoring_sees_the_run, prometheus)
     assert {json.loads(b)["case_id"] for _, b in calls} >= {stalled, handled, other}
     assert all(verify(SECRET_A, h, b) for h, b in calls)
+
+
+async def _sms_to(
+    texts: list[dict[str, Any]], phone: str, case_id: str, *, until: str
+) -> list[str]:
+    """The SMS sent to `phone` about `case_id`, once one of them says `until` (10 s at most)."""
+    for _ in range(100):
+        told = [
+            t["text"] for t in texts if t["to"] == phone and case_reference(case_id) in t["text"]
+        ]
+        if any(until in t for t in told):
+            return told
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no SMS saying {until!r} to {phone}: {texts}")
 
 
 async def _resident_contacts(
