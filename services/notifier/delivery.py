@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 DISPATCH_LATENCY = Histogram(
     "griddispatch_dispatch_latency_seconds",
-    "Reported → delivered to the department, by department and channel",
+    "Reported → the case's routing delivered to the department (its feed, webhooks, e-mail) "
+    "or worker (SMS), by department and channel; later messages about the case are not timed",
     ["department", "channel"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
     registry=REGISTRY,

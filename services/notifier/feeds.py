@@ -29,7 +29,7 @@ from services.notifier.resident_delivery import (
     queue_for_residents,
 )
 from services.notifier.staff import message_subscriptions, queue_for_staff
-from services.notifier.views import DEPARTMENT_EVENTS, department_view
+from services.notifier.views import DEPARTMENT_EVENTS, department_view, dispatch_started
 from shared import events, topics
 from shared.aio import Refreshed
 from shared.directory import DepartmentDirectory
@@ -150,6 +150,7 @@ class FeedWriter:
                 view["feed_id"] = str(derived_event_id(env.event_id, "dept-feed"))
                 for_staff.append((env, view, case))
                 body = orjson.dumps(view)
+                since = dispatch_started(view, case)  # None: not a dispatch, not timed
                 if case["department"] not in feeds_off:
                     sends.append(
                         (
@@ -157,7 +158,7 @@ class FeedWriter:
                             body,
                             env.case_id.encode(),
                             case["department"],
-                            case["reported_at"],
+                            since,
                         )
                     )
                 deliveries.append(
@@ -165,7 +166,7 @@ class FeedWriter:
                         env.event_id,
                         body,
                         case["department"],
-                        case["reported_at"],
+                        since,
                         case["worker_id"] or "",
                         env.event_type,
                     )

@@ -31,6 +31,7 @@ from services.notifier.delivery import (
     retry_later,
 )
 from services.notifier.texts import STAFF_EVENTS, Message, NoTemplate, render, staff_context
+from services.notifier.views import dispatch_started
 from shared.aio import Refreshed, until_set
 from shared.db import with_own_pool
 from shared.events import Envelope
@@ -114,7 +115,15 @@ async def queue_for_staff(
                 )
                 continue
             payload = orjson.dumps({"subject": message.subject, "text": message.text})
-            rows.append((env.event_id, sub["id"], payload, case["department"], case["reported_at"]))
+            rows.append(
+                (
+                    env.event_id,
+                    sub["id"],
+                    payload,
+                    case["department"],
+                    dispatch_started(view, case),
+                )
+            )
     if rows:
         await conn.execute(
             """INSERT INTO notifier.deliveries (id, event_id, subscription_id, payload,

@@ -9,6 +9,7 @@ masked: people write them there.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from shared import events
@@ -88,3 +89,16 @@ def department_view(env: Envelope, event: events.Event, case: dict[str, Any]) ->
         "reported_at": case["reported_at"].isoformat() if case.get("reported_at") else None,
         "details": details,
     }
+
+
+def dispatch_started(view: dict[str, Any], case: dict[str, Any]) -> datetime | None:
+    """When the dispatch a message completes began: the report, for the message that brings
+    the department its case (`CaseRouted`); None for every later message about it. Dispatch
+    latency (report → department told) is measured on that message only: an acknowledgement,
+    an escalation or a closing hours later says nothing about dispatching, and would fill the
+    histogram's top bucket. A handover (the same case, another worker) is not a dispatch
+    either; a transfer's routing is (to the new department, from the report)."""
+    if view["event_type"] != "CaseRouted" or view["details"].get("handed_over_from"):
+        return None
+    reported_at: datetime | None = case.get("reported_at")
+    return reported_at

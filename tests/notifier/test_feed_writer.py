@@ -17,6 +17,7 @@ from shared import events, topics
 from shared.db import create_pool, migrate
 from shared.events import Envelope, wrap
 from shared.localstack import LocalStack
+from shared.metrics import REGISTRY
 from tests.notifier.test_service import routed
 
 
@@ -117,3 +118,54 @@ async def test_a_webhook_that_chose_its_events_gets_only_those(writer: FeedWrite
         (tickets, "CaseEscalated"),
         (pager, "CaseEscalated"),
     }
+
+
+def _latency_samples(department: str, channel: str) -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "griddispatch_dispatch_latency_seconds_count",
+            {"department": department, "channel": channel},
+        )
+        or 0.0
+    )
+
+
+async def test_dispatch_latency_times_the_routing_only(writer: FeedWriter) -> None:
+    """Report → department told, once per case: an acknowledgement, an escalation or a
+    handover hours after the report is not a dispatch, and would fill the top bucket."""
+    dept = "gas-" + uuid.uuid4().hex[:6]
+    async with writer.pool.acquire() as c:
+        await c.execute(
+            "INSERT INTO notifier.subscriptions (owner_kind, owner, channel, url, secrets) "
+            "VALUES ('department', $1, 'webhook', 'https://tickets.example/hook', $2)",
+            dept,
+            ["whsec_" + "A" * 32],
+        )
+    case = routed(dept)
+    escalated = wrap(
+        events.CaseEscalated(
+            deadline="resolve",
+            due_at=datetime.now(UTC),
+            level=1,
+            to=events.EscalationStep(level=1, role="grid_leader", name="李四", contact="138"),
+        ),
+        case_id=case.case_id,
+        producer="escalation",
+    )
+    routing = case.event()
+    assert isinstance(routing, events.CaseRouted)
+    handover = wrap(
+        routing.model_copy(update={"worker_id": "w-2", "handed_over_from": "w-1"}),
+        case_id=case.case_id,
+        producer="router",
+    )
+    assert await writer.handle(_records(case, _ack(case.case_id), escalated, handover)) == 4
+    assert _latency_samples(dept, "feed") == 1
+    async with writer.pool.acquire() as c:
+        timed = await c.fetch(
+            "SELECT event_id FROM notifier.deliveries WHERE department = $1 "
+            "AND reported_at IS NOT NULL",
+            dept,
+        )
+    # the webhook sender times the deliveries that carry a start: the routing's only
+    assert [r["event_id"] for r in timed] == [case.event_id]
