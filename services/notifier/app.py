@@ -97,7 +97,7 @@ def http_app(
 
     @app.get("/v1/subscriptions")
     async def listed(
-        owner_kind: Annotated[Literal["department", "worker"] | None, Query()] = None,
+        owner_kind: Annotated[Literal["department", "worker", "ladder"] | None, Query()] = None,
         owner: Annotated[str | None, Query(max_length=64)] = None,
         authorization: Annotated[str | None, Header()] = None,
     ) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ from services.notifier.resident_delivery import (
     no_names,
     queue_for_residents,
 )
-from services.notifier.staff import message_subscriptions, queue_for_staff
+from services.notifier.staff import message_subscriptions, queue_for_ladder, queue_for_staff
 from services.notifier.views import DEPARTMENT_EVENTS, department_view, dispatch_started
 from shared import events, topics
 from shared.aio import Refreshed
@@ -123,6 +123,9 @@ class FeedWriter:
             routed: dict[str, dict[str, Any]] = {}  # written back at the end of the batch
             for_residents: list[tuple[Envelope, events.Event, dict[str, Any]]] = []
             for_staff: list[tuple[Envelope, dict[str, Any], dict[str, Any]]] = []
+            for_ladder: list[
+                tuple[Envelope, dict[str, Any], dict[str, Any], events.CaseEscalated]
+            ] = []
             feeds_off = await self._feeds_off.get(conn)
             now = datetime.now(UTC)
             for env, event in items:
@@ -149,6 +152,8 @@ class FeedWriter:
                 view = department_view(env, event, case)
                 view["feed_id"] = str(derived_event_id(env.event_id, "dept-feed"))
                 for_staff.append((env, view, case))
+                if isinstance(event, events.CaseEscalated):
+                    for_ladder.append((env, view, case, event))
                 body = orjson.dumps(view)
                 since = dispatch_started(view, case)  # None: not a dispatch, not timed
                 if case["department"] not in feeds_off:
@@ -212,6 +217,8 @@ class FeedWriter:
             )
             # e-mail and SMS subscriptions
             await queue_for_staff(conn, for_staff, self._message_subscriptions)
+            # whoever an escalation reached, at the contact the case carries
+            await queue_for_ladder(conn, for_ladder)
             # the delivery log's webhooks: one row per active endpoint of the department, of
             # the case's grid worker, and of worker-app gateways (owner '*': every worker)
             if deliveries:

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from services.notifier import webhooks
+from services.notifier import ladder, webhooks
 from services.notifier.channels import Channel
 from services.notifier.delivery import (
     DEAD,
@@ -32,6 +32,7 @@ from services.notifier.delivery import (
 )
 from services.notifier.texts import STAFF_EVENTS, Message, NoTemplate, render, staff_context
 from services.notifier.views import dispatch_started
+from shared import events
 from shared.aio import Refreshed, until_set
 from shared.db import with_own_pool
 from shared.events import Envelope
@@ -124,6 +125,13 @@ async def queue_for_staff(
                     dispatch_started(view, case),
                 )
             )
+    return await _queue(conn, rows)
+
+
+async def _queue(
+    conn: asyncpg.Connection, rows: Sequence[tuple[Any, int, bytes, str, datetime | None]]
+) -> int:
+    """Messages into the delivery log, once per (event, subscription), and the sender woken."""
     if rows:
         await conn.execute(
             """INSERT INTO notifier.deliveries (id, event_id, subscription_id, payload,
@@ -137,6 +145,68 @@ async def queue_for_staff(
         )
         await conn.execute(f"NOTIFY {MESSAGES_QUEUED}")
     return len(rows)
+
+
+# The ladder's subscriptions, made on a contact's first escalation; one switched off by an
+# operator stays off (and is not written to).
+_LADDER_SUBSCRIPTIONS_SQL = """
+INSERT INTO notifier.subscriptions (owner_kind, owner, channel, address, locale)
+SELECT 'ladder', x.owner, x.channel, x.address, $4
+FROM unnest($1::text[], $2::text[], $3::text[]) AS x(owner, channel, address)
+ON CONFLICT (channel, address) WHERE owner_kind = 'ladder'
+DO UPDATE SET owner = EXCLUDED.owner
+RETURNING id, channel, address, active, locale
+"""
+
+
+async def queue_for_ladder(
+    conn: asyncpg.Connection,
+    items: Sequence[tuple[Envelope, dict[str, Any], dict[str, Any], events.CaseEscalated]],
+    *,
+    locale: str = "zh-CN",
+) -> int:
+    """Queue a message to whoever each escalation of the batch reached (`ladder.recipient`),
+    in `locale` for a contact seen for the first time; returns how many."""
+    wanted: dict[ladder.Target, str] = {}
+    plan: list[tuple[Envelope, dict[str, Any], dict[str, Any], ladder.Target]] = []
+    for env, view, case, event in items:
+        found = ladder.recipient(event)
+        if found is not None:
+            owner, target = found
+            wanted[target] = owner
+            plan.append((env, view, case, target))
+    if not plan:
+        return 0
+    subs = {
+        (r["channel"], r["address"]): r
+        for r in await conn.fetch(
+            _LADDER_SUBSCRIPTIONS_SQL,
+            list(wanted.values()),
+            [channel for channel, _ in wanted],
+            [address for _, address in wanted],
+            locale,
+        )
+    }
+    rows: list[tuple[Any, int, bytes, str, datetime | None]] = []
+    for env, view, case, target in plan:
+        sub = subs[target]
+        if not sub["active"]:
+            continue
+        try:
+            message = render(
+                "ladder",
+                "CaseEscalated",
+                target[0],
+                sub["locale"],
+                staff_context(view, sub["locale"]),
+            )
+        except Exception:  # as for staff messages: the batch goes on, loudly (no address)
+            DELIVERIES.labels(target[0], "template_error").inc()
+            log.exception("the ladder's %s template for CaseEscalated failed", target[0])
+            continue
+        payload = orjson.dumps({"subject": message.subject, "text": message.text})
+        rows.append((env.event_id, sub["id"], payload, case["department"], None))
+    return await _queue(conn, rows)
 
 
 class MessageSender:

@@ -4,9 +4,10 @@ Pure functions.
 Templates are files, `templates/<lang>/<audience>/<EventType>.<channel>.txt`, rendered in
 Jinja2's sandbox (a template can format the values it is given, nothing more). An e-mail
 template starts with a `Subject:` line and a blank line, as a message does. Audiences:
-residents (about their own report), departments (their cases, by e-mail) and grid workers
-(their cases, by SMS). Staff messages are written from the department's view of the event
-(`views.department_view`), which holds no personal data, so neither can they.
+residents (about their own report), departments (their cases, by e-mail), grid workers
+(their cases, by SMS) and the ladder (whoever a case was escalated to). Staff messages are
+written from the department's view of the event (`views.department_view`), which holds no
+personal data, so neither can they.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from shared.ids import case_reference
 
 TEMPLATES = Path(__file__).parent / "templates"
 LOCALES = ("zh-CN", "en")
-Audience = Literal["resident", "department", "worker"]
+Audience = Literal["resident", "department", "worker", "ladder"]
 
 # What each audience hears about, and on which channels (a template for each pair and locale;
 # a test holds the files to this table).
@@ -36,11 +37,13 @@ CHANNELS: dict[str, tuple[str, ...]] = {
     "resident": ("email", "sms"),
     "department": ("email",),
     "worker": ("sms",),
+    "ladder": ("email", "sms"),  # whoever a case was escalated to (`ladder`)
 }
 EVENTS: dict[str, tuple[str, ...]] = {
     "resident": RESIDENT_EVENTS,
     "department": STAFF_EVENTS,
     "worker": STAFF_EVENTS,
+    "ladder": ("CaseEscalated",),
 }
 
 

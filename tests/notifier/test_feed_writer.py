@@ -3,6 +3,7 @@ routed in the same batch or in an earlier one, on the real broker and database."
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -13,9 +14,11 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from services.notifier.feeds import FeedWriter
 from services.notifier.settings import MIGRATIONS
+from services.notifier.subscriptions import disable_subscription
 from shared import events, topics
 from shared.db import create_pool, migrate
 from shared.events import Envelope, wrap
+from shared.ids import case_reference
 from shared.localstack import LocalStack
 from shared.metrics import REGISTRY
 from tests.notifier.test_service import routed
@@ -169,3 +172,59 @@ async def test_dispatch_latency_times_the_routing_only(writer: FeedWriter) -> No
         )
     # the webhook sender times the deliveries that carry a start: the routing's only
     assert [r["event_id"] for r in timed] == [case.event_id]
+
+
+def _escalated_to(case_id: str, role: str, name: str, contact: str) -> Envelope:
+    return wrap(
+        events.CaseEscalated(
+            deadline="acknowledge",
+            due_at=datetime.now(UTC),
+            level=1,
+            to=events.EscalationStep(level=1, role=role, name=name, contact=contact),  # type: ignore[arg-type]
+        ),
+        case_id=case_id,
+        producer="escalation",
+    )
+
+
+async def test_whoever_an_escalation_reached_is_told_at_the_case_s_contact(
+    writer: FeedWriter,
+) -> None:
+    dept = "sanitation-" + uuid.uuid4().hex[:6]
+    leader = f"138{uuid.uuid4().int % 10**8:08d}"  # this test's own: the table is shared
+    case = routed(dept)
+    first = _escalated_to(case.case_id, "grid_leader", "李网格长", f"+86 {leader[:3]}-{leader[3:]}")
+    reminder = _escalated_to(case.case_id, "grid_leader", "李网格长", leader)
+    hotline = _escalated_to(case.case_id, "city", "城市运行管理中心", "12345")
+    assert await writer.handle(_records(case, first, hotline)) == 3
+    await writer.handle(_records(first, reminder))  # the first again: a redelivery
+
+    async def told() -> list[asyncpg.Record]:
+        async with writer.pool.acquire() as c:
+            return list(
+                await c.fetch(
+                    "SELECT s.id, s.owner, s.channel, s.address, s.active, d.event_id, d.payload,"
+                    " d.reported_at FROM notifier.subscriptions s JOIN notifier.deliveries d"
+                    " ON d.subscription_id = s.id WHERE s.owner_kind = 'ladder'"
+                    " AND d.department = $1 ORDER BY d.created_at",
+                    dept,
+                )
+            )
+
+    rows = await told()
+    # one subscription for the person, one message per escalation, none for the hotline
+    assert {(r["owner"], r["channel"], r["address"]) for r in rows} == {
+        ("grid_leader:李网格长", "sms", leader)
+    }
+    assert sorted(r["event_id"] for r in rows) == sorted([first.event_id, reminder.event_id])
+    assert all(r["reported_at"] is None for r in rows)  # not a dispatch: not timed
+    text = json.loads(rows[0]["payload"])["text"]
+    assert case_reference(case.case_id) in text
+    assert "上报至您" in text
+    assert leader not in text
+    # an operator switches the number off: the next escalation writes to it no more
+    async with writer.pool.acquire() as c:
+        await disable_subscription(c, rows[0]["id"])
+    again = _escalated_to(case.case_id, "grid_leader", "李网格长", leader)
+    assert await writer.handle(_records(again)) == 1
+    assert len(await told()) == 2
