@@ -180,7 +180,7 @@ def _escalated_to(case_id: str, role: str, name: str, contact: str) -> Envelope:
             deadline="acknowledge",
             due_at=datetime.now(UTC),
             level=1,
-            to=events.EscalationStep(level=1, role=role, name=name, contact=contact),  # type: ignore[arg-type]
+            to=events.EscalationStep(level=1, role=role, name=name, contact=contact),
         ),
         case_id=case_id,
         producer="escalation",

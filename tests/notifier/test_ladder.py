@@ -39,7 +39,7 @@ def _escalated(role: str, name: str, contact: str | None) -> events.CaseEscalate
         deadline="acknowledge",
         due_at=datetime(2026, 1, 12, tzinfo=UTC),
         level=1,
-        to=events.EscalationStep(level=1, role=role, name=name, contact=contact),  # type: ignore[arg-type]
+        to=events.EscalationStep(level=1, role=role, name=name, contact=contact),
     )
 
 
