@@ -16,7 +16,12 @@ from pydantic import BaseModel, Field
 
 from services.router import store
 from services.router.decide import CaseFacts, decide
-from services.router.dispatch import Dispatcher, RouterState, fold_lifecycle
+from services.router.dispatch import (
+    Dispatcher,
+    RouterState,
+    fold_lifecycle,
+    refresh_open_counts,
+)
 from services.router.retention import purges
 from services.router.settings import MIGRATIONS, RouterSettings
 from shared import events, topics
@@ -35,7 +40,7 @@ from shared.kafka import (
     make_producer,
     watch_consumers,
 )
-from shared.metrics import NO_OPENTELEMETRY, health_routes
+from shared.metrics import NO_OPENTELEMETRY, health_routes, sample_every
 from shared.retention import Retention
 from shared.service import KafkaAccess, ServiceSpec, run_until_stopped, settle_heap, supervised
 from shared.settings import Settings
@@ -263,6 +268,14 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             asyncio.create_task(supervised("department directory", directory.run, stop)),
             asyncio.create_task(supervised("directory publisher", publisher.run, stop)),
             asyncio.create_task(supervised("retention", retention.run, stop)),
+            asyncio.create_task(
+                sample_every(
+                    rs.open_counts_refresh_s,
+                    lambda: refresh_open_counts(pool, state),
+                    stop,
+                    "open-case counts",
+                )
+            ),
         ],
     )
 

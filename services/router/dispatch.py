@@ -592,6 +592,16 @@ RETURNING r.worker_id, r.open, old.open AS was_open
 """
 
 
+async def refresh_open_counts(pool: asyncpg.Pool, state: RouterState) -> None:
+    """The open-case counts again from `router.cases`, which every replica writes. Between
+    refreshes a replica moves its counts by its own routings and by the closings on its own
+    partitions of `cases.lifecycle`; with several replicas a case routed by one is often closed
+    on another's partition, so each one's counts would drift without bound (one worker looking
+    ever busier to one replica, idle to another)."""
+    async with pool.acquire() as conn:
+        state.open_cases = await store.open_counts(conn)
+
+
 async def fold_lifecycle(
     conn: asyncpg.Connection, state: RouterState, records: Sequence[ConsumerRecord[Any, Any]]
 ) -> None:

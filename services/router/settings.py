@@ -24,3 +24,10 @@ class RouterSettings(BaseSettings):
     snap_m: float = 100.0
     batch_size: int = 500
     reload_poll_s: float = 2.0
+    open_counts_refresh_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="how often the open-case counts that pick the least-loaded worker are read "
+        "again from the cases: each replica counts its own routings as it makes them and the "
+        "closings of its own lifecycle partitions, and would drift from the others' without it",
+    )

@@ -12,7 +12,12 @@ import asyncpg
 import pytest
 
 from services.router import democity, store
-from services.router.dispatch import Dispatcher, RouterState, fold_lifecycle
+from services.router.dispatch import (
+    Dispatcher,
+    RouterState,
+    fold_lifecycle,
+    refresh_open_counts,
+)
 from shared import events, topics
 from shared.db import create_pool
 from shared.events import Envelope, wrap
@@ -202,6 +207,30 @@ async def test_a_merged_case_stops_counting_once_for_its_worker(
             "SELECT open FROM router.cases WHERE case_id = $1", duplicate.case_id
         )
     assert is_open is False
+
+
+async def test_replicas_counts_meet_again_in_the_cases_they_all_write(
+    dispatcher: Dispatcher,
+) -> None:
+    """One replica routes a case and another folds its closing (their partitions of the two
+    topics differ): the first keeps counting it until it reads the counts again."""
+    grid = next(g for g in CITY.grids if g["kind"] == "comprehensive")
+    lat, lon = democity.point_in(grid)
+    case = report("roads.pothole", lat=lat, lon=lon)
+    pool, mine = dispatcher.pool, dispatcher.state
+    await dispatcher.handle([record_of(case, topics.CASES_INTAKE)])
+    worker = (await _workers(pool, [case]))[case.case_id]
+    async with pool.acquire() as conn:
+        truth_before = (await store.open_counts(conn)).get(worker, 0)
+    other = RouterState(mine.ref, dict(mine.open_cases))  # another replica
+    closed = wrap(events.CaseClosed(by="operator"), case_id=case.case_id, producer="intake")
+    async with pool.acquire() as conn:
+        await fold_lifecycle(conn, other, [record_of(closed, topics.CASES_LIFECYCLE)])
+        truth = (await store.open_counts(conn)).get(worker, 0)
+    assert truth == truth_before - 1
+    assert other.open_cases.get(worker, 0) == mine.open_cases.get(worker, 0) - 1
+    await refresh_open_counts(pool, mine)
+    assert mine.open_cases.get(worker, 0) == truth
 
 
 async def test_a_redelivered_report_counts_once_for_its_worker(
