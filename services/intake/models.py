@@ -294,8 +294,13 @@ class CaseView(BaseModel):
     task_id: str | None = Field(default=None, description="a grid task's case: the task")
     merged_into: str | None = Field(
         default=None,
-        description="while merged: the case that reports the same problem and carries the work; "
-        "this one is resolved with it",
+        description="the case this one was merged into (the same problem; that case carries "
+        "the work, and this one is resolved with it); cleared if this one is reopened",
+    )
+    merged_cases: list[str] = Field(
+        default=[],
+        description="the cases merged into this one, merged still or resolved with it (in one "
+        "case's view; lists leave it empty)",
     )
     closes_at: datetime | None = Field(
         default=None,

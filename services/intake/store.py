@@ -898,6 +898,15 @@ async def find_by_token(conn: asyncpg.Connection, token: str) -> asyncpg.Record 
     return row
 
 
+async def merged_into(conn: asyncpg.Connection, case_id: str) -> list[str]:
+    """The cases merged into this one (merged still, or resolved with it), oldest first."""
+    rows = await conn.fetch(
+        "SELECT case_id FROM intake.cases WHERE merged_into = $1 ORDER BY reported_at, case_id",
+        case_id,
+    )
+    return [r["case_id"] for r in rows]
+
+
 async def timeline(conn: asyncpg.Connection, case_id: str) -> list[asyncpg.Record]:
     return list(
         await conn.fetch(

@@ -67,6 +67,7 @@ async def test_merged_reports_are_resolved_with_the_case_they_joined(
     assert r.status_code == 202, r.text
     resolution_id = r.json()["event_id"]
     original = await _view(client, a, keys)
+    assert original["merged_cases"] == [b, c]  # in the order they were reported
     for follower in (b, c):
         view = await _view(client, follower, keys)
         assert view["status"] == "resolved"
@@ -98,6 +99,7 @@ async def test_merged_reports_are_resolved_with_the_case_they_joined(
     assert r.status_code == 202, r.text
     reopened = await _view(client, b, keys)
     assert (reopened["status"], reopened["merged_into"]) == ("routed", None)
+    assert (await _view(client, a, keys))["merged_cases"] == [c]
 
 
 async def test_a_merge_is_refused_with_the_field_and_the_reason(

@@ -241,8 +241,9 @@ async def get_case(case_id: CaseId, request: Request) -> CaseView:
                 raise ApiError(401, "missing_api_key", "an API key or a tracking token is needed")
             raise ApiError(403, "forbidden", "this case is not assigned to you")
         events = await store.timeline(conn, case_id)
+        merged = await store.merged_into(conn, case_id)
     categories = await st.catalogue.get()
-    return case_view(
+    view = case_view(
         row,
         viewer=None if resident else principal,
         resident=resident,
@@ -250,6 +251,8 @@ async def get_case(case_id: CaseId, request: Request) -> CaseView:
         timeline=events,
         department_name=st.department_name(row["department"]),
     )
+    view.merged_cases = merged
+    return view
 
 
 @router.get(
