@@ -55,7 +55,8 @@ BySubscriber = dict[Owner, list[asyncpg.Record]]
 async def _read_message_subscriptions(conn: asyncpg.Connection) -> BySubscriber:
     rows = await conn.fetch(
         "SELECT id, owner_kind, owner, channel, locale, event_types FROM notifier.subscriptions "
-        "WHERE active AND channel <> 'webhook'"
+        # the ladder's (one per grid leader and office, in time) are found by their address
+        "WHERE active AND channel <> 'webhook' AND owner_kind <> 'ladder'"
     )
     by_owner: BySubscriber = collections.defaultdict(list)
     for sub in rows:
