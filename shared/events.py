@@ -311,6 +311,39 @@ class CaseMerged(Event):
     note: str | None = Field(default=None, max_length=4000)
 
 
+class CaseExtensionRequested(Event):
+    """The case's department or worker asks for more time to resolve it (a pipe to replace, a
+    part to order): an operator grants it (`CaseDeadlineExtended`) or refuses it
+    (`CaseExtensionRefused`). Until then the deadline stands."""
+
+    EVENT_TYPE: ClassVar[str] = "CaseExtensionRequested"
+
+    by: str
+    until: AwareDatetime = Field(description="the resolve deadline asked for")
+    reason: str = Field(max_length=1000)
+
+
+class CaseDeadlineExtended(Event):
+    """An operator moved the case's resolve deadline later, before it passed (granting a
+    request, or of their own accord): escalation arms the new deadline, and the ladder starts
+    again from it."""
+
+    EVENT_TYPE: ClassVar[str] = "CaseDeadlineExtended"
+
+    by: str
+    resolve_by: AwareDatetime = Field(description="the new resolve deadline")
+    reason: str = Field(max_length=1000)
+
+
+class CaseExtensionRefused(Event):
+    """An operator refused the extension asked for: the deadline stands."""
+
+    EVENT_TYPE: ClassVar[str] = "CaseExtensionRefused"
+
+    by: str
+    reason: str = Field(max_length=1000)
+
+
 class CaseRated(Event):
     EVENT_TYPE: ClassVar[str] = "CaseRated"
 
@@ -393,6 +426,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         CaseClosed,
         CaseReopened,
         CaseMerged,
+        CaseExtensionRequested,
+        CaseDeadlineExtended,
+        CaseExtensionRefused,
         CaseRated,
         CaseWarned,
         CaseEscalated,

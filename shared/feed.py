@@ -88,6 +88,20 @@ class MergedDetails(_Strict):
     note: str | None
 
 
+class ExtensionRequestedDetails(_Strict):
+    until: AwareDatetime = Field(description="the resolve deadline asked for")
+    reason: str
+
+
+class DeadlineExtendedDetails(_Strict):
+    resolve_by: AwareDatetime = Field(description="the new resolve deadline")
+    reason: str
+
+
+class ReasonDetails(_Strict):
+    reason: str
+
+
 class ReopenedDetails(_Strict):
     reason: str
 
@@ -160,6 +174,28 @@ class CaseMergedMessage(_Message):
     details: MergedDetails
 
 
+class CaseExtensionRequestedMessage(_Message):
+    """The department or its worker asked for more time to resolve the case; an operator
+    answers (`CaseDeadlineExtended` or `CaseExtensionRefused`). The deadline stands until then."""
+
+    event_type: Literal["CaseExtensionRequested"]
+    details: ExtensionRequestedDetails
+
+
+class CaseDeadlineExtendedMessage(_Message):
+    """An operator moved the resolve deadline later: the case is due at `resolve_by`."""
+
+    event_type: Literal["CaseDeadlineExtended"]
+    details: DeadlineExtendedDetails
+
+
+class CaseExtensionRefusedMessage(_Message):
+    """An operator refused the extension asked for: the deadline stands."""
+
+    event_type: Literal["CaseExtensionRefused"]
+    details: ReasonDetails
+
+
 class CaseRatedMessage(_Message):
     event_type: Literal["CaseRated"]
     details: RatedDetails
@@ -195,6 +231,9 @@ DepartmentFeedMessage = Annotated[
     | CaseClosedMessage
     | CaseReopenedMessage
     | CaseMergedMessage
+    | CaseExtensionRequestedMessage
+    | CaseDeadlineExtendedMessage
+    | CaseExtensionRefusedMessage
     | CaseRatedMessage
     | CaseWarnedMessage
     | CaseEscalatedMessage

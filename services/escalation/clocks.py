@@ -31,6 +31,7 @@ FOLLOWED = (
     events.CaseReopened,
     events.CaseTransferRequested,
     events.CaseMerged,
+    events.CaseDeadlineExtended,
 )
 
 # The chain's JSON as its models write it, in one call (4 µs; json.dumps of each step's dump
@@ -217,6 +218,15 @@ def apply(
             )
         case events.CaseTransferRequested():
             return Change(dataclasses.replace(clock, phase="paused", paused_at=now), ())
+        case events.CaseDeadlineExtended() if clock.phase == "resolve":
+            # more time, granted by an operator before the deadline passed: the new deadline
+            # as it was granted (not shortened or counted in working time again), and the ladder
+            # from its first step (had it started climbing meanwhile, it starts again)
+            extended = event.resolve_by
+            return Change(
+                dataclasses.replace(clock, due_at=extended, resolve_due_at=extended),
+                timers_for("resolve", extended, clock.warn_before_s, now),
+            )
     return None
 
 

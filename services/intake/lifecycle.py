@@ -6,6 +6,8 @@
     resolved → (nobody verified within the window: CaseVerificationLapsed) → closed
     routed | acknowledged | in_progress → merged (into another open case)
     merged → (that case is resolved) → resolved          merged → reopened → routed
+    acknowledged | in_progress: request_extension (handler), extend | refuse_extension
+    (operator) — the resolve deadline moves, the state does not
 
 No I/O here: `decide` answers with the next state and the event to emit, or raises.
 """
@@ -13,7 +15,7 @@ No I/O here: `decide` answers with the next state and the event to emit, or rais
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from shared import events
@@ -40,6 +42,9 @@ class Action(StrEnum):
     REOPEN = "reopen"
     RATE = "rate"
     MERGE = "merge"
+    REQUEST_EXTENSION = "request_extension"
+    EXTEND = "extend"
+    REFUSE_EXTENSION = "refuse_extension"
 
 
 class Actor(StrEnum):
@@ -53,8 +58,10 @@ class Actor(StrEnum):
 
 _HANDLERS = {Actor.DEPARTMENT, Actor.WORKER, Actor.OPERATOR}
 
-# action → (states it may start from, who may take it, state it leads to)
-TRANSITIONS: dict[Action, tuple[frozenset[Status], frozenset[Actor], Status]] = {
+BEING_HANDLED = frozenset({Status.ACKNOWLEDGED, Status.IN_PROGRESS})
+
+# action → (states it may start from, who may take it, state it leads to; None: the same)
+TRANSITIONS: dict[Action, tuple[frozenset[Status], frozenset[Actor], Status | None]] = {
     Action.ACKNOWLEDGE: (frozenset({Status.ROUTED}), frozenset(_HANDLERS), Status.ACKNOWLEDGED),
     Action.PROGRESS: (
         frozenset({Status.ACKNOWLEDGED, Status.IN_PROGRESS}),
@@ -91,7 +98,63 @@ TRANSITIONS: dict[Action, tuple[frozenset[Status], frozenset[Actor], Status]] = 
         frozenset(_HANDLERS),
         Status.MERGED,
     ),
+    # more time to resolve: asked by whoever handles the case once they have taken it, decided
+    # by an operator
+    Action.REQUEST_EXTENSION: (
+        BEING_HANDLED,
+        frozenset({Actor.DEPARTMENT, Actor.WORKER}),
+        None,
+    ),
+    Action.EXTEND: (BEING_HANDLED, frozenset({Actor.OPERATOR}), None),
+    Action.REFUSE_EXTENSION: (BEING_HANDLED, frozenset({Actor.OPERATOR}), None),
 }
+
+LONGEST_EXTENSION = timedelta(days=90)
+
+
+class ExtensionNotAllowed(Exception):
+    """The deadline cannot be moved as asked (HTTP 409)."""
+
+
+def extension_until(
+    action: Action,
+    now: datetime,
+    resolve_by: datetime | None,
+    *,
+    asked: datetime | None,
+    pending: datetime | None,
+) -> datetime | None:
+    """The resolve deadline an extension step names, checked: asked for (`request_extension`,
+    `extend`), or the one pending if an operator grants it without naming one. An extension is
+    asked and granted before the deadline passes (after it, the case has already climbed the
+    ladder), to a later moment, at most `LONGEST_EXTENSION` ahead. None for other steps.
+    Raises ExtensionNotAllowed."""
+    if action is Action.REFUSE_EXTENSION:
+        if pending is None:
+            raise ExtensionNotAllowed("no extension was asked for this case")
+        return None
+    if action not in (Action.REQUEST_EXTENSION, Action.EXTEND):
+        return None
+    until = asked if asked is not None else pending
+    if until is None:
+        raise ExtensionNotAllowed(
+            "until (the new resolve deadline) is required: none was asked for this case"
+        )
+    if resolve_by is None:
+        raise ExtensionNotAllowed("the case has no resolve deadline to move")
+    if resolve_by <= now:
+        raise ExtensionNotAllowed(
+            f"its resolve deadline passed at {resolve_by.isoformat()}: an extension is asked "
+            "and granted before it passes"
+        )
+    if until <= resolve_by:
+        raise ExtensionNotAllowed(
+            f"until must be later than the resolve deadline, {resolve_by.isoformat()}"
+        )
+    if until > now + LONGEST_EXTENSION:
+        raise ExtensionNotAllowed(f"until is at most {LONGEST_EXTENSION.days} days ahead")
+    return until
+
 
 # What a case may be merged into: open and its own (not itself merged into another; a case
 # already resolved has no resolution left to share).
@@ -157,6 +220,7 @@ class Step:
     rating: int | None = None
     department: str | None = None  # current department, for transfer requests
     into: str | None = None  # a merge: the case it joins
+    until: datetime | None = None  # an extension: the resolve deadline (`extension_until`)
     # a resolution: when it closes unless the resident verifies or reopens it (None: never)
     closes_at: datetime | None = None
 
@@ -175,6 +239,7 @@ def decide(current: Status, actor: Actor, step: Step, *, already_rated: bool = F
         raise NotPermitted(f"a {actor.value} may not {step.action.value} a case")
     if current not in sources or (step.action is Action.RATE and already_rated):
         raise IllegalTransition(step.action, current)
+    status = current if target is None else target
     event: events.Event
     reroute = None
     match step.action:
@@ -211,7 +276,20 @@ def decide(current: Status, actor: Actor, step: Step, *, already_rated: bool = F
             if step.into is None:
                 raise ValueError("the case to merge into is required")
             event = events.CaseMerged(by=step.by, into=step.into, note=step.note)
-    return Decision(status=target, event=event, also_reroute=reroute)
+        case Action.REQUEST_EXTENSION | Action.EXTEND:
+            if step.until is None:
+                raise ValueError("the new resolve deadline is required")
+            if step.action is Action.REQUEST_EXTENSION:
+                event = events.CaseExtensionRequested(
+                    by=step.by, until=step.until, reason=step.reason or ""
+                )
+            else:
+                event = events.CaseDeadlineExtended(
+                    by=step.by, resolve_by=step.until, reason=step.reason or ""
+                )
+        case Action.REFUSE_EXTENSION:
+            event = events.CaseExtensionRefused(by=step.by, reason=step.reason or "")
+    return Decision(status=status, event=event, also_reroute=reroute)
 
 
 FINISHED = frozenset({Status.RESOLVED, Status.CLOSED})

@@ -221,8 +221,21 @@ class StepIn(Strict):
         | None
     ) = Field(default=None, description="merge: the open case that reports the same problem")
 
+    until: AwareDatetime | None = Field(
+        default=None,
+        description="request_extension: the resolve deadline asked for; extend: the new one "
+        "(default: the one asked for)",
+    )
+
     @model_validator(mode="after")
     def _fields_for_action(self) -> StepIn:
+        extending = (Action.REQUEST_EXTENSION, Action.EXTEND, Action.REFUSE_EXTENSION)
+        if self.action in extending and not self.reason:
+            raise ValueError(f"a reason is required to {self.action.value}")
+        if self.action is Action.REQUEST_EXTENSION and self.until is None:
+            raise ValueError("until (the resolve deadline asked for) is required")
+        if self.until is not None and self.action not in extending[:2]:
+            raise ValueError("until is only for request_extension and extend")
         if self.action is Action.RATE and self.rating is None:
             raise ValueError("rating (1–5) is required to rate a case")
         if (self.action is Action.MERGE) != (self.into is not None):
@@ -264,6 +277,12 @@ class TimelineEntry(BaseModel):
     details: dict[str, object]
 
 
+class ExtensionRequestView(BaseModel):
+    until: datetime
+    reason: str
+    requested_at: datetime
+
+
 class CaseView(BaseModel):
     case_id: str
     reference: str = Field(description="the short reference in the resident's messages")
@@ -296,6 +315,11 @@ class CaseView(BaseModel):
         default=None,
         description="the case this one was merged into (the same problem; that case carries "
         "the work, and this one is resolved with it); cleared if this one is reopened",
+    )
+    extension_request: ExtensionRequestView | None = Field(
+        default=None,
+        description="more time asked for by the department or worker, waiting for an "
+        "operator's answer (not shown to the resident)",
     )
     merged_cases: list[str] = Field(
         default=[],

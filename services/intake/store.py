@@ -288,12 +288,13 @@ async def apply_step(
     photo_urls: tuple[str, ...] = (),
     rating: int | None = None,
     into: str | None = None,
+    until: datetime | None = None,
     verify_window_s: float = 0.0,
 ) -> StepTaken:
     """Take one lifecycle step. A resolution states when it closes unless the resident verifies
     or reopens it first: `verify_window_s` after it (0: never), and resolves the cases merged
     into this one with it. Raises CaseNotFound, Forbidden, IllegalTransition, NotPermitted,
-    and for a merge MergeTargetUnknown and MergeRefused."""
+    for a merge MergeTargetUnknown and MergeRefused, for an extension ExtensionNotAllowed."""
     async with pool.acquire() as conn, conn.transaction():
         case, target = await _lock_cases(
             conn, case_id, into if step_action is Action.MERGE else None
@@ -307,6 +308,11 @@ async def apply_step(
         if step_action is Action.RESOLVE and verify_window_s > 0:
             closes_at = at + timedelta(seconds=verify_window_s)
         actor, by = who_acts(principal, tracking_token, case)
+        current = Status(case["status"])
+        if current in lifecycle.BEING_HANDLED:  # else decide's 409 says why
+            until = lifecycle.extension_until(
+                step_action, at, case["resolve_by"], asked=until, pending=case["extension_until"]
+            )
         decision = lifecycle.decide(
             Status(case["status"]),
             actor,
@@ -320,9 +326,11 @@ async def apply_step(
                 department=case["department"],
                 closes_at=closes_at,
                 into=into,
+                until=until,
             ),
             already_rated=case["rating"] is not None,
         )
+        asked = _extension_asked(case, step_action, decision.status, until, reason, at)
         merged_into = case["merged_into"]
         if step_action is Action.MERGE:
             assert into is not None  # the step's model requires it
@@ -332,7 +340,8 @@ async def apply_step(
         env = wrap(decision.event, case_id=case_id, producer=PRODUCER, occurred_at=at)
         await conn.execute(
             "UPDATE intake.cases SET status = $2, rating = COALESCE($3, rating), updated_at = $4,"
-            " closes_at = $5, merged_into = $6,"
+            " closes_at = $5, merged_into = $6, resolve_by = coalesce($7, resolve_by),"
+            " extension_until = $8, extension_reason = $9, extension_requested_at = $10,"
             " status_since = CASE WHEN status <> $2 THEN $4 ELSE status_since END"
             " WHERE case_id = $1",
             case_id,
@@ -341,6 +350,8 @@ async def apply_step(
             env.occurred_at,
             closes_at,
             merged_into,
+            until if step_action is Action.EXTEND else None,
+            *asked,
         )
         await _record_event(conn, env, _timeline_details(decision.event))
         items = [(env, topics.CASES_LIFECYCLE)]
@@ -368,6 +379,24 @@ async def apply_step(
         ),
         followers=len(followers),
     )
+
+
+def _extension_asked(
+    case: Mapping[str, Any],
+    action: Action,
+    status: Status,
+    until: datetime | None,
+    reason: str | None,
+    at: datetime,
+) -> tuple[datetime | None, str | None, datetime | None]:
+    """The extension waiting for an operator after the step (until, reason, asked at): the one
+    just asked, none once decided or once the case is no longer being handled, else as it
+    was."""
+    if action is Action.REQUEST_EXTENSION:
+        return until, reason, at
+    if action in (Action.EXTEND, Action.REFUSE_EXTENSION) or status not in lifecycle.BEING_HANDLED:
+        return None, None, None
+    return case["extension_until"], case["extension_reason"], case["extension_requested_at"]
 
 
 async def _check_merge(
@@ -937,6 +966,7 @@ class CaseFilter:
     overdue: bool | None = None  # open and past the resolve deadline (or, False, not)
     reporter_phone: str | None = None  # digits (`phone_digits`): numbers ending with them
     on_behalf_of: str | None = None  # a resident id or the code on their card
+    extension_asked: bool | None = None  # an extension waits for an operator (or, False, not)
 
 
 def phone_digits(phone: str) -> str:
@@ -1011,6 +1041,8 @@ async def list_cases(
         add("regexp_replace(reporter->>'phone', '[^0-9]', '', 'g') LIKE {}", f"%{f.reporter_phone}")
     if f.on_behalf_of is not None:
         add("on_behalf_of = {}", f.on_behalf_of)
+    if f.extension_asked is not None:
+        where.append("extension_until IS " + ("NOT NULL" if f.extension_asked else "NULL"))
     if f.reference is not None:  # the expression of the index cases_reference
         add("upper(right(case_id, 8)) = {}", f.reference.upper())
     if cursor is not None:

@@ -16,7 +16,7 @@ import orjson
 
 from services.intake.auth import Principal, Role
 from services.intake.lifecycle import Status
-from services.intake.models import CaseView, LocationIn, TimelineEntry
+from services.intake.models import CaseView, ExtensionRequestView, LocationIn, TimelineEntry
 from shared.catalogue import Category
 from shared.events import Channel, Priority
 from shared.ids import case_reference
@@ -138,6 +138,13 @@ def case_view(
         reporter=reporter_for(reporter, viewer, resident, category),
         task_id=row.get("task_id"),
         merged_into=row.get("merged_into"),
+        extension_request=ExtensionRequestView(
+            until=row["extension_until"],
+            reason=row["extension_reason"] or "",
+            requested_at=row["extension_requested_at"],
+        )
+        if row.get("extension_until") is not None and viewer is not None
+        else None,
         closes_at=row.get("closes_at") if row["status"] == Status.RESOLVED.value else None,
         personal_data_erased_at=row.get("personal_data_erased_at"),
         timeline=[

@@ -121,6 +121,7 @@ class FeedWriter:
             )
             cases: dict[str, dict[str, Any]] = {r["case_id"]: dict(r) for r in rows}
             routed: dict[str, dict[str, Any]] = {}  # written back at the end of the batch
+            extended: dict[str, datetime] = {}  # new resolve deadlines, likewise
             for_residents: list[tuple[Envelope, events.Event, dict[str, Any]]] = []
             for_staff: list[tuple[Envelope, dict[str, Any], dict[str, Any]]] = []
             for_ladder: list[
@@ -146,6 +147,10 @@ class FeedWriter:
                 case = cases.get(env.case_id)
                 if case is None or not case["department"]:
                     continue  # not routed yet: nobody to tell
+                if isinstance(event, events.CaseDeadlineExtended):
+                    # due later from now on (a copy: this batch's earlier messages keep theirs)
+                    case = cases[env.case_id] = {**case, "resolve_by": event.resolve_by}
+                    extended[env.case_id] = event.resolve_by
                 if not (isinstance(event, events.CaseRouted) and event.handed_over_from):
                     # a handover changes the worker only: nothing new for the resident
                     for_residents.append((env, event, case))
@@ -192,6 +197,14 @@ class FeedWriter:
                         list(col)
                         for col in zip(*(c.values() for c in routed.values()), strict=True)
                     ],
+                )
+            if extended:
+                await conn.execute(
+                    "UPDATE notifier.cases c SET resolve_by = x.resolve_by, updated_at = now() "
+                    "FROM unnest($1::text[], $2::timestamptz[]) AS x(case_id, resolve_by) "
+                    "WHERE c.case_id = x.case_id",
+                    list(extended),
+                    list(extended.values()),
                 )
             # when each case closed (None: reopened), for the retention of residents' contacts
             closings: dict[str, datetime | None] = {}

@@ -31,8 +31,22 @@ Audience = Literal["resident", "department", "worker", "ladder"]
 
 # What each audience hears about, and on which channels (a template for each pair and locale;
 # a test holds the files to this table).
-RESIDENT_EVENTS = ("CaseRouted", "CaseMerged", "CaseResolved", "CaseClosed")
-STAFF_EVENTS = ("CaseRouted", "CaseWarned", "CaseEscalated", "CaseReopened")
+RESIDENT_EVENTS = (
+    "CaseRouted",
+    "CaseMerged",
+    "CaseDeadlineExtended",
+    "CaseResolved",
+    "CaseClosed",
+)
+STAFF_EVENTS = (
+    "CaseRouted",
+    "CaseWarned",
+    "CaseEscalated",
+    "CaseReopened",
+    # the answer to an extension the department or its worker asked for
+    "CaseDeadlineExtended",
+    "CaseExtensionRefused",
+)
 CHANNELS: dict[str, tuple[str, ...]] = {
     "resident": ("email", "sms"),
     "department": ("email",),
@@ -49,8 +63,9 @@ EVENTS: dict[str, tuple[str, ...]] = {
 
 def tells_resident(event: events.Event) -> bool:
     """Residents hear that their report was accepted, merged into another case of the same
-    problem, and resolved, and of a closing they did not make themselves (nobody verified the
-    resolution in time: `CaseClosed.automatic`)."""
+    problem, given more time (the new date, not the reason), and resolved, and of a closing
+    they did not make themselves (nobody verified the resolution in time:
+    `CaseClosed.automatic`)."""
     if isinstance(event, events.CaseClosed):
         return event.automatic
     return event.EVENT_TYPE in RESIDENT_EVENTS

@@ -24,6 +24,9 @@ DEPARTMENT_EVENTS = (
     events.CaseClosed,
     events.CaseReopened,
     events.CaseMerged,
+    events.CaseExtensionRequested,
+    events.CaseDeadlineExtended,
+    events.CaseExtensionRefused,
     events.CaseRated,
     events.CaseWarned,
     events.CaseEscalated,
@@ -70,6 +73,15 @@ def department_view(env: Envelope, event: events.Event, case: dict[str, Any]) ->
                 "closes_at": closes_at,
                 "follows": event.follows,
             }
+        case events.CaseExtensionRequested():
+            details = {"until": event.until.isoformat(), "reason": mask_in_text(event.reason)}
+        case events.CaseDeadlineExtended():
+            details = {
+                "resolve_by": event.resolve_by.isoformat(),
+                "reason": mask_in_text(event.reason),
+            }
+        case events.CaseExtensionRefused():
+            details = {"reason": mask_in_text(event.reason)}
         case events.CaseMerged():
             details = {
                 "into": event.into,

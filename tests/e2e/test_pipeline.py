@@ -232,6 +232,32 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
             assert contacts[other] == (None, None)
             assert contacts[handled][1] == "13912345671"
 
+            # the department asks for more time for the case it handles, an operator grants it
+            due = datetime.fromisoformat(
+                (
+                    await client.get(
+                        f"/v1/cases/{handled}", headers={"Authorization": f"Bearer {roads_key}"}
+                    )
+                ).json()["resolve_by"]
+            )
+            for key, body in (
+                (
+                    roads_key,
+                    {
+                        "action": "request_extension",
+                        "until": (due + timedelta(days=2)).isoformat(),
+                        "reason": "需封路施工，已报交警",
+                    },
+                ),
+                (operator_key, {"action": "extend", "reason": "同意"}),
+            ):
+                r = await client.post(
+                    f"/v1/cases/{handled}/events",
+                    json=body,
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                assert r.status_code == 202, r.text
+
             # the stalled case is the same pothole: the department merges it into the one
             # it handles, and it stops climbing the ladder
             r = await client.post(
@@ -282,9 +308,12 @@ async def test_reports_flow_from_http_to_department_feeds_webhooks_and_escalatio
                 f"/v1/cases/{handled}", headers={"Authorization": f"Bearer {roads_key}"}
             )
             assert view.json()["status"] == "closed"
-            # and the resident who consented heard of the resolution, and of the closing, by SMS
+            # and the resident who consented heard of the extension, the resolution and the
+            # closing, by SMS
             told = await _sms_to(texts, "13912345671", handled, until="自动结案")
             assert [t for t in told if "处理完毕" in t], texts
+            assert [t for t in told if "需要更多时间" in t], texts
+            assert [m for m in closed if m["event_type"] == "CaseDeadlineExtended"]
             # the merged case's resident heard it was merged, and then of the repair
             told = await _sms_to(texts, "13912345670", stalled, until="处理完毕")
             assert [t for t in told if "合并办理" in t], texts

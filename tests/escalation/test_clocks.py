@@ -326,3 +326,24 @@ def test_a_merged_case_stops_its_clock_until_it_is_resolved_with_the_case_it_joi
     assert reopened is not None
     assert reopened.clock.phase == "resolve"
     assert {t.kind for t in reopened.arm} == {"escalate", "warn"}
+
+
+def test_an_extended_deadline_is_armed_as_granted() -> None:
+    case_id, clock = _routed_clock()
+    acked = apply(clock, case_id, events.CaseAcknowledged(by="w"), T0, CHINA_2026)
+    assert acked is not None
+    extended_to = T0 + timedelta(days=5)
+    extension = events.CaseDeadlineExtended(by="op", resolve_by=extended_to, reason="换管道")
+    change = apply(acked.clock, case_id, extension, T0 + timedelta(minutes=30), CHINA_2026)
+    assert change is not None
+    assert (change.clock.due_at, change.clock.resolve_due_at) == (extended_to, extended_to)
+    assert sorted((t.kind, t.level, t.due_at) for t in change.arm) == [
+        ("escalate", 1, extended_to),
+        ("warn", 0, extended_to - timedelta(seconds=600)),
+    ]
+    # a reopening later counts its own resolve window again, as for any case
+    reopened = apply(change.clock, case_id, events.CaseReopened(by="r", reason="x"), T0, CHINA_2026)
+    assert reopened is not None
+    assert reopened.clock.due_at != extended_to
+    # outside the resolve phase (intake allows it only there) it changes nothing
+    assert apply(clock, case_id, extension, T0, CHINA_2026) is None

@@ -3,7 +3,7 @@ cases, and what a merged case becomes when the case it joined is resolved."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -86,3 +86,45 @@ def test_a_routing_that_crossed_a_merge_leaves_the_case_merged() -> None:
     assert lifecycle.status_after_event(Status.ROUTED, events.CaseMerged(by="x", into="a")) is (
         Status.MERGED
     )
+
+
+NOW = datetime(2026, 1, 12, 8, 0, tzinfo=UTC)
+DUE = datetime(2026, 1, 12, 20, 0, tzinfo=UTC)
+
+
+def test_an_extension_names_a_later_deadline_before_the_current_one_passes() -> None:
+    later = DUE + timedelta(days=3)
+    ask = Action.REQUEST_EXTENSION
+    assert lifecycle.extension_until(ask, NOW, DUE, asked=later, pending=None) == later
+    # an operator grants what was asked, or names their own
+    grant = Action.EXTEND
+    assert lifecycle.extension_until(grant, NOW, DUE, asked=None, pending=later) == later
+    sooner = DUE + timedelta(days=1)
+    assert lifecycle.extension_until(grant, NOW, DUE, asked=sooner, pending=later) == sooner
+    for asked, pending, now, why in (
+        (None, None, NOW, "required"),
+        (DUE, None, NOW, "later than"),
+        (DUE + timedelta(days=91), None, NOW, "at most 90 days"),
+        (later, None, DUE + timedelta(seconds=1), "passed"),
+    ):
+        with pytest.raises(lifecycle.ExtensionNotAllowed, match=why):
+            lifecycle.extension_until(grant, now, DUE, asked=asked, pending=pending)
+    with pytest.raises(lifecycle.ExtensionNotAllowed, match="no extension was asked"):
+        lifecycle.extension_until(Action.REFUSE_EXTENSION, NOW, DUE, asked=None, pending=None)
+    # other steps name none
+    assert lifecycle.extension_until(Action.RESOLVE, NOW, DUE, asked=None, pending=later) is None
+
+
+def test_extensions_leave_the_state_and_are_decided_by_operators() -> None:
+    step = Step(action=Action.REQUEST_EXTENSION, by="w-1", reason="等配件", until=DUE)
+    decision = lifecycle.decide(Status.IN_PROGRESS, Actor.WORKER, step)
+    assert decision.status is Status.IN_PROGRESS
+    assert decision.event == events.CaseExtensionRequested(by="w-1", until=DUE, reason="等配件")
+    grant = Step(action=Action.EXTEND, by="op", reason="同意", until=DUE)
+    assert lifecycle.decide(Status.ACKNOWLEDGED, Actor.OPERATOR, grant).event == (
+        events.CaseDeadlineExtended(by="op", resolve_by=DUE, reason="同意")
+    )
+    with pytest.raises(NotPermitted):
+        lifecycle.decide(Status.ACKNOWLEDGED, Actor.DEPARTMENT, grant)
+    with pytest.raises(IllegalTransition):  # asked once taken, not before
+        lifecycle.decide(Status.ROUTED, Actor.WORKER, step)

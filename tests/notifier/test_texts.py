@@ -67,6 +67,13 @@ ESCALATED = events.CaseEscalated(
 REOPENED = events.CaseReopened(by="resident", reason="还是不热")
 STAFF = {"CaseRouted": ROUTED, "CaseWarned": WARNED, "CaseEscalated": ESCALATED}
 STAFF["CaseReopened"] = REOPENED
+EXTENDED = events.CaseDeadlineExtended(
+    by="op-1",
+    resolve_by=datetime(2026, 1, 15, 10, 0, tzinfo=UTC),  # 18:00 in the city
+    reason="需更换主管道，配件已订购",
+)
+STAFF["CaseDeadlineExtended"] = EXTENDED
+STAFF["CaseExtensionRefused"] = events.CaseExtensionRefused(by="op-1", reason="请按原时限办结")
 
 
 def promised() -> list[tuple[str, str, str, str]]:
@@ -186,3 +193,15 @@ def test_a_merged_report_names_both_references_and_how_to_undo_it(
     assert "9F8E7D6C" in text
     assert ("重新办理" if locale == "zh-CN" else "reopen") in text
     assert "阀门已更换" not in text  # a merge's note is the staff's, not for the resident
+
+
+def test_an_extension_tells_staff_why_and_the_resident_only_when() -> None:
+    staff = staff_context(_case(EXTENDED), "zh-CN")
+    sms = render("worker", "CaseDeadlineExtended", "sms", "zh-CN", staff).text
+    assert "2026-01-15 18:00" in sms
+    assert "需更换主管道" in sms
+    resident = render(
+        "resident", "CaseDeadlineExtended", "sms", "zh-CN", {**RESIDENT, "resolve_by": "01-15"}
+    ).text
+    assert "01-15" in resident
+    assert "主管道" not in resident

@@ -35,6 +35,11 @@ ONE_OF_EACH: list[events.Event] = [
     events.CaseClosed(by="operator", note="居民确认"),
     REOPENED,
     events.CaseMerged(by="w-7", into=str(uuid.uuid4()), note="同一楼栋，居民13912345678已反映"),
+    events.CaseExtensionRequested(
+        by="heating", until=AT + timedelta(days=5), reason="需更换主管道，联系人13912345678"
+    ),
+    events.CaseDeadlineExtended(by="op-1", resolve_by=AT + timedelta(days=5), reason="同意"),
+    events.CaseExtensionRefused(by="op-1", reason="请按原时限办结"),
     events.CaseRated(rating=4, comment="师傅很负责，电话13912345678"),
     WARNED,
     ESCALATED,

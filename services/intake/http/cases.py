@@ -21,7 +21,14 @@ from services.intake.http.deps import (
     documented,
     state,
 )
-from services.intake.lifecycle import Action, IllegalTransition, MergeRefused, NotPermitted, Status
+from services.intake.lifecycle import (
+    Action,
+    ExtensionNotAllowed,
+    IllegalTransition,
+    MergeRefused,
+    NotPermitted,
+    Status,
+)
 from services.intake.models import (
     CasePage,
     CaseView,
@@ -69,6 +76,18 @@ CASES_MERGED = Counter(
     ["department", "step"],
     registry=REGISTRY,
 )
+
+CASE_EXTENSIONS = Counter(
+    "griddispatch_case_extensions_total",
+    "Extensions of a resolve deadline asked for by departments and workers, and operators' answers",
+    ["department", "step"],
+    registry=REGISTRY,
+)
+_EXTENSION_STEPS = {
+    Action.REQUEST_EXTENSION: "requested",
+    Action.EXTEND: "granted",
+    Action.REFUSE_EXTENSION: "refused",
+}
 
 CaseId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
 TRACKING_TOKEN = HeaderParam("X-Tracking-Token", "the resident's tracking token", max_length=64)
@@ -288,6 +307,13 @@ async def list_cases(
             "false: only those that are not"
         ),
     ] = None,
+    extension_asked: Annotated[
+        bool | None,
+        Query(
+            description="true: only cases whose department or worker asked for more time and "
+            "wait for an operator's answer (`extend` or `refuse_extension`); false: the others"
+        ),
+    ] = None,
     reporter_phone: Annotated[
         str | None,
         Query(
@@ -342,6 +368,7 @@ async def list_cases(
         reference=reference,
         task_id=task,
         overdue=overdue,
+        extension_asked=extension_asked,
         reporter_phone=phone,
         on_behalf_of=on_behalf_of,
     )
@@ -375,8 +402,9 @@ async def list_cases(
 )
 async def take_step(case_id: CaseId, body: StepIn, request: Request) -> StepAccepted:
     """Acknowledge, add a progress note, resolve, request a transfer, verify and close, merge
-    into another case of the same problem (departments, workers, operators); reopen or rate
-    (the resident, with the tracking token)."""
+    into another case of the same problem, ask for more time (departments, workers,
+    operators); grant or refuse more time (operators); reopen or rate (the resident, with the
+    tracking token)."""
     refuse_nul(await request.body())
     st = state(request)
     principal = await caller(request, required=False)
@@ -395,6 +423,7 @@ async def take_step(case_id: CaseId, body: StepIn, request: Request) -> StepAcce
             photo_urls=tuple(str(u) for u in body.photo_urls),
             rating=body.rating,
             into=body.into,
+            until=body.until,
             verify_window_s=st.settings.verify_window_s,
         )
     except store.CaseNotFound as exc:
@@ -411,6 +440,8 @@ async def take_step(case_id: CaseId, body: StepIn, request: Request) -> StepAcce
         ) from exc
     except MergeRefused as exc:
         raise ApiError(409, "merge_refused", str(exc), field="into") from exc
+    except ExtensionNotAllowed as exc:
+        raise ApiError(409, "extension_not_allowed", str(exc), field="until") from exc
     _count_step(body.action, body.rating, taken)
     return StepAccepted(case_id=case_id, status=taken.status, event_id=str(taken.envelope.event_id))
 
@@ -464,5 +495,7 @@ def _count_step(action: Action, rating: int | None, taken: store.StepTaken) -> N
         CASE_RATINGS.labels(department, str(rating)).inc()
     if action is Action.MERGE:
         CASES_MERGED.labels(department, "merged").inc()
+    if action in _EXTENSION_STEPS:
+        CASE_EXTENSIONS.labels(department, _EXTENSION_STEPS[action]).inc()
     if taken.followers:
         CASES_MERGED.labels(department, "resolved_with").inc(taken.followers)

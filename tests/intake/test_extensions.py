@@ -1,0 +1,184 @@
+"""More time to resolve a case, on a running intake process with the real broker and
+database: a department or worker asks, an operator grants or refuses, before the deadline
+passes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+
+from shared import topics
+from shared.localstack import LocalStack
+from tests.helpers.kafka import read_topic
+from tests.intake.conftest import (
+    Keys,
+    auth,
+    publish_lifecycle,
+    report_body,
+    reported_and_routed,
+    routed_event,
+    wait_for,
+)
+
+
+def _refusal(r: httpx.Response) -> tuple[int, str, list[str]]:
+    body = r.json()
+    return r.status_code, body["error"], [e["field"] for e in body.get("errors", [])]
+
+
+async def _step(
+    client: httpx.AsyncClient, case_id: str, headers: dict[str, str], **body: object
+) -> httpx.Response:
+    return await client.post(f"/v1/cases/{case_id}/events", json=body, headers=headers)
+
+
+async def _view(client: httpx.AsyncClient, case_id: str, key: str) -> dict[str, Any]:
+    r = await client.get(f"/v1/cases/{case_id}", headers=auth(key))
+    assert r.status_code == 200, r.text
+    view: dict[str, Any] = r.json()
+    return view
+
+
+async def _asked(client: httpx.AsyncClient, key: str) -> set[str]:
+    r = await client.get(
+        "/v1/cases", params={"extension_asked": "true", "limit": 200}, headers=auth(key)
+    )
+    assert r.status_code == 200, r.text
+    return {c["case_id"] for c in r.json()["items"]}
+
+
+async def test_a_department_asks_for_more_time_and_an_operator_grants_it(
+    client: httpx.AsyncClient, stack: LocalStack, keys: Keys
+) -> None:
+    accepted = await reported_and_routed(client, stack, keys, department="heating")
+    cid, resident = accepted["case_id"], {"X-Tracking-Token": accepted["tracking_token"]}
+    heating, operator = auth(keys.heating), auth(keys.operator)
+    due = datetime.fromisoformat((await _view(client, cid, keys.operator))["resolve_by"])
+    asked = (due + timedelta(days=3)).isoformat()
+    reason = "需更换主管道，配件已订购"
+
+    # asked once the case is taken, not before
+    r = await _step(client, cid, heating, action="request_extension", until=asked, reason=reason)
+    assert _refusal(r)[:2] == (409, "illegal_transition")
+    assert (await _step(client, cid, heating, action="acknowledge")).status_code == 202
+    # what is wrong with a request is named
+    for body, expected in (
+        ({"until": asked}, (422, "invalid_request")),  # no reason
+        ({"reason": reason}, (422, "invalid_request")),  # no deadline
+        (
+            {"until": (due - timedelta(hours=1)).isoformat(), "reason": reason},
+            (409, "extension_not_allowed"),
+        ),
+        (
+            {"until": (due + timedelta(days=120)).isoformat(), "reason": reason},
+            (409, "extension_not_allowed"),
+        ),
+    ):
+        r = await _step(client, cid, heating, action="request_extension", **body)
+        assert _refusal(r)[:2] == expected, (body, r.text)
+    r = await _step(client, cid, resident, action="request_extension", until=asked, reason=reason)
+    assert r.status_code == 403
+    # nothing to refuse yet
+    r = await _step(client, cid, operator, action="refuse_extension", reason="不同意")
+    assert _refusal(r) == (409, "extension_not_allowed", ["until"])
+
+    r = await _step(client, cid, heating, action="request_extension", until=asked, reason=reason)
+    assert r.status_code == 202, r.text
+    assert r.json()["status"] == "acknowledged"  # the state does not move
+    view = await _view(client, cid, keys.heating)
+    assert view["extension_request"]["reason"] == reason
+    assert datetime.fromisoformat(view["extension_request"]["until"]) == datetime.fromisoformat(
+        asked
+    )
+    assert datetime.fromisoformat(view["resolve_by"]) == due  # the deadline stands meanwhile
+    assert cid in await _asked(client, keys.operator)
+    assert cid in await _asked(client, keys.heating)
+    # the resident sees the case, not the department's reasons
+    mine = await client.get(f"/v1/cases/{cid}", headers=resident)
+    assert mine.json()["extension_request"] is None
+    # the department cannot grant its own request
+    r = await _step(client, cid, heating, action="extend", reason="自批")
+    assert r.status_code == 403
+
+    # the operator grants what was asked
+    r = await _step(client, cid, operator, action="extend", reason="同意延期")
+    assert r.status_code == 202, r.text
+    view = await _view(client, cid, keys.operator)
+    assert datetime.fromisoformat(view["resolve_by"]) == datetime.fromisoformat(asked)
+    assert view["extension_request"] is None
+    assert cid not in await _asked(client, keys.operator)
+    records = await read_topic(
+        stack.kafka.bootstrap, topics.CASES_LIFECYCLE, expected=1, settle_s=2
+    )
+    extended = [
+        json.loads(rec.value)
+        for rec in records
+        if rec.key == cid.encode() and json.loads(rec.value)["event_type"] == "CaseDeadlineExtended"
+    ]
+    assert len(extended) == 1
+    assert datetime.fromisoformat(extended[0]["payload"]["resolve_by"]) == datetime.fromisoformat(
+        asked
+    )
+    # Open311 expects it then
+    [public] = (await client.get(f"/open311/v2/requests/{cid}.json")).json()
+    assert datetime.fromisoformat(public["expected_datetime"]) == datetime.fromisoformat(asked)
+
+
+async def test_an_operator_refuses_and_a_resolution_ends_a_request(
+    client: httpx.AsyncClient, stack: LocalStack, keys: Keys
+) -> None:
+    heating, operator = auth(keys.heating), auth(keys.operator)
+    first, second = [
+        (await reported_and_routed(client, stack, keys, department="heating"))["case_id"]
+        for _ in range(2)
+    ]
+    for cid in (first, second):
+        await _step(client, cid, heating, action="acknowledge")
+        due = datetime.fromisoformat((await _view(client, cid, keys.operator))["resolve_by"])
+        r = await _step(
+            client,
+            cid,
+            heating,
+            action="request_extension",
+            until=(due + timedelta(days=1)).isoformat(),
+            reason="等待配件",
+        )
+        assert r.status_code == 202, r.text
+    r = await _step(client, first, operator, action="refuse_extension", reason="请按原时限办结")
+    assert r.status_code == 202, r.text
+    refused = await _view(client, first, keys.operator)
+    assert refused["extension_request"] is None
+    assert [e["event_type"] for e in refused["timeline"]][-2:] == [
+        "CaseExtensionRequested",
+        "CaseExtensionRefused",
+    ]
+    # resolved anyway: the request is moot
+    r = await _step(client, second, heating, action="resolve", note="已修复")
+    assert r.status_code == 202, r.text
+    assert (await _view(client, second, keys.operator))["extension_request"] is None
+    assert not {first, second} & await _asked(client, keys.operator)
+
+
+async def test_an_extension_comes_before_the_deadline_passes(
+    client: httpx.AsyncClient, stack: LocalStack, keys: Keys
+) -> None:
+    r = await client.post("/v1/cases", json=report_body(), headers=auth(keys.resident_app))
+    cid = r.json()["case_id"]
+    await publish_lifecycle(stack, routed_event(cid, "heating", resolve_in=timedelta(seconds=2)))
+    await wait_for(client, cid, keys.operator, lambda c: c["status"] == "routed")
+    await _step(client, cid, auth(keys.heating), action="acknowledge")
+    await asyncio.sleep(2.5)
+    r = await _step(
+        client,
+        cid,
+        auth(keys.operator),
+        action="extend",
+        until=(datetime.now().astimezone() + timedelta(days=1)).isoformat(),
+        reason="补批",
+    )
+    assert _refusal(r) == (409, "extension_not_allowed", ["until"])
+    assert "passed" in r.json()["message"]
