@@ -180,3 +180,9 @@ async def reported_and_routed(
     await publish_lifecycle(stack, routed_event(accepted["case_id"], department))
     await wait_for(client, accepted["case_id"], keys.operator, lambda c: c["status"] == "routed")
     return accepted
+
+
+def refusal(r: httpx.Response) -> tuple[int, str, list[str]]:
+    """An error answer as (status, error code, the fields it names)."""
+    body = r.json()
+    return r.status_code, body["error"], [e["field"] for e in body.get("errors", [])]

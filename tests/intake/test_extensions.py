@@ -18,16 +18,12 @@ from tests.intake.conftest import (
     Keys,
     auth,
     publish_lifecycle,
+    refusal,
     report_body,
     reported_and_routed,
     routed_event,
     wait_for,
 )
-
-
-def _refusal(r: httpx.Response) -> tuple[int, str, list[str]]:
-    body = r.json()
-    return r.status_code, body["error"], [e["field"] for e in body.get("errors", [])]
 
 
 async def _step(
@@ -63,7 +59,7 @@ async def test_a_department_asks_for_more_time_and_an_operator_grants_it(
 
     # asked once the case is taken, not before
     r = await _step(client, cid, heating, action="request_extension", until=asked, reason=reason)
-    assert _refusal(r)[:2] == (409, "illegal_transition")
+    assert refusal(r)[:2] == (409, "illegal_transition")
     assert (await _step(client, cid, heating, action="acknowledge")).status_code == 202
     # what is wrong with a request is named
     for body, expected in (
@@ -79,12 +75,12 @@ async def test_a_department_asks_for_more_time_and_an_operator_grants_it(
         ),
     ):
         r = await _step(client, cid, heating, action="request_extension", **body)
-        assert _refusal(r)[:2] == expected, (body, r.text)
+        assert refusal(r)[:2] == expected, (body, r.text)
     r = await _step(client, cid, resident, action="request_extension", until=asked, reason=reason)
     assert r.status_code == 403
     # nothing to refuse yet
     r = await _step(client, cid, operator, action="refuse_extension", reason="不同意")
-    assert _refusal(r) == (409, "extension_not_allowed", ["until"])
+    assert refusal(r) == (409, "extension_not_allowed", ["until"])
 
     r = await _step(client, cid, heating, action="request_extension", until=asked, reason=reason)
     assert r.status_code == 202, r.text
@@ -180,5 +176,5 @@ async def test_an_extension_comes_before_the_deadline_passes(
         until=(datetime.now().astimezone() + timedelta(days=1)).isoformat(),
         reason="补批",
     )
-    assert _refusal(r) == (409, "extension_not_allowed", ["until"])
+    assert refusal(r) == (409, "extension_not_allowed", ["until"])
     assert "passed" in r.json()["message"]

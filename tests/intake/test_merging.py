@@ -14,18 +14,13 @@ from shared import topics
 from shared.ids import derived_event_id
 from shared.localstack import LocalStack
 from tests.helpers.kafka import read_topic
-from tests.intake.conftest import Keys, auth, reported_and_routed, wait_for
+from tests.intake.conftest import Keys, auth, refusal, reported_and_routed, wait_for
 
 
 async def _step(
     client: httpx.AsyncClient, case_id: str, key: str, **body: object
 ) -> httpx.Response:
     return await client.post(f"/v1/cases/{case_id}/events", json=body, headers=auth(key))
-
-
-def _refusal(r: httpx.Response) -> tuple[int, str, list[str]]:
-    body = r.json()
-    return r.status_code, body["error"], [e["field"] for e in body.get("errors", [])]
 
 
 async def _view(client: httpx.AsyncClient, case_id: str, keys: Keys) -> dict[str, Any]:
@@ -54,7 +49,7 @@ async def test_merged_reports_are_resolved_with_the_case_they_joined(
 
     # into a merged case: refused, naming the case that carries the work
     r = await _step(client, c, keys.heating, action="merge", into=b)
-    assert _refusal(r) == (409, "merge_refused", ["into"])
+    assert refusal(r) == (409, "merge_refused", ["into"])
     assert a in r.json()["message"]
     assert (await _step(client, c, keys.heating, action="merge", into=a)).status_code == 202
     # a merged case takes no other step but reopening
@@ -111,9 +106,9 @@ async def test_a_merge_is_refused_with_the_field_and_the_reason(
     # a department merges only into a case it can see; an unknown case reads the same
     for into in (theirs, str(uuid.uuid4())):
         r = await _step(client, mine, keys.heating, action="merge", into=into)
-        assert _refusal(r) == (422, "unknown_case", ["into"])
+        assert refusal(r) == (422, "unknown_case", ["into"])
     r = await _step(client, mine, keys.heating, action="merge", into=mine)
-    assert _refusal(r)[:2] == (409, "merge_refused")
+    assert refusal(r)[:2] == (409, "merge_refused")
     assert (await _step(client, mine, keys.heating, action="merge")).status_code == 422
     assert (
         await _step(client, mine, keys.heating, action="acknowledge", into=theirs)
@@ -131,7 +126,7 @@ async def test_a_merge_is_refused_with_the_field_and_the_reason(
     await _step(client, done, keys.heating, action="acknowledge")
     await _step(client, done, keys.heating, action="resolve", note="已修复")
     r = await _step(client, mine, keys.heating, action="merge", into=done)
-    assert _refusal(r)[:2] == (409, "merge_refused")
+    assert refusal(r)[:2] == (409, "merge_refused")
     assert "resolved" in r.json()["message"]
     assert (await _view(client, mine, keys))["status"] == "routed"  # nothing changed
 
