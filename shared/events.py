@@ -311,6 +311,17 @@ class CaseMerged(Event):
     note: str | None = Field(default=None, max_length=4000)
 
 
+class CaseUrged(Event):
+    """The resident (or the hotline for them) presses for their case: its department and
+    worker are told. At most once a day per case (intake's `urge_interval_s`)."""
+
+    EVENT_TYPE: ClassVar[str] = "CaseUrged"
+
+    by: str
+    times: int = Field(ge=1, description="how often the case has been urged, this time included")
+    note: str | None = Field(default=None, max_length=4000)
+
+
 class CaseExtensionRequested(Event):
     """The case's department or worker asks for more time to resolve it (a pipe to replace, a
     part to order): an operator grants it (`CaseDeadlineExtended`) or refuses it
@@ -426,6 +437,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         CaseClosed,
         CaseReopened,
         CaseMerged,
+        CaseUrged,
         CaseExtensionRequested,
         CaseDeadlineExtended,
         CaseExtensionRefused,

@@ -88,6 +88,13 @@ class MergedDetails(_Strict):
     note: str | None
 
 
+class UrgedDetails(_Strict):
+    times: int = Field(
+        ge=1, description="how often the resident pressed for it, this time included"
+    )
+    note: str | None
+
+
 class ExtensionRequestedDetails(_Strict):
     until: AwareDatetime = Field(description="the resolve deadline asked for")
     reason: str
@@ -174,6 +181,13 @@ class CaseMergedMessage(_Message):
     details: MergedDetails
 
 
+class CaseUrgedMessage(_Message):
+    """The resident (or the hotline for them) pressed for the case (催办): at most once a day."""
+
+    event_type: Literal["CaseUrged"]
+    details: UrgedDetails
+
+
 class CaseExtensionRequestedMessage(_Message):
     """The department or its worker asked for more time to resolve the case; an operator
     answers (`CaseDeadlineExtended` or `CaseExtensionRefused`). The deadline stands until then."""
@@ -231,6 +245,7 @@ DepartmentFeedMessage = Annotated[
     | CaseClosedMessage
     | CaseReopenedMessage
     | CaseMergedMessage
+    | CaseUrgedMessage
     | CaseExtensionRequestedMessage
     | CaseDeadlineExtendedMessage
     | CaseExtensionRefusedMessage

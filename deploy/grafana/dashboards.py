@@ -113,7 +113,8 @@ OVERVIEW = [
             for q in (0.5, 0.95, 0.99)
         ],
         unit="s",
-        description="Reported → delivered to the department (feed or webhook)",
+        description="Reported → the case's routing delivered to the department (feed, "
+        "webhook, e-mail) or worker (SMS); later messages about a case are not timed",
     ),
     Panel(
         "Warnings and SLA breaches",
@@ -151,6 +152,29 @@ OVERVIEW = [
         description="Resolutions that neither the resident verified nor reopened within the "
         "verification window, so GridDispatch closed them: a department with many rarely hears "
         "back from its residents",
+    ),
+    Panel(
+        "More time asked, granted, refused; reports merged; cases urged",
+        [
+            (
+                f"sum by (step) (increase(griddispatch_case_extensions_total{{{DEPT}}}"
+                "[$__rate_interval]))",
+                "extensions {{step}}",
+            ),
+            (
+                f"sum by (step) (increase(griddispatch_cases_merged_total{{{DEPT}}}"
+                "[$__rate_interval]))",
+                "merges: {{step}}",
+            ),
+            (
+                f"sum(increase(griddispatch_cases_urged_total{{{DEPT}}}[$__rate_interval]))",
+                "urged by residents",
+            ),
+        ],
+        description="Extensions of resolve deadlines (asked by departments and workers, "
+        "answered by operators: GET /v1/cases?extension_asked=true lists those waiting) and "
+        "duplicate reports merged into the case carrying the work (resolved_with: resolved with "
+        "it)",
     ),
     Panel(
         "Open backlog per department",

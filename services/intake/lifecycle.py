@@ -8,6 +8,7 @@
     merged → (that case is resolved) → resolved          merged → reopened → routed
     acknowledged | in_progress: request_extension (handler), extend | refuse_extension
     (operator) — the resolve deadline moves, the state does not
+    routed | acknowledged | in_progress: urge (the resident, once a day) — nor does urging
 
 No I/O here: `decide` answers with the next state and the event to emit, or raises.
 """
@@ -45,6 +46,7 @@ class Action(StrEnum):
     REQUEST_EXTENSION = "request_extension"
     EXTEND = "extend"
     REFUSE_EXTENSION = "refuse_extension"
+    URGE = "urge"
 
 
 class Actor(StrEnum):
@@ -107,7 +109,26 @@ TRANSITIONS: dict[Action, tuple[frozenset[Status], frozenset[Actor], Status | No
     ),
     Action.EXTEND: (BEING_HANDLED, frozenset({Actor.OPERATOR}), None),
     Action.REFUSE_EXTENSION: (BEING_HANDLED, frozenset({Actor.OPERATOR}), None),
+    # the resident presses for a case with a handler (催办); the hotline's operator for them
+    Action.URGE: (
+        frozenset({Status.ROUTED}) | BEING_HANDLED,
+        frozenset({Actor.RESIDENT, Actor.OPERATOR}),
+        None,
+    ),
 }
+
+
+class UrgedRecently(Exception):
+    """The case was urged a moment ago (HTTP 409): its handlers have the message already."""
+
+
+def urge_refused(now: datetime, last_urged_at: datetime | None, interval: timedelta) -> str | None:
+    """Why a case may not be urged now (urged within `interval`), or None."""
+    if last_urged_at is None or now >= last_urged_at + interval:
+        return None
+    again = (last_urged_at + interval).isoformat()
+    return f"the case was urged at {last_urged_at.isoformat()}; it may be urged again from {again}"
+
 
 LONGEST_EXTENSION = timedelta(days=90)
 
@@ -221,6 +242,7 @@ class Step:
     department: str | None = None  # current department, for transfer requests
     into: str | None = None  # a merge: the case it joins
     until: datetime | None = None  # an extension: the resolve deadline (`extension_until`)
+    times: int = 0  # an urging: how often, this one included
     # a resolution: when it closes unless the resident verifies or reopens it (None: never)
     closes_at: datetime | None = None
 
@@ -289,6 +311,8 @@ def decide(current: Status, actor: Actor, step: Step, *, already_rated: bool = F
                 )
         case Action.REFUSE_EXTENSION:
             event = events.CaseExtensionRefused(by=step.by, reason=step.reason or "")
+        case Action.URGE:
+            event = events.CaseUrged(by=step.by, times=max(1, step.times), note=step.note)
     return Decision(status=status, event=event, also_reroute=reroute)
 
 

@@ -321,6 +321,7 @@ class CaseView(BaseModel):
         description="more time asked for by the department or worker, waiting for an "
         "operator's answer (not shown to the resident)",
     )
+    urged: int = Field(default=0, description="how often the resident pressed for the case")
     merged_cases: list[str] = Field(
         default=[],
         description="the cases merged into this one, merged still or resolved with it (in one "

@@ -32,6 +32,11 @@ class IntakeSettings(BaseSettings):
         "before GridDispatch closes it for them (the resolution states when: `closes_at`); 0: "
         "resolved cases wait for a person to close them",
     )
+    urge_interval_s: float = Field(
+        default=24 * 3600.0,
+        ge=0,
+        description="how long after urging a case (催办) it may be urged again",
+    )
     open311_public_read: bool = Field(
         default=True, description="Open311 GET requests without an api_key (no personal data)"
     )

@@ -290,11 +290,13 @@ async def apply_step(
     into: str | None = None,
     until: datetime | None = None,
     verify_window_s: float = 0.0,
+    urge_interval_s: float = 0.0,
 ) -> StepTaken:
     """Take one lifecycle step. A resolution states when it closes unless the resident verifies
     or reopens it first: `verify_window_s` after it (0: never), and resolves the cases merged
     into this one with it. Raises CaseNotFound, Forbidden, IllegalTransition, NotPermitted,
-    for a merge MergeTargetUnknown and MergeRefused, for an extension ExtensionNotAllowed."""
+    for a merge MergeTargetUnknown and MergeRefused, for an extension ExtensionNotAllowed, for
+    an urging UrgedRecently (at most once per `urge_interval_s`)."""
     async with pool.acquire() as conn, conn.transaction():
         case, target = await _lock_cases(
             conn, case_id, into if step_action is Action.MERGE else None
@@ -327,9 +329,16 @@ async def apply_step(
                 closes_at=closes_at,
                 into=into,
                 until=until,
+                times=case["urged_count"] + 1,
             ),
             already_rated=case["rating"] is not None,
         )
+        if step_action is Action.URGE and (
+            refused := lifecycle.urge_refused(
+                at, case["last_urged_at"], timedelta(seconds=urge_interval_s)
+            )
+        ):
+            raise lifecycle.UrgedRecently(refused)
         asked = _extension_asked(case, step_action, decision.status, until, reason, at)
         merged_into = case["merged_into"]
         if step_action is Action.MERGE:
@@ -342,6 +351,8 @@ async def apply_step(
             "UPDATE intake.cases SET status = $2, rating = COALESCE($3, rating), updated_at = $4,"
             " closes_at = $5, merged_into = $6, resolve_by = coalesce($7, resolve_by),"
             " extension_until = $8, extension_reason = $9, extension_requested_at = $10,"
+            " urged_count = urged_count + CASE WHEN $11::timestamptz IS NULL THEN 0 ELSE 1 END,"
+            " last_urged_at = coalesce($11, last_urged_at),"
             " status_since = CASE WHEN status <> $2 THEN $4 ELSE status_since END"
             " WHERE case_id = $1",
             case_id,
@@ -352,6 +363,7 @@ async def apply_step(
             merged_into,
             until if step_action is Action.EXTEND else None,
             *asked,
+            at if step_action is Action.URGE else None,
         )
         await _record_event(conn, env, _timeline_details(decision.event))
         items = [(env, topics.CASES_LIFECYCLE)]

@@ -138,6 +138,7 @@ def case_view(
         reporter=reporter_for(reporter, viewer, resident, category),
         task_id=row.get("task_id"),
         merged_into=row.get("merged_into"),
+        urged=row.get("urged_count") or 0,
         extension_request=ExtensionRequestView(
             until=row["extension_until"],
             reason=row["extension_reason"] or "",

@@ -43,6 +43,7 @@ STAFF_EVENTS = (
     "CaseWarned",
     "CaseEscalated",
     "CaseReopened",
+    "CaseUrged",  # the resident presses for it
     # the answer to an extension the department or its worker asked for
     "CaseDeadlineExtended",
     "CaseExtensionRefused",
@@ -189,4 +190,6 @@ def staff_context(view: dict[str, Any], locale: str | None) -> dict[str, Any]:
         "to_role_name": words.get(to.get("role", ""), to.get("role", "")),
         "to_name": to.get("name", ""),
         "reason": details.get("reason", ""),
+        "times": details.get("times", 0),  # an urging: how often
+        "note": details.get("note") or "",
     }

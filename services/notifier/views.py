@@ -24,6 +24,7 @@ DEPARTMENT_EVENTS = (
     events.CaseClosed,
     events.CaseReopened,
     events.CaseMerged,
+    events.CaseUrged,
     events.CaseExtensionRequested,
     events.CaseDeadlineExtended,
     events.CaseExtensionRefused,
@@ -72,6 +73,11 @@ def department_view(env: Envelope, event: events.Event, case: dict[str, Any]) ->
                 "note": mask_in_text(event.note),
                 "closes_at": closes_at,
                 "follows": event.follows,
+            }
+        case events.CaseUrged():
+            details = {
+                "times": event.times,
+                "note": mask_in_text(event.note) if event.note else None,
             }
         case events.CaseExtensionRequested():
             details = {"until": event.until.isoformat(), "reason": mask_in_text(event.reason)}

@@ -128,3 +128,20 @@ def test_extensions_leave_the_state_and_are_decided_by_operators() -> None:
         lifecycle.decide(Status.ACKNOWLEDGED, Actor.DEPARTMENT, grant)
     with pytest.raises(IllegalTransition):  # asked once taken, not before
         lifecycle.decide(Status.ROUTED, Actor.WORKER, step)
+
+
+def test_a_case_is_urged_at_most_once_an_interval() -> None:
+    day = timedelta(hours=24)
+    assert lifecycle.urge_refused(NOW, None, day) is None
+    assert lifecycle.urge_refused(NOW, NOW - day, day) is None
+    refused = lifecycle.urge_refused(NOW, NOW - timedelta(hours=2), day)
+    assert refused is not None
+    assert (NOW + timedelta(hours=22)).isoformat() in refused
+    urge = Step(action=Action.URGE, by="resident", note="三天了", times=3)
+    decision = lifecycle.decide(Status.ROUTED, Actor.RESIDENT, urge)
+    assert decision.status is Status.ROUTED
+    assert decision.event == events.CaseUrged(by="resident", times=3, note="三天了")
+    with pytest.raises(NotPermitted):  # the handlers are those told
+        lifecycle.decide(Status.ROUTED, Actor.DEPARTMENT, urge)
+    with pytest.raises(IllegalTransition):
+        lifecycle.decide(Status.RESOLVED, Actor.RESIDENT, urge)

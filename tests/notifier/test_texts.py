@@ -73,6 +73,7 @@ EXTENDED = events.CaseDeadlineExtended(
     reason="需更换主管道，配件已订购",
 )
 STAFF["CaseDeadlineExtended"] = EXTENDED
+STAFF["CaseUrged"] = events.CaseUrged(by="resident", times=2, note="已经三天了，电话13912345678")
 STAFF["CaseExtensionRefused"] = events.CaseExtensionRefused(by="op-1", reason="请按原时限办结")
 
 
@@ -205,3 +206,12 @@ def test_an_extension_tells_staff_why_and_the_resident_only_when() -> None:
     ).text
     assert "01-15" in resident
     assert "主管道" not in resident
+
+
+@pytest.mark.parametrize("locale", texts.LOCALES)
+def test_an_urging_reaches_the_worker_with_the_resident_s_words_masked(locale: str) -> None:
+    context = staff_context(_case(STAFF["CaseUrged"]), locale)
+    sms = render("worker", "CaseUrged", "sms", locale, context).text
+    assert "已经三天了" in sms
+    assert "2" in sms
+    assert "13912345678" not in sms

@@ -35,6 +35,7 @@ ONE_OF_EACH: list[events.Event] = [
     events.CaseClosed(by="operator", note="居民确认"),
     REOPENED,
     events.CaseMerged(by="w-7", into=str(uuid.uuid4()), note="同一楼栋，居民13912345678已反映"),
+    events.CaseUrged(by="resident", times=2, note="三天了还没人来，电话13912345678"),
     events.CaseExtensionRequested(
         by="heating", until=AT + timedelta(days=5), reason="需更换主管道，联系人13912345678"
     ),

@@ -28,6 +28,7 @@ from services.intake.lifecycle import (
     MergeRefused,
     NotPermitted,
     Status,
+    UrgedRecently,
 )
 from services.intake.models import (
     CasePage,
@@ -77,6 +78,12 @@ CASES_MERGED = Counter(
     registry=REGISTRY,
 )
 
+CASES_URGED = Counter(
+    "griddispatch_cases_urged_total",
+    "Cases their resident (or the hotline for them) pressed for (催办)",
+    ["department"],
+    registry=REGISTRY,
+)
 CASE_EXTENSIONS = Counter(
     "griddispatch_case_extensions_total",
     "Extensions of a resolve deadline asked for by departments and workers, and operators' answers",
@@ -403,8 +410,8 @@ async def list_cases(
 async def take_step(case_id: CaseId, body: StepIn, request: Request) -> StepAccepted:
     """Acknowledge, add a progress note, resolve, request a transfer, verify and close, merge
     into another case of the same problem, ask for more time (departments, workers,
-    operators); grant or refuse more time (operators); reopen or rate (the resident, with the
-    tracking token)."""
+    operators); grant or refuse more time (operators); reopen, rate or urge (the resident, with
+    the tracking token; the hotline's operator may urge for them)."""
     refuse_nul(await request.body())
     st = state(request)
     principal = await caller(request, required=False)
@@ -425,6 +432,7 @@ async def take_step(case_id: CaseId, body: StepIn, request: Request) -> StepAcce
             into=body.into,
             until=body.until,
             verify_window_s=st.settings.verify_window_s,
+            urge_interval_s=st.settings.urge_interval_s,
         )
     except store.CaseNotFound as exc:
         raise ApiError(404, "not_found", f"no case {case_id}") from exc
@@ -442,6 +450,8 @@ async def take_step(case_id: CaseId, body: StepIn, request: Request) -> StepAcce
         raise ApiError(409, "merge_refused", str(exc), field="into") from exc
     except ExtensionNotAllowed as exc:
         raise ApiError(409, "extension_not_allowed", str(exc), field="until") from exc
+    except UrgedRecently as exc:
+        raise ApiError(409, "urged_recently", str(exc), field="action") from exc
     _count_step(body.action, body.rating, taken)
     return StepAccepted(case_id=case_id, status=taken.status, event_id=str(taken.envelope.event_id))
 
@@ -497,5 +507,7 @@ def _count_step(action: Action, rating: int | None, taken: store.StepTaken) -> N
         CASES_MERGED.labels(department, "merged").inc()
     if action in _EXTENSION_STEPS:
         CASE_EXTENSIONS.labels(department, _EXTENSION_STEPS[action]).inc()
+    if action is Action.URGE:
+        CASES_URGED.labels(department).inc()
     if taken.followers:
         CASES_MERGED.labels(department, "resolved_with").inc(taken.followers)
