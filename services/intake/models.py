@@ -375,6 +375,7 @@ class PerformanceRow(BaseModel):
     closed_unverified: int = Field(
         description="closed because nobody verified the resolution in time"
     )
+    urged: int = Field(description="cases their resident pressed for (催办) at least once")
     response_rate: float | None = Field(
         description="acknowledged_on_time ÷ (acknowledged_on_time + acknowledge_missed); "
         "null: nothing to judge yet"

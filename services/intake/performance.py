@@ -55,6 +55,7 @@ class CaseRecord:
     reopened: int  # times
     closed_unverified: bool  # closed because nobody verified the resolution in time
     open: bool
+    urged: bool = False  # its resident pressed for it (催办) at least once
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Performance:
     satisfied: int
     reopened: int
     closed_unverified: int
+    urged: int  # cases their resident pressed for
     response_rate: float | None  # None: nothing to judge yet
     resolution_rate: float | None
     satisfaction_rate: float | None
@@ -141,6 +143,7 @@ def _row(key: str | None, cases: list[CaseRecord]) -> Performance:
         satisfied=satisfied,
         reopened=sum(c.reopened for c in cases),
         closed_unverified=sum(1 for c in cases if c.closed_unverified),
+        urged=sum(1 for c in cases if c.urged),
         response_rate=_rate(ack_on_time, ack_on_time + ack_missed),
         resolution_rate=_rate(res_on_time, res_on_time + res_missed),
         satisfaction_rate=_rate(satisfied, len(ratings)),

@@ -851,7 +851,8 @@ _GROUP_COLUMNS = {
 _PERFORMANCE_SQL = """
 SELECT c.{column} AS key, c.reported_at, c.status, c.rating, t.acknowledged_at, t.resolved_at,
        coalesce(t.ack_missed, false) AS ack_missed, coalesce(t.res_missed, false) AS res_missed,
-       t.reopened, coalesce(t.closed_unverified, false) AS closed_unverified
+       t.reopened, coalesce(t.closed_unverified, false) AS closed_unverified,
+       c.urged_count > 0 AS urged
 FROM intake.cases c
 CROSS JOIN LATERAL (
     SELECT min(e.occurred_at) FILTER (WHERE e.event_type = 'CaseAcknowledged') AS acknowledged_at,
@@ -899,6 +900,7 @@ async def performance_records(
             rating=r["rating"],
             reopened=r["reopened"],
             closed_unverified=r["closed_unverified"],
+            urged=r["urged"],
             open=r["status"] not in lifecycle.SETTLED,
         )
         for r in rows

@@ -162,6 +162,10 @@ async def test_a_department_reads_its_own_rates_from_its_cases(
     # the same problem as smooth, merged into it: resolved with it, counted for it only
     duplicate = await report()
     await step(duplicate["case_id"], {"action": "merge", "into": smooth["case_id"]}, auth(own))
+    # pending's resident presses for it
+    await step(
+        pending["case_id"], {"action": "urge"}, {"X-Tracking-Token": pending["tracking_token"]}
+    )
     # smooth: acknowledged and resolved in time, closed, rated 5
     for body in ({"action": "acknowledge"}, {"action": "resolve", "note": "修好了"}):
         await step(smooth["case_id"], body, auth(own))
@@ -210,6 +214,7 @@ async def test_a_department_reads_its_own_rates_from_its_cases(
     assert (row["response_rate"], row["resolution_rate"]) == (0.5, 0.5)
     assert (row["rated"], row["satisfied"], row["satisfaction_rate"]) == (1, 1, 1.0)
     assert row["closed_unverified"] == 1
+    assert row["urged"] == 1
     assert pending["case_id"] not in r.text  # figures only, no case ids
 
     # by category, and for another department (forbidden) or a resident (forbidden)
