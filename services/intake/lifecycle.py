@@ -254,13 +254,22 @@ class Decision:
     also_reroute: events.RerouteRequested | None = None
 
 
+def check_allowed(
+    current: Status, actor: Actor, action: Action, *, already_rated: bool = False
+) -> None:
+    """Whether `actor` may take `action` on a case in state `current`: raises NotPermitted or
+    IllegalTransition (before any check of the step's own values)."""
+    sources, actors, _ = TRANSITIONS[action]
+    if actor not in actors:
+        raise NotPermitted(f"a {actor.value} may not {action.value} a case")
+    if current not in sources or (action is Action.RATE and already_rated):
+        raise IllegalTransition(action, current)
+
+
 def decide(current: Status, actor: Actor, step: Step, *, already_rated: bool = False) -> Decision:
     """The outcome of `step` on a case in state `current`, or `IllegalTransition`/`NotPermitted`."""
-    sources, actors, target = TRANSITIONS[step.action]
-    if actor not in actors:
-        raise NotPermitted(f"a {actor.value} may not {step.action.value} a case")
-    if current not in sources or (step.action is Action.RATE and already_rated):
-        raise IllegalTransition(step.action, current)
+    check_allowed(current, actor, step.action, already_rated=already_rated)
+    target = TRANSITIONS[step.action][2]
     status = current if target is None else target
     event: events.Event
     reroute = None

@@ -311,12 +311,14 @@ async def apply_step(
             closes_at = at + timedelta(seconds=verify_window_s)
         actor, by = who_acts(principal, tracking_token, case)
         current = Status(case["status"])
-        if current in lifecycle.BEING_HANDLED:  # else decide's 409 says why
-            until = lifecycle.extension_until(
-                step_action, at, case["resolve_by"], asked=until, pending=case["extension_until"]
-            )
+        already_rated = case["rating"] is not None
+        # who may and from which state first: a 403 or 409 says so before the values are judged
+        lifecycle.check_allowed(current, actor, step_action, already_rated=already_rated)
+        until = lifecycle.extension_until(
+            step_action, at, case["resolve_by"], asked=until, pending=case["extension_until"]
+        )
         decision = lifecycle.decide(
-            Status(case["status"]),
+            current,
             actor,
             Step(
                 action=step_action,
@@ -331,7 +333,7 @@ async def apply_step(
                 until=until,
                 times=case["urged_count"] + 1,
             ),
-            already_rated=case["rating"] is not None,
+            already_rated=already_rated,
         )
         if step_action is Action.URGE and (
             refused := lifecycle.urge_refused(
