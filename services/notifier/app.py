@@ -207,6 +207,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         quiet=ns.quiet(),
         replication_factor=settings.kafka.replication_factor,
         directory=directory,
+        ladder_locale=ns.ladder_locale,
     )
 
     @durable_subscriber(

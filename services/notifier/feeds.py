@@ -55,8 +55,10 @@ class FeedWriter:
         quiet: tuple[dtime, dtime] = (dtime(22), dtime(7)),
         replication_factor: int = 1,
         directory: DepartmentDirectory | None = None,
+        ladder_locale: str = "zh-CN",
     ) -> None:
         self.quiet = quiet
+        self.ladder_locale = ladder_locale
         # department names for residents' messages; waited for once, at the first batch
         self.department_name: DepartmentName = directory.name if directory else no_names
         self._names_ready = directory.caught_up if directory else None
@@ -231,7 +233,7 @@ class FeedWriter:
             # e-mail and SMS subscriptions
             await queue_for_staff(conn, for_staff, self._message_subscriptions)
             # whoever an escalation reached, at the contact the case carries
-            await queue_for_ladder(conn, for_ladder)
+            await queue_for_ladder(conn, for_ladder, locale=self.ladder_locale)
             # the delivery log's webhooks: one row per active endpoint of the department, of
             # the case's grid worker, and of worker-app gateways (owner '*': every worker)
             if deliveries:

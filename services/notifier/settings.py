@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +41,11 @@ class NotifierSettings(BaseSettings):
     )
     per_endpoint_concurrency: int = 4
     quiet_hours: str = Field(default="22:00-07:00", description="residents' quiet hours, local")
+    ladder_locale: Literal["zh-CN", "en"] = Field(
+        default="zh-CN",
+        description="the language of messages to the escalation ladder's contacts, for each one "
+        "seen for the first time (its subscription keeps it)",
+    )
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 2525
     smtp_from: str = "GridDispatch <noreply@griddispatch.local>"

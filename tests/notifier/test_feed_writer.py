@@ -228,3 +228,9 @@ async def test_whoever_an_escalation_reached_is_told_at_the_case_s_contact(
     again = _escalated_to(case.case_id, "grid_leader", "李网格长", leader)
     assert await writer.handle(_records(again)) == 1
     assert len(await told()) == 2
+    # a city that writes to its offices in English (GRIDDISPATCH_NOTIFIER__LADDER_LOCALE)
+    writer.ladder_locale = "en"
+    office = f"office-{uuid.uuid4().hex[:6]}@longsha.example.org"
+    await writer.handle(_records(_escalated_to(case.case_id, "community", "Longsha", office)))
+    [english] = [r for r in await told() if r["address"] == office]
+    assert json.loads(english["payload"])["subject"].startswith("[GridDispatch] Case escalated")
