@@ -723,8 +723,8 @@ async def apply_lifecycle_events(
                        district = CASE WHEN u.routed THEN u.district ELSE c.district END,
                        worker_id = CASE WHEN u.routed THEN u.worker_id ELSE c.worker_id END,
                        priority = CASE WHEN u.routed THEN u.priority ELSE c.priority END,
-                       acknowledge_by = CASE WHEN u.routed THEN u.ack ELSE c.acknowledge_by END,
-                       resolve_by = CASE WHEN u.routed THEN u.res ELSE c.resolve_by END,
+                       acknowledge_by = coalesce(u.ack, c.acknowledge_by),
+                       resolve_by = coalesce(u.res, c.resolve_by),
                        escalation_level = GREATEST(c.escalation_level, u.level),
                        updated_at = u.at,
                        status_since = COALESCE(u.since, c.status_since)
@@ -827,8 +827,10 @@ class CaseChange:
             r.district if r else None,
             r.worker_id if r else None,
             r.priority.value if r else None,
-            r.deadlines.acknowledge_by if r else None,
-            r.deadlines.resolve_by if r else None,
+            # a handover keeps the case's deadlines as they are now (one an operator extended
+            # meanwhile included); any other routing sets them
+            r.deadlines.acknowledge_by if r and not r.handed_over_from else None,
+            r.deadlines.resolve_by if r and not r.handed_over_from else None,
             self.level,
             self.at,
             self.since,

@@ -316,3 +316,12 @@ def test_a_handover_changes_the_worker_not_the_state() -> None:
     )
     assert crossed.status is Status.ACKNOWLEDGED
     assert crossed.routed == handed
+    # the worker's columns change, the deadlines stay as the case has them (an extension
+    # granted meanwhile is not undone)
+    columns = crossed.columns()
+    assert columns[5] == "w-2"
+    assert columns[7:9] == (None, None)
+    assert store.CaseChange(Status.REPORTED).after(routed, at).columns()[7:9] == (
+        routed.deadlines.acknowledge_by,
+        routed.deadlines.resolve_by,
+    )
