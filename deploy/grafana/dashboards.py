@@ -170,6 +170,7 @@ OVERVIEW = [
                 f"sum(increase(griddispatch_cases_urged_total{{{DEPT}}}[$__rate_interval]))",
                 "urged by residents",
             ),
+            ("max(griddispatch_extensions_waiting)", "extensions waiting for an answer"),
         ],
         description="Extensions of resolve deadlines (asked by departments and workers, "
         "answered by operators: GET /v1/cases?extension_asked=true lists those waiting) and "

@@ -88,9 +88,22 @@ TRIAGE_OLDEST_AGE = Gauge(
 )
 
 
+EXTENSIONS_WAITING = Gauge(
+    "griddispatch_extensions_waiting",
+    "Requests for more time (a later resolve deadline) waiting for an operator's answer",
+    registry=REGISTRY,
+)
+EXTENSION_OLDEST_WAIT = Gauge(
+    "griddispatch_extension_oldest_wait_seconds",
+    "How long the oldest request for more time has waited for an operator (0: none waits); "
+    "unanswered, it lapses when the case's deadline passes",
+    registry=REGISTRY,
+)
+
+
 class OpenCaseGauge:
-    """Refreshes `griddispatch_cases_open` and the triage gauges from the read model. Every
-    intake replica reports the same figures, so dashboards take `max`."""
+    """Refreshes `griddispatch_cases_open`, the triage gauges and the waiting extensions from
+    the read model. Every intake replica reports the same figures, so dashboards take `max`."""
 
     def __init__(self, pool: asyncpg.Pool, *, interval_s: float = 15.0) -> None:
         self._pool = pool
@@ -101,6 +114,11 @@ class OpenCaseGauge:
         async with self._pool.acquire() as conn:
             counts = dict(await store.open_cases_by_department(conn))
             waiting, oldest = await store.triage_waiting(conn)
+            asked, oldest_asked = await store.extensions_waiting(conn)
+        EXTENSIONS_WAITING.set(asked)
+        EXTENSION_OLDEST_WAIT.set(
+            max(0.0, time.time() - oldest_asked.timestamp()) if oldest_asked is not None else 0.0
+        )
         TRIAGE_CASES.set(waiting)
         TRIAGE_OLDEST_AGE.set(
             max(0.0, time.time() - oldest.timestamp()) if oldest is not None else 0.0

@@ -931,6 +931,16 @@ async def triage_waiting(conn: asyncpg.Connection) -> tuple[int, datetime | None
     return int(row["n"]), row["oldest"]
 
 
+async def extensions_waiting(conn: asyncpg.Connection) -> tuple[int, datetime | None]:
+    """How many requests for more time wait for an operator's answer, and when the oldest was
+    asked (the partial index `cases_extension_asked`)."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, min(extension_requested_at) AS oldest FROM intake.cases "
+        "WHERE extension_until IS NOT NULL"
+    )
+    return int(row["n"]), row["oldest"]
+
+
 async def get_case(conn: asyncpg.Connection, case_id: str) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT * FROM intake.cases WHERE case_id = $1", case_id

@@ -11,8 +11,11 @@ from typing import Any
 
 import httpx
 
+from services.intake.readmodel import OpenCaseGauge
 from shared import topics
+from shared.db import create_pool
 from shared.localstack import LocalStack
+from shared.metrics import REGISTRY
 from tests.helpers.kafka import read_topic
 from tests.intake.conftest import (
     Keys,
@@ -45,6 +48,20 @@ async def _asked(client: httpx.AsyncClient, key: str) -> set[str]:
     )
     assert r.status_code == 200, r.text
     return {c["case_id"] for c in r.json()["items"]}
+
+
+async def _waiting_gauges(stack: LocalStack) -> tuple[float, float]:
+    """The waiting-extension gauges as intake's refresher sets them from the cases."""
+    pool = await create_pool(stack.postgres.url, "intake", max_size=1)
+    try:
+        await OpenCaseGauge(pool).refresh()
+    finally:
+        await pool.close()
+    count = REGISTRY.get_sample_value("griddispatch_extensions_waiting")
+    age = REGISTRY.get_sample_value("griddispatch_extension_oldest_wait_seconds")
+    assert count is not None
+    assert age is not None
+    return count, age
 
 
 async def test_a_department_asks_for_more_time_and_an_operator_grants_it(
@@ -93,6 +110,9 @@ async def test_a_department_asks_for_more_time_and_an_operator_grants_it(
     assert datetime.fromisoformat(view["resolve_by"]) == due  # the deadline stands meanwhile
     assert cid in await _asked(client, keys.operator)
     assert cid in await _asked(client, keys.heating)
+    waiting = await _waiting_gauges(stack)
+    assert waiting[0] >= 1
+    assert 0 <= waiting[1] < 600
     # the resident sees the case, not the department's reasons
     mine = await client.get(f"/v1/cases/{cid}", headers=resident)
     assert mine.json()["extension_request"] is None
@@ -109,6 +129,7 @@ async def test_a_department_asks_for_more_time_and_an_operator_grants_it(
     assert datetime.fromisoformat(view["resolve_by"]) == datetime.fromisoformat(asked)
     assert view["extension_request"] is None
     assert cid not in await _asked(client, keys.operator)
+    assert (await _waiting_gauges(stack))[0] == waiting[0] - 1
     records = await read_topic(
         stack.kafka.bootstrap, topics.CASES_LIFECYCLE, expected=1, settle_s=2
     )
