@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import getpass
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
 from typing import TypeVar
@@ -18,18 +19,25 @@ from rich.console import Console
 from rich.table import Table
 
 from services.intake import performance, store
-from services.intake.auth import SCOPED_ROLES, Role
+from services.intake.auth import SCOPED_ROLES, Principal, Role
+from services.intake.lifecycle import Action, ExtensionNotAllowed, IllegalTransition
 from services.intake.models import TaskIn
 from services.intake.settings import MIGRATIONS
 from shared.catalogue import TASK_GROUP
 from shared.citytime import CITY_TIME
-from shared.db import run_in_schema
+from shared.db import create_pool, run_in_schema
+from shared.settings import get_settings
 
 console = Console(stderr=True, soft_wrap=True)
 keys_app = typer.Typer(help="API keys of intake (stored hashed).", no_args_is_help=True)
 privacy_app = typer.Typer(help="Residents' personal data.", no_args_is_help=True)
 tasks_app = typer.Typer(
     help="Grid tasks: the same task for every grid of an area at once.", no_args_is_help=True
+)
+extensions_app = typer.Typer(
+    help="Requests for more time (a later resolve deadline): the waiting ones, and an "
+    "operator's answer.",
+    no_args_is_help=True,
 )
 performance_app = typer.Typer(
     help="The response, resolution and satisfaction rates of a period (the monthly assessment).",
@@ -263,3 +271,87 @@ def _percent(rate: float | None) -> str:
 
 def _number(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"
+
+
+@extensions_app.command("list")
+def extensions_list() -> None:
+    """The requests waiting for an answer, oldest first (as GET /v1/cases?extension_asked=true),
+    in the city's time: asked, the deadline now, the one asked for, and why."""
+    rows = _with_db(store.extensions_asked)
+    if not rows:
+        console.print("no request for more time is waiting")
+        return
+    for r in rows:
+        print(
+            f"{r['case_id']}  {r['department'] or '-':14}"
+            f" asked {_local(r['extension_requested_at'])}"
+            f"  due {_local(r['resolve_by'])} → {_local(r['extension_until'])}"
+            f"  {r['extension_reason'] or ''}"
+        )
+
+
+@extensions_app.command("grant")
+def extensions_grant(
+    case_id: str = typer.Argument(..., help="the case"),
+    reason: str = typer.Option(..., help="for the timeline, the department and the worker"),
+    until: str | None = typer.Option(
+        None,
+        help="the new resolve deadline, e.g. '2026-12-05 18:00' (the city's time unless it names "
+        "its offset); default: as asked",
+    ),
+) -> None:
+    """Grant more time (as the step `extend`): the case is due at the new deadline."""
+    _answer_extension(case_id, Action.EXTEND, reason, until)
+
+
+@extensions_app.command("refuse")
+def extensions_refuse(
+    case_id: str = typer.Argument(..., help="the case"),
+    reason: str = typer.Option(..., help="for the timeline, the department and the worker"),
+) -> None:
+    """Refuse the time asked for (as the step `refuse_extension`): the deadline stands."""
+    _answer_extension(case_id, Action.REFUSE_EXTENSION, reason, None)
+
+
+def _answer_extension(case_id: str, action: Action, reason: str, until: str | None) -> None:
+    reason = reason.strip()
+    if not 1 <= len(reason) <= 1000:
+        console.print("[red]--reason: 1 to 1,000 characters[/red]")
+        raise typer.Exit(2)
+    deadline = None
+    if until is not None:
+        try:
+            deadline = datetime.fromisoformat(_city_time(until))
+        except ValueError:
+            console.print(f"[red]--until: not a time: {until}[/red]")
+            raise typer.Exit(2) from None
+    operator = Principal(uuid.UUID(int=0), f"cli:{getpass.getuser()}"[:64], Role.OPERATOR, None)
+
+    async def answer(conn: asyncpg.Connection) -> store.StepTaken:
+        pool = await create_pool(get_settings().database_url, "intake", max_size=1)
+        try:
+            return await store.apply_step(
+                pool,
+                case_id,
+                action,
+                principal=operator,
+                tracking_token=None,
+                reason=reason,
+                until=deadline,
+            )
+        finally:
+            await pool.close()
+
+    try:
+        taken = _with_db(answer)
+    except store.CaseNotFound:
+        console.print(f"[red]no case {case_id}[/red]")
+        raise typer.Exit(1) from None
+    except (IllegalTransition, ExtensionNotAllowed) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"{action.value}: {case_id} (event {taken.envelope.event_id})")
+
+
+def _local(moment: datetime | None) -> str:
+    return moment.astimezone(CITY_TIME).strftime("%Y-%m-%d %H:%M") if moment else "-"

@@ -941,6 +941,17 @@ async def extensions_waiting(conn: asyncpg.Connection) -> tuple[int, datetime | 
     return int(row["n"]), row["oldest"]
 
 
+async def extensions_asked(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """The requests for more time waiting for an operator, oldest first."""
+    return list(
+        await conn.fetch(
+            "SELECT case_id, department, worker_id, category, resolve_by, extension_until, "
+            "extension_reason, extension_requested_at FROM intake.cases "
+            "WHERE extension_until IS NOT NULL ORDER BY extension_requested_at, case_id"
+        )
+    )
+
+
 async def get_case(conn: asyncpg.Connection, case_id: str) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT * FROM intake.cases WHERE case_id = $1", case_id

@@ -16,6 +16,7 @@ from shared import topics
 from shared.db import create_pool
 from shared.localstack import LocalStack
 from shared.metrics import REGISTRY
+from tests.helpers.cli import run_cli
 from tests.helpers.kafka import read_topic
 from tests.intake.conftest import (
     Keys,
@@ -150,7 +151,7 @@ async def test_a_department_asks_for_more_time_and_an_operator_grants_it(
 async def test_an_operator_refuses_and_a_resolution_ends_a_request(
     client: httpx.AsyncClient, stack: LocalStack, keys: Keys
 ) -> None:
-    heating, operator = auth(keys.heating), auth(keys.operator)
+    heating = auth(keys.heating)
     first, second = [
         (await reported_and_routed(client, stack, keys, department="heating"))["case_id"]
         for _ in range(2)
@@ -167,14 +168,24 @@ async def test_an_operator_refuses_and_a_resolution_ends_a_request(
             reason="等待配件",
         )
         assert r.status_code == 202, r.text
-    r = await _step(client, first, operator, action="refuse_extension", reason="请按原时限办结")
-    assert r.status_code == 202, r.text
+    # an operator at the command line sees both waiting, and refuses the first's
+    listed = run_cli(stack, "extensions", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert first in listed.stdout
+    assert second in listed.stdout
+    assert "等待配件" in listed.stdout
+    done = run_cli(stack, "extensions", "refuse", first, "--reason", "请按原时限办结")
+    assert done.returncode == 0, done.stderr
+    again = run_cli(stack, "extensions", "refuse", first, "--reason", "再拒")
+    assert again.returncode == 1
+    assert "no extension was asked" in again.stderr
     refused = await _view(client, first, keys.operator)
     assert refused["extension_request"] is None
     assert [e["event_type"] for e in refused["timeline"]][-2:] == [
         "CaseExtensionRequested",
         "CaseExtensionRefused",
     ]
+    assert refused["timeline"][-1]["details"]["by"].startswith("cli:")
     # resolved anyway: the request is moot
     r = await _step(client, second, heating, action="resolve", note="已修复")
     assert r.status_code == 202, r.text
