@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import asyncpg
-import shapely
 import typer
 import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import track
 
-from services.router import democity, refimport, store, topology
+# geometry (shapely, numpy; democity and topology use them) is imported by the commands that
+# handle it: every `griddispatch` command loads this module
+from services.router import refimport, store
 from services.router.rules import Rule
 from services.router.settings import MIGRATIONS
 from shared.db import run_in_schema
@@ -63,6 +64,8 @@ def demo_city(
     if_empty: bool = typer.Option(False, "--if-empty", help="only when no grids are loaded"),
 ) -> None:
     """Replace the reference data with a generated city modelled on Qiqihar."""
+    from services.router import democity
+
     if scale not in ("small", "city"):
         raise typer.BadParameter("scale is small or city")
     if if_empty:
@@ -86,6 +89,8 @@ def demo_city(
 
 
 def _feature_problem(i: int, feature: Any) -> tuple[dict[str, Any], bytes] | str:
+    import shapely
+
     if not isinstance(feature, dict) or feature.get("type") != "Feature":
         return f"feature {i}: not a GeoJSON Feature"
     props = feature.get("properties") or {}
@@ -154,6 +159,7 @@ def _refuse(problems: Sequence[str]) -> NoReturn:
 @grids_app.command("export")
 def grids_export(path: Path) -> None:
     """Write the grid layer as a GeoJSON FeatureCollection."""
+    import shapely
 
     async def fetch(conn: asyncpg.Connection) -> list[asyncpg.Record]:
         return list(await conn.fetch("SELECT * FROM router.grids ORDER BY grid_id"))
@@ -179,6 +185,9 @@ def grids_export(path: Path) -> None:
 def grids_check() -> None:
     """Topology report: overlaps and gaps among comprehensive grids, and dedicated grids that
     fall outside every comprehensive grid. Exits 1 when anything is wrong."""
+    import shapely
+
+    from services.router import topology
 
     async def fetch(conn: asyncpg.Connection) -> list[asyncpg.Record]:
         return list(await conn.fetch("SELECT grid_id, kind, geometry FROM router.grids"))
@@ -466,6 +475,8 @@ def demo_reports(
     import time
 
     import httpx
+
+    from services.router import democity
 
     rng = random.Random(seed)
     city = democity.generate(seed=seed, scale="small")

@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
-import shapely
 
 from services.router import refimport
-from services.router.democity import City
-from services.router.refdata import ReferenceData
 from services.router.rules import Rule
-from services.router.snapshot import build_reference
 from shared import events
 from shared.catalogue import Catalogue, CatalogueRefused, Category, Taken, load_file
+
+if TYPE_CHECKING:  # the geometry stack (shapely, numpy) loads where geometry is handled: every
+    # `griddispatch` command imports this module
+    from services.router.democity import City
+    from services.router.refdata import ReferenceData
 
 CHANNEL = "router_refdata"
 REF_TABLES = (
@@ -52,6 +53,8 @@ async def load_city(
     conn: asyncpg.Connection, city: City, *, categories: Sequence[Category] | None = None
 ) -> int:
     """Replace all reference data with a generated city, atomically. Returns the new version."""
+    import shapely
+
     async with conn.transaction():
         await conn.execute(
             "TRUNCATE " + ", ".join(f"router.{t}" for t in REF_TABLES) + ", router.rules"
@@ -287,6 +290,10 @@ async def load_rules(conn: asyncpg.Connection) -> list[Rule]:
 
 async def load_reference(conn: asyncpg.Connection, *, snap_m: float = 100.0) -> ReferenceData:
     """One consistent snapshot (a repeatable-read transaction), built off the event loop."""
+    import shapely
+
+    from services.router.snapshot import build_reference
+
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         version = await current_version(conn)
         fetched = {
