@@ -30,7 +30,7 @@ from services.notifier.delivery import (
     finish,
     retry_later,
 )
-from services.notifier.texts import STAFF_EVENTS, Message, NoTemplate, render, staff_context
+from services.notifier.texts import Message, NoTemplate, render, staff_context, tells_staff
 from services.notifier.views import dispatch_started
 from shared import events
 from shared.aio import Refreshed, until_set
@@ -77,7 +77,7 @@ async def queue_for_staff(
 ) -> int:
     """Queue the messages of a batch of (event, its department view, its case) for the e-mail
     and SMS subscriptions of the case's department and grid worker; returns how many."""
-    items = [i for i in items if i[0].event_type in STAFF_EVENTS]
+    items = [i for i in items if tells_staff(i[1])]
     if not items:
         return 0
     by_owner = await subscriptions.get(conn)

@@ -44,6 +44,7 @@ STAFF_EVENTS = (
     "CaseEscalated",
     "CaseReopened",
     "CaseUrged",  # the resident presses for it
+    "CaseRated",  # only when the resident was dissatisfied (`tells_staff`): a follow-up call
     # the answer to an extension the department or its worker asked for
     "CaseDeadlineExtended",
     "CaseExtensionRefused",
@@ -60,6 +61,17 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "worker": STAFF_EVENTS,
     "ladder": ("CaseEscalated",),
 }
+
+
+DISSATISFIED = 2  # a rating of this or less asks the department for a follow-up (回访)
+
+
+def tells_staff(view: dict[str, Any]) -> bool:
+    """Whether a department's desk and the case's worker hear of this event (by its department
+    view): the `STAFF_EVENTS`, a rating only when the resident was dissatisfied."""
+    if view["event_type"] == "CaseRated":
+        return int(view["details"].get("rating", 5)) <= DISSATISFIED
+    return view["event_type"] in STAFF_EVENTS
 
 
 def tells_resident(event: events.Event) -> bool:
@@ -191,5 +203,6 @@ def staff_context(view: dict[str, Any], locale: str | None) -> dict[str, Any]:
         "to_name": to.get("name", ""),
         "reason": details.get("reason", ""),
         "times": details.get("times", 0),  # an urging: how often
+        "rating": details.get("rating", 0),
         "note": details.get("note") or "",
     }

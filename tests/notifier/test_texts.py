@@ -73,6 +73,7 @@ EXTENDED = events.CaseDeadlineExtended(
     reason="需更换主管道，配件已订购",
 )
 STAFF["CaseDeadlineExtended"] = EXTENDED
+STAFF["CaseRated"] = events.CaseRated(rating=1, comment="师傅态度差，我电话13912345678")
 STAFF["CaseUrged"] = events.CaseUrged(by="resident", times=2, note="已经三天了，电话13912345678")
 STAFF["CaseExtensionRefused"] = events.CaseExtensionRefused(by="op-1", reason="请按原时限办结")
 
@@ -215,3 +216,14 @@ def test_an_urging_reaches_the_worker_with_the_resident_s_words_masked(locale: s
     assert "已经三天了" in sms
     assert "2" in sms
     assert "13912345678" not in sms
+
+
+def test_staff_hear_of_a_rating_only_when_the_resident_was_dissatisfied() -> None:
+    low = _case(STAFF["CaseRated"])
+    assert texts.tells_staff(low)
+    assert not texts.tells_staff(_case(events.CaseRated(rating=4)))
+    assert not texts.tells_staff(_case(events.CaseAcknowledged(by="w-7")))
+    assert texts.tells_staff(_case(ROUTED))
+    mail = render("department", "CaseRated", "email", "zh-CN", staff_context(low, "zh-CN"))
+    assert "1 星" in mail.text
+    assert "态度差" not in mail.text  # the comment stays with the resident's case
