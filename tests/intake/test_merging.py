@@ -4,6 +4,7 @@ case they joined is resolved."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -154,3 +155,25 @@ async def test_an_operator_merges_across_departments_and_merged_reports_move_alo
     water = await client.get(f"/v1/cases/{first}", headers=auth(keys.water))
     assert water.status_code == 200
     assert water.json()["status"] == "resolved"
+
+
+async def test_two_merges_crossing_each_other_leave_one_case_carrying_the_work(
+    client: httpx.AsyncClient, stack: LocalStack, keys: Keys
+) -> None:
+    """A into B and B into A at once (two desks seeing the same pair): both cases are locked
+    in one order, so one merge wins and the other is refused — never a deadlock, never a cycle."""
+    for _ in range(5):
+        a = (await reported_and_routed(client, stack, keys, department="heating"))["case_id"]
+        b = (await reported_and_routed(client, stack, keys, department="heating"))["case_id"]
+        answers = await asyncio.gather(
+            _step(client, a, keys.heating, action="merge", into=b),
+            _step(client, b, keys.operator, action="merge", into=a),
+        )
+        assert sorted(r.status_code for r in answers) == [202, 409], [r.text for r in answers]
+        views = {cid: await _view(client, cid, keys) for cid in (a, b)}
+        merged = [cid for cid, v in views.items() if v["status"] == "merged"]
+        assert len(merged) == 1
+        [carrier] = {a, b} - set(merged)
+        assert views[merged[0]]["merged_into"] == carrier
+        assert views[carrier]["status"] == "routed"
+        assert views[carrier]["merged_into"] is None
