@@ -328,6 +328,10 @@ def _print_services(operator_key: str | None) -> None:
             "  .venv/bin/griddispatch tasks issue --area longsha-s01 "
             "--category task.door-to-door --title 寒潮入户排查"
         )
+        console.print(
+            "  or see the requests for more time waiting for an operator's answer:\n"
+            "  .venv/bin/griddispatch extensions list"
+        )
         today, tomorrow = _city_days()
         console.print(
             "  or read today's response, resolution and satisfaction rates per department:\n"
