@@ -21,6 +21,7 @@ from shared import events, topics
 from shared.directory import DepartmentEntry
 from shared.events import wrap
 from shared.localstack import LocalStack, free_port
+from tests.helpers.kafka import read_topic
 from tests.helpers.services import running_service
 
 
@@ -186,3 +187,13 @@ def refusal(r: httpx.Response) -> tuple[int, str, list[str]]:
     """An error answer as (status, error code, the fields it names)."""
     body = r.json()
     return r.status_code, body["error"], [e["field"] for e in body.get("errors", [])]
+
+
+async def published(stack: LocalStack, event_type: str, *case_ids: str) -> list[dict[str, Any]]:
+    """The envelopes of `event_type` on `cases.lifecycle` for these cases, as published."""
+    keys = {case_id.encode() for case_id in case_ids}
+    records = await read_topic(
+        stack.kafka.bootstrap, topics.CASES_LIFECYCLE, expected=1, settle_s=2
+    )
+    found = [json.loads(r.value) for r in records if r.key in keys]
+    return [e for e in found if e["event_type"] == event_type]

@@ -5,23 +5,21 @@ passes."""
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 
 from services.intake.readmodel import OpenCaseGauge
-from shared import topics
 from shared.db import create_pool
 from shared.localstack import LocalStack
 from shared.metrics import REGISTRY
 from tests.helpers.cli import run_cli
-from tests.helpers.kafka import read_topic
 from tests.intake.conftest import (
     Keys,
     auth,
     publish_lifecycle,
+    published,
     refusal,
     report_body,
     reported_and_routed,
@@ -131,14 +129,7 @@ async def test_a_department_asks_for_more_time_and_an_operator_grants_it(
     assert view["extension_request"] is None
     assert cid not in await _asked(client, keys.operator)
     assert (await _waiting_gauges(stack))[0] == waiting[0] - 1
-    records = await read_topic(
-        stack.kafka.bootstrap, topics.CASES_LIFECYCLE, expected=1, settle_s=2
-    )
-    extended = [
-        json.loads(rec.value)
-        for rec in records
-        if rec.key == cid.encode() and json.loads(rec.value)["event_type"] == "CaseDeadlineExtended"
-    ]
+    extended = await published(stack, "CaseDeadlineExtended", cid)
     assert len(extended) == 1
     assert datetime.fromisoformat(extended[0]["payload"]["resolve_by"]) == datetime.fromisoformat(
         asked

@@ -5,17 +5,14 @@ case they joined is resolved."""
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from typing import Any
 
 import httpx
 
-from shared import topics
 from shared.ids import derived_event_id
 from shared.localstack import LocalStack
-from tests.helpers.kafka import read_topic
-from tests.intake.conftest import Keys, auth, refusal, reported_and_routed, wait_for
+from tests.intake.conftest import Keys, auth, published, refusal, reported_and_routed, wait_for
 
 
 async def _step(
@@ -74,15 +71,7 @@ async def test_merged_reports_are_resolved_with_the_case_they_joined(
         assert last["event_id"] == str(derived_event_id(resolution_id, f"follow:{follower}"))
 
     # published once each, through the outbox, for the other services
-    records = await read_topic(
-        stack.kafka.bootstrap, topics.CASES_LIFECYCLE, expected=1, settle_s=2
-    )
-    follows = [
-        json.loads(rec.value)
-        for rec in records
-        if rec.key in (b.encode(), c.encode())
-        and json.loads(rec.value)["event_type"] == "CaseResolved"
-    ]
+    follows = await published(stack, "CaseResolved", b, c)
     assert sorted(e["case_id"] for e in follows) == sorted([b, c])
     assert {e["payload"]["follows"] for e in follows} == {a}
 

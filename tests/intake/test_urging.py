@@ -3,14 +3,10 @@ and database: counted, told to its handlers through the lifecycle, at most once 
 
 from __future__ import annotations
 
-import json
-
 import httpx
 
-from shared import topics
 from shared.localstack import LocalStack
-from tests.helpers.kafka import read_topic
-from tests.intake.conftest import Keys, auth, refusal, reported_and_routed
+from tests.intake.conftest import Keys, auth, published, refusal, reported_and_routed
 
 
 async def test_a_resident_urges_their_case_once_a_day(
@@ -34,14 +30,7 @@ async def test_a_resident_urges_their_case_once_a_day(
     # the handlers are those told, not those who urge
     r = await client.post(step, json={"action": "urge"}, headers=auth(keys.heating))
     assert r.status_code == 403
-    records = await read_topic(
-        stack.kafka.bootstrap, topics.CASES_LIFECYCLE, expected=1, settle_s=2
-    )
-    urged = [
-        json.loads(rec.value)
-        for rec in records
-        if rec.key == cid.encode() and json.loads(rec.value)["event_type"] == "CaseUrged"
-    ]
+    urged = await published(stack, "CaseUrged", cid)
     assert [(e["payload"]["times"], e["payload"]["note"]) for e in urged] == [(1, "三天了还不热")]
 
 
