@@ -190,8 +190,6 @@ MERGE_TARGETS = frozenset(
     }
 )
 
-OPEN_STATES = frozenset(Status) - {Status.CLOSED}
-
 
 class IllegalTransition(Exception):
     """The step is not allowed from the case's current state (HTTP 409)."""
