@@ -92,10 +92,8 @@ async def queue_for_staff(
         ):
             if sub["event_types"] is not None and env.event_type not in sub["event_types"]:
                 continue  # the subscription chose other events
-            if sub["owner_kind"] == "department" and (view.get("details") or {}).get(
-                "handed_over_from"
-            ):
-                continue  # a handover: news for the new worker, not a new case for the desk
+            if not tells_staff(view, sub["owner_kind"]):
+                continue  # not for this audience (a handover is not news for the desk)
             locale = sub["locale"]
             if locale not in contexts:
                 contexts[locale] = staff_context(view, locale)

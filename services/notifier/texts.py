@@ -66,11 +66,15 @@ EVENTS: dict[str, tuple[str, ...]] = {
 DISSATISFIED = 2  # a rating of this or less asks the department for a follow-up (回访)
 
 
-def tells_staff(view: dict[str, Any]) -> bool:
-    """Whether a department's desk and the case's worker hear of this event (by its department
-    view): the `STAFF_EVENTS`, a rating only when the resident was dissatisfied."""
+def tells_staff(view: dict[str, Any], audience: Audience = "worker") -> bool:
+    """Whether `audience` (a department's desk, the case's worker) hears of this event (by its
+    department view): the `STAFF_EVENTS`, a rating only when the resident was dissatisfied, a
+    handover only the worker (news for them, not a new case for the desk)."""
+    details = view.get("details") or {}
     if view["event_type"] == "CaseRated":
-        return int(view["details"].get("rating", 5)) <= DISSATISFIED
+        return int(details.get("rating", 5)) <= DISSATISFIED
+    if audience == "department" and details.get("handed_over_from"):
+        return False
     return view["event_type"] in STAFF_EVENTS
 
 

@@ -550,11 +550,17 @@ class Dispatcher:
         await self.dead_letters.publish(record, exc)
 
 
-_OPEN_OR_CLOSED = frozenset({"CaseResolved", "CaseClosed", "CaseReopened", "CaseMerged"})
-_FOLLOWED = _OPEN_OR_CLOSED | {
-    events.CaseAcknowledged.EVENT_TYPE,
-    events.PersonalDataErased.EVENT_TYPE,
-}
+# the events that move a case's open or acknowledged flag, or erase its care groups
+_FOLLOWED = frozenset(
+    {
+        "CaseResolved",
+        "CaseClosed",
+        "CaseReopened",
+        "CaseMerged",
+        "CaseAcknowledged",
+        "PersonalDataErased",
+    }
+)
 
 
 # One statement for a batch: the events not seen before set their case's open flag and its
