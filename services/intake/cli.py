@@ -24,7 +24,7 @@ from services.intake.lifecycle import Action, ExtensionNotAllowed, IllegalTransi
 from services.intake.models import TaskIn
 from services.intake.settings import MIGRATIONS
 from shared.catalogue import TASK_GROUP
-from shared.citytime import CITY_TIME
+from shared.citytime import CITY_TIME, on_city_clock
 from shared.db import create_pool, run_in_schema
 from shared.settings import get_settings
 
@@ -180,10 +180,10 @@ def tasks_show(task_id: str = typer.Argument(..., help="the task's id")) -> None
     out = Console()
     out.print(
         f"[bold]{t['title']}[/bold] ({t['category']}) in {t['area']}, "
-        f"{t['issued_at'].astimezone(CITY_TIME):%Y-%m-%d %H:%M} by {t['issued_by']}"
+        f"{on_city_clock(t['issued_at'])} by {t['issued_by']}"
     )
     if t["due_by"]:
-        out.print(f"due by {t['due_by'].astimezone(CITY_TIME):%Y-%m-%d %H:%M}")
+        out.print(f"due by {on_city_clock(t['due_by'])}")
     table = Table("status", "cases")
     for status, n in sorted(progress.by_status.items()):
         table.add_row(status, str(n))
@@ -354,4 +354,4 @@ def _answer_extension(case_id: str, action: Action, reason: str, until: str | No
 
 
 def _local(moment: datetime | None) -> str:
-    return moment.astimezone(CITY_TIME).strftime("%Y-%m-%d %H:%M") if moment else "-"
+    return on_city_clock(moment) if moment else "-"

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -116,13 +116,9 @@ class OpenCaseGauge:
             waiting, oldest = await store.triage_waiting(conn)
             asked, oldest_asked = await store.extensions_waiting(conn)
         EXTENSIONS_WAITING.set(asked)
-        EXTENSION_OLDEST_WAIT.set(
-            max(0.0, time.time() - oldest_asked.timestamp()) if oldest_asked is not None else 0.0
-        )
+        EXTENSION_OLDEST_WAIT.set(_waited_s(oldest_asked))
         TRIAGE_CASES.set(waiting)
-        TRIAGE_OLDEST_AGE.set(
-            max(0.0, time.time() - oldest.timestamp()) if oldest is not None else 0.0
-        )
+        TRIAGE_OLDEST_AGE.set(_waited_s(oldest))
         for gone in self._seen - counts.keys():
             OPEN_CASES.labels(gone).set(0)
         for department, count in counts.items():
@@ -131,3 +127,8 @@ class OpenCaseGauge:
 
     async def run(self, stop: asyncio.Event) -> None:
         await sample_every(self._interval_s, self.refresh, stop, "open cases")
+
+
+def _waited_s(since: datetime | None) -> float:
+    """Seconds since `since` (0: nothing waits)."""
+    return max(0.0, time.time() - since.timestamp()) if since is not None else 0.0

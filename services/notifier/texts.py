@@ -20,9 +20,9 @@ from typing import Any, Literal
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment
 
-from services.notifier.residents import SHANGHAI
 from shared import events
 from shared.catalogue import load_file
+from shared.citytime import on_city_clock
 from shared.ids import case_reference
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -173,8 +173,7 @@ def local_time(value: datetime | str | None) -> str:
     """A time as the city reads it (its own clock, to the minute)."""
     if value is None or value == "":
         return ""
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return moment.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M")
+    return on_city_clock(datetime.fromisoformat(value) if isinstance(value, str) else value)
 
 
 def category_name(code: str | None, locale: str | None) -> str:
