@@ -23,6 +23,7 @@ from rich.progress import track
 from services.router import refimport, store
 from services.router.rules import Rule
 from services.router.settings import MIGRATIONS
+from shared import events
 from shared.db import run_in_schema
 from shared.settings import get_settings
 
@@ -353,39 +354,44 @@ def _request_handovers(cases: Sequence[tuple[str, str]]) -> None:
     """One `RerouteRequested` with `hand_over_from` per (case, worker), for the routers: the
     request is durable in Kafka once this returns, and a repeat is harmless (a case already
     moved stays where it is)."""
-    if not cases:
-        return
-    from aiokafka import AIOKafkaProducer
+    _request_reroutes(
+        [
+            (
+                case_id,
+                events.RerouteRequested(
+                    reason=f"{worker} went off duty", requested_by="operator", hand_over_from=worker
+                ),
+            )
+            for case_id, worker in cases
+        ]
+    )
 
-    from shared import events, topics
+
+def _request_reroutes(requests: Sequence[tuple[str, events.RerouteRequested]]) -> list[str]:
+    """Publish (case id, `RerouteRequested`) pairs on `cases.intake` for the routers; returns
+    their event ids once the broker has them all."""
+    if not requests:
+        return []
+    from shared import topics
     from shared.events import wrap
-    from shared.kafka import producer_options
+    from shared.kafka import make_producer
+
+    envelopes = [wrap(ev, case_id=case_id, producer="router-cli") for case_id, ev in requests]
 
     async def send() -> None:
-        producer = AIOKafkaProducer(**producer_options(get_settings().kafka, "router-cli"))
+        producer = make_producer(get_settings().kafka, "router-cli")
         await producer.start()
         try:
             sent = [
-                await producer.send(
-                    topics.CASES_INTAKE,
-                    wrap(
-                        events.RerouteRequested(
-                            reason=f"{worker} went off duty",
-                            requested_by="operator",
-                            hand_over_from=worker,
-                        ),
-                        case_id=case_id,
-                        producer="router-cli",
-                    ).to_json(),
-                    key=case_id.encode(),
-                )
-                for case_id, worker in cases
+                await producer.send(topics.CASES_INTAKE, env.to_json(), key=env.case_id.encode())
+                for env in envelopes
             ]
             await asyncio.gather(*sent)
         finally:
             await producer.stop()
 
     asyncio.run(send())
+    return [str(env.event_id) for env in envelopes]
 
 
 @route_app.callback(invoke_without_command=True)
@@ -434,32 +440,19 @@ def triage_route(
     reason: str = typer.Option("manual triage"),
 ) -> None:
     """Route an unroutable case by hand (published as a RerouteRequested)."""
-    from aiokafka import AIOKafkaProducer
-
-    from shared import events, topics
-    from shared.events import wrap
-    from shared.kafka import producer_options
-
     if grid is None and department is None:
         raise typer.BadParameter("give --grid, --department or both")
-
-    async def send() -> str:
-        env = wrap(
-            events.RerouteRequested(
-                reason=reason, requested_by="operator", grid_id=grid, department=department
-            ),
-            case_id=case_id,
-            producer="router-cli",
-        )
-        producer = AIOKafkaProducer(**producer_options(get_settings().kafka, "router-cli"))
-        await producer.start()
-        try:
-            await producer.send_and_wait(topics.CASES_INTAKE, env.to_json(), key=case_id.encode())
-        finally:
-            await producer.stop()
-        return str(env.event_id)
-
-    console.print(f"[green]✓[/green] reroute requested ({asyncio.run(send())})")
+    [event_id] = _request_reroutes(
+        [
+            (
+                case_id,
+                events.RerouteRequested(
+                    reason=reason, requested_by="operator", grid_id=grid, department=department
+                ),
+            )
+        ]
+    )
+    console.print(f"[green]✓[/green] reroute requested ({event_id})")
 
 
 @demo_app.command("reports")
